@@ -1,0 +1,97 @@
+package handshake
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/mlkem"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"testing"
+)
+
+// fuzzVector loads the shared handshake vector for seeding; fuzz workers
+// are separate processes, so it is read from testdata rather than generated.
+func fuzzVector(f *testing.F) (v handshakeVector, m1, m2, m3 []byte) {
+	raw, err := os.ReadFile("testdata/handshake.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		f.Fatal(err)
+	}
+	h := func(s string) []byte { b, _ := hex.DecodeString(s); return b }
+	return v, h(v.Msg1), h(v.Msg2), h(v.Msg3)
+}
+
+// roundTrip: whatever parses re-encodes to the same bytes (strict parsing
+// leaves no slack for a modified message to mean the same thing).
+func FuzzParseHelloI(f *testing.F) {
+	_, m1, _, _ := fuzzVector(f)
+	f.Add(m1[prefaceLen+msgHeaderLen:])
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := parseHelloI(body)
+		if err == nil && !bytes.Equal(m.body(), body) {
+			t.Fatalf("HELLO_I parsed but re-encodes differently")
+		}
+	})
+}
+
+func FuzzParseAlert(f *testing.F) {
+	f.Add((&alert{code: AlertUnknownKey, reason: "key SHA256:x is not authorized"}).body())
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := parseAlert(body)
+		if err != nil {
+			return
+		}
+		if len(body) != 2+int(body[1]) || m.code != AlertCode(body[0]) {
+			t.Fatalf("ALERT parsed with the wrong shape")
+		}
+		for _, r := range m.reason {
+			if r < 0x20 || r == 0x7f {
+				t.Fatalf("control character %q survived into the reason", r)
+			}
+		}
+	})
+}
+
+// FuzzHelloR: the initiator of the vector accepts exactly the vector's
+// HELLO_R and nothing else.
+func FuzzHelloR(f *testing.F) {
+	v, m1, m2, _ := fuzzVector(f)
+	iPriv, _ := ParsePrivateKeyPEM([]byte(v.InitiatorPrivateKeyPEM))
+	rPub, _ := ParsePublicKeyPEM([]byte(v.ResponderPublicKeyPEM))
+	xb, _ := hex.DecodeString(v.InitiatorX25519)
+	seed, _ := hex.DecodeString(v.InitiatorMLKEMSeed)
+	x, _ := ecdh.X25519().NewPrivateKey(xb)
+	dk, _ := mlkem.NewDecapsulationKey768(seed)
+	f.Add(m2)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < msgHeaderLen {
+			return
+		}
+		ini := &initiator{cfg: &Config{PrivateKey: iPriv, PeerKey: rPub}, m1: m1, x25519: x, mlkem: dk}
+		err := ini.handleHelloR(msg)
+		if err == nil && !bytes.Equal(msg[msgHeaderLen:], m2[msgHeaderLen:]) {
+			t.Fatalf("modified HELLO_R accepted")
+		}
+	})
+}
+
+// FuzzKeyI: the responder of the vector accepts exactly the vector's KEY_I.
+func FuzzKeyI(f *testing.F) {
+	v, m1, m2, m3 := fuzzVector(f)
+	rPriv, _ := ParsePrivateKeyPEM([]byte(v.ResponderPrivateKeyPEM))
+	iPub, _ := ParsePublicKeyPEM([]byte(v.InitiatorPublicKeyPEM))
+	f.Add(m3)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < msgHeaderLen {
+			return
+		}
+		res := &responder{cfg: &Config{PrivateKey: rPriv}, peerKey: iPub, m1: m1, m2: m2}
+		_, err := res.handleKeyI(msg)
+		if err == nil && !bytes.Equal(msg[msgHeaderLen:], m3[msgHeaderLen:]) {
+			t.Fatalf("modified KEY_I accepted")
+		}
+	})
+}

@@ -1,0 +1,227 @@
+// Package handshake runs the RSA-authenticated, forward-secret key exchange
+// of tunnel protocol v1 (PROTOCOL.md section 2) and hands the derived keys
+// to the record layer:
+//
+//	initiator                               responder
+//	preface || HELLO_I  ------------------>
+//	                    <------------------  HELLO_R (signed)
+//	KEY_I (signed)      ------------------>
+//	FINISHED record     ------------------>  verify
+//	                    <------------------  FINISHED record
+//
+// Initiate and (*Responder).Handshake return an established *frame.Conn.
+package handshake
+
+import (
+	"context"
+	"crypto"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/frame"
+)
+
+// DefaultTimeout bounds a whole handshake when Config.Timeout is zero.
+const DefaultTimeout = 10 * time.Second
+
+// Errors of a failed handshake. A local rejection and a peer's ALERT with
+// the same meaning both match the same sentinel with errors.Is.
+var (
+	ErrNotTunnel          = errors.New("handshake: peer is not a tunnel agent (bad preface)")
+	ErrProtocol           = errors.New("handshake: protocol error")
+	ErrUnsupportedVersion = errors.New("handshake: unsupported protocol version")
+	ErrNoCommonSuite      = errors.New("handshake: no common record suite")
+	ErrUnknownKey         = errors.New("handshake: key not authorized")
+	ErrBadSignature       = errors.New("handshake: bad signature")
+	ErrDecrypt            = errors.New("handshake: key transport decryption failed")
+	ErrInternal           = errors.New("handshake: internal error")
+	ErrBusy               = errors.New("handshake: responder busy")
+)
+
+var alertErrors = map[AlertCode]error{
+	AlertProtocolError:      ErrProtocol,
+	AlertUnsupportedVersion: ErrUnsupportedVersion,
+	AlertNoCommonSuite:      ErrNoCommonSuite,
+	AlertUnknownKey:         ErrUnknownKey,
+	AlertBadSignature:       ErrBadSignature,
+	AlertDecryptError:       ErrDecrypt,
+	AlertInternalError:      ErrInternal,
+	AlertBusy:               ErrBusy,
+}
+
+// AlertError is an ALERT the peer sent: it rejected the handshake.
+type AlertError struct {
+	Code   AlertCode
+	Reason string // the peer's words, made printable
+}
+
+func (e *AlertError) Error() string {
+	return fmt.Sprintf("handshake: peer rejected the handshake (%s): %s", e.Code, e.Reason)
+}
+
+// Is makes a received ALERT match the sentinel of its code.
+func (e *AlertError) Is(target error) bool { return alertErrors[e.Code] == target }
+
+// Config configures either side of a handshake.
+type Config struct {
+	// PrivateKey is this side's long-term key. Required.
+	PrivateKey *rsa.PrivateKey
+	// PeerKey is the responder's pinned public key. Required by the initiator.
+	PeerKey *rsa.PublicKey
+	// Authorized holds the initiator keys a responder accepts. Required by
+	// the responder.
+	Authorized *KeySet
+	// Timeout bounds the whole handshake. Zero means DefaultTimeout.
+	Timeout time.Duration
+	// Frame configures the record layer of the established connection.
+	Frame *frame.Config
+}
+
+func (c *Config) timeout() time.Duration {
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return DefaultTimeout
+}
+
+// Result is an established connection and what was learnt on the way.
+type Result struct {
+	Conn            *frame.Conn
+	PeerKey         *rsa.PublicKey
+	PeerFingerprint string
+	Suite           byte
+	Duration        time.Duration // from start to keys in hand
+}
+
+// rejection is a local decision to end the handshake with an ALERT.
+type rejection struct {
+	code   AlertCode
+	reason string // sent to the peer
+	err    error  // returned locally
+}
+
+func (r *rejection) Error() string { return r.err.Error() }
+func (r *rejection) Unwrap() error { return r.err }
+
+// reject builds a rejection whose local error wraps the code's sentinel.
+func reject(code AlertCode, reason string, format string, args ...any) *rejection {
+	return &rejection{
+		code:   code,
+		reason: reason,
+		err:    fmt.Errorf("%w: %s", alertErrors[code], fmt.Sprintf(format, args...)),
+	}
+}
+
+// alertLinger bounds how long a side that sent an ALERT keeps reading
+// before it closes.
+const alertLinger = 250 * time.Millisecond
+
+// sendAlert writes an ALERT for a rejection, best effort.
+func sendAlert(conn net.Conn, r *rejection) {
+	conn.SetWriteDeadline(time.Now().Add(time.Second))
+	a := &alert{code: r.code, reason: r.reason}
+	conn.Write(appendMsg(nil, msgAlert, a.body()))
+}
+
+// closeAfterAlert sends the ALERT of r and closes conn. Closing a TCP
+// socket with unread input (the initiator pipelines FINISHED after KEY_I)
+// makes the kernel send RST, which can destroy the ALERT in flight; so it
+// half-closes first and drains what the peer already sent, briefly.
+func closeAfterAlert(conn net.Conn, r *rejection) {
+	sendAlert(conn, r)
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		conn.SetReadDeadline(time.Now().Add(alertLinger))
+		io.Copy(io.Discard, io.LimitReader(conn, 64<<10))
+	}
+	conn.Close()
+}
+
+// guard applies the handshake's time bound and ctx to conn: it sets a
+// deadline and closes conn if ctx ends first. The returned stop undoes both.
+func guard(ctx context.Context, conn net.Conn, d time.Duration) (stop func() bool) {
+	conn.SetDeadline(time.Now().Add(d))
+	cancel := context.AfterFunc(ctx, func() { conn.Close() })
+	return func() bool {
+		conn.SetDeadline(time.Time{})
+		return cancel()
+	}
+}
+
+// ioError turns a read or write failure into an error that says what the
+// handshake was doing, and whether it timed out or was cancelled.
+func ioError(ctx context.Context, step string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("handshake: %s: %w", step, ctx.Err())
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("handshake: %s: timed out: %w", step, err)
+	}
+	return fmt.Errorf("handshake: %s: %w", step, err)
+}
+
+// digest is SHA-256 over the concatenation of parts.
+func digest(parts ...[]byte) []byte {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(p)
+	}
+	return h.Sum(nil)
+}
+
+var pssOptions = &rsa.PSSOptions{SaltLength: 32, Hash: crypto.SHA256}
+
+// signedHash is what RSA-PSS signs: SHA-256(context || 0x00 || digest).
+func signedHash(context string, d []byte) []byte {
+	return digest([]byte(context), []byte{0}, d)
+}
+
+func sign(k *rsa.PrivateKey, context string, d []byte) ([]byte, error) {
+	return rsa.SignPSS(rand.Reader, k, crypto.SHA256, signedHash(context, d), pssOptions)
+}
+
+func verify(pub *rsa.PublicKey, context string, d, sig []byte) error {
+	return rsa.VerifyPSS(pub, crypto.SHA256, signedHash(context, d), sig, pssOptions)
+}
+
+// schedule is the key schedule of section 2.4.
+type schedule struct {
+	th       [32]byte
+	prk      []byte
+	i2r, r2i [32]byte
+}
+
+func deriveSchedule(m1, m2, m3, secret, x25519Shared, mlkemShared []byte) (*schedule, error) {
+	s := &schedule{th: [32]byte(digest(m1, m2, m3))}
+	ikm := make([]byte, 0, 96)
+	ikm = append(append(append(ikm, secret...), x25519Shared...), mlkemShared...)
+	var err error
+	if s.prk, err = hkdf.Extract(sha256.New, ikm, s.th[:]); err != nil {
+		return nil, err
+	}
+	i2r, err := hkdf.Expand(sha256.New, s.prk, "tunnel/1 i2r", 32)
+	if err != nil {
+		return nil, err
+	}
+	r2i, err := hkdf.Expand(sha256.New, s.prk, "tunnel/1 r2i", 32)
+	if err != nil {
+		return nil, err
+	}
+	s.i2r, s.r2i = [32]byte(i2r), [32]byte(r2i)
+	return s, nil
+}
+
+func (s *schedule) initiatorKeys() frame.Keys {
+	return frame.Keys{Send: s.i2r, Recv: s.r2i, Transcript: s.th}
+}
+
+func (s *schedule) responderKeys() frame.Keys {
+	return frame.Keys{Send: s.r2i, Recv: s.i2r, Transcript: s.th}
+}
