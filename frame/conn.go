@@ -152,6 +152,16 @@ func (c *Conn) Close() error {
 	return c.closeErr
 }
 
+// ReadError returns what ended the read direction: io.EOF after the peer's
+// CLOSE, ErrTruncated, ErrAuth or another failure; nil while it is open.
+// It never blocks.
+func (c *Conn) ReadError() error {
+	if b, ok := c.in.ended.Load().(errBox); ok {
+		return b.err
+	}
+	return nil
+}
+
 // Stats counts records, FINISHED, CLOSE and KEY_UPDATE included.
 type Stats struct {
 	RecordsSent     uint64

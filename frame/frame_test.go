@@ -124,6 +124,9 @@ func TestSealOpenInMemory(t *testing.T) {
 	if _, err := r.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("read after CLOSE = %v, want sticky io.EOF", err)
 	}
+	if r.ReadError() != io.EOF {
+		t.Fatalf("ReadError = %v, want io.EOF", r.ReadError())
+	}
 }
 
 func TestWriteBuffersPacksOneRecord(t *testing.T) {

@@ -204,14 +204,24 @@ type inHalf struct {
 	r, w  int
 	plain []byte
 	recv  atomic.Uint64 // records received, for Stats
+	ended atomic.Value  // errBox: the sticky error, readable without mu
 
 	seqBuf [seqLen]byte
 	tag    [tagLen]byte
 }
 
+// errBox lets atomic.Value hold errors of different types.
+type errBox struct{ err error }
+
+// end records the sticky error of the direction.
+func (h *inHalf) end(err error) {
+	h.err = err
+	h.ended.CompareAndSwap(nil, errBox{err})
+}
+
 // fail records err, closes the transport and returns err.
 func (h *inHalf) fail(err error) error {
-	h.err = err
+	h.end(err)
 	h.plain = nil
 	h.conn.Close()
 	return err
@@ -319,7 +329,7 @@ func (h *inHalf) read(p []byte) (int, error) {
 		case typeData:
 			h.plain = payload
 		case typeClose:
-			h.err = io.EOF
+			h.end(io.EOF)
 		case typeKeyUpdate:
 			h.c = h.c.next()
 		}

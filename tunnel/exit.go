@@ -1,0 +1,215 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// ExitConfig is what an exit agent needs: its settings, which the caller
+// has validated (config.Exit.Validate; the key paths in them are not used),
+// and its keys.
+type ExitConfig struct {
+	Settings   config.Exit
+	Key        *rsa.PrivateKey
+	Authorized *handshake.KeySet
+}
+
+// Exit accepts entry agents, authenticates them, and forwards each of their
+// streams to the backend.
+type Exit struct {
+	cfg    config.Exit
+	log    zerolog.Logger
+	resp   *handshake.Responder
+	pool   *bufPool
+	dialer net.Dialer
+}
+
+// NewExit checks cfg and returns an exit agent. It starts nothing.
+func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
+	if cfg.Key == nil || cfg.Authorized == nil {
+		return nil, errors.New("tunnel: exit needs its private key and the authorized entry keys")
+	}
+	resp, err := handshake.NewResponder(handshake.Config{
+		PrivateKey: cfg.Key,
+		Authorized: cfg.Authorized,
+		Timeout:    cfg.Settings.HandshakeTimeout,
+	}, cfg.Settings.MaxHandshakes)
+	if err != nil {
+		return nil, err
+	}
+	return &Exit{
+		cfg:    cfg.Settings,
+		log:    log.With().Str("role", "exit").Logger(),
+		resp:   resp,
+		pool:   newBufPool(),
+		dialer: net.Dialer{Timeout: cfg.Settings.DialTimeout},
+	}, nil
+}
+
+// Serve accepts entry agents on ln until ctx is done, then stops accepting,
+// lets open streams finish for up to the drain timeout, closes everything
+// and returns. It closes ln.
+func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
+	// hard ends every session: at the end of the drain, or at once on error.
+	hard, stopAll := context.WithCancel(context.Background())
+	defer stopAll()
+	var wg sync.WaitGroup
+	var streams sync.WaitGroup
+
+	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stopAccept()
+	var acceptErr error
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !isClosed(err) {
+				acceptErr = fmt.Errorf("tunnel: accept: %w", err)
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.serveConn(ctx, hard, conn, &streams)
+		}()
+	}
+
+	drained := make(chan struct{})
+	go func() { streams.Wait(); close(drained) }()
+	if acceptErr == nil {
+		e.log.Info().Dur("drain_timeout", e.cfg.DrainTimeout).Msg("shutting down: draining open streams")
+		select {
+		case <-drained:
+		case <-time.After(e.cfg.DrainTimeout):
+			e.log.Warn().Msg("drain timeout: closing the streams still open")
+		}
+	}
+	stopAll()
+	wg.Wait()
+	<-drained
+	return acceptErr
+}
+
+// serveConn authenticates one peer connection and serves its session.
+func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync.WaitGroup) {
+	peer := conn.RemoteAddr().String()
+	log := e.log.With().Str("peer", peer).Logger()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+	}
+	res, err := e.resp.Handshake(hard, conn)
+	if err != nil {
+		lvl := log.Warn()
+		if errors.Is(err, handshake.ErrBusy) {
+			lvl = log.Debug() // a flood must not flood the log
+		}
+		lvl.Err(err).Msg("handshake failed")
+		return
+	}
+	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
+	log.Info().Dur("handshake", res.Duration).Msg("session established")
+
+	sess, err := yamux.Server(&muxConn{Conn: res.Conn}, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(log))
+	if err != nil {
+		res.Conn.Close()
+		log.Error().Err(err).Msg("starting the multiplexer")
+		return
+	}
+	start := time.Now()
+	// Stop taking new streams when ctx ends (drain), close the session at hard.
+	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
+	defer stopGoAway()
+	stopHard := context.AfterFunc(hard, func() { sess.Close() })
+	defer stopHard()
+
+	var active atomic.Int64
+	var total int64
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			break
+		}
+		total++
+		if active.Add(1) > int64(e.cfg.MaxStreams) {
+			active.Add(-1)
+			log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).Msg("stream refused: session is at its stream limit")
+			go func() {
+				st.SetWriteDeadline(time.Now().Add(time.Second))
+				st.Write(marshalStatus(StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams)))
+				st.Close()
+			}()
+			continue
+		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			defer active.Add(-1)
+			e.serveStream(ctx, log, st)
+		}()
+	}
+	<-sess.CloseChan()
+	log.Info().Err(sessionEnd(res.Conn.ReadError())).Int64("streams", total).
+		Dur("duration", time.Since(start)).Msg("session closed")
+}
+
+// serveStream reads the stream header, dials the backend, answers the
+// status and forwards.
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream) {
+	log = log.With().Uint32("stream", st.StreamID()).Logger()
+	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
+	hdr, err := readStreamHeader(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		log.Warn().Err(err).Msg("stream header unreadable; closing the stream")
+		st.Close()
+		return
+	}
+	log = log.With().Str("origin", hdr.origin).Logger()
+	if hdr.service != "" {
+		e.refuse(log, st, StatusUnknownService, fmt.Sprintf("unknown service %q: this exit forwards only to its default backend", hdr.service), nil)
+		return
+	}
+	start := time.Now()
+	c, err := e.dialer.DialContext(ctx, "tcp", e.cfg.Forward)
+	if err != nil {
+		e.refuse(log, st, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
+		return
+	}
+	backend := c.(*net.TCPConn)
+	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
+		backend.Close()
+		st.Close()
+		log.Warn().Err(err).Msg("stream lost before the status was sent")
+		return
+	}
+	f := forward(backend, st, e.pool, nil)
+	ev := log.Info()
+	if f.aborted {
+		ev = log.Warn().Bool("aborted", true)
+	}
+	if f.err != nil && !isClosed(f.err) {
+		ev = ev.AnErr("reason", f.err)
+	}
+	ev.Int64("bytes_in", f.toStream).Int64("bytes_out", f.fromStream).
+		Dur("duration", time.Since(start)).Msg("stream closed")
+}
+
+// refuse answers a non-zero status and closes the stream.
+func (e *Exit) refuse(log zerolog.Logger, st *yamux.Stream, s Status, msg string, err error) {
+	log.Warn().Int("status", int(s)).Str("status_text", s.String()).AnErr("reason", err).Msg(msg)
+	st.SetWriteDeadline(time.Now().Add(time.Second))
+	st.Write(marshalStatus(s, msg))
+	st.Close()
+}

@@ -1,0 +1,120 @@
+// Package tunnel runs the entry and exit agents: yamux over an established
+// frame.Conn, one stream per application connection (PROTOCOL.md section 4).
+//
+//	app --TCP--> Entry --stream header + bytes--> [yamux / frame / TCP] --> Exit --TCP--> backend
+//	                   <--status + bytes---------                     <--
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Stream header and status (PROTOCOL.md section 4).
+const streamVersion = 1
+
+// Status is the exit's answer to a stream header.
+type Status byte
+
+const (
+	StatusOK             Status = 0
+	StatusUnknownService Status = 1
+	StatusUnreachable    Status = 2
+	StatusRefused        Status = 3
+	StatusBusy           Status = 4
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusOK:
+		return "ok"
+	case StatusUnknownService:
+		return "unknown service"
+	case StatusUnreachable:
+		return "backend unreachable"
+	case StatusRefused:
+		return "refused by policy"
+	case StatusBusy:
+		return "busy"
+	}
+	return fmt.Sprintf("status(%d)", byte(s))
+}
+
+var errStreamHeader = errors.New("tunnel: bad stream header")
+
+// streamHeader opens every stream.
+type streamHeader struct {
+	service string // empty: the exit's default backend
+	origin  string // the application's address as the entry saw it
+}
+
+// marshal encodes h; fields longer than 255 bytes are cut.
+func (h streamHeader) marshal() []byte {
+	service, origin := clip(h.service), clip(h.origin)
+	b := make([]byte, 0, 3+len(service)+len(origin))
+	b = append(b, streamVersion, byte(len(service)))
+	b = append(b, service...)
+	b = append(b, byte(len(origin)))
+	return append(b, origin...)
+}
+
+func clip(s string) string {
+	if len(s) > 255 {
+		return s[:255]
+	}
+	return s
+}
+
+// readStreamHeader reads exactly one header from r.
+func readStreamHeader(r io.Reader) (streamHeader, error) {
+	var h streamHeader
+	var b [2]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return h, err
+	}
+	if b[0] != streamVersion {
+		return h, fmt.Errorf("%w: version %d", errStreamHeader, b[0])
+	}
+	service, err := readString(r, int(b[1]))
+	if err != nil {
+		return h, err
+	}
+	if _, err := io.ReadFull(r, b[:1]); err != nil {
+		return h, err
+	}
+	origin, err := readString(r, int(b[0]))
+	if err != nil {
+		return h, err
+	}
+	for _, c := range []byte(service) {
+		if c < 0x21 || c > 0x7e {
+			return h, fmt.Errorf("%w: service name is not printable ASCII", errStreamHeader)
+		}
+	}
+	return streamHeader{service: service, origin: origin}, nil
+}
+
+func readString(r io.Reader, n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// marshalStatus encodes status | msg_len | msg.
+func marshalStatus(s Status, msg string) []byte {
+	msg = clip(msg)
+	return append([]byte{byte(s), byte(len(msg))}, msg...)
+}
+
+// readStatus reads the exit's answer.
+func readStatus(r io.Reader) (Status, string, error) {
+	var b [2]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, "", err
+	}
+	msg, err := readString(r, int(b[1]))
+	return Status(b[0]), msg, err
+}
