@@ -284,7 +284,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 // sessionEnd describes how a session's record stream ended.
 func sessionEnd(readErr error) error {
 	switch {
-	case readErr == nil:
+	case readErr == nil, errors.Is(readErr, net.ErrClosed):
 		return errors.New("closed locally")
 	case errors.Is(readErr, io.EOF):
 		return errors.New("peer closed the session (CLOSE received)")

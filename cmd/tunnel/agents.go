@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel"
+)
+
+type exitCmd struct {
+	Listen           string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
+	Forward          string        `help:"Backend to dial for each stream (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Key              string        `help:"This exit's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
+	AuthorizedKeys   string        `help:"Entry agents allowed in: a file of PUBLIC KEY PEM blocks, or a directory of .pub/.pem files. Required." placeholder:"FILE|DIR"`
+	DialTimeout      time.Duration `help:"Give up dialing the backend after this long." default:"${dial_timeout}"`
+	HandshakeTimeout time.Duration `help:"Drop an entry agent that has not finished the handshake after this long." default:"${handshake_timeout}"`
+	MaxHandshakes    int           `help:"Limit on handshakes in progress at once (RSA work is costly: this caps what a flood of connections can make the exit do)." default:"${max_handshakes}"`
+	MaxStreams       int           `help:"Limit on concurrent streams (app connections) per entry session." default:"${max_streams}"`
+	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on each session, which also detect a dead peer." default:"${keepalive}"`
+	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
+	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+}
+
+func (c *exitCmd) settings() config.Exit {
+	return config.Exit{
+		Listen: c.Listen, Forward: c.Forward, Key: c.Key, AuthorizedKeys: c.AuthorizedKeys,
+		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout,
+		MaxHandshakes: c.MaxHandshakes, MaxStreams: c.MaxStreams, KeepAlive: c.KeepAlive,
+		Window: c.Window, DrainTimeout: c.DrainTimeout,
+	}
+}
+
+// Run validates the settings, loads the keys, binds, logs "listening" and serves until e.ctx
+// is done.
+func (c *exitCmd) Run(e *env) error {
+	s := c.settings()
+	if err := s.Validate(); err != nil {
+		return usageError{err}
+	}
+	key, err := handshake.LoadPrivateKey(s.Key)
+	if err != nil {
+		return usagef("--key %v", err)
+	}
+	auth, err := handshake.LoadAuthorizedKeys(s.AuthorizedKeys)
+	if err != nil {
+		return usagef("--authorized-keys %v", err)
+	}
+	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: s, Key: key, Authorized: auth}, e.log)
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
+		Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward).Msg("exit ready")
+	return serve(e, "exit", s.Listen, x.Serve)
+}
+
+type entryCmd struct {
+	Listen           string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${entry_listen}" placeholder:"ADDR"`
+	Peer             string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Key              string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
+	PeerKey          string        `help:"The exit's public key file (.pub); the exit must prove it holds the matching private key. Required." placeholder:"FILE"`
+	DialTimeout      time.Duration `help:"Give up dialing the exit agent after this long." default:"${dial_timeout}"`
+	HandshakeTimeout time.Duration `help:"Give up on a handshake with the exit after this long." default:"${handshake_timeout}"`
+	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
+	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
+	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+}
+
+func (c *entryCmd) settings() config.Entry {
+	return config.Entry{
+		Listen: c.Listen, Peer: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
+		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
+		Window: c.Window, DrainTimeout: c.DrainTimeout,
+	}
+}
+
+// Run validates the settings, loads the keys, binds, logs "listening" and serves until e.ctx
+// is done.
+func (c *entryCmd) Run(e *env) error {
+	s := c.settings()
+	if err := s.Validate(); err != nil {
+		return usageError{err}
+	}
+	key, err := handshake.LoadPrivateKey(s.Key)
+	if err != nil {
+		return usagef("--key %v", err)
+	}
+	peerKey, err := handshake.LoadPublicKey(s.PeerKey)
+	if err != nil {
+		return usagef("--peer-key %v", err)
+	}
+	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKey: peerKey}, e.log)
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
+		Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey)).Msg("entry ready")
+	return serve(e, "entry", s.Listen, n.Serve)
+}
+
+// serve binds addr, logs "listening" with the bound address, and runs an agent's Serve until
+// e.ctx is done. Serve owns and closes the listener.
+func serve(e *env, role, addr string, agentServe func(context.Context, net.Listener) error) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	e.log.Info().Str("role", role).Str("addr", ln.Addr().String()).Msg("listening")
+	stop := context.AfterFunc(e.ctx, func() {
+		e.log.Info().Str("role", role).Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
+	})
+	defer stop()
+	if err := agentServe(e.ctx, ln); err != nil {
+		return err
+	}
+	e.log.Info().Str("role", role).Msg("stopped")
+	return nil
+}
+
+type demoCmd struct {
+	Verbose bool `help:"Also log the agents' info messages (to stderr); without it only their warnings and errors."`
+}
+
+// Run runs tunnel.RunDemo, which prints to stdout. The agents' info logs would interleave with
+// the demo's display on a terminal, so they are hidden unless asked for.
+func (c *demoCmd) Run(e *env) error {
+	log := e.log
+	if !c.Verbose && log.GetLevel() < zerolog.WarnLevel {
+		log = log.Level(zerolog.WarnLevel)
+	}
+	return tunnel.RunDemo(e.ctx, e.stdout, log)
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// TestMain lets a test run this binary as the real command, so that signals and exit codes
+// can be checked in a child process.
+func TestMain(m *testing.M) {
+	if os.Getenv("TUNNEL_TEST_AS_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// logWatch collects what a command writes to stderr and lets a test wait for a line.
+// Safe for concurrent use.
+type logWatch struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (w *logWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
+}
+
+func (w *logWatch) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitJSON waits for a JSON log line whose message is msg and returns it decoded.
+func (w *logWatch) waitJSON(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(w.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["message"] == msg {
+				return m
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no log line %q within 15s; log:\n%s", msg, w.String())
+	return nil
+}
+
+// keyPair writes name.key and name.pub (2048 bits, for speed) in dir and returns the
+// fingerprint.
+func keyPair(t *testing.T, dir, name string) string {
+	t.Helper()
+	k, err := handshake.GenerateKey(2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := handshake.MarshalPrivateKeyPEM(k)
+	pub, _ := handshake.MarshalPublicKeyPEM(&k.PublicKey)
+	if err := os.WriteFile(filepath.Join(dir, name+".key"), priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".pub"), pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return handshake.Fingerprint(&k.PublicKey)
+}
+
+// backend accepts on loopback; each connection echoes, or with hold just reads and stays open.
+// It reports every connection it accepts on conns.
+func backend(t *testing.T, hold bool) (addr string, conns chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns = make(chan net.Conn, 16)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			select {
+			case conns <- c:
+			default:
+			}
+			if !hold {
+				wg.Add(1)
+				go func() { defer wg.Done(); io.Copy(c, c); c.Close() }()
+			}
+		}
+	}()
+	return ln.Addr().String(), conns
+}
+
+// TestExitEntry runs both agents in-process through run(), with settings from flags, the
+// environment and a config file, passes data through them, and stops them by cancelling the
+// context, which must give exit code 0.
+func TestExitEntry(t *testing.T) {
+	dir := t.TempDir()
+	exitFP := keyPair(t, dir, "exit")
+	keyPair(t, dir, "entry")
+	back, _ := backend(t, false)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	codes := make(chan string, 2)
+	start := func(name string, stderr *logWatch, args ...string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var stdout bytes.Buffer
+			code := run(ctx, args, &stdout, stderr)
+			codes <- fmt.Sprintf("%s=%d", name, code)
+		}()
+	}
+
+	var exitLog, entryLog logWatch
+	start("exit", &exitLog, "--log-format", "json", "exit", "--listen", "127.0.0.1:0", "--forward", back,
+		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", dir, "--drain-timeout", "5s")
+	l := exitLog.waitJSON(t, "listening")
+	if l["role"] != "exit" {
+		t.Errorf("exit's listening line: %v", l)
+	}
+	exitAddr := l["addr"].(string)
+
+	// The entry takes its peer from the environment and its keys from a config file.
+	cfg := writeFile(t, filepath.Join(dir, "entry.yaml"), fmt.Sprintf("entry:\n  key: %s\n  peer-key: %s\n  peer: 127.0.0.1:1\n",
+		filepath.Join(dir, "entry.key"), filepath.Join(dir, "exit.pub")))
+	t.Setenv("TUNNEL_PEER", exitAddr)
+	start("entry", &entryLog, "--log-format", "json", "--config", cfg, "entry", "--listen", "127.0.0.1:0")
+	l = entryLog.waitJSON(t, "listening")
+	if l["role"] != "entry" {
+		t.Errorf("entry's listening line: %v", l)
+	}
+	entryAddr := l["addr"].(string)
+	est := entryLog.waitJSON(t, "session established")
+	if est["peer_fingerprint"] != exitFP {
+		t.Errorf("session established with %v, want %s", est["peer_fingerprint"], exitFP)
+	}
+
+	c, err := net.Dial("tcp", entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("through the tunnel and back")
+	c.Write(msg)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through the tunnel: %q, %v", got, err)
+	}
+	c.Close()
+
+	cancel()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("agents did not stop within 15s of the context's end")
+	}
+	close(codes)
+	for code := range codes {
+		if !strings.HasSuffix(code, "=0") {
+			t.Errorf("exit code %s, want 0\nexit log:\n%s\nentry log:\n%s", code, exitLog.String(), entryLog.String())
+		}
+	}
+}
+
+func TestListenInUse(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "exit")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	code, _, errs := runCmd(t, "exit", "--listen", ln.Addr().String(), "--forward", "127.0.0.1:9",
+		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", filepath.Join(dir, "exit.pub"))
+	if code != exitRuntime || !strings.Contains(errs, "tunnel: listen tcp "+ln.Addr().String()) {
+		t.Errorf("code %d, stderr %q", code, errs)
+	}
+}
+
+// child is the command running in a child process, its stderr collected.
+type child struct {
+	cmd  *exec.Cmd
+	log  logWatch
+	done chan struct{}
+	err  error
+}
+
+func startChild(t *testing.T, args ...string) *child {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: exec.Command(self, args...), done: make(chan struct{})}
+	c.cmd.Env = append(os.Environ(), "TUNNEL_TEST_AS_MAIN=1")
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			c.log.Write(append(sc.Bytes(), '\n'))
+		}
+		c.err = c.cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		c.cmd.Process.Kill()
+		<-c.done
+	})
+	return c
+}
+
+// exitCode waits up to d for the child to end and returns its exit code.
+func (c *child) exitCode(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-c.done:
+		return c.cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		t.Fatalf("%v still running after %v; log:\n%s", c.cmd.Args[1:], d, c.log.String())
+		return -1
+	}
+}
+
+// TestSignals runs the real command in child processes: with a stream open, the first SIGINT
+// makes the entry drain (it keeps running), a second one makes it exit at once with 130; an
+// exit with no open stream stops on SIGTERM with 0.
+func TestSignals(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "exit")
+	keyPair(t, dir, "entry")
+	back, conns := backend(t, true)
+
+	x := startChild(t, "--log-format", "json", "exit", "--listen", "127.0.0.1:0", "--forward", back,
+		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", filepath.Join(dir, "entry.pub"))
+	exitAddr := x.log.waitJSON(t, "listening")["addr"].(string)
+	n := startChild(t, "--log-format", "json", "entry", "--listen", "127.0.0.1:0", "--peer", exitAddr,
+		"--key", filepath.Join(dir, "entry.key"), "--peer-key", filepath.Join(dir, "exit.pub"), "--drain-timeout", "60s")
+	entryAddr := n.log.waitJSON(t, "listening")["addr"].(string)
+
+	app, err := net.Dial("tcp", entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	app.Write([]byte("ping"))
+	select {
+	case <-conns: // the stream reached the backend, which holds it open
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no backend connection; entry log:\n%s", n.log.String())
+	}
+
+	n.cmd.Process.Signal(syscall.SIGINT)
+	n.log.waitJSON(t, "stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
+	select {
+	case <-n.done:
+		t.Fatalf("entry exited on the first signal with a stream open; log:\n%s", n.log.String())
+	case <-time.After(300 * time.Millisecond):
+	}
+	n.cmd.Process.Signal(syscall.SIGINT)
+	if code := n.exitCode(t, 5*time.Second); code != 130 {
+		t.Errorf("entry after a second SIGINT: exit code %d, want 130", code)
+	}
+	if !strings.Contains(n.log.String(), "tunnel: second interrupt") {
+		t.Errorf("entry log lacks the second-signal line:\n%s", n.log.String())
+	}
+
+	x.cmd.Process.Signal(syscall.SIGTERM)
+	if code := x.exitCode(t, 15*time.Second); code != 0 {
+		t.Errorf("exit after SIGTERM: exit code %d, want 0; log:\n%s", code, x.log.String())
+	}
+}

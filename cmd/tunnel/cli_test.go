@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runCmd runs the command in-process and returns its exit code, stdout and stderr.
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func writeFile(t *testing.T, path, data string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := runCmd(t, "--help")
+	if code != 0 {
+		t.Fatalf("--help exit code %d", code)
+	}
+	for _, cmd := range []string{"keygen", "fingerprint", "version", "exit", "entry", "demo", "--log-level", "--log-format", "--config"} {
+		if !strings.Contains(out, cmd) {
+			t.Errorf("--help does not mention %s:\n%s", cmd, out)
+		}
+	}
+	code, out, _ = runCmd(t, "exit", "--help")
+	if code != 0 {
+		t.Fatalf("exit --help exit code %d", code)
+	}
+	for _, flag := range []string{"--listen=ADDR", "--forward", "--key", "--authorized-keys", "--dial-timeout=5s",
+		"--handshake-timeout=10s", "--max-handshakes=64", "--max-streams=1024", "--keepalive=15s",
+		"--window=1048576", "--drain-timeout=30s", "$TUNNEL_AUTHORIZED_KEYS"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("exit --help does not mention %s", flag)
+		}
+	}
+	code, out, _ = runCmd(t, "entry", "--help")
+	if code != 0 {
+		t.Fatalf("entry --help exit code %d", code)
+	}
+	for _, flag := range []string{"--listen=ADDR", "--peer=HOST:PORT", "--peer-key", "$TUNNEL_PEER_KEY"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("entry --help does not mention %s", flag)
+		}
+	}
+}
+
+// TestUsageErrors checks that bad input exits 2 with one line on stderr naming the problem.
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	pub := filepath.Join(dir, "k")
+	if code, _, errs := runCmd(t, "keygen", "--out", pub, "--bits", "2048"); code != 0 {
+		t.Fatalf("keygen: %d %s", code, errs)
+	}
+	junk := writeFile(t, filepath.Join(dir, "junk"), "not a key\n")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "expected one of"},
+		{[]string{"bogus"}, "unexpected argument bogus"},
+		{[]string{"--log-level", "loud", "version"}, "--log-level"},
+		{[]string{"--log-format", "xml", "version"}, "--log-format"},
+		{[]string{"--config", filepath.Join(dir, "none.yaml"), "version"}, "none.yaml"},
+		{[]string{"keygen"}, "--out"},
+		{[]string{"keygen", "--out", filepath.Join(dir, "x"), "--bits", "1024"}, "--bits 1024"},
+		{[]string{"fingerprint"}, "<file>"},
+		{[]string{"fingerprint", junk}, "no PEM block"},
+		{[]string{"fingerprint", filepath.Join(dir, "none")}, "no such file"},
+		{[]string{"exit", "--key", pub + ".key", "--authorized-keys", pub + ".pub"}, "--forward is required"},
+		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--window", "5"}, "--window 5"},
+		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--dial-timeout", "5"}, "--dial-timeout"},
+		{[]string{"exit", "--forward", "h:1", "--key", pub + ".pub", "--authorized-keys", pub + ".pub"},
+			"--key " + pub + ".pub: this is a public key; give the private key (.key) made by `tunnel keygen`"},
+		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".key"}, "--authorized-keys"},
+		{[]string{"exit", "--forward", "h:1", "--key", junk, "--authorized-keys", pub + ".pub"}, "--key " + junk},
+		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
+		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: this is a private key"},
+		{[]string{"entry", "--peer", "nohost", "--key", pub + ".key", "--peer-key", pub + ".pub"}, "--peer \"nohost\""},
+	}
+	for _, tc := range cases {
+		code, out, errs := runCmd(t, tc.args...)
+		if code != exitUsage {
+			t.Errorf("%q: exit code %d, want %d (stderr %q)", tc.args, code, exitUsage, errs)
+		}
+		if out != "" {
+			t.Errorf("%q: stdout %q, want nothing", tc.args, out)
+		}
+		if !strings.HasPrefix(errs, "tunnel: ") || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%q: stderr %q is not one line starting \"tunnel: \"", tc.args, errs)
+		}
+		if !strings.Contains(errs, tc.want) {
+			t.Errorf("%q: stderr %q does not contain %q", tc.args, errs, tc.want)
+		}
+	}
+}
+
+// TestPrecedence checks flag > TUNNEL_* env > --config file > default, for flat and per-command
+// file keys, durations, integers and global flags.
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeFile(t, filepath.Join(dir, "tunnel.yaml"), `
+log-level: debug
+listen: 127.0.0.1:1111
+peer: flat:1
+peer-key: file.pub
+window: 524288
+dial-timeout: 7s
+entry:
+  peer: nested:1
+exit:
+  listen: 127.0.0.1:4444
+  max-streams: 9
+`)
+	type want struct {
+		logLevel, listen, peer, peerKey string
+		window                          uint32
+		dial                            time.Duration
+	}
+	def := want{"info", ":5000", "", "", 1 << 20, 5 * time.Second}
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want want
+	}{
+		{"defaults", nil, []string{"entry"}, def},
+		{"config", nil, []string{"--config", cfg, "entry"},
+			want{"debug", "127.0.0.1:1111", "nested:1", "file.pub", 524288, 7 * time.Second}},
+		{"config from env", map[string]string{"TUNNEL_CONFIG": cfg}, []string{"entry"},
+			want{"debug", "127.0.0.1:1111", "nested:1", "file.pub", 524288, 7 * time.Second}},
+		{"env over config", map[string]string{"TUNNEL_LISTEN": "127.0.0.1:2222", "TUNNEL_WINDOW": "300000",
+			"TUNNEL_PEER_KEY": "env.pub", "TUNNEL_LOG_LEVEL": "warn", "TUNNEL_PEER": "env:1"},
+			[]string{"--config", cfg, "entry"},
+			want{"warn", "127.0.0.1:2222", "env:1", "env.pub", 300000, 7 * time.Second}},
+		{"flag over env and config", map[string]string{"TUNNEL_LISTEN": "127.0.0.1:2222", "TUNNEL_WINDOW": "300000",
+			"TUNNEL_DIAL_TIMEOUT": "8s"},
+			[]string{"--config", cfg, "--log-level", "error", "entry", "--listen", "127.0.0.1:3333", "--dial-timeout", "9s",
+				"--peer-key", "flag.pub"},
+			want{"error", "127.0.0.1:3333", "nested:1", "flag.pub", 300000, 9 * time.Second}},
+		{"env only", map[string]string{"TUNNEL_DIAL_TIMEOUT": "250ms", "TUNNEL_PEER": "env:2"}, []string{"entry"},
+			want{"info", ":5000", "env:2", "", 1 << 20, 250 * time.Millisecond}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			c, _, err := parse(tc.args, new(bytes.Buffer), new(bytes.Buffer))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := c.Entry.settings()
+			got := want{c.LogLevel, n.Listen, n.Peer, n.PeerKey, n.Window, n.DialTimeout}
+			if got != tc.want {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+
+	// The exit reads its own section; the entry's does not leak into it.
+	c, _, err := parse([]string{"--config", cfg, "exit"}, new(bytes.Buffer), new(bytes.Buffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := c.Exit.settings()
+	if x.Listen != "127.0.0.1:4444" || x.MaxStreams != 9 || x.DialTimeout != 7*time.Second || x.MaxHandshakes != 64 {
+		t.Errorf("exit settings from config: %+v", x)
+	}
+}
+
+func TestBadConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, body, want string }{
+		{"not yaml", "listen: [unclosed\n", "not YAML"},
+		{"bad duration", "dial-timeout: soon\n", "--dial-timeout"},
+		{"bad number", "window: lots\n", "--window"},
+		{"unknown key", "lisen: :1\n", `unknown key "lisen"`},
+		{"unknown key in section", "entry:\n  forward: a:1\n", `unknown key "forward" under "entry"`},
+		{"section not a map", "entry: 3\n", `"entry" must be a map`},
+	}
+	for _, tc := range cases {
+		cfg := writeFile(t, filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".yaml"), tc.body)
+		code, _, errs := runCmd(t, "--config", cfg, "entry")
+		if code != exitUsage || !strings.HasPrefix(errs, "tunnel: ") || !strings.Contains(errs, tc.want) {
+			t.Errorf("%s: code %d stderr %q, want %d and %q", tc.name, code, errs, exitUsage, tc.want)
+		}
+		if tc.name == "not yaml" && !strings.Contains(errs, cfg) {
+			t.Errorf("error %q does not name the file", errs)
+		}
+	}
+}
+
+// TestLogFormat checks that logs on a non-terminal are JSON lines by default, console on request,
+// and that --log-level filters.
+func TestLogFormat(t *testing.T) {
+	dir := t.TempDir()
+	code, _, errs := runCmd(t, "keygen", "--bits", "2048", "--out", filepath.Join(dir, "a"))
+	if code != 0 {
+		t.Fatalf("keygen: %d %s", code, errs)
+	}
+	var line map[string]any
+	if err := json.Unmarshal([]byte(strings.TrimSpace(errs)), &line); err != nil {
+		t.Fatalf("default log on a buffer is not one JSON line: %q: %v", errs, err)
+	}
+	if line["level"] != "info" || line["message"] == nil || line["time"] == nil {
+		t.Errorf("log line lacks zerolog's default fields: %v", line)
+	}
+	code, _, errs = runCmd(t, "--log-format", "console", "keygen", "--bits", "2048", "--out", filepath.Join(dir, "b"))
+	if code != 0 || !strings.Contains(errs, "INF") || strings.HasPrefix(errs, "{") {
+		t.Errorf("console log: code %d %q", code, errs)
+	}
+	code, _, errs = runCmd(t, "--log-level", "warn", "keygen", "--bits", "2048", "--out", filepath.Join(dir, "c"))
+	if code != 0 || errs != "" {
+		t.Errorf("--log-level warn still logged info: code %d %q", code, errs)
+	}
+}
+
+// TestDemoCommand runs `tunnel demo` (the demo itself is tested in package tunnel) and checks the
+// wiring: exit code, output on stdout, agents' info logs hidden without --verbose.
+func TestDemoCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the demo pushes 256 MiB")
+	}
+	code, out, errs := runCmd(t, "demo")
+	if code != 0 {
+		t.Fatalf("demo: code %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if !strings.Contains(out, "Checked: the backend received exactly") || !strings.Contains(out, "MB/s") {
+		t.Errorf("demo output:\n%s", out)
+	}
+	if strings.Contains(errs, `"level":"info"`) {
+		t.Errorf("demo logged info lines without --verbose:\n%s", errs)
+	}
+}

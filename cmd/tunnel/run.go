@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/alecthomas/kong"
+	kongyaml "github.com/alecthomas/kong-yaml"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
+
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitRuntime = 1 // the command ran and failed
+	exitUsage   = 2 // bad flags, environment, config file or key files
+)
+
+// cli is the command line. Every flag can also come from the environment as TUNNEL_<FLAG> (upper
+// snake case) and from the --config YAML file, keyed by flag name; flag > env > file > default.
+type cli struct {
+	LogLevel  string     `help:"Log level: debug, info, warn or error." enum:"debug,info,warn,error" default:"info"`
+	LogFormat string     `help:"Log format on stderr: json, console, or auto (console when stderr is a terminal, json otherwise)." enum:"auto,json,console" default:"auto"`
+	Config    configFlag `help:"YAML file of settings, keyed by flag name (listen: ':7000', peer-key: exit.pub), either at the top level or under 'exit:' / 'entry:'. Flags and TUNNEL_* environment variables override it." placeholder:"FILE"`
+
+	Keygen      keygenCmd      `cmd:"" help:"Make an RSA key pair: PATH.key (private, mode 0600) and PATH.pub (public). Prints the fingerprint."`
+	Fingerprint fingerprintCmd `cmd:"" help:"Print the SHA256 fingerprint of a public or private key file."`
+	Version     versionCmd     `cmd:"" help:"Print the version of this build."`
+	Exit        exitCmd        `cmd:"" help:"Run the exit agent: accept entry agents, and dial the backend for each stream they open."`
+	Entry       entryCmd       `cmd:"" help:"Run the entry agent: accept plaintext TCP from apps and carry it, encrypted, to the exit agent."`
+	Demo        demoCmd        `cmd:"" help:"Run a self-contained loopback demo: fresh keys, a backend, an exit, an entry, and what the wire shows."`
+}
+
+// env is what every command's Run receives.
+type env struct {
+	ctx    context.Context // cancelled on the first SIGINT/SIGTERM
+	stdout io.Writer
+	stderr io.Writer
+	log    zerolog.Logger
+}
+
+// usageError is a problem with what the user gave (flags, environment, config or key files);
+// it exits with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// kongExit carries an exit code requested by kong (after --help) out of Parse.
+type kongExit int
+
+// run parses args and runs the command they name. It returns the process exit code; errors are
+// written to stderr as one line starting "tunnel: ".
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			k, ok := r.(kongExit)
+			if !ok {
+				panic(r)
+			}
+			code = int(k)
+		}
+	}()
+	c, kctx, err := parse(args, stdout, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tunnel: %v (see tunnel --help)\n", err)
+		return exitUsage
+	}
+	log, err := newLogger(stderr, c.LogLevel, c.LogFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "tunnel: %v\n", err)
+		return exitUsage
+	}
+	err = kctx.Run(&env{ctx: ctx, stdout: stdout, stderr: stderr, log: log})
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "tunnel: %v\n", err)
+	if errors.As(err, new(usageError)) {
+		return exitUsage
+	}
+	return exitRuntime
+}
+
+// parse resolves args, the TUNNEL_* environment and the --config file into a cli. Help output
+// makes it panic with a kongExit, which run recovers.
+func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error) {
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("tunnel"),
+		kong.Description("An encrypting TCP tunnel sidecar (RSA-authenticated handshake, AES-256-CFB + HMAC-SHA256 records, yamux streams)."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(kongExit(code)) }),
+		kong.DefaultEnvars("TUNNEL"),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars(defaultVars()),
+	)
+	if err != nil {
+		return nil, nil, err
+	}
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &c, kctx, nil
+}
+
+// defaultVars feeds the config package's defaults into the flag defaults and help.
+func defaultVars() kong.Vars {
+	x, n := config.DefaultExit(), config.DefaultEntry()
+	return kong.Vars{
+		"exit_listen":       x.Listen,
+		"entry_listen":      n.Listen,
+		"dial_timeout":      x.DialTimeout.String(),
+		"handshake_timeout": x.HandshakeTimeout.String(),
+		"max_handshakes":    strconv.Itoa(x.MaxHandshakes),
+		"max_streams":       strconv.Itoa(x.MaxStreams),
+		"keepalive":         x.KeepAlive.String(),
+		"window":            strconv.FormatUint(uint64(x.Window), 10),
+		"drain_timeout":     x.DrainTimeout.String(),
+		"key_bits":          strconv.Itoa(handshake.DefaultKeyBits),
+	}
+}
+
+// configFlag is --config: a YAML file keyed by flag name. Setting it (by flag or TUNNEL_CONFIG)
+// adds the file as a resolver before the other flags are resolved.
+type configFlag string
+
+// BeforeResolve loads the file, rejects keys that name no flag, and adds its resolver.
+func (c configFlag) BeforeResolve(k *kong.Kong, kctx *kong.Context, trace *kong.Path) error {
+	path := kong.ExpandPath(string(kctx.FlagValue(trace.Flag).(configFlag)))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config %s: %w", path, errors.Unwrap(err))
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("--config %s: not YAML: %w", path, err)
+	}
+	if err := checkConfigKeys(k.Model.Node, doc); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	r, err := yamlResolver(bytes.NewReader(data))
+	if err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	kctx.AddResolver(r)
+	return nil
+}
+
+// checkConfigKeys accepts, at the top level, any flag name of any command and, as a map, any
+// command name; under a command, that command's flags and the global ones.
+func checkConfigKeys(app *kong.Node, doc map[string]any) error {
+	flags := func(n *kong.Node) map[string]bool {
+		m := map[string]bool{}
+		for _, group := range n.AllFlags(true) {
+			for _, f := range group {
+				if f.Name != "help" && f.Name != "config" {
+					m[f.Name] = true
+				}
+			}
+		}
+		return m
+	}
+	all := flags(app)
+	cmds := map[string]*kong.Node{}
+	for _, cmd := range app.Children {
+		cmds[cmd.Name] = cmd
+		for name := range flags(cmd) {
+			all[name] = true
+		}
+	}
+	for key, v := range doc {
+		if cmd, ok := cmds[key]; ok {
+			section, ok := v.(map[string]any)
+			if !ok {
+				return fmt.Errorf("%q must be a map of %s's flag names to values", key, key)
+			}
+			own := flags(cmd)
+			for k := range section {
+				if !own[k] {
+					return fmt.Errorf("unknown key %q under %q: keys are %s's flag names without the dashes in front, e.g. listen", k, key, key)
+				}
+			}
+			continue
+		}
+		if !all[key] {
+			return fmt.Errorf("unknown key %q: keys are flag names without the dashes in front, e.g. listen, peer-key", key)
+		}
+	}
+	return nil
+}
+
+// yamlResolver wraps kong-yaml's resolver. A key may be a flag name at the top level ("listen")
+// or under its command ("exit: {listen: ...}"), the latter winning. A flag whose TUNNEL_*
+// variable is set ignores the file, so that the environment beats the file (kong alone lets
+// resolvers win over the environment).
+func yamlResolver(r io.Reader) (kong.Resolver, error) {
+	inner, err := kongyaml.Loader(r)
+	if err != nil {
+		return nil, err
+	}
+	return kong.ResolverFunc(func(kctx *kong.Context, parent *kong.Path, flag *kong.Flag) (any, error) {
+		for _, name := range flag.Envs {
+			if _, ok := os.LookupEnv(name); ok {
+				return nil, nil
+			}
+		}
+		v, err := inner.Resolve(kctx, parent, flag)
+		if v != nil || err != nil {
+			return v, err
+		}
+		return inner.Resolve(kctx, &kong.Path{App: kctx.Model}, flag)
+	}), nil
+}
+
+// newLogger builds the zerolog logger on w. Format "auto" is console when w is a terminal and
+// JSON otherwise.
+func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Nop(), usagef("--log-level %q: give debug, info, warn or error", level)
+	}
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = isatty.IsTerminal(f.Fd())
+	}
+	if format == "console" || (format == "auto" && tty) {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !tty}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}

@@ -1,0 +1,277 @@
+// Package config holds the settings of the two tunnel agents, their defaults and their
+// validation. It loads no keys: key fields are paths, whose contents the handshake package
+// checks when it loads them.
+//
+// Validation errors name the field as its command-line flag (e.g. "--forward") and say how to
+// fix it, so the command can print them to the user as they are.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Window bounds: yamux needs at least its initial 256 KiB window, and a window must fit the
+// signed 32-bit arithmetic peers use.
+const (
+	MinWindow = 256 << 10
+	MaxWindow = 1 << 31
+)
+
+// Exit holds the exit agent's settings (no loaded keys: paths only).
+type Exit struct {
+	Listen           string        // address to accept entry agents on, default ":7000"
+	Forward          string        // required, host:port of the backend
+	Key              string        // required, path of the exit's private key
+	AuthorizedKeys   string        // required, file of PUBLIC KEY PEM blocks, or a directory of them
+	DialTimeout      time.Duration // backend dial timeout, default 5s
+	HandshakeTimeout time.Duration // default 10s
+	MaxHandshakes    int           // handshakes in progress at once, default 64
+	MaxStreams       int           // concurrent streams per session, default 1024
+	KeepAlive        time.Duration // yamux keepalive interval, default 15s
+	Window           uint32        // yamux max stream window, default 1 MiB
+	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
+}
+
+// Entry holds the entry agent's settings (no loaded keys: paths only).
+type Entry struct {
+	Listen           string        // address to accept apps on, default ":5000"
+	Peer             string        // required, host:port of the exit
+	Key              string        // required, path of the entry's private key
+	PeerKey          string        // required, path of the exit's public key (pinned)
+	DialTimeout      time.Duration // dial timeout to the exit, default 5s
+	HandshakeTimeout time.Duration // default 10s
+	KeepAlive        time.Duration // yamux keepalive interval, default 15s
+	Window           uint32        // yamux max stream window, default 1 MiB
+	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
+}
+
+// Defaults shared by both agents.
+const (
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultKeepAlive        = 15 * time.Second
+	DefaultWindow           = 1 << 20
+	DefaultDrainTimeout     = 30 * time.Second
+	DefaultMaxHandshakes    = 64
+	DefaultMaxStreams       = 1024
+	DefaultExitListen       = ":7000"
+	DefaultEntryListen      = ":5000"
+)
+
+// DefaultExit returns the exit settings with every optional field at its default; the required
+// fields (Forward, Key, AuthorizedKeys) are empty.
+func DefaultExit() Exit {
+	return Exit{
+		Listen:           DefaultExitListen,
+		DialTimeout:      DefaultDialTimeout,
+		HandshakeTimeout: DefaultHandshakeTimeout,
+		MaxHandshakes:    DefaultMaxHandshakes,
+		MaxStreams:       DefaultMaxStreams,
+		KeepAlive:        DefaultKeepAlive,
+		Window:           DefaultWindow,
+		DrainTimeout:     DefaultDrainTimeout,
+	}
+}
+
+// DefaultEntry returns the entry settings with every optional field at its default; the required
+// fields (Peer, Key, PeerKey) are empty.
+func DefaultEntry() Entry {
+	return Entry{
+		Listen:           DefaultEntryListen,
+		DialTimeout:      DefaultDialTimeout,
+		HandshakeTimeout: DefaultHandshakeTimeout,
+		KeepAlive:        DefaultKeepAlive,
+		Window:           DefaultWindow,
+		DrainTimeout:     DefaultDrainTimeout,
+	}
+}
+
+// Validate returns the first problem found in c, or nil. It checks that the key paths exist and
+// are readable, not what they contain.
+func (c Exit) Validate() error {
+	checks := []error{
+		listenAddr("--listen", c.Listen),
+		required("--forward", c.Forward, "give the backend's host:port, e.g. --forward 127.0.0.1:8080"),
+		dialAddr("--forward", c.Forward, "the backend"),
+		required("--key", c.Key, "give the exit's private key file made by tunnel keygen"),
+		readableFile("--key", c.Key),
+		required("--authorized-keys", c.AuthorizedKeys, "give a file of the entries' public keys (PUBLIC KEY PEM blocks) or a directory of .pub files"),
+		readablePath("--authorized-keys", c.AuthorizedKeys),
+		positiveDuration("--dial-timeout", c.DialTimeout),
+		positiveDuration("--handshake-timeout", c.HandshakeTimeout),
+		positiveInt("--max-handshakes", c.MaxHandshakes),
+		positiveInt("--max-streams", c.MaxStreams),
+		positiveDuration("--keepalive", c.KeepAlive),
+		window(c.Window),
+		positiveDuration("--drain-timeout", c.DrainTimeout),
+	}
+	return first(checks)
+}
+
+// Validate returns the first problem found in c, or nil. It checks that the key paths exist and
+// are readable, not what they contain.
+func (c Entry) Validate() error {
+	checks := []error{
+		listenAddr("--listen", c.Listen),
+		required("--peer", c.Peer, "give the exit agent's host:port, e.g. --peer exit.example.com:7000"),
+		dialAddr("--peer", c.Peer, "the exit agent"),
+		required("--key", c.Key, "give the entry's private key file made by tunnel keygen"),
+		readableFile("--key", c.Key),
+		required("--peer-key", c.PeerKey, "give the exit's public key file (.pub) to pin"),
+		readableFile("--peer-key", c.PeerKey),
+		positiveDuration("--dial-timeout", c.DialTimeout),
+		positiveDuration("--handshake-timeout", c.HandshakeTimeout),
+		positiveDuration("--keepalive", c.KeepAlive),
+		window(c.Window),
+		positiveDuration("--drain-timeout", c.DrainTimeout),
+	}
+	return first(checks)
+}
+
+func first(errs []error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func required(flag, v, fix string) error {
+	if v == "" {
+		return fmt.Errorf("%s is required: %s", flag, fix)
+	}
+	return nil
+}
+
+// listenAddr accepts host:port with an empty host (all interfaces) and port 0 (any free port).
+func listenAddr(flag, addr string) error {
+	if addr == "" {
+		return fmt.Errorf("%s is required: give host:port or :port to listen on, e.g. %s :7000", flag, flag)
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s %q is not host:port: write it as :PORT or HOST:PORT, e.g. 127.0.0.1:5000", flag, addr)
+	}
+	if _, err := parsePort(port, 0); err != nil {
+		return fmt.Errorf("%s %q: %v", flag, addr, err)
+	}
+	return nil
+}
+
+// dialAddr needs a host and a port in 1..65535. An empty address is left to required.
+func dialAddr(flag, addr, what string) error {
+	if addr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s %q is not host:port: give %s's address as HOST:PORT, e.g. 10.0.0.2:7000", flag, addr, what)
+	}
+	if host == "" {
+		return fmt.Errorf("%s %q has no host: give %s's address as HOST:PORT, e.g. 127.0.0.1%s", flag, addr, what, addr)
+	}
+	if _, err := parsePort(port, 1); err != nil {
+		return fmt.Errorf("%s %q: %v", flag, addr, err)
+	}
+	return nil
+}
+
+func parsePort(s string, lowest int) (int, error) {
+	p, err := strconv.Atoi(s)
+	if err != nil || p < lowest || p > 65535 {
+		return 0, fmt.Errorf("port %q is not a number in %d..65535", s, lowest)
+	}
+	return p, nil
+}
+
+// readableFile checks that path is a regular file that can be opened for reading. An empty path
+// is left to required.
+func readableFile(flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s %s: %v", flag, path, cause(err))
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%s %s is a directory: give the key file itself", flag, path)
+	}
+	return openable(flag, path)
+}
+
+// readablePath checks that path is a readable file or a listable directory.
+func readablePath(flag, path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s %s: %v", flag, path, cause(err))
+	}
+	if fi.IsDir() {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("%s %s: %v", flag, path, cause(err))
+		}
+		defer f.Close()
+		if _, err := f.ReadDir(1); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s %s: cannot list the directory: %v", flag, path, cause(err))
+		}
+		return nil
+	}
+	return openable(flag, path)
+}
+
+func openable(flag, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s %s: %v", flag, path, cause(err))
+	}
+	f.Close()
+	return nil
+}
+
+// cause strips the *PathError wrapping (whose text repeats the path) and adds the fix for the
+// common cases.
+func cause(err error) string {
+	switch {
+	case os.IsNotExist(err):
+		return "no such file; check the path (tunnel keygen --out NAME makes NAME.key and NAME.pub)"
+	case os.IsPermission(err):
+		return "permission denied; make it readable by the user running tunnel"
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+func positiveDuration(flag string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s %v must be greater than zero: give a Go duration such as 5s or 500ms", flag, d)
+	}
+	return nil
+}
+
+func positiveInt(flag string, n int) error {
+	if n <= 0 {
+		return fmt.Errorf("%s %d must be greater than zero", flag, n)
+	}
+	return nil
+}
+
+func window(w uint32) error {
+	if w < MinWindow || uint64(w) > MaxWindow {
+		return fmt.Errorf("--window %d is out of range: give bytes from %d (256 KiB) to %d (2 GiB), e.g. 1048576", w, MinWindow, uint64(MaxWindow))
+	}
+	return nil
+}

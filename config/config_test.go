@@ -1,0 +1,183 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// keyFiles makes a readable key file, a public key file and a directory of keys in a temp dir.
+func keyFiles(t *testing.T) (key, pub, dir string) {
+	t.Helper()
+	d := t.TempDir()
+	key = filepath.Join(d, "a.key")
+	pub = filepath.Join(d, "a.pub")
+	dir = filepath.Join(d, "authorized")
+	for _, p := range []string{key, pub} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return key, pub, dir
+}
+
+func TestDefaults(t *testing.T) {
+	x := DefaultExit()
+	want := Exit{Listen: ":7000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
+		MaxHandshakes: 64, MaxStreams: 1024, KeepAlive: 15 * time.Second, Window: 1 << 20,
+		DrainTimeout: 30 * time.Second}
+	if x != want {
+		t.Errorf("DefaultExit() = %+v, want %+v", x, want)
+	}
+	n := DefaultEntry()
+	wantN := Entry{Listen: ":5000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
+		KeepAlive: 15 * time.Second, Window: 1 << 20, DrainTimeout: 30 * time.Second}
+	if n != wantN {
+		t.Errorf("DefaultEntry() = %+v, want %+v", n, wantN)
+	}
+	// The defaults alone lack the required fields.
+	if x.Validate() == nil || n.Validate() == nil {
+		t.Error("defaults without required fields validated")
+	}
+}
+
+func TestExitValidate(t *testing.T) {
+	key, pub, dir := keyFiles(t)
+	missing := filepath.Join(t.TempDir(), "nope.key")
+	good := func() Exit {
+		c := DefaultExit()
+		c.Forward = "127.0.0.1:8080"
+		c.Key = key
+		c.AuthorizedKeys = pub
+		return c
+	}
+	if err := good().Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	okCases := []struct {
+		name string
+		mod  func(*Exit)
+	}{
+		{"authorized dir", func(c *Exit) { c.AuthorizedKeys = dir }},
+		{"listen any port", func(c *Exit) { c.Listen = "127.0.0.1:0" }},
+		{"listen ipv6", func(c *Exit) { c.Listen = "[::1]:7000" }},
+		{"forward name", func(c *Exit) { c.Forward = "db.internal:5432" }},
+		{"window min", func(c *Exit) { c.Window = MinWindow }},
+		{"window max", func(c *Exit) { c.Window = MaxWindow }},
+	}
+	for _, tc := range okCases {
+		c := good()
+		tc.mod(&c)
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: unexpected error %v", tc.name, err)
+		}
+	}
+	cases := []struct {
+		name string
+		mod  func(*Exit)
+		want []string // substrings of the error
+	}{
+		{"no listen", func(c *Exit) { c.Listen = "" }, []string{"--listen", "required"}},
+		{"listen no port", func(c *Exit) { c.Listen = "7000" }, []string{"--listen", "host:port"}},
+		{"listen bad port", func(c *Exit) { c.Listen = ":http" }, []string{"--listen", "0..65535"}},
+		{"listen port too big", func(c *Exit) { c.Listen = ":70000" }, []string{"--listen", "0..65535"}},
+		{"no forward", func(c *Exit) { c.Forward = "" }, []string{"--forward", "required", "host:port"}},
+		{"forward no host", func(c *Exit) { c.Forward = ":8080" }, []string{"--forward", "no host"}},
+		{"forward no port", func(c *Exit) { c.Forward = "backend" }, []string{"--forward", "host:port"}},
+		{"forward port 0", func(c *Exit) { c.Forward = "backend:0" }, []string{"--forward", "1..65535"}},
+		{"no key", func(c *Exit) { c.Key = "" }, []string{"--key", "required", "tunnel keygen"}},
+		{"key missing", func(c *Exit) { c.Key = missing }, []string{"--key", missing, "no such file"}},
+		{"key is dir", func(c *Exit) { c.Key = dir }, []string{"--key", "directory"}},
+		{"no authorized", func(c *Exit) { c.AuthorizedKeys = "" }, []string{"--authorized-keys", "required"}},
+		{"authorized missing", func(c *Exit) { c.AuthorizedKeys = missing }, []string{"--authorized-keys", "no such file"}},
+		{"dial timeout", func(c *Exit) { c.DialTimeout = 0 }, []string{"--dial-timeout", "greater than zero"}},
+		{"handshake timeout", func(c *Exit) { c.HandshakeTimeout = -time.Second }, []string{"--handshake-timeout", "greater than zero"}},
+		{"max handshakes", func(c *Exit) { c.MaxHandshakes = 0 }, []string{"--max-handshakes", "greater than zero"}},
+		{"max streams", func(c *Exit) { c.MaxStreams = -1 }, []string{"--max-streams", "greater than zero"}},
+		{"keepalive", func(c *Exit) { c.KeepAlive = 0 }, []string{"--keepalive", "greater than zero"}},
+		{"window small", func(c *Exit) { c.Window = MinWindow - 1 }, []string{"--window", "out of range"}},
+		{"window big", func(c *Exit) { c.Window = MaxWindow + 1 }, []string{"--window", "out of range"}},
+		{"drain timeout", func(c *Exit) { c.DrainTimeout = 0 }, []string{"--drain-timeout", "greater than zero"}},
+	}
+	for _, tc := range cases {
+		c := good()
+		tc.mod(&c)
+		checkErr(t, tc.name, c.Validate(), tc.want)
+	}
+}
+
+func TestEntryValidate(t *testing.T) {
+	key, pub, dir := keyFiles(t)
+	missing := filepath.Join(t.TempDir(), "nope.pub")
+	good := func() Entry {
+		c := DefaultEntry()
+		c.Peer = "exit.example.com:7000"
+		c.Key = key
+		c.PeerKey = pub
+		return c
+	}
+	if err := good().Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	cases := []struct {
+		name string
+		mod  func(*Entry)
+		want []string
+	}{
+		{"no listen", func(c *Entry) { c.Listen = "" }, []string{"--listen", "required"}},
+		{"listen garbage", func(c *Entry) { c.Listen = "a:b:c" }, []string{"--listen", "host:port"}},
+		{"no peer", func(c *Entry) { c.Peer = "" }, []string{"--peer", "required"}},
+		{"peer no host", func(c *Entry) { c.Peer = ":7000" }, []string{"--peer", "no host"}},
+		{"peer no port", func(c *Entry) { c.Peer = "exit" }, []string{"--peer", "host:port"}},
+		{"peer bad port", func(c *Entry) { c.Peer = "exit:99999" }, []string{"--peer", "1..65535"}},
+		{"no key", func(c *Entry) { c.Key = "" }, []string{"--key", "required"}},
+		{"key missing", func(c *Entry) { c.Key = missing }, []string{"--key", "no such file"}},
+		{"no peer key", func(c *Entry) { c.PeerKey = "" }, []string{"--peer-key", "required"}},
+		{"peer key missing", func(c *Entry) { c.PeerKey = missing }, []string{"--peer-key", "no such file"}},
+		{"peer key dir", func(c *Entry) { c.PeerKey = dir }, []string{"--peer-key", "directory"}},
+		{"dial timeout", func(c *Entry) { c.DialTimeout = 0 }, []string{"--dial-timeout"}},
+		{"handshake timeout", func(c *Entry) { c.HandshakeTimeout = 0 }, []string{"--handshake-timeout"}},
+		{"keepalive", func(c *Entry) { c.KeepAlive = -1 }, []string{"--keepalive"}},
+		{"window", func(c *Entry) { c.Window = 1024 }, []string{"--window", "out of range"}},
+		{"drain timeout", func(c *Entry) { c.DrainTimeout = 0 }, []string{"--drain-timeout"}},
+	}
+	for _, tc := range cases {
+		c := good()
+		tc.mod(&c)
+		checkErr(t, tc.name, c.Validate(), tc.want)
+	}
+}
+
+func TestUnreadableKey(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads files regardless of mode")
+	}
+	key, pub, _ := keyFiles(t)
+	if err := os.Chmod(key, 0); err != nil {
+		t.Fatal(err)
+	}
+	c := DefaultEntry()
+	c.Peer, c.Key, c.PeerKey = "h:1", key, pub
+	checkErr(t, "unreadable", c.Validate(), []string{"--key", "permission denied"})
+}
+
+func checkErr(t *testing.T, name string, err error, want []string) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: no error, want one containing %q", name, want)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%s: error %q does not contain %q", name, err, w)
+		}
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("%s: error %q spans lines", name, err)
+	}
+}
