@@ -2,6 +2,7 @@ package handshake
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdh"
 	"crypto/mlkem"
 	"encoding/hex"
@@ -89,7 +90,7 @@ func FuzzKeyI(f *testing.F) {
 			return
 		}
 		res := &responder{cfg: &Config{PrivateKey: rPriv}, peerKey: iPub, m1: m1, m2: m2}
-		_, err := res.handleKeyI(msg)
+		_, err := res.handleKeyI(context.Background(), msg)
 		if err == nil && !bytes.Equal(msg[msgHeaderLen:], m3[msgHeaderLen:]) {
 			t.Fatalf("modified KEY_I accepted")
 		}

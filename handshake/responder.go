@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"time"
 
@@ -26,7 +27,8 @@ const DefaultMaxInProgress = 64
 // concurrent use.
 type Responder struct {
 	cfg   Config
-	slots chan struct{}
+	slots chan struct{} // handshakes in progress
+	rsa   chan struct{} // private-key operations in progress, one per CPU
 }
 
 // NewResponder checks cfg and returns a Responder allowing maxInProgress
@@ -41,7 +43,32 @@ func NewResponder(cfg Config, maxInProgress int) (*Responder, error) {
 	if maxInProgress <= 0 {
 		maxInProgress = DefaultMaxInProgress
 	}
-	return &Responder{cfg: cfg, slots: make(chan struct{}, maxInProgress)}, nil
+	return &Responder{
+		cfg:   cfg,
+		slots: make(chan struct{}, maxInProgress),
+		rsa:   make(chan struct{}, runtime.GOMAXPROCS(0)),
+	}, nil
+}
+
+// Refuse answers conn with ALERT busy and closes it, without any private
+// key work: for callers that shed load before a handshake (rate limits).
+func (r *Responder) Refuse(conn net.Conn, reason string) {
+	closeAfterAlert(conn, reject(AlertBusy, reason, "%s", reason))
+}
+
+// withRSA runs f while holding one of the private-key slots, so that a
+// flood of handshakes queues for CPU instead of oversubscribing it.
+func (st *responder) withRSA(ctx context.Context, f func() error) error {
+	if st.rsaSlots == nil {
+		return f()
+	}
+	select {
+	case st.rsaSlots <- struct{}{}:
+		defer func() { <-st.rsaSlots }()
+		return f()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Handshake runs the responder's side over conn, which it owns from now on:
@@ -59,7 +86,7 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 	}
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
-	st := &responder{cfg: &r.cfg}
+	st := &responder{cfg: &r.cfg, rsaSlots: r.rsa}
 	fc, err := st.run(ctx, conn)
 	if !stop() && err == nil {
 		err = fmt.Errorf("handshake: %w", ctx.Err())
@@ -86,8 +113,9 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 
 // responder is the responder's state, step by step.
 type responder struct {
-	cfg     *Config
-	peerKey *rsa.PublicKey
+	cfg      *Config
+	rsaSlots chan struct{} // nil: unbounded (tests)
+	peerKey  *rsa.PublicKey
 
 	m1, m2                    []byte
 	x25519Shared, mlkemShared []byte
@@ -105,7 +133,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 		return nil, reject(AlertUnsupportedVersion, fmt.Sprintf("this exit speaks protocol version %d", ProtocolVersion),
 			"initiator speaks protocol version %d; this responder speaks %d", pre[prefaceLen-1], ProtocolVersion)
 	}
-	m2, err := st.handleHelloI(pre[:], conn)
+	m2, err := st.handleHelloI(ctx, pre[:], conn)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +149,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	case typ == msgAlert:
 		return nil, alertFrom(m3)
 	}
-	secret, err := st.handleKeyI(m3)
+	secret, err := st.handleKeyI(ctx, m3)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +169,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 
 // handleHelloI reads and checks HELLO_I (suite, then key id, then the key
 // shares) and returns M2 = HELLO_R.
-func (st *responder) handleHelloI(pre []byte, conn net.Conn) ([]byte, error) {
+func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn) ([]byte, error) {
 	_, msg, err := readMsg(conn, msgHelloI)
 	if err != nil {
 		if errors.As(err, new(*unexpectedError)) || errors.Is(err, errMalformed) {
@@ -192,7 +220,11 @@ func (st *responder) handleHelloI(pre []byte, conn net.Conn) ([]byte, error) {
 		keyID:   KeyID(&st.cfg.PrivateKey.PublicKey),
 	}
 	rand.Read(hr.random)
-	if hr.sig, err = sign(st.cfg.PrivateKey, contextResponder, digest(st.m1, hr.signedBody())); err != nil {
+	err = st.withRSA(ctx, func() (err error) {
+		hr.sig, err = sign(st.cfg.PrivateKey, contextResponder, digest(st.m1, hr.signedBody()))
+		return err
+	})
+	if err != nil {
 		return nil, reject(AlertInternalError, "internal error", "signing HELLO_R: %v", err)
 	}
 	st.m2 = appendMsg(nil, msgHelloR, hr.body())
@@ -200,7 +232,7 @@ func (st *responder) handleHelloI(pre []byte, conn net.Conn) ([]byte, error) {
 }
 
 // handleKeyI verifies sig_i before it decrypts, and returns the secret.
-func (st *responder) handleKeyI(m3 []byte) ([]byte, error) {
+func (st *responder) handleKeyI(ctx context.Context, m3 []byte) ([]byte, error) {
 	ki, err := parseKeyI(m3[msgHeaderLen:])
 	if err != nil {
 		return nil, reject(AlertProtocolError, "bad KEY_I", "%v", err)
@@ -209,7 +241,14 @@ func (st *responder) handleKeyI(m3 []byte) ([]byte, error) {
 		return nil, reject(AlertBadSignature, "bad initiator signature",
 			"initiator signature does not verify under its authorized key %s", Fingerprint(st.peerKey))
 	}
-	secret, err := rsa.DecryptOAEP(sha256.New(), nil, st.cfg.PrivateKey, ki.ct, []byte(labelOAEP))
+	var secret []byte
+	err = st.withRSA(ctx, func() (err error) {
+		secret, err = rsa.DecryptOAEP(sha256.New(), nil, st.cfg.PrivateKey, ki.ct, []byte(labelOAEP))
+		return err
+	})
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("handshake: %w", ctx.Err())
+	}
 	if err != nil || len(secret) != 32 {
 		// One code and one message for every failure: no oracle.
 		return nil, reject(AlertDecryptError, "decrypt error", "key transport does not decrypt")

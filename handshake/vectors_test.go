@@ -2,6 +2,7 @@ package handshake
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdh"
 	"crypto/mlkem"
 	"encoding/hex"
@@ -146,7 +147,7 @@ func TestVectorHandshake(t *testing.T) {
 		m2:      m2,
 	}
 	m3 := unhex(t, v.Msg3)
-	secret, err := res.handleKeyI(m3)
+	secret, err := res.handleKeyI(context.Background(), m3)
 	if err != nil {
 		t.Fatalf("KEY_I rejected: %v", err)
 	}
@@ -222,7 +223,7 @@ func TestVectorTamperedMessages(t *testing.T) {
 		mod := bytes.Clone(m3)
 		mod[i] ^= 0x10
 		res := &responder{cfg: &Config{PrivateKey: rPriv}, peerKey: &iPriv.PublicKey, m1: m1, m2: m2}
-		if _, err := res.handleKeyI(mod); err == nil {
+		if _, err := res.handleKeyI(context.Background(), mod); err == nil {
 			t.Fatalf("KEY_I with byte %d flipped was accepted", i)
 		}
 	}
@@ -230,7 +231,7 @@ func TestVectorTamperedMessages(t *testing.T) {
 	other := bytes.Clone(m1)
 	other[20] ^= 1
 	res := &responder{cfg: &Config{PrivateKey: rPriv}, peerKey: &iPriv.PublicKey, m1: other, m2: m2}
-	if _, err := res.handleKeyI(m3); err == nil {
+	if _, err := res.handleKeyI(context.Background(), m3); err == nil {
 		t.Fatal("KEY_I accepted under another transcript")
 	}
 }
