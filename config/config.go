@@ -36,6 +36,8 @@ type Exit struct {
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
+	HandshakeRate    float64       // new handshakes per second allowed from one source IP, default 10
+	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
 }
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).
@@ -49,6 +51,7 @@ type Entry struct {
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
+	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
 }
 
 // Defaults shared by both agents.
@@ -60,6 +63,7 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultMaxHandshakes    = 64
 	DefaultMaxStreams       = 1024
+	DefaultHandshakeRate    = 10.0
 	DefaultExitListen       = ":7000"
 	DefaultEntryListen      = ":5000"
 )
@@ -76,6 +80,7 @@ func DefaultExit() Exit {
 		KeepAlive:        DefaultKeepAlive,
 		Window:           DefaultWindow,
 		DrainTimeout:     DefaultDrainTimeout,
+		HandshakeRate:    DefaultHandshakeRate,
 	}
 }
 
@@ -110,6 +115,8 @@ func (c Exit) Validate() error {
 		positiveDuration("--keepalive", c.KeepAlive),
 		window(c.Window),
 		positiveDuration("--drain-timeout", c.DrainTimeout),
+		positiveRate("--handshake-rate", c.HandshakeRate),
+		optionalListenAddr("--status-addr", c.StatusAddr),
 	}
 	return first(checks)
 }
@@ -130,6 +137,7 @@ func (c Entry) Validate() error {
 		positiveDuration("--keepalive", c.KeepAlive),
 		window(c.Window),
 		positiveDuration("--drain-timeout", c.DrainTimeout),
+		optionalListenAddr("--status-addr", c.StatusAddr),
 	}
 	return first(checks)
 }
@@ -260,6 +268,21 @@ func positiveDuration(flag string, d time.Duration) error {
 		return fmt.Errorf("%s %v must be greater than zero: give a Go duration such as 5s or 500ms", flag, d)
 	}
 	return nil
+}
+
+func positiveRate(flag string, r float64) error {
+	if !(r > 0) {
+		return fmt.Errorf("%s %v must be greater than zero (handshakes per second from one source)", flag, r)
+	}
+	return nil
+}
+
+// optionalListenAddr checks addr as listenAddr does, when it is set.
+func optionalListenAddr(flag, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	return listenAddr(flag, addr)
 }
 
 func positiveInt(flag string, n int) error {

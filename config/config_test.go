@@ -30,7 +30,7 @@ func TestDefaults(t *testing.T) {
 	x := DefaultExit()
 	want := Exit{Listen: ":7000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes: 64, MaxStreams: 1024, KeepAlive: 15 * time.Second, Window: 1 << 20,
-		DrainTimeout: 30 * time.Second}
+		DrainTimeout: 30 * time.Second, HandshakeRate: 10}
 	if x != want {
 		t.Errorf("DefaultExit() = %+v, want %+v", x, want)
 	}
@@ -99,6 +99,8 @@ func TestExitValidate(t *testing.T) {
 		{"handshake timeout", func(c *Exit) { c.HandshakeTimeout = -time.Second }, []string{"--handshake-timeout", "greater than zero"}},
 		{"max handshakes", func(c *Exit) { c.MaxHandshakes = 0 }, []string{"--max-handshakes", "greater than zero"}},
 		{"max streams", func(c *Exit) { c.MaxStreams = -1 }, []string{"--max-streams", "greater than zero"}},
+		{"handshake rate", func(c *Exit) { c.HandshakeRate = 0 }, []string{"--handshake-rate", "greater than zero"}},
+		{"status addr", func(c *Exit) { c.StatusAddr = "nope" }, []string{"--status-addr", "not host:port"}},
 		{"keepalive", func(c *Exit) { c.KeepAlive = 0 }, []string{"--keepalive", "greater than zero"}},
 		{"window small", func(c *Exit) { c.Window = MinWindow - 1 }, []string{"--window", "out of range"}},
 		{"window big", func(c *Exit) { c.Window = MaxWindow + 1 }, []string{"--window", "out of range"}},

@@ -39,10 +39,12 @@ const (
 // Entry accepts application connections and carries each as a stream of
 // one long-lived, authenticated session to the exit.
 type Entry struct {
-	cfg  config.Entry
-	hs   handshake.Config
-	log  zerolog.Logger
-	pool *bufPool
+	cfg        config.Entry
+	hs         handshake.Config
+	log        zerolog.Logger
+	pool       *bufPool
+	writeStall time.Duration
+	count      counters
 
 	mu      sync.Mutex
 	sess    *yamux.Session // nil while there is none
@@ -62,10 +64,21 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 			PeerKey:    cfg.PeerKey,
 			Timeout:    cfg.Settings.HandshakeTimeout,
 		},
-		log:   log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
-		pool:  newBufPool(),
-		ready: make(chan struct{}),
+		log:        log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
+		pool:       newBufPool(),
+		writeStall: defaultWriteStall,
+		ready:      make(chan struct{}),
 	}, nil
+}
+
+// Stats returns the entry's counters.
+func (e *Entry) Stats() Stats { return e.count.stats("entry") }
+
+// Healthy reports whether a session with the exit is up.
+func (e *Entry) Healthy() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sess != nil && !e.sess.IsClosed()
 }
 
 // Serve accepts applications on ln until ctx is done, then stops accepting,
@@ -74,6 +87,15 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
+	if e.cfg.StatusAddr != "" {
+		wait, err := startStatus(hard, e.cfg.StatusAddr, e.log, e.Stats, e.Healthy)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("tunnel: status endpoint: %w", err)
+		}
+		defer wait()
+		defer stopAll()
+	}
 	var wg, conns sync.WaitGroup
 
 	wg.Add(1)
@@ -124,6 +146,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 	for ctx.Err() == nil {
 		sess, conn, err := e.connect(ctx)
 		if err != nil {
+			e.count.hsFailures.Add(1)
 			e.setFailure(err)
 			wait := rand.N(backoff) + backoff/2
 			e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot establish a session with the exit")
@@ -136,6 +159,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 		}
 		start := time.Now()
 		e.setSession(sess)
+		e.count.sessions.Add(1)
 		select {
 		case <-sess.CloseChan():
 		case <-ctx.Done():
@@ -146,6 +170,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				sess.Close()
 			}
 		}
+		e.count.sessions.Add(-1)
 		reason := sessionEnd(conn.ReadError())
 		e.clearSession(sess, fmt.Errorf("session lost: %v", reason))
 		if ctx.Err() == nil {
@@ -244,6 +269,9 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 		return
 	}
 	log = log.With().Uint32("stream", st.StreamID()).Logger()
+	e.count.streams.Add(1)
+	e.count.streamsTotal.Add(1)
+	defer e.count.streams.Add(-1)
 	start := time.Now()
 	// The header goes out at once; application bytes follow without waiting
 	// for the exit's status.
@@ -256,7 +284,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	}
 	var status Status
 	var msg string
-	f := forward(app, st, e.pool, func() error {
+	f := forward(app, st, e.pool, e.writeStall, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {

@@ -29,11 +29,14 @@ type ExitConfig struct {
 // Exit accepts entry agents, authenticates them, and forwards each of their
 // streams to the backend.
 type Exit struct {
-	cfg    config.Exit
-	log    zerolog.Logger
-	resp   *handshake.Responder
-	pool   *bufPool
-	dialer net.Dialer
+	cfg        config.Exit
+	log        zerolog.Logger
+	resp       *handshake.Responder
+	limiter    *sourceLimiter
+	pool       *bufPool
+	dialer     net.Dialer
+	writeStall time.Duration
+	count      counters
 }
 
 // NewExit checks cfg and returns an exit agent. It starts nothing.
@@ -50,13 +53,18 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		return nil, err
 	}
 	return &Exit{
-		cfg:    cfg.Settings,
-		log:    log.With().Str("role", "exit").Logger(),
-		resp:   resp,
-		pool:   newBufPool(),
-		dialer: net.Dialer{Timeout: cfg.Settings.DialTimeout},
+		cfg:        cfg.Settings,
+		log:        log.With().Str("role", "exit").Logger(),
+		resp:       resp,
+		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
+		pool:       newBufPool(),
+		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
+		writeStall: defaultWriteStall,
 	}, nil
 }
+
+// Stats returns the exit's counters.
+func (e *Exit) Stats() Stats { return e.count.stats("exit") }
 
 // Serve accepts entry agents on ln until ctx is done, then stops accepting,
 // lets open streams finish for up to the drain timeout, closes everything
@@ -65,6 +73,15 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	// hard ends every session: at the end of the drain, or at once on error.
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
+	if e.cfg.StatusAddr != "" {
+		wait, err := startStatus(hard, e.cfg.StatusAddr, e.log, e.Stats, func() bool { return true })
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("tunnel: status endpoint: %w", err)
+		}
+		defer wait()
+		defer stopAll()
+	}
 	var wg sync.WaitGroup
 	var streams sync.WaitGroup
 
@@ -106,18 +123,26 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync.WaitGroup) {
 	peer := conn.RemoteAddr().String()
 	log := e.log.With().Str("peer", peer).Logger()
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetKeepAlive(true)
+	if !e.limiter.allow(conn.RemoteAddr(), time.Now()) {
+		e.count.hsRefused.Add(1)
+		log.Debug().Msg("handshake refused: over the per-source handshake rate")
+		e.resp.Refuse(conn, "too many handshakes from your address; retry later")
+		return
 	}
 	res, err := e.resp.Handshake(hard, conn)
 	if err != nil {
 		lvl := log.Warn()
 		if errors.Is(err, handshake.ErrBusy) {
+			e.count.hsRefused.Add(1)
 			lvl = log.Debug() // a flood must not flood the log
+		} else {
+			e.count.hsFailures.Add(1)
 		}
 		lvl.Err(err).Msg("handshake failed")
 		return
 	}
+	e.count.sessions.Add(1)
+	defer e.count.sessions.Add(-1)
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
 	log.Info().Dur("handshake", res.Duration).Msg("session established")
 
@@ -153,9 +178,12 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 			continue
 		}
 		streams.Add(1)
+		e.count.streams.Add(1)
+		e.count.streamsTotal.Add(1)
 		go func() {
 			defer streams.Done()
 			defer active.Add(-1)
+			defer e.count.streams.Add(-1)
 			e.serveStream(ctx, log, st)
 		}()
 	}
@@ -194,7 +222,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
 		return
 	}
-	f := forward(backend, st, e.pool, nil)
+	f := forward(backend, st, e.pool, e.writeStall, nil)
 	ev := log.Info()
 	if f.aborted {
 		ev = log.Warn().Bool("aborted", true)

@@ -35,8 +35,10 @@ type flow struct {
 // peer application sees an abort and never a clean, truncated end.
 // before, if not nil, runs in the stream-to-conn direction before copying
 // (the entry reads the exit's status there); an error from it aborts both.
-// A direction left half-open is bounded by yamux's StreamCloseTimeout.
-func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, before func() error) flow {
+// A direction left half-open is bounded by yamux's StreamCloseTimeout; a
+// write that stalls for longer than stall (a reader that stopped reading)
+// aborts the connection, so nothing waits, or buffers, without bound.
+func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, before func() error) flow {
 	var f flow
 	var once sync.Once
 	fail := func(err error) {
@@ -54,7 +56,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, before func() e
 		defer close(done)
 		buf := pool.get()
 		defer pool.put(buf)
-		n, err := copyPlain(st, conn, *buf)
+		n, err := copyPlain(st, conn, *buf, stall)
 		f.toStream = n
 		if err != nil {
 			fail(err)
@@ -72,7 +74,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, before func() e
 	}
 	if f.err == nil {
 		buf := pool.get()
-		n, err := copyPlain(conn, st, *buf)
+		n, err := copyPlain(conn, st, *buf, stall)
 		pool.put(buf)
 		f.fromStream = n
 		switch {
@@ -99,14 +101,25 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, before func() e
 
 var errSessionLost = errors.New("tunnel session lost")
 
-// copyPlain copies src to dst with buf until src's EOF (returned as nil).
-// It avoids io.Copy's ReaderFrom/WriterTo paths so that buf, sized to one
-// record, is what is used.
-func copyPlain(dst io.Writer, src io.Reader, buf []byte) (int64, error) {
+// deadlineWriter is a writer with write deadlines: a TCP conn or a stream.
+type deadlineWriter interface {
+	io.Writer
+	SetWriteDeadline(time.Time) error
+}
+
+// defaultWriteStall is how long one write may block on a peer that does
+// not read before the connection is aborted.
+const defaultWriteStall = 2 * time.Minute
+
+// copyPlain copies src to dst with buf until src's EOF (returned as nil);
+// each write must complete within stall. It avoids io.Copy's
+// ReaderFrom/WriterTo paths so that buf, sized to one record, is what is used.
+func copyPlain(dst deadlineWriter, src io.Reader, buf []byte, stall time.Duration) (int64, error) {
 	var total int64
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			dst.SetWriteDeadline(time.Now().Add(stall))
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {

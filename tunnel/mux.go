@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -16,7 +17,20 @@ import (
 const (
 	yamuxHeaderLen = 12
 	yamuxTypeData  = 0
+	yamuxTypePing  = 2
+	yamuxFlagSYN   = 1
 )
+
+// Ping limits: yamux answers every ping with a new goroutine, so a peer's
+// ping flood would cost unbounded goroutines. Keepalives need one ping per
+// interval; a peer sending more than pingBurst beyond pingRate per second
+// is cut off.
+const (
+	pingRate  = 20
+	pingBurst = 100
+)
+
+var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (ping flood); session closed")
 
 // copyBufSize makes one application read one yamux frame and one record:
 // the frame's header and body fill a record's payload exactly.
@@ -28,6 +42,9 @@ const copyBufSize = frame.MaxPayload - yamuxHeaderLen
 // one record rather than two. Other frames (window updates, pings, go away)
 // have no body and pass at once. Write is called by yamux's single send
 // loop; mu makes it safe regardless.
+//
+// On the read side muxConn follows yamux's framing too, to count the
+// peer's pings (see pingRate).
 type muxConn struct {
 	*frame.Conn
 
@@ -35,6 +52,72 @@ type muxConn struct {
 	hdr      [yamuxHeaderLen]byte
 	have     int // bytes of hdr collected
 	bodyLeft int // bytes of the current data frame's body still to come
+
+	in frameScanner // read side; yamux reads from one goroutine
+}
+
+// Read passes the peer's bytes to yamux, watching for a ping flood.
+func (m *muxConn) Read(p []byte) (int, error) {
+	n, err := m.Conn.Read(p)
+	if n > 0 {
+		if ferr := m.in.scan(p[:n], time.Now()); ferr != nil {
+			m.Conn.Close()
+			return 0, ferr
+		}
+	}
+	return n, err
+}
+
+// frameScanner follows yamux frame boundaries in a byte stream and keeps a
+// token bucket for ping requests.
+type frameScanner struct {
+	hdr      [yamuxHeaderLen]byte
+	have     int
+	bodyLeft int
+
+	tokens float64
+	last   time.Time
+}
+
+func (s *frameScanner) scan(p []byte, now time.Time) error {
+	for len(p) > 0 {
+		if s.bodyLeft > 0 {
+			n := min(len(p), s.bodyLeft)
+			s.bodyLeft -= n
+			p = p[n:]
+			continue
+		}
+		k := copy(s.hdr[s.have:], p)
+		s.have += k
+		p = p[k:]
+		if s.have < yamuxHeaderLen {
+			return nil
+		}
+		s.have = 0
+		length := int(binary.BigEndian.Uint32(s.hdr[8:]))
+		switch s.hdr[1] {
+		case yamuxTypeData:
+			s.bodyLeft = length
+		case yamuxTypePing:
+			if binary.BigEndian.Uint16(s.hdr[2:])&yamuxFlagSYN != 0 && !s.takePing(now) {
+				return errPingFlood
+			}
+		}
+	}
+	return nil
+}
+
+func (s *frameScanner) takePing(now time.Time) bool {
+	if s.last.IsZero() {
+		s.tokens, s.last = pingBurst, now
+	}
+	s.tokens = min(pingBurst, s.tokens+now.Sub(s.last).Seconds()*pingRate)
+	s.last = now
+	if s.tokens < 1 {
+		return false
+	}
+	s.tokens--
+	return true
 }
 
 func (m *muxConn) Write(p []byte) (int, error) {

@@ -73,10 +73,23 @@ type agents struct {
 	entryAddr string
 	exitAddr  string
 	stopExit  func()
+	exit      *Exit
+	entry     *Entry
 }
 
 // start runs an exit forwarding to backend and an entry pointing at it.
 func start(t *testing.T, backend string) *agents {
+	return startWith(t, backend, nil)
+}
+
+// startWith is start with a hook to adjust the exit before it serves.
+func startWith(t *testing.T, backend string, adjust func(*config.Exit, *config.Entry)) *agents {
+	return startStall(t, backend, adjust, 0)
+}
+
+// startStall is startWith with a write-stall timeout for both agents
+// (zero keeps the default).
+func startStall(t *testing.T, backend string, adjust func(*config.Exit, *config.Entry), stall time.Duration) *agents {
 	t.Helper()
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
@@ -90,6 +103,9 @@ func start(t *testing.T, backend string) *agents {
 	ns.Key, ns.PeerKey = "unused", "unused"
 	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
 
+	if adjust != nil {
+		adjust(&xs, &ns)
+	}
 	a := &agents{}
 	exitLn := listen(t)
 	a.exitAddr = exitLn.Addr().String()
@@ -98,6 +114,10 @@ func start(t *testing.T, backend string) *agents {
 		x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
 		if err != nil {
 			t.Fatal(err)
+		}
+		a.exit = x
+		if stall > 0 {
+			x.writeStall = stall
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -111,13 +131,16 @@ func start(t *testing.T, backend string) *agents {
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.entry = n
+	if stall > 0 {
+		n.writeStall = stall
+	}
 	entryLn := listen(t)
 	a.entryAddr = entryLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { n.Serve(ctx, entryLn); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	t.Cleanup(func() {}) // keep order: entry stops before the exit
 	return a
 }
 

@@ -24,6 +24,8 @@ type exitCmd struct {
 	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on each session, which also detect a dead peer." default:"${keepalive}"`
 	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+	HandshakeRate    float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
+	StatusAddr       string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. 127.0.0.1:9070. Off when empty." placeholder:"ADDR"`
 }
 
 func (c *exitCmd) settings() config.Exit {
@@ -32,6 +34,7 @@ func (c *exitCmd) settings() config.Exit {
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout,
 		MaxHandshakes: c.MaxHandshakes, MaxStreams: c.MaxStreams, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout,
+		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
 	}
 }
 
@@ -69,13 +72,14 @@ type entryCmd struct {
 	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
 	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+	StatusAddr       string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. 127.0.0.1:9071. Off when empty." placeholder:"ADDR"`
 }
 
 func (c *entryCmd) settings() config.Entry {
 	return config.Entry{
 		Listen: c.Listen, Peer: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
-		Window: c.Window, DrainTimeout: c.DrainTimeout,
+		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
 	}
 }
 

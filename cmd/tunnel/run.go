@@ -128,6 +128,7 @@ func defaultVars() kong.Vars {
 		"handshake_timeout": x.HandshakeTimeout.String(),
 		"max_handshakes":    strconv.Itoa(x.MaxHandshakes),
 		"max_streams":       strconv.Itoa(x.MaxStreams),
+		"handshake_rate":    strconv.FormatFloat(x.HandshakeRate, 'g', -1, 64),
 		"keepalive":         x.KeepAlive.String(),
 		"window":            strconv.FormatUint(uint64(x.Window), 10),
 		"drain_timeout":     x.DrainTimeout.String(),

@@ -1,0 +1,87 @@
+package tunnel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Stats are an agent's counters and its process's resource use, as the
+// status endpoint shows them.
+type Stats struct {
+	Role              string `json:"role"`
+	Sessions          int64  `json:"sessions"`      // sessions up now
+	Streams           int64  `json:"streams"`       // streams open now
+	StreamsTotal      int64  `json:"streams_total"` // streams opened since start
+	HandshakeFailures int64  `json:"handshake_failures"`
+	HandshakesRefused int64  `json:"handshakes_refused"` // busy or over the per-source rate
+	Goroutines        int    `json:"goroutines"`
+	HeapBytes         uint64 `json:"heap_bytes"`
+	OpenFDs           int    `json:"open_fds"` // -1 where /proc/self/fd is not readable
+}
+
+// counters are updated by an agent's goroutines.
+type counters struct {
+	sessions, streams, streamsTotal, hsFailures, hsRefused atomic.Int64
+}
+
+func (c *counters) stats(role string) Stats {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fds := -1
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		fds = len(ents)
+	}
+	return Stats{
+		Role:              role,
+		Sessions:          c.sessions.Load(),
+		Streams:           c.streams.Load(),
+		StreamsTotal:      c.streamsTotal.Load(),
+		HandshakeFailures: c.hsFailures.Load(),
+		HandshakesRefused: c.hsRefused.Load(),
+		Goroutines:        runtime.NumGoroutine(),
+		HeapBytes:         ms.HeapAlloc,
+		OpenFDs:           fds,
+	}
+}
+
+// startStatus serves GET /status (Stats as JSON) and /healthz (200 when
+// healthy, 503 otherwise) on addr until ctx ends. The returned wait blocks
+// until the server has stopped.
+func startStatus(ctx context.Context, addr string, log zerolog.Logger, stats func() Stats, healthy func() bool) (wait func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(stats())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !healthy() {
+			http.Error(w, "not ready: no session\n", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("status endpoint stopped")
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	log.Info().Str("addr", ln.Addr().String()).Msg("status endpoint listening")
+	return func() { <-done; stop() }, nil
+}
