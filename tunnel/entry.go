@@ -48,6 +48,7 @@ type Entry struct {
 
 	mu      sync.Mutex
 	sess    *yamux.Session // nil while there is none
+	conn    *frame.Conn    // the record layer under sess
 	ready   chan struct{}  // closed when sess is set; replaced when it is lost
 	lastErr error          // why the last attempt to reach the exit failed
 }
@@ -71,8 +72,23 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 	}, nil
 }
 
-// Stats returns the entry's counters.
-func (e *Entry) Stats() Stats { return e.count.stats("entry") }
+// Stats returns the entry's counters, with the record counts of the
+// current session.
+func (e *Entry) Stats() Stats {
+	st := e.count.stats("entry")
+	if c := e.currentConn(); c != nil {
+		rs := c.Stats()
+		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
+	}
+	return st
+}
+
+// currentConn returns the record layer of the current session, or nil.
+func (e *Entry) currentConn() *frame.Conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.conn
+}
 
 // Healthy reports whether a session with the exit is up.
 func (e *Entry) Healthy() bool {
@@ -158,7 +174,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			continue
 		}
 		start := time.Now()
-		e.setSession(sess)
+		e.setSession(sess, conn)
 		e.count.sessions.Add(1)
 		select {
 		case <-sess.CloseChan():
@@ -202,10 +218,10 @@ func (e *Entry) connect(ctx context.Context) (*yamux.Session, *frame.Conn, error
 	return sess, res.Conn, nil
 }
 
-func (e *Entry) setSession(s *yamux.Session) {
+func (e *Entry) setSession(s *yamux.Session, c *frame.Conn) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.sess, e.lastErr = s, nil
+	e.sess, e.conn, e.lastErr = s, c, nil
 	close(e.ready)
 }
 
@@ -214,7 +230,7 @@ func (e *Entry) clearSession(s *yamux.Session, why error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.sess == s {
-		e.sess, e.lastErr = nil, why
+		e.sess, e.conn, e.lastErr = nil, nil, why
 		e.ready = make(chan struct{})
 	}
 }

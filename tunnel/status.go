@@ -26,6 +26,9 @@ type Stats struct {
 	Goroutines        int    `json:"goroutines"`
 	HeapBytes         uint64 `json:"heap_bytes"`
 	OpenFDs           int    `json:"open_fds"` // -1 where /proc/self/fd is not readable
+	// Entry only: records of the current session.
+	RecordsSent     uint64 `json:"records_sent,omitempty"`
+	RecordsReceived uint64 `json:"records_received,omitempty"`
 }
 
 // counters are updated by an agent's goroutines.

@@ -34,7 +34,7 @@ var testKeys = sync.OnceValue(func() [2]*rsa.PrivateKey {
 	return ks
 })
 
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -44,7 +44,7 @@ func listen(t *testing.T) net.Listener {
 }
 
 // echoBackend echoes every connection, half-close included.
-func echoBackend(t *testing.T) string {
+func echoBackend(t testing.TB) string {
 	ln := listen(t)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
@@ -78,18 +78,18 @@ type agents struct {
 }
 
 // start runs an exit forwarding to backend and an entry pointing at it.
-func start(t *testing.T, backend string) *agents {
+func start(t testing.TB, backend string) *agents {
 	return startWith(t, backend, nil)
 }
 
 // startWith is start with a hook to adjust the exit before it serves.
-func startWith(t *testing.T, backend string, adjust func(*config.Exit, *config.Entry)) *agents {
+func startWith(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry)) *agents {
 	return startStall(t, backend, adjust, 0)
 }
 
 // startStall is startWith with a write-stall timeout for both agents
 // (zero keeps the default).
-func startStall(t *testing.T, backend string, adjust func(*config.Exit, *config.Entry), stall time.Duration) *agents {
+func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry), stall time.Duration) *agents {
 	t.Helper()
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
