@@ -3,7 +3,6 @@ package tunnel
 import (
 	"io"
 	"net"
-	"sync"
 	"testing"
 )
 
@@ -12,26 +11,11 @@ import (
 // reports how many records the entry sent per MiB: with one yamux frame per
 // record it is about 16 (64 KiB records).
 func BenchmarkTunnel(b *testing.B) {
-	ln := listen(b)
-	var wg sync.WaitGroup
-	defer func() { ln.Close(); wg.Wait() }()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(io.Discard, c)
-				c.Close()
-			}()
-		}
-	}()
-	a := start(b, ln.Addr().String())
+	discard := backend(b, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c)
+		c.Close()
+	})
+	a := start(b, discard)
 	c, err := net.Dial("tcp", a.entryAddr)
 	if err != nil {
 		b.Fatal(err)

@@ -123,13 +123,7 @@ func TestStreamCap(t *testing.T) {
 
 func TestWriteStallAborts(t *testing.T) {
 	// A backend that floods; the application never reads.
-	ln := listen(t)
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	flood := backend(t, func(c *net.TCPConn) {
 		defer c.Close()
 		buf := make([]byte, 64<<10)
 		for {
@@ -137,8 +131,8 @@ func TestWriteStallAborts(t *testing.T) {
 				return
 			}
 		}
-	}()
-	a := startStall(t, ln.Addr().String(), nil, 300*time.Millisecond)
+	})
+	a := startStall(t, flood, nil, 300*time.Millisecond)
 	c, err := net.Dial("tcp", a.entryAddr)
 	if err != nil {
 		t.Fatal(err)

@@ -43,8 +43,9 @@ func listen(t testing.TB) net.Listener {
 	return ln
 }
 
-// echoBackend echoes every connection, half-close included.
-func echoBackend(t testing.TB) string {
+// backend serves every connection on a loopback port with handle, which
+// must close it; it stops in t.Cleanup.
+func backend(t testing.TB, handle func(*net.TCPConn)) string {
 	ln := listen(t)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
@@ -59,14 +60,21 @@ func echoBackend(t testing.TB) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				io.Copy(io.Discard, c)
-				c.Close()
+				handle(c.(*net.TCPConn))
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// echoBackend echoes every connection, half-close included.
+func echoBackend(t testing.TB) string {
+	return backend(t, func(c *net.TCPConn) {
+		io.Copy(c, c)
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+		c.Close()
+	})
 }
 
 type agents struct {
