@@ -187,7 +187,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			}
 		}
 		e.count.sessions.Add(-1)
-		reason := sessionEnd(conn.ReadError())
+		reason := sessionEnd(sess, conn)
 		e.clearSession(sess, fmt.Errorf("session lost: %v", reason))
 		if ctx.Err() == nil {
 			e.log.Warn().Err(reason).Dur("duration", time.Since(start)).Msg("session with the exit lost; reconnecting")
@@ -325,8 +325,16 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 		Dur("duration", time.Since(start)).Msg("connection closed")
 }
 
-// sessionEnd describes how a session's record stream ended.
-func sessionEnd(readErr error) error {
+// sessionEnd describes how a closed session ended: from its record stream,
+// or, when that did not fail (a keepalive timeout, a local close), from
+// yamux's own reason.
+func sessionEnd(sess *yamux.Session, conn *frame.Conn) error {
+	readErr := conn.ReadError()
+	if readErr == nil || errors.Is(readErr, net.ErrClosed) {
+		if _, err := sess.AcceptStream(); err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
+			return err // e.g. yamux.ErrKeepAliveTimeout
+		}
+	}
 	switch {
 	case readErr == nil, errors.Is(readErr, net.ErrClosed):
 		return errors.New("closed locally")

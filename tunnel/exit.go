@@ -188,7 +188,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		}()
 	}
 	<-sess.CloseChan()
-	log.Info().Err(sessionEnd(res.Conn.ReadError())).Int64("streams", total).
+	log.Info().Err(sessionEnd(sess, res.Conn)).Int64("streams", total).
 		Dur("duration", time.Since(start)).Msg("session closed")
 }
 
