@@ -32,7 +32,7 @@ type Exit struct {
 	DialTimeout      time.Duration // backend dial timeout, default 5s
 	HandshakeTimeout time.Duration // default 10s
 	MaxHandshakes    int           // handshakes in progress at once, default 64
-	MaxStreams       int           // concurrent streams per session, default 1024
+	MaxStreams       int           // concurrent streams per session, default 4096
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
@@ -62,7 +62,7 @@ const (
 	DefaultWindow           = 1 << 20
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultMaxHandshakes    = 64
-	DefaultMaxStreams       = 1024
+	DefaultMaxStreams       = 4096
 	DefaultHandshakeRate    = 10.0
 	DefaultExitListen       = ":7000"
 	DefaultEntryListen      = ":5000"

@@ -29,7 +29,7 @@ func keyFiles(t *testing.T) (key, pub, dir string) {
 func TestDefaults(t *testing.T) {
 	x := DefaultExit()
 	want := Exit{Listen: ":7000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
-		MaxHandshakes: 64, MaxStreams: 1024, KeepAlive: 15 * time.Second, Window: 1 << 20,
+		MaxHandshakes: 64, MaxStreams: 4096, KeepAlive: 15 * time.Second, Window: 1 << 20,
 		DrainTimeout: 30 * time.Second, HandshakeRate: 10}
 	if x != want {
 		t.Errorf("DefaultExit() = %+v, want %+v", x, want)

@@ -34,7 +34,7 @@ const DefaultTimeout = 10 * time.Second
 // Errors of a failed handshake. A local rejection and a peer's ALERT with
 // the same meaning both match the same sentinel with errors.Is.
 var (
-	ErrNotTunnel          = errors.New("handshake: peer is not a tunnel agent (bad preface)")
+	ErrNotTunnel          = errors.New("handshake: peer does not speak the tunnel protocol")
 	ErrProtocol           = errors.New("handshake: protocol error")
 	ErrUnsupportedVersion = errors.New("handshake: unsupported protocol version")
 	ErrNoCommonSuite      = errors.New("handshake: no common record suite")

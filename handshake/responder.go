@@ -28,7 +28,7 @@ const DefaultMaxInProgress = 64
 type Responder struct {
 	cfg   Config
 	slots chan struct{} // handshakes in progress
-	rsa   chan struct{} // private-key operations in progress, one per CPU
+	rsa   chan struct{} // private-key operations in progress: all CPUs but one, so sessions keep a core
 }
 
 // NewResponder checks cfg and returns a Responder allowing maxInProgress
@@ -46,7 +46,7 @@ func NewResponder(cfg Config, maxInProgress int) (*Responder, error) {
 	return &Responder{
 		cfg:   cfg,
 		slots: make(chan struct{}, maxInProgress),
-		rsa:   make(chan struct{}, runtime.GOMAXPROCS(0)),
+		rsa:   make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)),
 	}, nil
 }
 
@@ -172,8 +172,11 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn) ([]byte, error) {
 	_, msg, err := readMsg(conn, msgHelloI)
 	if err != nil {
-		if errors.As(err, new(*unexpectedError)) || errors.Is(err, errMalformed) {
+		if errors.As(err, new(*unexpectedError)) {
 			return nil, reject(AlertProtocolError, "expected HELLO_I", "%v", err)
+		}
+		if errors.Is(err, errMalformed) {
+			return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
 		}
 		return nil, fmt.Errorf("handshake: reading HELLO_I: %w", err)
 	}

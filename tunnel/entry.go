@@ -29,12 +29,21 @@ type EntryConfig struct {
 }
 
 // Reconnection backoff: exponential from minBackoff to maxBackoff, with
-// full jitter; reset once a session has lived stableSession.
+// jitter; reset once a session has lived stableSession. An application
+// connecting while there is no session cuts the wait short, but attempts
+// are never closer than minBackoff.
 const (
 	minBackoff    = 100 * time.Millisecond
 	maxBackoff    = 30 * time.Second
 	stableSession = 10 * time.Second
 )
+
+// session is one authenticated session with the exit.
+type session struct {
+	mux  *yamux.Session
+	conn *frame.Conn // the record layer under mux
+	mc   *muxConn
+}
 
 // Entry accepts application connections and carries each as a stream of
 // one long-lived, authenticated session to the exit.
@@ -46,11 +55,12 @@ type Entry struct {
 	writeStall time.Duration
 	count      counters
 
+	kick chan struct{} // an application waits: retry now (buffered, 1)
+
 	mu      sync.Mutex
-	sess    *yamux.Session // nil while there is none
-	conn    *frame.Conn    // the record layer under sess
-	ready   chan struct{}  // closed when sess is set; replaced when it is lost
-	lastErr error          // why the last attempt to reach the exit failed
+	cur     *session      // nil while there is none
+	changed chan struct{} // closed, and replaced, whenever cur or lastErr changes
+	lastErr error         // why the last attempt to reach the exit failed
 }
 
 // NewEntry checks cfg and returns an entry agent. It starts nothing.
@@ -68,7 +78,8 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		log:        log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
 		pool:       newBufPool(),
 		writeStall: defaultWriteStall,
-		ready:      make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		changed:    make(chan struct{}),
 	}, nil
 }
 
@@ -87,14 +98,17 @@ func (e *Entry) Stats() Stats {
 func (e *Entry) currentConn() *frame.Conn {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.conn
+	if e.cur == nil {
+		return nil
+	}
+	return e.cur.conn
 }
 
 // Healthy reports whether a session with the exit is up.
 func (e *Entry) Healthy() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.sess != nil && !e.sess.IsClosed()
+	return e.cur != nil && !e.cur.mux.IsClosed()
 }
 
 // Serve accepts applications on ln until ctx is done, then stops accepting,
@@ -155,40 +169,52 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // maintain keeps one session to the exit up while ctx lives, reconnecting
-// with backoff. The session itself lives until hard ends, so that draining
-// connections keep it.
+// with backoff. A session lives until hard ends, so that draining
+// connections keep it. When the exit sends GoAway (it is shutting down),
+// the session is left to finish its streams and a new one is made at once.
 func (e *Entry) maintain(ctx, hard context.Context) {
+	var old sync.WaitGroup // sessions finishing their streams after GoAway
+	defer old.Wait()
 	backoff := minBackoff
+	var last time.Time
 	for ctx.Err() == nil {
-		sess, conn, err := e.connect(ctx)
+		if !sleep(ctx, minBackoff-time.Since(last), nil) {
+			return
+		}
+		last = time.Now()
+		s, err := e.connect(ctx)
 		if err != nil {
 			e.count.hsFailures.Add(1)
 			e.setFailure(err)
-			wait := rand.N(backoff) + backoff/2
+			wait := backoff/2 + rand.N(backoff)
 			e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot establish a session with the exit")
 			backoff = min(2*backoff, maxBackoff)
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-			}
+			sleep(ctx, wait, e.kick)
 			continue
 		}
 		start := time.Now()
-		e.setSession(sess, conn)
+		e.setSession(s)
 		e.count.sessions.Add(1)
 		select {
-		case <-sess.CloseChan():
+		case <-s.mc.goAway:
+			e.clearSession(s, errors.New("the exit is going away"))
+			e.log.Info().Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
+			old.Add(1)
+			go func() {
+				defer old.Done()
+				e.retire(s, hard)
+				e.count.sessions.Add(-1)
+			}()
+			backoff = minBackoff
+			continue
+		case <-s.mux.CloseChan():
 		case <-ctx.Done():
-			e.clearSession(sess, errors.New("entry is shutting down"))
-			select {
-			case <-sess.CloseChan():
-			case <-hard.Done():
-				sess.Close()
-			}
+			e.clearSession(s, errors.New("entry is shutting down"))
+			e.hold(s, hard)
 		}
 		e.count.sessions.Add(-1)
-		reason := sessionEnd(sess, conn)
-		e.clearSession(sess, fmt.Errorf("session lost: %v", reason))
+		reason := sessionEnd(s.mux, s.conn)
+		e.clearSession(s, fmt.Errorf("session lost: %v", reason))
 		if ctx.Err() == nil {
 			e.log.Warn().Err(reason).Dur("duration", time.Since(start)).Msg("session with the exit lost; reconnecting")
 		}
@@ -198,40 +224,99 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 	}
 }
 
+// hold waits for s to close, closing it when hard ends.
+func (e *Entry) hold(s *session, hard context.Context) {
+	select {
+	case <-s.mux.CloseChan():
+	case <-hard.Done():
+		s.mux.Close()
+	}
+}
+
+// retirePoll is how often a session the exit is shutting down is checked
+// for open streams.
+const retirePoll = 100 * time.Millisecond
+
+// retire closes s once its last stream is done (or when hard ends). The
+// entry, as the yamux client, ends a session the exit sent GoAway on: if
+// the exit closed it instead, the close could overtake the FINs yamux has
+// queued but not yet sent, and the entry would take complete streams for
+// cut ones.
+func (e *Entry) retire(s *session, hard context.Context) {
+	t := time.NewTicker(retirePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.mux.CloseChan():
+			return
+		case <-hard.Done():
+			s.mux.Close()
+			return
+		case <-t.C:
+			if s.mux.NumStreams() == 0 {
+				s.mux.Close()
+				return
+			}
+		}
+	}
+}
+
+// sleep waits for d, or until wake fires or ctx ends; it reports whether
+// ctx is still alive.
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-wake:
+		case <-ctx.Done():
+		}
+	}
+	return ctx.Err() == nil
+}
+
 // connect dials the exit, runs the handshake and starts the multiplexer.
-func (e *Entry) connect(ctx context.Context) (*yamux.Session, *frame.Conn, error) {
+func (e *Entry) connect(ctx context.Context) (*session, error) {
 	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
 	c, err := d.DialContext(ctx, "tcp", e.cfg.Peer)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dial: %w", err)
+		return nil, fmt.Errorf("dial: %w", err)
 	}
 	res, err := handshake.Initiate(ctx, c, &e.hs)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	sess, err := yamux.Client(&muxConn{Conn: res.Conn}, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(e.log))
+	mc := newMuxConn(res.Conn)
+	mux, err := yamux.Client(mc, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(e.log))
 	if err != nil {
 		res.Conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
 	e.log.Info().Str("peer_fingerprint", res.PeerFingerprint).Dur("handshake", res.Duration).Msg("session established")
-	return sess, res.Conn, nil
+	return &session{mux: mux, conn: res.Conn, mc: mc}, nil
 }
 
-func (e *Entry) setSession(s *yamux.Session, c *frame.Conn) {
+// notify wakes the waiters of session. Callers hold mu.
+func (e *Entry) notify() {
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+func (e *Entry) setSession(s *session) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.sess, e.conn, e.lastErr = s, c, nil
-	close(e.ready)
+	e.cur, e.lastErr = s, nil
+	e.notify()
 }
 
 // clearSession forgets s, if it is still the current session.
-func (e *Entry) clearSession(s *yamux.Session, why error) {
+func (e *Entry) clearSession(s *session, why error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.sess == s {
-		e.sess, e.conn, e.lastErr = nil, nil, why
-		e.ready = make(chan struct{})
+	if e.cur == s {
+		e.cur, e.lastErr = nil, why
+		e.notify()
 	}
 }
 
@@ -239,22 +324,45 @@ func (e *Entry) setFailure(err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.lastErr = err
+	e.notify()
+}
+
+// lasting reports errors that retrying soon will not cure: the exit
+// rejected our key, or is not the exit we pin, or not a tunnel agent.
+func lasting(err error) bool {
+	for _, target := range []error{
+		handshake.ErrUnknownKey, handshake.ErrBadSignature, handshake.ErrDecrypt,
+		handshake.ErrNotTunnel, handshake.ErrUnsupportedVersion, handshake.ErrNoCommonSuite,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	return false
 }
 
 // session returns the current session, waiting up to the dial timeout for
-// one; the error says why there is none.
-func (e *Entry) session(ctx context.Context) (*yamux.Session, error) {
+// one (and asking maintain to retry now); the error says why there is none.
+// After a failure that retrying will not cure it does not wait.
+func (e *Entry) session(ctx context.Context) (*session, error) {
 	timer := time.NewTimer(e.cfg.DialTimeout)
 	defer timer.Stop()
 	for {
 		e.mu.Lock()
-		s, ready, lastErr := e.sess, e.ready, e.lastErr
+		s, changed, lastErr := e.cur, e.changed, e.lastErr
 		e.mu.Unlock()
-		if s != nil && !s.IsClosed() {
+		if s != nil && !s.mux.IsClosed() {
 			return s, nil
 		}
+		if lasting(lastErr) {
+			return nil, lastErr
+		}
 		select {
-		case <-ready:
+		case e.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-changed:
 		case <-timer.C:
 			if lastErr == nil {
 				lastErr = fmt.Errorf("no session after %v", e.cfg.DialTimeout)
@@ -266,25 +374,40 @@ func (e *Entry) session(ctx context.Context) (*yamux.Session, error) {
 	}
 }
 
+// openStream opens a stream on the current session. A session the exit is
+// just shutting down refuses it; then it tries the next session once.
+func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error) {
+	for attempt := 0; ; attempt++ {
+		s, err := e.session(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := s.mux.OpenStream()
+		if err == nil {
+			s.mc.fins.watch(st.StreamID())
+			return s, st, nil
+		}
+		if attempt > 0 || !errors.Is(err, yamux.ErrRemoteGoAway) {
+			return nil, nil, err
+		}
+		e.clearSession(s, err)
+	}
+}
+
 // serveApp carries one application connection as a stream.
 func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	origin := app.RemoteAddr().String()
 	log := e.log.With().Str("origin", origin).Logger()
-	sess, err := e.session(ctx)
+	s, st, err := e.openStream(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
 		app.SetLinger(0)
 		app.Close()
 		return
 	}
-	st, err := sess.OpenStream()
-	if err != nil {
-		log.Warn().Err(err).Msg("closing application connection: cannot open a stream")
-		app.SetLinger(0)
-		app.Close()
-		return
-	}
-	log = log.With().Uint32("stream", st.StreamID()).Logger()
+	id := st.StreamID()
+	defer s.mc.fins.forget(id)
+	log = log.With().Uint32("stream", id).Logger()
 	e.count.streams.Add(1)
 	e.count.streamsTotal.Add(1)
 	defer e.count.streams.Add(-1)
@@ -300,7 +423,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	}
 	var status Status
 	var msg string
-	f := forward(app, st, e.pool, e.writeStall, func() error {
+	f := forward(app, st, e.pool, e.writeStall, func() bool { return s.mc.fins.seen(id) }, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -103,18 +104,29 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 		}()
 	}
 
+	// Drain: open streams may finish until the deadline. Then entries,
+	// which got GoAway, close their sessions themselves (so that nothing
+	// yamux still has queued is lost); what is left at the deadline is cut.
 	drained := make(chan struct{})
 	go func() { streams.Wait(); close(drained) }()
+	sessionsDone := make(chan struct{})
+	go func() { wg.Wait(); close(sessionsDone) }()
 	if acceptErr == nil {
 		e.log.Info().Dur("drain_timeout", e.cfg.DrainTimeout).Msg("shutting down: draining open streams")
+		deadline := time.NewTimer(e.cfg.DrainTimeout)
+		defer deadline.Stop()
 		select {
 		case <-drained:
-		case <-time.After(e.cfg.DrainTimeout):
+			select {
+			case <-sessionsDone:
+			case <-deadline.C:
+			}
+		case <-deadline.C:
 			e.log.Warn().Msg("drain timeout: closing the streams still open")
 		}
 	}
 	stopAll()
-	wg.Wait()
+	<-sessionsDone
 	<-drained
 	return acceptErr
 }
@@ -146,7 +158,8 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
 	log.Info().Dur("handshake", res.Duration).Msg("session established")
 
-	sess, err := yamux.Server(&muxConn{Conn: res.Conn}, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(log))
+	mc := newMuxConn(res.Conn)
+	sess, err := yamux.Server(mc, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(log))
 	if err != nil {
 		res.Conn.Close()
 		log.Error().Err(err).Msg("starting the multiplexer")
@@ -159,7 +172,9 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	stopHard := context.AfterFunc(hard, func() { sess.Close() })
 	defer stopHard()
 
-	var active atomic.Int64
+	var active, refused atomic.Int64
+	var refusing sync.WaitGroup
+	defer refusing.Wait()
 	var total int64
 	for {
 		st, err := sess.AcceptStream()
@@ -169,11 +184,18 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		total++
 		if active.Add(1) > int64(e.cfg.MaxStreams) {
 			active.Add(-1)
+			mc.fins.forget(st.StreamID())
+			if refused.Add(1) > maxRefused {
+				log.Warn().Int("max_streams", e.cfg.MaxStreams).Msg("closing the session: the peer keeps opening streams past the limit")
+				sess.Close()
+				continue
+			}
 			log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).Msg("stream refused: session is at its stream limit")
+			refusing.Add(1)
 			go func() {
-				st.SetWriteDeadline(time.Now().Add(time.Second))
-				st.Write(marshalStatus(StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams)))
-				st.Close()
+				defer refusing.Done()
+				defer refused.Add(-1)
+				e.refuseBusy(st)
 			}()
 			continue
 		}
@@ -184,17 +206,22 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 			defer streams.Done()
 			defer active.Add(-1)
 			defer e.count.streams.Add(-1)
-			e.serveStream(ctx, log, st)
+			defer mc.fins.forget(st.StreamID())
+			e.serveStream(ctx, log, st, mc)
 		}()
 	}
 	<-sess.CloseChan()
-	log.Info().Err(sessionEnd(sess, res.Conn)).Int64("streams", total).
+	ev := log.Info()
+	if rerr := res.Conn.ReadError(); rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
+		ev = log.Warn() // not a clean end: truncation, a failed record, a reset
+	}
+	ev.Err(sessionEnd(sess, res.Conn)).Int64("streams", total).
 		Dur("duration", time.Since(start)).Msg("session closed")
 }
 
 // serveStream reads the stream header, dials the backend, answers the
 // status and forwards.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream) {
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn) {
 	log = log.With().Uint32("stream", st.StreamID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)
@@ -222,7 +249,8 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
 		return
 	}
-	f := forward(backend, st, e.pool, e.writeStall, nil)
+	id := st.StreamID()
+	f := forward(backend, st, e.pool, e.writeStall, func() bool { return mc.fins.seen(id) }, nil)
 	ev := log.Info()
 	if f.aborted {
 		ev = log.Warn().Bool("aborted", true)
@@ -232,6 +260,20 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	}
 	ev.Int64("bytes_in", f.toStream).Int64("bytes_out", f.fromStream).
 		Dur("duration", time.Since(start)).Msg("stream closed")
+}
+
+// maxRefused bounds the refused streams of one session that are still open
+// (the peer has not closed them); past it the session is closed.
+const maxRefused = 128
+
+// refuseBusy answers status 4 and closes this side of st, then reads and
+// discards until the peer closes its side or the session ends, so that a
+// peer writing into a refused stream makes the exit buffer nothing.
+func (e *Exit) refuseBusy(st *yamux.Stream) {
+	st.SetWriteDeadline(time.Now().Add(time.Second))
+	st.Write(marshalStatus(StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams)))
+	st.Close()
+	io.Copy(io.Discard, st)
 }
 
 // refuse answers a non-zero status and closes the stream.

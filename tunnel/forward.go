@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -38,11 +39,21 @@ type flow struct {
 // A direction left half-open is bounded by yamux's StreamCloseTimeout; a
 // write that stalls for longer than stall (a reader that stopped reading)
 // aborts the connection, so nothing waits, or buffers, without bound.
-func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, before func() error) flow {
-	var f flow
-	var once sync.Once
+// finSeen reports whether the peer's FIN for st arrived: a dead session's
+// streams read io.EOF too, and only those whose FIN came first ended cleanly.
+func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, finSeen func() bool, before func() error) flow {
+	var (
+		f       flow // the byte counts; err and aborted are filled in at the end
+		aborted atomic.Bool
+		mu      sync.Mutex
+		first   error
+	)
 	fail := func(err error) {
-		once.Do(func() { f.err = err })
+		mu.Lock()
+		defer mu.Unlock()
+		if first == nil {
+			first = err
+		}
 	}
 	// abort ends both directions now: conn is reset and st stops reading.
 	abort := func() {
@@ -50,6 +61,26 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Dura
 		conn.Close()
 		st.SetReadDeadline(time.Now())
 	}
+	lost := func() {
+		aborted.Store(true)
+		fail(errSessionLost)
+		abort()
+	}
+
+	// A session that dies ends the stream now, unless the peer's FIN came
+	// first: a write blocked on a reader that does not read would otherwise
+	// wait out the stall timeout.
+	finished, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-st.Session().CloseChan():
+			if !finSeen() {
+				lost()
+			}
+		case <-finished:
+		}
+	}()
 
 	done := make(chan struct{})
 	go func() { // conn -> stream
@@ -66,36 +97,38 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Dura
 	}()
 
 	// stream -> conn
+	ok := true
 	if before != nil {
 		if err := before(); err != nil {
 			fail(err)
 			abort()
+			ok = false
 		}
 	}
-	if f.err == nil {
+	if ok {
 		buf := pool.get()
 		n, err := copyPlain(conn, st, *buf, stall)
 		pool.put(buf)
 		f.fromStream = n
 		switch {
-		case err == nil && st.Session().IsClosed():
-			// yamux ends a stream of a dead session with io.EOF too: tell them apart.
-			f.aborted = true
-			fail(errSessionLost)
-			abort()
+		case err == nil && st.Session().IsClosed() && !finSeen():
+			lost()
 		case err == nil:
 			conn.CloseWrite()
 		default:
 			if errors.Is(err, yamux.ErrConnectionReset) || st.Session().IsClosed() {
-				f.aborted = true
+				aborted.Store(true)
 			}
 			fail(err)
 			abort()
 		}
 	}
 	<-done
+	close(finished)
+	<-watched
 	conn.Close()
 	st.Close()
+	f.err, f.aborted = first, aborted.Load()
 	return f
 }
 

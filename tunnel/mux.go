@@ -15,10 +15,12 @@ import (
 
 // yamux frame header: version u8 | type u8 | flags u16 | stream u32 | length u32.
 const (
-	yamuxHeaderLen = 12
-	yamuxTypeData  = 0
-	yamuxTypePing  = 2
-	yamuxFlagSYN   = 1
+	yamuxHeaderLen  = 12
+	yamuxTypeData   = 0
+	yamuxTypePing   = 2
+	yamuxTypeGoAway = 3
+	yamuxFlagSYN    = 1
+	yamuxFlagFIN    = 4
 )
 
 // Ping limits: yamux answers every ping with a new goroutine, so a peer's
@@ -29,6 +31,9 @@ const (
 	pingRate  = 20
 	pingBurst = 100
 )
+
+// maxWatched bounds the streams whose FIN is tracked (see finWatch).
+const maxWatched = 1 << 16
 
 var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (ping flood); session closed")
 
@@ -43,8 +48,11 @@ const copyBufSize = frame.MaxPayload - yamuxHeaderLen
 // have no body and pass at once. Write is called by yamux's single send
 // loop; mu makes it safe regardless.
 //
-// On the read side muxConn follows yamux's framing too, to count the
-// peer's pings (see pingRate).
+// On the read side muxConn follows yamux's framing too, before yamux sees
+// the bytes: it limits the peer's pings (see pingRate), records which
+// streams received the peer's FIN (a stream of a dead session reads io.EOF
+// just like one that was closed properly: finWatch tells them apart), and
+// notices the peer's GoAway.
 type muxConn struct {
 	*frame.Conn
 
@@ -53,14 +61,21 @@ type muxConn struct {
 	have     int // bytes of hdr collected
 	bodyLeft int // bytes of the current data frame's body still to come
 
-	in frameScanner // read side; yamux reads from one goroutine
+	in     frameScanner // read side; yamux reads from one goroutine
+	fins   finWatch
+	goAway chan struct{} // closed when the peer sends GoAway
+	gaOnce sync.Once
 }
 
-// Read passes the peer's bytes to yamux, watching for a ping flood.
+func newMuxConn(c *frame.Conn) *muxConn {
+	return &muxConn{Conn: c, goAway: make(chan struct{})}
+}
+
+// Read passes the peer's bytes to yamux, watching its frames.
 func (m *muxConn) Read(p []byte) (int, error) {
 	n, err := m.Conn.Read(p)
 	if n > 0 {
-		if ferr := m.in.scan(p[:n], time.Now()); ferr != nil {
+		if ferr := m.in.scan(p[:n], m.frameHeader); ferr != nil {
 			m.Conn.Close()
 			return 0, ferr
 		}
@@ -68,8 +83,31 @@ func (m *muxConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// frameScanner follows yamux frame boundaries in a byte stream and keeps a
-// token bucket for ping requests.
+// frameHeader sees each of the peer's frame headers.
+func (m *muxConn) frameHeader(h []byte) error {
+	flags := binary.BigEndian.Uint16(h[2:])
+	id := binary.BigEndian.Uint32(h[4:])
+	switch h[1] {
+	case yamuxTypePing:
+		if flags&yamuxFlagSYN != 0 && !m.in.takePing(time.Now()) {
+			return errPingFlood
+		}
+		return nil
+	case yamuxTypeGoAway:
+		m.gaOnce.Do(func() { close(m.goAway) })
+		return nil
+	}
+	if flags&yamuxFlagSYN != 0 {
+		m.fins.watch(id) // a stream the peer opens
+	}
+	if flags&yamuxFlagFIN != 0 {
+		m.fins.finished(id)
+	}
+	return nil
+}
+
+// frameScanner follows yamux frame boundaries in a byte stream, and keeps
+// a token bucket for ping requests.
 type frameScanner struct {
 	hdr      [yamuxHeaderLen]byte
 	have     int
@@ -79,7 +117,8 @@ type frameScanner struct {
 	last   time.Time
 }
 
-func (s *frameScanner) scan(p []byte, now time.Time) error {
+// scan feeds p through, calling header for every complete frame header.
+func (s *frameScanner) scan(p []byte, header func([]byte) error) error {
 	for len(p) > 0 {
 		if s.bodyLeft > 0 {
 			n := min(len(p), s.bodyLeft)
@@ -94,17 +133,56 @@ func (s *frameScanner) scan(p []byte, now time.Time) error {
 			return nil
 		}
 		s.have = 0
-		length := int(binary.BigEndian.Uint32(s.hdr[8:]))
-		switch s.hdr[1] {
-		case yamuxTypeData:
-			s.bodyLeft = length
-		case yamuxTypePing:
-			if binary.BigEndian.Uint16(s.hdr[2:])&yamuxFlagSYN != 0 && !s.takePing(now) {
-				return errPingFlood
-			}
+		if s.hdr[1] == yamuxTypeData {
+			s.bodyLeft = int(binary.BigEndian.Uint32(s.hdr[8:]))
+		}
+		if err := header(s.hdr[:]); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// finWatch records, for the streams being watched, whether the peer's FIN
+// has arrived. Streams the peer opens are watched from their SYN, streams
+// this side opens from watch; forget ends it. Past maxWatched streams new
+// ones go unwatched, which errs on the side of treating their end as an
+// abort. Safe for concurrent use.
+type finWatch struct {
+	mu  sync.Mutex
+	fin map[uint32]bool
+}
+
+func (w *finWatch) watch(id uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fin == nil {
+		w.fin = make(map[uint32]bool)
+	}
+	if _, ok := w.fin[id]; !ok && len(w.fin) < maxWatched {
+		w.fin[id] = false
+	}
+}
+
+func (w *finWatch) finished(id uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.fin[id]; ok {
+		w.fin[id] = true
+	}
+}
+
+// seen reports whether the peer's FIN for id arrived.
+func (w *finWatch) seen(id uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fin[id]
+}
+
+func (w *finWatch) forget(id uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.fin, id)
 }
 
 func (s *frameScanner) takePing(now time.Time) bool {

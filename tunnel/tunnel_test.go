@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,7 +266,7 @@ func TestMuxConnOneRecordPerFrame(t *testing.T) {
 	var k frame.Keys
 	fc := frame.New(a, k, nil)
 	defer fc.Close()
-	m := &muxConn{Conn: fc}
+	m := newMuxConn(fc)
 	fc.SendFinished()
 	before := fc.Stats().RecordsSent
 	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0x10, 0} // body of 4096 bytes
@@ -277,4 +280,193 @@ func TestMuxConnOneRecordPerFrame(t *testing.T) {
 	if got := fc.Stats().RecordsSent - before; got != 11 {
 		t.Fatalf("10 data frames and a ping became %d records, want 11", got)
 	}
+}
+
+// TestDrainDeliversTail: the exit shuts down (drains, then closes the
+// session) while the entry still holds reply bytes a slow application has
+// not read. The application must get every byte and a clean end, not a
+// reset: the stream's FIN arrived before the session ended.
+func TestDrainDeliversTail(t *testing.T) {
+	const size = 2 << 20
+	reply := backend(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c)
+		c.Write(make([]byte, size))
+		c.Close()
+	})
+	a := start(t, reply)
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(32 << 10) // slow enough that the entry still holds data when the session ends
+	c.Write([]byte("request"))
+	c.(*net.TCPConn).CloseWrite()
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	go func() { a.stopExit(); close(stopped) }()
+	time.Sleep(300 * time.Millisecond) // the exit finishes its side and drains
+	n, err := io.Copy(io.Discard, c)
+	if err != nil || n != size-1 {
+		t.Fatalf("after the exit's shutdown: read %d of %d bytes, err %v; want all and a clean end", n, size-1, err)
+	}
+	<-stopped
+	a.stopExit = func() {}
+}
+
+// TestRejectedKeyFailsFast: with a key the exit does not accept, an
+// application connection is closed at once, not after the dial timeout.
+func TestRejectedKeyFailsFast(t *testing.T) {
+	a := startWith(t, echoBackend(t), nil)
+	other, err := handshake.GenerateKey(handshake.MinKeyBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := config.DefaultEntry()
+	ns.Peer, ns.DialTimeout = a.exitAddr, 5*time.Second
+	n, err := NewEntry(EntryConfig{Settings: ns, Key: other, PeerKey: &testKeys()[1].PublicKey}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Serve(ctx, ln); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := range 3 {
+		start := time.Now()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			if errors.Is(err, syscall.ECONNRESET) {
+				continue // reset before the dial even returned: closed at once
+			}
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, rerr := c.Read(make([]byte, 1))
+		c.Close()
+		if rerr == nil {
+			t.Fatal("application connection read data with a rejected key")
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("connection %d closed after %v; want well under the 5s dial timeout", i, d)
+		}
+	}
+}
+
+// switchRelay forwards each connection to the address it holds at accept
+// time: a stand-in for a service address that moves to a new exit.
+type switchRelay struct {
+	ln     net.Listener
+	target atomic.Value // string
+}
+
+func newSwitchRelay(t *testing.T, target string) *switchRelay {
+	r := &switchRelay{ln: listen(t)}
+	r.target.Store(target)
+	var wg sync.WaitGroup
+	t.Cleanup(func() { r.ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := r.ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", r.target.Load().(string))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			wg.Add(2)
+			pipe := func(dst, src net.Conn) {
+				defer wg.Done()
+				io.Copy(dst, src)
+				dst.Close()
+				src.Close()
+			}
+			go pipe(up, c)
+			go pipe(c, up)
+		}
+	}()
+	return r
+}
+
+// TestGoAwayMovesToNewSession: while an exit drains an open stream, new
+// application connections go to a new session (here, through the relay,
+// to a new exit) at once, and the old stream still finishes.
+func TestGoAwayMovesToNewSession(t *testing.T) {
+	ks := testKeys()
+	newExit := func(drain time.Duration) (addr string, stop func()) {
+		xs := config.DefaultExit()
+		xs.Forward, xs.DrainTimeout = echoBackend(t), drain
+		x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := listen(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { x.Serve(ctx, ln); close(done) }()
+		var once sync.Once
+		stop = func() { once.Do(func() { cancel(); <-done }) }
+		t.Cleanup(stop)
+		return ln.Addr().String(), stop
+	}
+	oldAddr, stopOld := newExit(20 * time.Second)
+	relay := newSwitchRelay(t, oldAddr)
+
+	ns := config.DefaultEntry()
+	ns.Peer = relay.ln.Addr().String()
+	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entryLn := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { n.Serve(ctx, entryLn); close(done) }()
+	defer func() { cancel(); <-done }()
+	entryAddr := entryLn.Addr().String()
+
+	held, err := net.Dial("tcp", entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.Write([]byte("held "))
+	held.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(held, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+
+	newAddr, _ := newExit(time.Second)
+	relay.target.Store(newAddr)
+	stopped := make(chan struct{})
+	go func() { stopOld(); close(stopped) }() // GoAway, then drain: waits for the held stream
+
+	// yamux's GoAway names no last stream: a stream opened in the round
+	// trip before the entry sees it is refused. Wait for the new session.
+	for deadline := time.Now().Add(10 * time.Second); n.Stats().Sessions < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no second session 10s after GoAway: %+v", n.Stats())
+		}
+	}
+	roundTrip(t, entryAddr, []byte("new connection while the old exit drains"))
+	select {
+	case <-stopped:
+		t.Fatal("old exit stopped before its held stream ended")
+	default:
+	}
+	held.Write([]byte("tail"))
+	held.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(held)
+	if err != nil || string(got) != "tail" {
+		t.Fatalf("held stream: %q, %v", got, err)
+	}
+	<-stopped
 }

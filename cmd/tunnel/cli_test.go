@@ -42,7 +42,7 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("exit --help exit code %d", code)
 	}
 	for _, flag := range []string{"--listen=ADDR", "--forward", "--key", "--authorized-keys", "--dial-timeout=5s",
-		"--handshake-timeout=10s", "--max-handshakes=64", "--max-streams=1024", "--keepalive=15s",
+		"--handshake-timeout=10s", "--max-handshakes=64", "--max-streams=4096", "--keepalive=15s",
 		"--window=1048576", "--drain-timeout=30s", "$TUNNEL_AUTHORIZED_KEYS"} {
 		if !strings.Contains(out, flag) {
 			t.Errorf("exit --help does not mention %s", flag)
