@@ -213,7 +213,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			e.hold(s, hard)
 		}
 		e.count.sessions.Add(-1)
-		reason := sessionEnd(s.mux, s.conn)
+		reason, _ := sessionEnd(s.mux, s.conn)
 		e.clearSession(s, fmt.Errorf("session lost: %v", reason))
 		if ctx.Err() == nil {
 			e.log.Warn().Err(reason).Dur("duration", time.Since(start)).Msg("session with the exit lost; reconnecting")
@@ -449,22 +449,23 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 }
 
 // sessionEnd describes how a closed session ended: from its record stream,
-// or, when that did not fail (a keepalive timeout, a local close), from
-// yamux's own reason.
-func sessionEnd(sess *yamux.Session, conn *frame.Conn) error {
+// or, when that did not fail (a keepalive timeout, a ping flood, a local
+// close), from yamux's own reason. clean is false for every end that may
+// have cut data.
+func sessionEnd(sess *yamux.Session, conn *frame.Conn) (reason error, clean bool) {
 	readErr := conn.ReadError()
 	if readErr == nil || errors.Is(readErr, net.ErrClosed) {
 		if _, err := sess.AcceptStream(); err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
-			return err // e.g. yamux.ErrKeepAliveTimeout
+			return err, false // e.g. yamux.ErrKeepAliveTimeout
 		}
 	}
 	switch {
 	case readErr == nil, errors.Is(readErr, net.ErrClosed):
-		return errors.New("closed locally")
+		return errors.New("closed locally"), true
 	case errors.Is(readErr, io.EOF):
-		return errors.New("peer closed the session (CLOSE received)")
+		return errors.New("peer closed the session (CLOSE received)"), true
 	case errors.Is(readErr, frame.ErrTruncated):
-		return fmt.Errorf("connection cut without CLOSE, data may be truncated: %w", readErr)
+		return fmt.Errorf("connection cut without CLOSE, data may be truncated: %w", readErr), false
 	}
-	return readErr
+	return readErr, false
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -211,11 +210,12 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		}()
 	}
 	<-sess.CloseChan()
+	reason, clean := sessionEnd(sess, res.Conn)
 	ev := log.Info()
-	if rerr := res.Conn.ReadError(); rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, net.ErrClosed) {
-		ev = log.Warn() // not a clean end: truncation, a failed record, a reset
+	if !clean {
+		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
-	ev.Err(sessionEnd(sess, res.Conn)).Int64("streams", total).
+	ev.Err(reason).Int64("streams", total).
 		Dur("duration", time.Since(start)).Msg("session closed")
 }
 
@@ -263,8 +263,11 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 }
 
 // maxRefused bounds the refused streams of one session that are still open
-// (the peer has not closed them); past it the session is closed.
-const maxRefused = 128
+// (the peer has not closed them); past it the session is closed. Our entry
+// closes a refused stream at once. Each costs a goroutine, and what the peer
+// sends into it is discarded, but yamux takes up to one initial window
+// (256 KiB) per stream into memory before it is read: 64 MiB at most.
+const maxRefused = 256
 
 // refuseBusy answers status 4 and closes this side of st, then reads and
 // discards until the peer closes its side or the session ends, so that a
@@ -273,7 +276,14 @@ func (e *Exit) refuseBusy(st *yamux.Stream) {
 	st.SetWriteDeadline(time.Now().Add(time.Second))
 	st.Write(marshalStatus(StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams)))
 	st.Close()
-	io.Copy(io.Discard, st)
+	buf := make([]byte, 16<<10)
+	for {
+		_, err := st.Read(buf)
+		st.Shrink() // keep no buffer for what is discarded
+		if err != nil {
+			return
+		}
+	}
 }
 
 // refuse answers a non-zero status and closes the stream.

@@ -144,13 +144,22 @@ type deadlineWriter interface {
 // not read before the connection is aborted.
 const defaultWriteStall = 2 * time.Minute
 
+// shrinker is a yamux stream: Shrink drops its receive buffer when empty.
+// yamux's buffer keeps the capacity of the largest burst it held (up to a
+// window per stream), so idle streams would otherwise hold it for life.
+type shrinker interface{ Shrink() }
+
 // copyPlain copies src to dst with buf until src's EOF (returned as nil);
 // each write must complete within stall. It avoids io.Copy's
 // ReaderFrom/WriterTo paths so that buf, sized to one record, is what is used.
 func copyPlain(dst deadlineWriter, src io.Reader, buf []byte, stall time.Duration) (int64, error) {
+	sh, _ := src.(shrinker)
 	var total int64
 	for {
 		n, err := src.Read(buf)
+		if sh != nil && n < len(buf) {
+			sh.Shrink() // a short read emptied the buffer
+		}
 		if n > 0 {
 			dst.SetWriteDeadline(time.Now().Add(stall))
 			w, werr := dst.Write(buf[:n])

@@ -76,8 +76,7 @@ func (m *muxConn) Read(p []byte) (int, error) {
 	n, err := m.Conn.Read(p)
 	if n > 0 {
 		if ferr := m.in.scan(p[:n], m.frameHeader); ferr != nil {
-			m.Conn.Close()
-			return 0, ferr
+			return 0, ferr // yamux ends the session with this reason, and closes the conn
 		}
 	}
 	return n, err
