@@ -1,0 +1,44 @@
+# Container image of the tunnel sidecar: a static binary on an empty root,
+# run as an unprivileged user (65532).
+#
+# The base images are build arguments. The defaults name images that need no
+# registry: integration/container builds them with `docker import`
+# (tunnel-build-base:local holds /usr/local/go, busybox and CA certificates;
+# scratch is built in). With a registry, use the usual ones:
+#
+#   docker build -t tunnel:latest \
+#     --build-arg BUILD_IMAGE=golang:1.26 \
+#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot .
+#
+# Go modules are fetched in the build stage from GOPROXY (a build argument,
+# default the Go toolchain's own). Without network access, vendor them first
+# (`go mod vendor`, do not commit vendor/) and pass --build-arg GOFLAGS=-mod=vendor.
+ARG BUILD_IMAGE=tunnel-build-base:local
+ARG RUNTIME_IMAGE=scratch
+
+FROM ${BUILD_IMAGE} AS build
+ARG GOPROXY
+ARG GOFLAGS
+ENV CGO_ENABLED=0 GOTOOLCHAIN=local
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN case " ${GOFLAGS:-} " in *-mod=vendor*) ;; *) go mod download ;; esac
+COPY . .
+RUN go build -trimpath -ldflags "-s -w" \
+      -o /out/usr/local/bin/tunnel ./cmd/tunnel \
+ && /out/usr/local/bin/tunnel version \
+ && mkdir -p /out/etc /out/keys \
+ && printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >/out/etc/passwd \
+ && printf 'root:x:0:\nnonroot:x:65532:\n' >/out/etc/group
+
+FROM ${RUNTIME_IMAGE}
+COPY --from=build /out/etc/passwd /out/etc/group /etc/
+# /keys is owned by the runtime user so that a fresh named volume mounted
+# there is writable by `tunnel keygen` (Docker copies ownership into it).
+COPY --from=build --chown=65532:65532 /out/keys /keys
+COPY --from=build /out/usr/local/bin/tunnel /usr/local/bin/tunnel
+ENV PATH=/usr/local/bin:/usr/bin:/bin
+USER 65532:65532
+EXPOSE 5000 7000
+ENTRYPOINT ["tunnel"]
+CMD ["--help"]
