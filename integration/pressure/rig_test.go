@@ -1,0 +1,418 @@
+package pressure
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdh"
+	"crypto/mlkem"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/integration/harness"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+const mib = 1 << 20
+
+// rig is a running exit agent with its status endpoint, in front of a
+// backend, and the identities to talk to it.
+type rig struct {
+	bin                  string
+	entryKey, entryPub   string
+	exitKey, exitPub     string
+	exit                 *harness.Proc
+	exitAddr, statusAddr string
+	backend              *harness.Backend
+	http                 *http.Client
+	entryPriv            *handshakeKeys
+}
+
+// handshakeKeys are the parsed keys of the rig's entry identity, for tests
+// that act as the entry themselves.
+type handshakeKeys struct {
+	cfg   handshake.Config
+	keyID [32]byte
+}
+
+// startRig makes fresh keys, starts backend handler h and an exit forwarding
+// to it with --status-addr on a free port, plus extra flags.
+func startRig(t *testing.T, h func(net.Conn), extra ...string) *rig {
+	t.Helper()
+	r := &rig{bin: harness.Build(t), http: &http.Client{Timeout: 10 * time.Second}}
+	t.Cleanup(r.http.CloseIdleConnections)
+	dir := t.TempDir()
+	r.entryKey, r.entryPub, _ = harness.Keygen(t, r.bin, dir, "entry")
+	r.exitKey, r.exitPub, _ = harness.Keygen(t, r.bin, dir, "exit")
+	r.backend = harness.StartBackend(t, h)
+	args := append([]string{"exit", "--listen", "127.0.0.1:0", "--forward", r.backend.Addr(),
+		"--key", r.exitKey, "--authorized-keys", r.entryPub, "--status-addr", "127.0.0.1:0"}, extra...)
+	r.exit = harness.Start(t, r.bin, args...)
+	r.exitAddr = r.exit.ListenAddr(t)
+	l := r.exit.WaitLine(t, 1, 30*time.Second, `"status endpoint listening"`, harness.MessageIs("status endpoint listening"))
+	if r.statusAddr = l.String("addr"); r.statusAddr == "" {
+		t.Fatalf("status endpoint line without addr: %s", l.Raw)
+	}
+
+	priv, err := handshake.LoadPrivateKey(r.entryKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := handshake.LoadPublicKey(r.exitPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.entryPriv = &handshakeKeys{
+		cfg:   handshake.Config{PrivateKey: priv, PeerKey: pub, Timeout: 10 * time.Second},
+		keyID: handshake.KeyID(&priv.PublicKey),
+	}
+	return r
+}
+
+// startEntry starts a real entry agent dialing the rig's exit and waits for
+// its session; it returns the process and its listening address.
+func (r *rig) startEntry(t *testing.T, extra ...string) (*harness.Proc, string) {
+	t.Helper()
+	args := append([]string{"entry", "--listen", "127.0.0.1:0", "--peer", r.exitAddr,
+		"--key", r.entryKey, "--peer-key", r.exitPub}, extra...)
+	p := harness.Start(t, r.bin, args...)
+	addr := p.ListenAddr(t)
+	p.WaitLine(t, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
+	return p, addr
+}
+
+// stats is the exit's /status document (tunnel.Stats), decoded by field
+// name so that the JSON contract is what is tested.
+type stats struct {
+	Role              string `json:"role"`
+	Sessions          int64  `json:"sessions"`
+	Streams           int64  `json:"streams"`
+	StreamsTotal      int64  `json:"streams_total"`
+	HandshakeFailures int64  `json:"handshake_failures"`
+	HandshakesRefused int64  `json:"handshakes_refused"`
+	Goroutines        int    `json:"goroutines"`
+	HeapBytes         uint64 `json:"heap_bytes"`
+	OpenFDs           int    `json:"open_fds"`
+}
+
+// status fetches the exit's /status.
+func (r *rig) status() (stats, error) { return r.statusQuery("") }
+
+// liveStatus fetches the exit's /status after a garbage collection, so that
+// heap_bytes counts what the exit keeps, not garbage awaiting collection.
+func (r *rig) liveStatus(t testing.TB) stats {
+	t.Helper()
+	s, err := r.statusQuery("?gc=1")
+	if err != nil {
+		t.Fatalf("exit /status?gc=1: %v", err)
+	}
+	return s
+}
+
+func (r *rig) statusQuery(query string) (stats, error) {
+	var s stats
+	resp, err := r.http.Get("http://" + r.statusAddr + "/status" + query)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("GET /status: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return s, fmt.Errorf("GET /status: %w", err)
+	}
+	if s.Role != "exit" || s.Goroutines <= 0 || s.HeapBytes == 0 {
+		return s, fmt.Errorf("GET /status: implausible document %+v", s)
+	}
+	return s, nil
+}
+
+// mustStatus is status that fails the test on error.
+func (r *rig) mustStatus(t testing.TB) stats {
+	t.Helper()
+	s, err := r.status()
+	if err != nil {
+		t.Fatalf("exit /status: %v", err)
+	}
+	return s
+}
+
+// waitStatus polls /status until ok accepts it, failing after timeout.
+func (r *rig) waitStatus(t testing.TB, timeout time.Duration, what string, ok func(stats) bool) stats {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := r.status()
+		if err == nil && ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exit /status never showed %s within %v: last %+v, err %v", what, timeout, s, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// vmRSS returns a process's resident set size in bytes from /proc.
+func vmRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kib << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// sample is one observation of the exit's resources.
+type sample struct {
+	at   time.Time
+	st   stats
+	rss  int64
+	fail error // the status request failed
+}
+
+// sampler polls the exit's /status and VmRSS every interval until stopped.
+type sampler struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	all  []sample
+}
+
+func (r *rig) startSampler(interval time.Duration) *sampler {
+	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			st, err := r.status()
+			rss, rerr := vmRSS(r.exit.Pid())
+			if err == nil {
+				err = rerr
+			}
+			s.mu.Lock()
+			s.all = append(s.all, sample{at: time.Now(), st: st, rss: rss, fail: err})
+			s.mu.Unlock()
+			select {
+			case <-s.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// finish stops the sampler and returns its samples.
+func (s *sampler) finish() []sample {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sample(nil), s.all...)
+}
+
+// peaks summarises samples taken in [from, to).
+type peaks struct {
+	n, failed  int
+	heap       uint64
+	goroutines int
+	fds        int
+	rss        int64
+}
+
+func summarize(all []sample, from, to time.Time) peaks {
+	var p peaks
+	for _, s := range all {
+		if s.at.Before(from) || !s.at.Before(to) {
+			continue
+		}
+		if s.fail != nil {
+			p.failed++
+			continue
+		}
+		p.n++
+		p.heap = max(p.heap, s.st.HeapBytes)
+		p.goroutines = max(p.goroutines, s.st.Goroutines)
+		p.fds = max(p.fds, s.st.OpenFDs)
+		p.rss = max(p.rss, s.rss)
+	}
+	return p
+}
+
+func (p peaks) String() string {
+	return fmt.Sprintf("%d samples (%d failed): peak heap %.1f MiB, peak VmRSS %.1f MiB, peak goroutines %d, peak open fds %d",
+		p.n, p.failed, float64(p.heap)/mib, float64(p.rss)/mib, p.goroutines, p.fds)
+}
+
+// rssLimit scales a resident-memory bound for a race-enabled binary, whose
+// shadow memory multiplies its footprint.
+func rssLimit(plain int64) int64 {
+	if harness.RaceBuild() {
+		return 6 * plain
+	}
+	return plain
+}
+
+// exchange runs one HashEcho exchange of size bytes through addr.
+func exchange(addr string, size int64, seed uint64, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	return harness.HashEchoExchange(c.(*net.TCPConn), size, seed)
+}
+
+// Handshake wire layout (PROTOCOL.md 2.1), replicated here so that a test
+// can send a HELLO_I without running an initiator.
+const (
+	msgHeaderLen = 4
+	msgHelloI    = 0x01
+	msgHelloR    = 0x02
+	msgAlert     = 0x15
+	alertBusy    = 8
+)
+
+var preface = []byte("TUNNEL\x00\x01")
+
+// helloI returns preface || HELLO_I offering suite 0x01 with fresh random
+// X25519 and ML-KEM-768 shares and keyID as the initiator's key id: what
+// an authorized entry sends first, but from a client that has no private
+// key and will never send KEY_I.
+func helloI(t testing.TB, keyID [32]byte) []byte {
+	t.Helper()
+	x, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := mlkem.GenerateKey768()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte{1, 0x01}
+	random := make([]byte, 32)
+	rand.Read(random)
+	body = append(body, random...)
+	body = append(body, x.PublicKey().Bytes()...)
+	body = append(body, dk.EncapsulationKey().Bytes()...)
+	body = append(body, keyID[:]...)
+	if len(body) != 2+32+32+1184+32 {
+		t.Fatalf("HELLO_I body is %d bytes", len(body))
+	}
+	m := append([]byte(nil), preface...)
+	m = append(m, msgHelloI, byte(len(body)>>16), byte(len(body)>>8), byte(len(body)))
+	return append(m, body...)
+}
+
+// readReply reads the exit's first handshake message: its type and body.
+func readReply(c net.Conn) (typ byte, body []byte, err error) {
+	var hdr [msgHeaderLen]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+	if n > 8192 {
+		return hdr[0], nil, fmt.Errorf("reply of type %#x claims %d bytes", hdr[0], n)
+	}
+	body = make([]byte, n)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return hdr[0], nil, err
+	}
+	return hdr[0], body, nil
+}
+
+// session is an authenticated yamux client session of the rig's entry
+// identity, run by the test: handshake.Initiate, then yamux over the
+// record layer, as a real entry would, but under the test's control.
+type session struct {
+	*yamux.Session
+}
+
+func (r *rig) dialSession(t testing.TB) *session {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", r.exitAddr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := r.entryPriv.cfg
+	res, err := handshake.Initiate(context.Background(), c, &cfg)
+	if err != nil {
+		t.Fatalf("handshake with the exit as the authorized entry: %v", err)
+	}
+	yc := yamux.DefaultConfig()
+	yc.LogOutput = io.Discard
+	yc.EnableKeepAlive = false // the test's own pings only
+	s, err := yamux.Client(res.Conn, yc)
+	if err != nil {
+		res.Conn.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &session{s}
+}
+
+// open opens a stream for the exit's default backend and sends its header
+// (PROTOCOL.md section 4) with origin.
+func (s *session) open(origin string) (*yamux.Stream, error) {
+	st, err := s.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	hdr := []byte{1, 0, byte(len(origin))}
+	hdr = append(hdr, origin...)
+	if _, err := st.Write(hdr); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// readStatus reads the exit's answer to a stream header: status u8,
+// msg_len u8, msg.
+func readStatus(st *yamux.Stream, timeout time.Duration) (byte, string, error) {
+	st.SetReadDeadline(time.Now().Add(timeout))
+	defer st.SetReadDeadline(time.Time{})
+	var b [2]byte
+	if _, err := io.ReadFull(st, b[:]); err != nil {
+		return 0, "", fmt.Errorf("reading status: %w", err)
+	}
+	msg := make([]byte, b[1])
+	if _, err := io.ReadFull(st, msg); err != nil {
+		return b[0], "", fmt.Errorf("reading status message: %w", err)
+	}
+	return b[0], string(msg), nil
+}
+
+// halfStream gives a yamux stream the CloseWrite of harness.HalfCloser:
+// yamux's Close is a half-close.
+type halfStream struct{ *yamux.Stream }
+
+func (h halfStream) CloseWrite() error { return h.Stream.Close() }
