@@ -12,9 +12,10 @@ import (
 )
 
 type keygenCmd struct {
-	Out   string `help:"Path prefix of the key pair: writes PATH.key (private, keep it secret on this host) and PATH.pub (public, give it to the peer)." placeholder:"PATH" required:""`
-	Bits  int    `help:"RSA key size in bits (2048 to 8192)." default:"${key_bits}"`
-	Force bool   `help:"Overwrite PATH.key and PATH.pub if they exist."`
+	Out       string `help:"Path prefix of the key pair: writes PATH.key (private, keep it secret on this host) and PATH.pub (public, give it to the peer)." placeholder:"PATH" required:""`
+	Bits      int    `help:"RSA key size in bits (2048 to 8192)." default:"${key_bits}"`
+	Force     bool   `help:"Overwrite PATH.key and PATH.pub if they exist."`
+	IfMissing bool   `name:"if-missing" help:"If PATH.key and PATH.pub exist and match, keep them and print their fingerprint (for setup steps that run more than once)."`
 }
 
 // Run writes the key pair and prints its fingerprint, alone, on stdout.
@@ -23,6 +24,19 @@ func (c *keygenCmd) Run(e *env) error {
 		return usagef("--bits %d: give a key size from %d to %d (default %d)", c.Bits, handshake.MinKeyBits, handshake.MaxKeyBits, handshake.DefaultKeyBits)
 	}
 	keyPath, pubPath := c.Out+".key", c.Out+".pub"
+	if c.Force && c.IfMissing {
+		return usagef("--force and --if-missing contradict each other: give one")
+	}
+	if c.IfMissing {
+		if fp, ok, err := existingPair(keyPath, pubPath); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, fp)
+			e.log.Info().Str("key", keyPath).Str("pub", pubPath).Msg("key pair exists; kept it")
+			return nil
+		}
+	}
 	if !c.Force {
 		for _, p := range []string{keyPath, pubPath} {
 			if _, err := os.Lstat(p); err == nil {
@@ -55,6 +69,32 @@ func (c *keygenCmd) Run(e *env) error {
 	e.log.Info().Str("key", keyPath).Str("pub", pubPath).Int("bits", c.Bits).
 		Msg("wrote key pair; keep the .key on this host and give the .pub to the peer")
 	return nil
+}
+
+// existingPair reports whether both files of a key pair exist; if so it
+// checks that they belong together and returns the fingerprint. One file
+// without the other is an error.
+func existingPair(keyPath, pubPath string) (fp string, ok bool, err error) {
+	_, kerr := os.Stat(keyPath)
+	_, perr := os.Stat(pubPath)
+	switch {
+	case kerr != nil && perr != nil:
+		return "", false, nil
+	case kerr != nil || perr != nil:
+		return "", false, usagef("only one of %s and %s exists: remove it, or restore the other, then run keygen again", keyPath, pubPath)
+	}
+	k, err := handshake.LoadPrivateKey(keyPath)
+	if err != nil {
+		return "", false, usagef("%v", err)
+	}
+	pub, err := handshake.LoadPublicKey(pubPath)
+	if err != nil {
+		return "", false, usagef("%v", err)
+	}
+	if !k.PublicKey.Equal(pub) {
+		return "", false, usagef("%s does not hold the public key of %s: the pair is mixed up; use --force to make a new one", pubPath, keyPath)
+	}
+	return handshake.Fingerprint(pub), true, nil
 }
 
 // writeKeyFile writes data to path with exactly mode perm. Without force it fails if path

@@ -128,3 +128,39 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: code %d, %q", code, out)
 	}
 }
+
+func TestKeygenIfMissing(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "exit")
+	code, first, errs := runCmd(t, "keygen", "--out", out, "--bits", "2048", "--if-missing")
+	if code != 0 || !strings.HasPrefix(first, "SHA256:") {
+		t.Fatalf("first run: code %d stdout %q stderr %q", code, first, errs)
+	}
+	key, _ := os.ReadFile(out + ".key")
+	code, again, errs := runCmd(t, "keygen", "--out", out, "--bits", "2048", "--if-missing")
+	if code != 0 || again != first {
+		t.Fatalf("second run: code %d stdout %q (first %q) stderr %q", code, again, first, errs)
+	}
+	if now, _ := os.ReadFile(out + ".key"); string(now) != string(key) {
+		t.Fatal("--if-missing replaced an existing key")
+	}
+
+	// A pair that does not belong together, or half a pair, is an error.
+	other := filepath.Join(dir, "other")
+	if code, _, errs := runCmd(t, "keygen", "--out", other, "--bits", "2048"); code != 0 {
+		t.Fatal(errs)
+	}
+	os.Rename(other+".pub", out+".pub")
+	code, _, errs = runCmd(t, "keygen", "--out", out, "--if-missing")
+	if code != exitUsage || !strings.Contains(errs, "mixed up") {
+		t.Fatalf("mismatched pair: code %d stderr %q", code, errs)
+	}
+	os.Remove(out + ".pub")
+	code, _, errs = runCmd(t, "keygen", "--out", out, "--if-missing")
+	if code != exitUsage || !strings.Contains(errs, "only one of") {
+		t.Fatalf("half a pair: code %d stderr %q", code, errs)
+	}
+	if code, _, errs := runCmd(t, "keygen", "--out", out, "--if-missing", "--force"); code != exitUsage || !strings.Contains(errs, "contradict") {
+		t.Fatalf("--force with --if-missing: code %d stderr %q", code, errs)
+	}
+}
