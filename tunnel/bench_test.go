@@ -36,3 +36,29 @@ func BenchmarkTunnel(b *testing.B) {
 	records := sess.Stats().RecordsSent - before
 	b.ReportMetric(float64(records)/(float64(b.N)*float64(len(buf))/(1<<20)), "records/MiB")
 }
+
+// BenchmarkRoundTrip sends a 100-byte request and waits for its 100-byte
+// echo, one at a time, directly and through entry and exit over loopback:
+// the latency the tunnel adds to a request/response protocol.
+func BenchmarkRoundTrip(b *testing.B) {
+	b.Run("direct", func(b *testing.B) { benchRoundTrip(b, echoBackend(b)) })
+	b.Run("tunnel", func(b *testing.B) { benchRoundTrip(b, start(b, echoBackend(b)).entryAddr) })
+}
+
+func benchRoundTrip(b *testing.B, addr string) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	msg := make([]byte, 100)
+	buf := make([]byte, 100)
+	for b.Loop() {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -154,11 +154,17 @@ type shrinker interface{ Shrink() }
 // ReaderFrom/WriterTo paths so that buf, sized to one record, is what is used.
 func copyPlain(dst deadlineWriter, src io.Reader, buf []byte, stall time.Duration) (int64, error) {
 	sh, _ := src.(shrinker)
+	burst := false // a read filled buf: the stream's buffer may have grown
 	var total int64
 	for {
 		n, err := src.Read(buf)
-		if sh != nil && n < len(buf) {
-			sh.Shrink() // a short read emptied the buffer
+		if sh != nil {
+			if n == len(buf) {
+				burst = true
+			} else if burst {
+				sh.Shrink() // the burst is drained; small messages keep their small buffer
+				burst = false
+			}
 		}
 		if n > 0 {
 			dst.SetWriteDeadline(time.Now().Add(stall))
