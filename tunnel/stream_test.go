@@ -1,0 +1,74 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+func TestStreamHeaderRoundTrip(t *testing.T) {
+	for _, h := range []streamHeader{{}, {service: "db", origin: "10.0.0.1:5555"}, {origin: strings.Repeat("x", 255)}} {
+		got, err := readStreamHeader(bytes.NewReader(h.marshal()))
+		if err != nil || got != h {
+			t.Fatalf("%+v came back as %+v, %v", h, got, err)
+		}
+	}
+	bad := [][]byte{
+		{2, 0, 0},           // version 2
+		{1, 3, 'd', 'b'},    // service cut short
+		{1, 2, 'd', ' ', 0}, // service not printable
+		{1, 0, 5, '1', '2'}, // origin cut short
+	}
+	for _, b := range bad {
+		if _, err := readStreamHeader(bytes.NewReader(b)); err == nil {
+			t.Fatalf("header %q accepted", b)
+		}
+	}
+	st, msg, err := readStatus(bytes.NewReader(marshalStatus(StatusUnreachable, "backend down")))
+	if err != nil || st != StatusUnreachable || msg != "backend down" {
+		t.Fatalf("status came back as %v %q %v", st, msg, err)
+	}
+}
+
+// TestUnknownService acts as an entry that names a service: the exit, which
+// has only its default backend, answers status 1 and closes the stream.
+func TestUnknownService(t *testing.T) {
+	a := start(t, echoBackend(t))
+	ks := testKeys()
+	c, err := net.Dial("tcp", a.exitAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := handshake.Initiate(context.Background(), c, &handshake.Config{PrivateKey: ks[0], PeerKey: &ks[1].PublicKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := yamux.Client(newMuxConn(res.Conn), muxSettings{time.Minute, 1 << 20}.config(zerolog.Nop()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	st, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write(streamHeader{service: "payments"}.marshal())
+	st.SetReadDeadline(time.Now().Add(5 * time.Second))
+	status, msg, err := readStatus(st)
+	if err != nil || status != StatusUnknownService || !strings.Contains(msg, `"payments"`) {
+		t.Fatalf("status %v %q, err %v; want unknown service naming it", status, msg, err)
+	}
+	if _, err := st.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("after status 1 the stream reads %v, want EOF", err)
+	}
+}
