@@ -174,7 +174,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	var active, refused atomic.Int64
 	var refusing sync.WaitGroup
 	defer refusing.Wait()
-	var total int64
+	var total, refusedTotal int64
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
@@ -189,7 +189,10 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 				sess.Close()
 				continue
 			}
-			log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).Msg("stream refused: session is at its stream limit")
+			if refusedTotal++; refusedTotal == 1 {
+				log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).
+					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
+			}
 			refusing.Add(1)
 			go func() {
 				defer refusing.Done()
@@ -215,7 +218,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	if !clean {
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
-	ev.Err(reason).Int64("streams", total).
+	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal).
 		Dur("duration", time.Since(start)).Msg("session closed")
 }
 
