@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/demo"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -130,12 +131,12 @@ type demoCmd struct {
 	Verbose bool `help:"Also log the agents' info messages (to stderr); without it only their warnings and errors."`
 }
 
-// Run runs tunnel.RunDemo, which prints to stdout. The agents' info logs would interleave with
+// Run runs demo.Run, which prints to stdout. The agents' info logs would interleave with
 // the demo's display on a terminal, so they are hidden unless asked for.
 func (c *demoCmd) Run(e *env) error {
 	log := e.log
 	if !c.Verbose && log.GetLevel() < zerolog.WarnLevel {
 		log = log.Level(zerolog.WarnLevel)
 	}
-	return tunnel.RunDemo(e.ctx, e.stdout, log)
+	return demo.Run(e.ctx, e.stdout, log)
 }

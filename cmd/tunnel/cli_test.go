@@ -230,7 +230,7 @@ func TestLogFormat(t *testing.T) {
 	}
 }
 
-// TestDemoCommand runs `tunnel demo` (the demo itself is tested in package tunnel) and checks the
+// TestDemoCommand runs `tunnel demo` (the demo itself is tested in package demo) and checks the
 // wiring: exit code, output on stdout, agents' info logs hidden without --verbose.
 func TestDemoCommand(t *testing.T) {
 	if testing.Short() {

@@ -1,4 +1,4 @@
-package tunnel
+package demo
 
 import (
 	"bytes"
@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // TestRunDemo runs the demo and checks its claims against what it recorded, independently of
 // the demo's own checks. Goroutine leaks are caught by TestMain's goleak.
@@ -73,7 +76,7 @@ func TestRunDemo(t *testing.T) {
 func TestRunDemoCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := RunDemo(ctx, new(bytes.Buffer), zerolog.Nop())
+	err := Run(ctx, new(bytes.Buffer), zerolog.Nop())
 	if err == nil {
 		t.Fatal("RunDemo with a cancelled context returned nil")
 	}

@@ -1,4 +1,6 @@
-package tunnel
+// Package demo is the command's showcase (`tunnel demo`): a self-contained run of an entry and an
+// exit on loopback that shows what crosses the wire between them.
+package demo
 
 // The demo runs everything on loopback in one process:
 //
@@ -28,6 +30,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // demoKeyBits is the demo's RSA key size: the protocol's minimum, so the demo starts quickly.
@@ -58,7 +61,7 @@ const (
 	demoWireCap = 1 << 20
 )
 
-// demoOptions sizes the demo; RunDemo uses defaultDemoOptions.
+// demoOptions sizes the demo; Run uses defaultDemoOptions.
 type demoOptions struct {
 	bulkBytes   int64         // bytes pushed in the throughput run
 	bulkTimeout time.Duration // the throughput run stops sending early after this long
@@ -82,14 +85,14 @@ type demoResult struct {
 	bulkMarker   bool  // the bulk payload's text was seen on the wire
 }
 
-// RunDemo runs a self-contained loopback demo and writes what it shows to out. It starts a
+// Run runs a self-contained loopback demo and writes what it shows to out. It starts a
 // backend, an exit, a recording relay and an entry on 127.0.0.1, sends a few readable messages
 // through, shows each as the client sent it, as it crossed the wire between entry and exit, and
 // as the backend received it; checks that no plaintext crossed the wire and that the backend got
 // exactly what was sent; then pushes 256 MiB (or as much as fits in 6 seconds) through and
 // prints the throughput. It returns an error if a check fails or ctx ends first. Every goroutine
 // it starts has stopped when it returns. The agents log to log.
-func RunDemo(ctx context.Context, out io.Writer, log zerolog.Logger) error {
+func Run(ctx context.Context, out io.Writer, log zerolog.Logger) error {
 	_, err := runDemo(ctx, out, log, defaultDemoOptions())
 	return err
 }
@@ -146,7 +149,7 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	xs.Listen = exitLn.Addr().String()
 	xs.Forward = backendLn.Addr().String()
 	xs.DrainTimeout = 2 * time.Second
-	exit, err := NewExit(ExitConfig{Settings: xs, Key: exitKey, Authorized: handshake.NewKeySet(&entryKey.PublicKey)}, log)
+	exit, err := tunnel.NewExit(tunnel.ExitConfig{Settings: xs, Key: exitKey, Authorized: handshake.NewKeySet(&entryKey.PublicKey)}, log)
 	if err != nil {
 		exitLn.Close()
 		return res, fmt.Errorf("demo: exit: %w", err)
@@ -172,7 +175,7 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	ns.Listen = entryLn.Addr().String()
 	ns.Peer = relayLn.Addr().String()
 	ns.DrainTimeout = 2 * time.Second
-	entry, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
+	entry, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
 	if err != nil {
 		entryLn.Close()
 		return res, fmt.Errorf("demo: entry: %w", err)
