@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/frame"
+	"github.com/tunnel-dev/tunnel/wiretext"
 )
 
 // DefaultMaxInProgress bounds concurrent responder handshakes when
@@ -127,7 +128,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 		return nil, ioError(ctx, "reading preface", err)
 	}
 	if string(pre[:len(prefaceMagic)]) != prefaceMagic {
-		return nil, fmt.Errorf("%w: first bytes %q", ErrNotTunnel, printable(pre[:]))
+		return nil, fmt.Errorf("%w: first bytes %q", ErrNotTunnel, wiretext.Printable(pre[:]))
 	}
 	if pre[prefaceLen-1] != ProtocolVersion {
 		return nil, reject(AlertUnsupportedVersion, fmt.Sprintf("this exit speaks protocol version %d", ProtocolVersion),

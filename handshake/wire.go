@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
-	"unicode"
+
+	"github.com/tunnel-dev/tunnel/wiretext"
 )
 
 // Wire format of the handshake (PROTOCOL.md section 2.1). A message is
@@ -94,7 +94,7 @@ func readMsg(r io.Reader, want ...byte) (typ byte, msg []byte, err error) {
 type unexpectedError struct{ hdr [msgHeaderLen]byte }
 
 func (e *unexpectedError) Error() string {
-	return fmt.Sprintf("unexpected message type %#02x (first bytes %q)", e.hdr[0], printable(e.hdr[:]))
+	return fmt.Sprintf("unexpected message type %#02x (first bytes %q)", e.hdr[0], wiretext.Printable(e.hdr[:]))
 }
 
 // reader consumes a body field by field; the first short read sticks.
@@ -267,10 +267,7 @@ type alert struct {
 }
 
 func (m *alert) body() []byte {
-	reason := m.reason
-	if len(reason) > 255 {
-		reason = reason[:255]
-	}
+	reason := wiretext.Cut(m.reason, 255)
 	b := []byte{byte(m.code), byte(len(reason))}
 	return append(b, reason...)
 }
@@ -278,17 +275,6 @@ func (m *alert) body() []byte {
 func parseAlert(body []byte) (*alert, error) {
 	r := &reader{b: body}
 	m := &alert{code: AlertCode(r.u8())}
-	m.reason = printable(r.bytes(int(r.u8())))
+	m.reason = wiretext.Printable(r.bytes(int(r.u8())))
 	return m, r.done("ALERT")
-}
-
-// printable makes a peer's text safe for a log line: valid UTF-8, no
-// control characters.
-func printable(b []byte) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == unicode.ReplacementChar {
-			return '?'
-		}
-		return r
-	}, strings.ToValidUTF8(string(b), "?"))
 }

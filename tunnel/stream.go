@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/tunnel-dev/tunnel/wiretext"
 )
 
 // Stream header and status (PROTOCOL.md section 4).
@@ -59,12 +61,8 @@ func (h streamHeader) marshal() []byte {
 	return append(b, origin...)
 }
 
-func clip(s string) string {
-	if len(s) > 255 {
-		return s[:255]
-	}
-	return s
-}
+// clip cuts s to a text field's 255 bytes, without splitting a character.
+func clip(s string) string { return wiretext.Cut(s, 255) }
 
 // readStreamHeader reads exactly one header from r.
 func readStreamHeader(r io.Reader) (streamHeader, error) {
@@ -109,12 +107,16 @@ func marshalStatus(s Status, msg string) []byte {
 	return append([]byte{byte(s), byte(len(msg))}, msg...)
 }
 
-// readStatus reads the exit's answer.
+// readStatus reads the exit's answer. The message is the peer's text, made
+// safe to log.
 func readStatus(r io.Reader) (Status, string, error) {
 	var b [2]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return 0, "", err
 	}
-	msg, err := readString(r, int(b[1]))
-	return Status(b[0]), msg, err
+	msg := make([]byte, b[1])
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return Status(b[0]), "", err
+	}
+	return Status(b[0]), wiretext.Printable(msg), nil
 }

@@ -72,3 +72,24 @@ func TestUnknownService(t *testing.T) {
 		t.Fatalf("after status 1 the stream reads %v, want EOF", err)
 	}
 }
+
+// TestStreamText: text fields are cut to 255 bytes without splitting a
+// character, and the status message a peer sends loses control and format
+// characters (bidi overrides, zero-width) before anyone logs it.
+func TestStreamText(t *testing.T) {
+	long := strings.Repeat("é", 200) // 400 bytes
+	_, msg, err := readStatus(bytes.NewReader(marshalStatus(StatusUnreachable, long)))
+	if err != nil || len(msg) != 254 || !strings.HasPrefix(long, msg) {
+		t.Errorf("a 400-byte status message came back as %d bytes %q, %v", len(msg), msg, err)
+	}
+	h, err := readStreamHeader(bytes.NewReader(streamHeader{origin: long}.marshal()))
+	if err != nil || len(h.origin) != 254 || !strings.HasPrefix(long, h.origin) {
+		t.Errorf("a 400-byte origin came back as %d bytes %q, %v", len(h.origin), h.origin, err)
+	}
+
+	raw := "dial tcp \u202e10.0.0.1\u200b: refused\r\n"
+	_, msg, err = readStatus(bytes.NewReader(append([]byte{byte(StatusUnreachable), byte(len(raw))}, raw...)))
+	if want := "dial tcp ?10.0.0.1?: refused??"; err != nil || msg != want {
+		t.Errorf("status message %q came back as %q, %v; want %q", raw, msg, err, want)
+	}
+}
