@@ -149,7 +149,12 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	xs.Listen = exitLn.Addr().String()
 	xs.Forward = backendLn.Addr().String()
 	xs.DrainTimeout = 2 * time.Second
-	exit, err := tunnel.NewExit(tunnel.ExitConfig{Settings: xs, Key: exitKey, Authorized: handshake.NewKeySet(&entryKey.PublicKey)}, log)
+	auth, err := handshake.NewKeySet(&entryKey.PublicKey)
+	if err != nil {
+		exitLn.Close()
+		return res, fmt.Errorf("demo: exit: %w", err)
+	}
+	exit, err := tunnel.NewExit(tunnel.ExitConfig{Settings: xs, Key: exitKey, Authorized: auth}, log)
 	if err != nil {
 		exitLn.Close()
 		return res, fmt.Errorf("demo: exit: %w", err)

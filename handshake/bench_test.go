@@ -19,7 +19,7 @@ func BenchmarkHandshake(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r, err := NewResponder(Config{PrivateKey: rk, Authorized: NewKeySet(&ik.PublicKey)}, 4)
+	r, err := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(b, &ik.PublicKey)}, 4)
 	if err != nil {
 		b.Fatal(err)
 	}

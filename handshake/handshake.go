@@ -91,6 +91,39 @@ func (c *Config) timeout() time.Duration {
 	return DefaultTimeout
 }
 
+// checkInitiator checks the keys an initiator needs: both present, and of a
+// size the protocol allows.
+func (c *Config) checkInitiator() error {
+	if err := checkKey(privatePublic(c.PrivateKey)); err != nil {
+		return fmt.Errorf("handshake: initiator PrivateKey: %w", err)
+	}
+	if err := checkKey(c.PeerKey); err != nil {
+		return fmt.Errorf("handshake: initiator PeerKey: %w", err)
+	}
+	return nil
+}
+
+// checkResponder checks the keys a responder needs: its own, of a size the
+// protocol allows, and at least one authorized initiator key (NewKeySet and
+// LoadAuthorizedKeys have checked those).
+func (c *Config) checkResponder() error {
+	if err := checkKey(privatePublic(c.PrivateKey)); err != nil {
+		return fmt.Errorf("handshake: responder PrivateKey: %w", err)
+	}
+	if c.Authorized == nil || c.Authorized.Len() == 0 {
+		return errors.New("handshake: responder needs at least one authorized initiator key")
+	}
+	return nil
+}
+
+// privatePublic is k's public half, nil for a nil k.
+func privatePublic(k *rsa.PrivateKey) *rsa.PublicKey {
+	if k == nil {
+		return nil
+	}
+	return &k.PublicKey
+}
+
 // Result is an established connection and what was learnt on the way.
 type Result struct {
 	Conn            *frame.Conn

@@ -93,7 +93,7 @@ func runBoth(t *testing.T, a, b net.Conn, icfg *Config, r *Responder) (ini, res 
 
 func newResponder(t *testing.T, priv *rsa.PrivateKey, authorized ...*rsa.PublicKey) *Responder {
 	t.Helper()
-	r, err := NewResponder(Config{PrivateKey: priv, Authorized: NewKeySet(authorized...), Timeout: 5 * time.Second}, 4)
+	r, err := NewResponder(Config{PrivateKey: priv, Authorized: mustKeySet(t, authorized...), Timeout: 5 * time.Second}, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestInitiatorAgainstNonTunnel(t *testing.T) {
 
 func TestHandshakeTimeout(t *testing.T) {
 	ik, rk, _ := keys()
-	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: NewKeySet(&ik.PublicKey), Timeout: 200 * time.Millisecond}, 4)
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 200 * time.Millisecond}, 4)
 	a, b := tcpPair(t)
 	a.Write(preface[:2]) // a slow initiator: two bytes, then nothing
 	start := time.Now()
@@ -345,7 +345,7 @@ func TestInitiatorContextCancel(t *testing.T) {
 
 func TestResponderBusy(t *testing.T) {
 	ik, rk, _ := keys()
-	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: NewKeySet(&ik.PublicKey), Timeout: 2 * time.Second}, 1)
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 2 * time.Second}, 1)
 	hold, holdPeer := tcpPair(t)
 	_ = hold
 	started := make(chan struct{})

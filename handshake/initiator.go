@@ -23,9 +23,9 @@ import (
 // (ALERT bad_signature or decrypt_error) is reported here. ctx and
 // cfg.Timeout bound the handshake.
 func Initiate(ctx context.Context, conn net.Conn, cfg *Config) (*Result, error) {
-	if cfg.PrivateKey == nil || cfg.PeerKey == nil {
+	if err := cfg.checkInitiator(); err != nil {
 		conn.Close()
-		return nil, errors.New("handshake: initiator needs PrivateKey and PeerKey")
+		return nil, err
 	}
 	start := time.Now()
 	st, err := newInitiator(cfg)

@@ -69,6 +69,15 @@ func MarshalPublicKeyPEM(pub *rsa.PublicKey) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
 }
 
+// checkKey rejects a missing key, and one of a size the protocol does not
+// allow.
+func checkKey(pub *rsa.PublicKey) error {
+	if pub == nil || pub.N == nil {
+		return errors.New("no key")
+	}
+	return checkSize(pub)
+}
+
 // checkSize rejects keys the protocol does not allow.
 func checkSize(pub *rsa.PublicKey) error {
 	if bits := pub.N.BitLen(); bits < MinKeyBits || bits > MaxKeyBits {
@@ -197,13 +206,17 @@ type KeySet struct {
 	keys map[[KeyIDLen]byte]*rsa.PublicKey
 }
 
-// NewKeySet returns a set holding keys.
-func NewKeySet(keys ...*rsa.PublicKey) *KeySet {
+// NewKeySet returns a set holding keys. A nil key, or one of a size the
+// protocol does not allow, is an error.
+func NewKeySet(keys ...*rsa.PublicKey) (*KeySet, error) {
 	s := &KeySet{keys: make(map[[KeyIDLen]byte]*rsa.PublicKey, len(keys))}
-	for _, k := range keys {
+	for i, k := range keys {
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("handshake: key set: key %d: %w", i+1, err)
+		}
 		s.keys[KeyID(k)] = k
 	}
-	return s
+	return s, nil
 }
 
 // Lookup returns the key with the given id.
@@ -248,7 +261,7 @@ func LoadAuthorizedKeys(path string) (*KeySet, error) {
 			}
 		}
 	}
-	set := NewKeySet()
+	set := &KeySet{keys: map[[KeyIDLen]byte]*rsa.PublicKey{}}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {

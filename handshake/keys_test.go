@@ -1,6 +1,7 @@
 package handshake
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -113,5 +114,53 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 	os.Mkdir(empty, 0o755)
 	if _, err := LoadAuthorizedKeys(empty); err == nil || !strings.Contains(err.Error(), "no public keys") {
 		t.Fatalf("empty directory: err = %v", err)
+	}
+}
+
+// mustKeySet is NewKeySet for keys known to be good.
+func mustKeySet(tb testing.TB, keys ...*rsa.PublicKey) *KeySet {
+	tb.Helper()
+	s, err := NewKeySet(keys...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// TestKeySizeEnforcedEverywhere: a key below MinKeyBits is refused by every
+// constructor that takes one, not only by the PEM loaders, and Initiate sends
+// nothing with it.
+func TestKeySizeEnforcedEverywhere(t *testing.T) {
+	small, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, res, _ := keys()
+	wantSize := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "1024 bits") {
+			t.Errorf("%s: err = %v, want it to name the 1024-bit key", what, err)
+		}
+	}
+
+	_, err = NewKeySet(&good.PublicKey, &small.PublicKey)
+	wantSize("NewKeySet", err)
+	if _, err := NewKeySet(nil); err == nil {
+		t.Error("NewKeySet(nil) succeeded")
+	}
+
+	_, err = NewResponder(Config{PrivateKey: small, Authorized: mustKeySet(t, &good.PublicKey)}, 1)
+	wantSize("NewResponder with a small PrivateKey", err)
+
+	for _, cfg := range []*Config{
+		{PrivateKey: small, PeerKey: &res.PublicKey},
+		{PrivateKey: good, PeerKey: &small.PublicKey},
+	} {
+		var conn bufConn
+		_, err := Initiate(context.Background(), &conn, cfg)
+		wantSize("Initiate", err)
+		if conn.Len() != 0 {
+			t.Errorf("Initiate wrote %d bytes with a small key", conn.Len())
+		}
 	}
 }

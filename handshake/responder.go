@@ -35,11 +35,8 @@ type Responder struct {
 // NewResponder checks cfg and returns a Responder allowing maxInProgress
 // concurrent handshakes (zero means DefaultMaxInProgress).
 func NewResponder(cfg Config, maxInProgress int) (*Responder, error) {
-	if cfg.PrivateKey == nil {
-		return nil, errors.New("handshake: responder needs a PrivateKey")
-	}
-	if cfg.Authorized == nil || cfg.Authorized.Len() == 0 {
-		return nil, errors.New("handshake: responder needs at least one authorized initiator key")
+	if err := cfg.checkResponder(); err != nil {
+		return nil, err
 	}
 	if maxInProgress <= 0 {
 		maxInProgress = DefaultMaxInProgress

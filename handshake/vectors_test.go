@@ -141,7 +141,7 @@ func TestVectorHandshake(t *testing.T) {
 
 	// Responder: verify sig_i before decrypting, then decrypt the secret.
 	res := &responder{
-		cfg:     &Config{PrivateKey: rPriv, Authorized: NewKeySet(iPub)},
+		cfg:     &Config{PrivateKey: rPriv, Authorized: mustKeySet(t, iPub)},
 		peerKey: iPub,
 		m1:      unhex(t, v.Msg1),
 		m2:      m2,

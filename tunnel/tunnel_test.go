@@ -157,7 +157,11 @@ func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.
 
 // newExitForTest builds an exit with in-memory keys (Validate wants files).
 func newExitForTest(s config.Exit, key *rsa.PrivateKey, entry *rsa.PublicKey, log zerolog.Logger) (*Exit, error) {
-	return NewExit(ExitConfig{Settings: s, Key: key, Authorized: handshake.NewKeySet(entry)}, log)
+	auth, err := handshake.NewKeySet(entry)
+	if err != nil {
+		return nil, err
+	}
+	return NewExit(ExitConfig{Settings: s, Key: key, Authorized: auth}, log)
 }
 
 func roundTrip(t *testing.T, addr string, payload []byte) {
