@@ -83,7 +83,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"fingerprint", filepath.Join(dir, "none")}, "no such file"},
 		{[]string{"exit", "--key", pub + ".key", "--authorized-keys", pub + ".pub"}, "--forward is required"},
 		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--window", "5"}, "--window 5"},
-		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--dial-timeout", "5"}, "--dial-timeout"},
+		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--dial-timeout", "5"}, `--dial-timeout: "5": a duration needs a unit: write 5s`},
 		{[]string{"exit", "--forward", "h:1", "--key", pub + ".pub", "--authorized-keys", pub + ".pub"},
 			"--key " + pub + ".pub: this is a public key; give the private key (.key) made by `tunnel keygen`"},
 		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".key"}, "--authorized-keys"},
@@ -188,6 +188,10 @@ func TestBadConfigFile(t *testing.T) {
 	cases := []struct{ name, body, want string }{
 		{"not yaml", "listen: [unclosed\n", "not YAML"},
 		{"bad duration", "dial-timeout: soon\n", "--dial-timeout"},
+		// YAML reads these as numbers, which kong alone takes as nanoseconds.
+		{"duration without unit", "dial-timeout: 5\n", "dial-timeout: 5: a duration needs a unit: write 5s"},
+		{"fraction without unit", "drain-timeout: 1.5\n", "drain-timeout: 1.5: a duration needs a unit: write 1.5s"},
+		{"duration without unit in section", "entry:\n  keepalive: 15\n", "entry: keepalive: 15: a duration needs a unit: write 15s"},
 		{"bad number", "window: lots\n", "--window"},
 		{"unknown key", "lisen: :1\n", `unknown key "lisen"`},
 		{"unknown key in section", "entry:\n  forward: a:1\n", `unknown key "forward" under "entry"`},

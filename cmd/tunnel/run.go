@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -107,6 +109,7 @@ func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error)
 		kong.DefaultEnvars("TUNNEL"),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars(defaultVars()),
+		kong.TypeMapper(reflect.TypeFor[time.Duration](), durationMapper()),
 	)
 	if err != nil {
 		return nil, nil, err
@@ -116,6 +119,36 @@ func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error)
 		return nil, nil, err
 	}
 	return &c, kctx, nil
+}
+
+// durationMapper reads a duration flag as time.ParseDuration does, but a number without a unit
+// (5 from the command line, the environment or the config file) gets a message that says to add
+// one: kong's own mapper takes a YAML number as nanoseconds.
+func durationMapper() kong.MapperFunc {
+	return func(ctx *kong.DecodeContext, target reflect.Value) error {
+		t, err := ctx.Scan.PopValue("duration")
+		if err != nil {
+			return err
+		}
+		s, ok := t.Value.(string)
+		if !ok {
+			return fmt.Errorf("%v: %w", t.Value, errNoUnit(fmt.Sprint(t.Value)))
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+				return fmt.Errorf("%q: %w", s, errNoUnit(s))
+			}
+			return fmt.Errorf("%q is not a duration: write it like 5s, 250ms or 1m30s", s)
+		}
+		target.Set(reflect.ValueOf(d))
+		return nil
+	}
+}
+
+// errNoUnit says how to write the number n as a duration.
+func errNoUnit(n string) error {
+	return fmt.Errorf("a duration needs a unit: write %ss (or ms, m, h)", n)
 }
 
 // defaultVars feeds the config package's defaults into the flag defaults and help.
@@ -163,14 +196,15 @@ func (c configFlag) BeforeResolve(k *kong.Kong, kctx *kong.Context, trace *kong.
 }
 
 // checkConfigKeys accepts, at the top level, any flag name of any command and, as a map, any
-// command name; under a command, that command's flags and the global ones.
+// command name; under a command, that command's flags and the global ones. A duration must be
+// written with its unit: YAML reads "5" as a number, which kong would take as nanoseconds.
 func checkConfigKeys(app *kong.Node, doc map[string]any) error {
-	flags := func(n *kong.Node) map[string]bool {
-		m := map[string]bool{}
+	flags := func(n *kong.Node) map[string]*kong.Flag {
+		m := map[string]*kong.Flag{}
 		for _, group := range n.AllFlags(true) {
 			for _, f := range group {
 				if f.Name != "help" && f.Name != "config" {
-					m[f.Name] = true
+					m[f.Name] = f
 				}
 			}
 		}
@@ -180,9 +214,7 @@ func checkConfigKeys(app *kong.Node, doc map[string]any) error {
 	cmds := map[string]*kong.Node{}
 	for _, cmd := range app.Children {
 		cmds[cmd.Name] = cmd
-		for name := range flags(cmd) {
-			all[name] = true
-		}
+		maps.Copy(all, flags(cmd))
 	}
 	for key, v := range doc {
 		if cmd, ok := cmds[key]; ok {
@@ -191,16 +223,36 @@ func checkConfigKeys(app *kong.Node, doc map[string]any) error {
 				return fmt.Errorf("%q must be a map of %s's flag names to values", key, key)
 			}
 			own := flags(cmd)
-			for k := range section {
-				if !own[k] {
+			for k, v := range section {
+				f := own[k]
+				if f == nil {
 					return fmt.Errorf("unknown key %q under %q: keys are %s's flag names without the dashes in front, e.g. listen", k, key, key)
+				}
+				if err := checkConfigValue(f, v); err != nil {
+					return fmt.Errorf("%s: %s: %w", key, k, err)
 				}
 			}
 			continue
 		}
-		if !all[key] {
+		f := all[key]
+		if f == nil {
 			return fmt.Errorf("unknown key %q: keys are flag names without the dashes in front, e.g. listen, peer-key", key)
 		}
+		if err := checkConfigValue(f, v); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+// checkConfigValue rejects a number given for a duration flag.
+func checkConfigValue(f *kong.Flag, v any) error {
+	if !f.Target.IsValid() || f.Target.Type() != reflect.TypeFor[time.Duration]() {
+		return nil
+	}
+	switch v.(type) {
+	case int, int64, uint64, float64:
+		return fmt.Errorf("%v: %w", v, errNoUnit(fmt.Sprint(v)))
 	}
 	return nil
 }
