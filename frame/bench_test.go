@@ -55,11 +55,14 @@ func (l *loopRecord) open(buf []byte) {
 	}
 }
 
-var benchSizes = []int{1 << 10, 16 << 10, 64<<10 - 1}
+// benchSizes: a small record, a medium one, a full one, and a write that
+// fills a whole batch of full records.
+var benchSizes = []int{1 << 10, 16 << 10, 64<<10 - 1, 4*MaxPayload + 3}
 
-func sizeName(n int) string { return fmt.Sprintf("%dKiB", (n+1)>>10) }
+func sizeName(n int) string { return fmt.Sprintf("%dKiB", (n+3)>>10) }
 
-// BenchmarkSeal measures Write: one DATA record per call.
+// BenchmarkSeal measures Write: one DATA record per call, or a batch of
+// them for the largest size.
 func BenchmarkSeal(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run(sizeName(size), func(b *testing.B) {
@@ -75,7 +78,8 @@ func BenchmarkSeal(b *testing.B) {
 	}
 }
 
-// BenchmarkOpen measures Read: verify, decrypt and copy out one DATA record.
+// BenchmarkOpen measures Read: verify, decrypt and copy out one DATA record
+// (four for the largest size).
 func BenchmarkOpen(b *testing.B) {
 	for _, size := range benchSizes {
 		b.Run(sizeName(size), func(b *testing.B) {
@@ -148,4 +152,39 @@ func BenchmarkLoopback(b *testing.B) {
 	}
 	w.CloseWrite()
 	<-done
+}
+
+// BenchmarkCFBEncrypt compares encrypting maxBatch full records one after
+// another with encrypting them interleaved, as a batched Write does.
+func BenchmarkCFBEncrypt(b *testing.B) {
+	rc := newRecordCipher([32]byte{1})
+	regions := make([][]byte, maxBatch)
+	for i := range regions {
+		regions[i] = make([]byte, ivLen+maxPlain)
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.SetBytes(int64(maxBatch * maxPlain))
+		for b.Loop() {
+			for i := range regions {
+				rc.cfbEncrypt(regions[i : i+1])
+			}
+		}
+	})
+	b.Run("interleaved", func(b *testing.B) {
+		b.SetBytes(int64(maxBatch * maxPlain))
+		for b.Loop() {
+			rc.cfbEncrypt(regions)
+		}
+	})
+}
+
+// BenchmarkCFBDecrypt measures decryption of one full record, keystream
+// computed decryptBatch blocks at a time.
+func BenchmarkCFBDecrypt(b *testing.B) {
+	rc := newRecordCipher([32]byte{1})
+	region := make([]byte, ivLen+maxPlain)
+	b.SetBytes(maxPlain)
+	for b.Loop() {
+		rc.cfbDecrypt(region)
+	}
 }

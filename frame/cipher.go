@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"hash"
+	"math"
 )
 
 // recordCipher is the key material of one direction under one traffic
@@ -18,14 +19,20 @@ type recordCipher struct {
 	mac    hash.Hash
 
 	// ks and prev are CFB scratch, here so that they need no allocation
-	// (a stack array passed to block.Encrypt would escape).
-	ks, prev [aes.BlockSize]byte
+	// (a stack array passed to block.Encrypt would escape); both are wiped
+	// after each use.
+	ks     [decryptBatch * aes.BlockSize]byte
+	prev   [aes.BlockSize]byte
+	active [maxBatch][]byte // cfbEncrypt's records in progress
 }
 
 // newRecordCipher derives enc(s) and mac(s) from the traffic secret s.
+// The derived keys are wiped once the cipher and the MAC hold them.
 func newRecordCipher(secret [SecretLen]byte) *recordCipher {
 	enc := expand(secret[:], labelEnc)
 	mk := expand(secret[:], labelMAC)
+	defer clear(enc)
+	defer clear(mk)
 	block, err := aes.NewCipher(enc)
 	if err != nil {
 		panic("frame: aes.NewCipher with a 32-byte key: " + err.Error())
@@ -33,11 +40,14 @@ func newRecordCipher(secret [SecretLen]byte) *recordCipher {
 	return &recordCipher{secret: secret, block: block, mac: hmac.New(sha256.New, mk)}
 }
 
-// next returns the cipher of next(s), used after a KEY_UPDATE.
+// next returns the cipher of next(s), used after a KEY_UPDATE, and wipes s
+// from c: c must not be used again.
 func (c *recordCipher) next() *recordCipher {
-	var s [SecretLen]byte
-	copy(s[:], expand(c.secret[:], labelNext))
-	return newRecordCipher(s)
+	s := NextSecret(c.secret)
+	n := newRecordCipher(s)
+	clear(s[:])
+	clear(c.secret[:])
+	return n
 }
 
 // expand is HKDF-Expand(secret, label, 32) with SHA-256.
@@ -60,7 +70,9 @@ func DeriveRecordKeys(secret [SecretLen]byte) (enc, mac [SecretLen]byte) {
 
 // NextSecret returns next(s), the traffic secret after a KEY_UPDATE.
 func NextSecret(secret [SecretLen]byte) (next [SecretLen]byte) {
-	copy(next[:], expand(secret[:], labelNext))
+	out := expand(secret[:], labelNext)
+	copy(next[:], out)
+	clear(out)
 	return next
 }
 
@@ -69,36 +81,74 @@ func NextSecret(secret [SecretLen]byte) (next [SecretLen]byte) {
 // computes. CFB is malleable on its own; it is safe here only because every
 // record is authenticated (encrypt-then-MAC) and the tag is verified before a
 // single byte is decrypted. It is written out rather than taken from
-// crypto/cipher so that no record allocates a fresh Stream.
+// crypto/cipher so that no record allocates a fresh Stream, and so that the
+// AES unit is kept busy: one CFB encryption is a chain in which every block
+// waits for the one before, so the blocks of several records are encrypted
+// in turn (their chains are independent and the CPU overlaps them), and
+// decryption, whose inputs are all known, computes decryptBatch keystream
+// blocks before it XORs them in.
 
-// cfbEncrypt encrypts src into dst, which may alias src exactly.
-func (c *recordCipher) cfbEncrypt(iv []byte, dst, src []byte) {
-	b, ks := c.block, c.ks[:]
-	prev := iv[:aes.BlockSize]
-	for len(src) >= aes.BlockSize {
-		b.Encrypt(ks, prev)
-		subtle.XORBytes(dst[:aes.BlockSize], src[:aes.BlockSize], ks)
-		prev = dst[:aes.BlockSize]
-		dst, src = dst[aes.BlockSize:], src[aes.BlockSize:]
+// A region is one record's iv followed by its body: block i of the body is
+// enciphered with the keystream of the region's block i, the iv or the
+// ciphertext block before it.
+
+// cfbEncrypt encrypts the bodies of regions in place, interleaving the
+// records block by block. len(regions) is at most maxBatch.
+func (c *recordCipher) cfbEncrypt(regions [][]byte) {
+	const bs = aes.BlockSize
+	ks := c.ks[:]
+	// Whole blocks, in phases: in each, the records that still have whole
+	// blocks left advance together up to the shortest of them.
+	for off := 0; ; {
+		act, end := c.active[:0], math.MaxInt
+		for _, r := range regions {
+			if len(r) >= off+2*bs {
+				act = append(act, r)
+				end = min(end, len(r))
+			}
+		}
+		if len(act) == 0 {
+			break
+		}
+		for ; off+2*bs <= end; off += bs {
+			for i, r := range act {
+				c.block.Encrypt(ks[i*bs:(i+1)*bs], r[off:off+bs])
+			}
+			for i, r := range act {
+				body := r[off+bs : off+2*bs]
+				subtle.XORBytes(body, body, ks[i*bs:(i+1)*bs])
+			}
+		}
 	}
-	if len(src) > 0 {
-		b.Encrypt(ks, prev)
-		subtle.XORBytes(dst, src, ks[:len(src)])
+	// The last, partial block of each record.
+	for _, r := range regions {
+		if tail := (len(r) - bs) % bs; tail > 0 {
+			p := len(r) - tail
+			c.block.Encrypt(ks[:bs], r[p-bs:p])
+			subtle.XORBytes(r[p:], r[p:], ks[:tail])
+		}
 	}
+	clear(c.ks[:])
+	clear(c.active[:])
 }
 
-// cfbDecrypt decrypts src into dst, which may alias src exactly.
-func (c *recordCipher) cfbDecrypt(iv []byte, dst, src []byte) {
-	b, ks, prev := c.block, c.ks[:], c.prev[:]
-	copy(prev, iv)
-	for len(src) >= aes.BlockSize {
-		b.Encrypt(ks, prev)
-		copy(prev, src[:aes.BlockSize])
-		subtle.XORBytes(dst[:aes.BlockSize], src[:aes.BlockSize], ks)
-		dst, src = dst[aes.BlockSize:], src[aes.BlockSize:]
+// cfbDecrypt decrypts the body of region in place.
+func (c *recordCipher) cfbDecrypt(region []byte) {
+	ks, prev := c.ks[:], c.prev[:]
+	copy(prev, region[:aes.BlockSize])
+	body := region[aes.BlockSize:]
+	for len(body) > 0 {
+		n := min(len(body), len(ks))
+		c.block.Encrypt(ks, prev)
+		for j := aes.BlockSize; j < n; j += aes.BlockSize {
+			c.block.Encrypt(ks[j:], body[j-aes.BlockSize:j])
+		}
+		if n == len(ks) {
+			copy(prev, body[n-aes.BlockSize:n])
+		}
+		subtle.XORBytes(body[:n], body[:n], ks[:n])
+		body = body[n:]
 	}
-	if len(src) > 0 {
-		b.Encrypt(ks, prev)
-		subtle.XORBytes(dst, src, ks[:len(src)])
-	}
+	clear(c.ks[:])
+	clear(c.prev[:])
 }

@@ -1,7 +1,6 @@
 package frame
 
 import (
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -24,8 +23,6 @@ type Config struct {
 	// KeyUpdateInterval is how long one sending key lives. Zero means
 	// DefaultKeyUpdateInterval.
 	KeyUpdateInterval time.Duration
-	// Rand is the source of IVs. Nil means crypto/rand; set it only in tests.
-	Rand io.Reader
 }
 
 // Defaults of Config, from PROTOCOL.md section 3.
@@ -34,8 +31,17 @@ const (
 	DefaultKeyUpdateInterval = time.Hour
 )
 
-// closeTimeout bounds how long Close waits to send CLOSE to a stalled peer.
-const closeTimeout = 2 * time.Second
+// Tunables.
+const (
+	// closeTimeout bounds how long Close waits to send CLOSE to a stalled peer.
+	closeTimeout = 2 * time.Second
+	// maxBatch is how many records one Write seals together, interleaving
+	// their CFB chains, and hands to the transport at once.
+	maxBatch = 4
+	// decryptBatch is how many keystream blocks decryption computes before
+	// it XORs them in.
+	decryptBatch = 8
+)
 
 func (c Config) withDefaults() Config {
 	if c.KeyUpdateRecords == 0 {
@@ -79,7 +85,6 @@ func New(conn net.Conn, keys Keys, cfg *Config) *Conn {
 	c.out.th = keys.Transcript
 	c.out.cfg = cf
 	c.out.c = newRecordCipher(keys.Send)
-	c.out.iv.r = cf.Rand
 	c.in.conn = conn
 	c.in.th = keys.Transcript
 	c.in.c = newRecordCipher(keys.Recv)

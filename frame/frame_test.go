@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -426,10 +427,116 @@ func TestSteadyStateAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { w.WriteBuffers(hdr, p) }); n != 0 {
 		t.Fatalf("WriteBuffers allocates %v times per record", n)
 	}
+	large := make([]byte, 5*MaxPayload)
+	if n := testing.AllocsPerRun(20, func() { w.Write(large) }); n != 0 {
+		t.Fatalf("a batched Write allocates %v times", n)
+	}
 	src := newLoopRecord(t, a, b, p)
 	buf := make([]byte, len(p))
 	src.open(buf)
 	if n := testing.AllocsPerRun(100, func() { src.open(buf) }); n != 0 {
 		t.Fatalf("Read allocates %v times per record", n)
+	}
+}
+
+// TestBatchedWrite: one large Write is sealed as batches of up to maxBatch
+// records, a batch never crosses a KEY_UPDATE, and one transport Write
+// carries a whole batch.
+func TestBatchedWrite(t *testing.T) {
+	for _, every := range []uint64{0, 1, 2, 3, 5} {
+		a, b := randomKeys(t)
+		cw := &countingConn{}
+		w := New(cw, a, &Config{KeyUpdateRecords: every})
+		if err := w.SendFinished(); err != nil {
+			t.Fatal(err)
+		}
+		cw.writes = 0
+		big := chunks(11*MaxPayload + 123)[0]
+		if n, err := w.Write(big); err != nil || n != len(big) {
+			t.Fatalf("every %d: Write = %d, %v", every, n, err)
+		}
+		data := uint64(12) // records the payload needs
+		if every == 0 && (cw.writes != 3 || w.Stats().RecordsSent != 1+data) {
+			t.Fatalf("%d transport writes and %d records for 12 records of payload; want 3 and 13",
+				cw.writes, w.Stats().RecordsSent)
+		}
+		w.CloseWrite()
+		got, err := readAll(New(&memConn{r: bytes.NewReader(cw.w.Bytes())}, b, nil))
+		if err != io.EOF || !bytes.Equal(got, big) {
+			t.Fatalf("every %d: read %d of %d bytes, %v", every, len(got), len(big), err)
+		}
+	}
+}
+
+// countingConn is a memConn that counts transport writes.
+type countingConn struct {
+	memConn
+	writes int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) { c.writes++; return c.memConn.Write(p) }
+
+// TestSequenceSpace: both ends agree on the last sequence number, 2^64-2.
+// The sender seals it and then refuses; the receiver accepts it and then
+// refuses, without reading another record.
+func TestSequenceSpace(t *testing.T) {
+	a, b := randomKeys(t)
+	mc := &memConn{}
+	w := New(mc, a, nil)
+	if err := w.SendFinished(); err != nil {
+		t.Fatal(err)
+	}
+	w.out.seq = math.MaxUint64 - 2
+	if _, err := w.Write([]byte("last but one")); err != nil {
+		t.Fatalf("seq 2^64-3: %v", err)
+	}
+	if _, err := w.Write([]byte("last")); err != nil {
+		t.Fatalf("seq 2^64-2: %v", err)
+	}
+	if _, err := w.Write([]byte("one too many")); !errors.Is(err, ErrSeqExhausted) {
+		t.Fatalf("seq 2^64-1: got %v, want ErrSeqExhausted", err)
+	}
+	wire := mc.w.Bytes()
+	fin := Overhead + SecretLen
+	// One more record after the last, as a sender that ignored the limit would send.
+	wire = append(wire, wire[fin:fin+Overhead+len("last but one")]...)
+
+	r := New(&memConn{r: bytes.NewReader(wire)}, b, nil)
+	if err := r.ReadFinished(); err != nil {
+		t.Fatal(err)
+	}
+	r.in.seq = math.MaxUint64 - 2
+	buf := make([]byte, 64)
+	for _, want := range []string{"last but one", "last"} {
+		n, err := r.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("got %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	if _, err := r.Read(buf); !errors.Is(err, ErrSeqExhausted) {
+		t.Fatalf("a record past seq 2^64-2: got %v, want ErrSeqExhausted", err)
+	}
+}
+
+// TestKeyUpdateWipesSecret: the traffic secret a KEY_UPDATE replaces is
+// wiped, on both sides.
+func TestKeyUpdateWipesSecret(t *testing.T) {
+	a, b := randomKeys(t)
+	mc := &memConn{}
+	w := New(mc, a, &Config{KeyUpdateRecords: 1})
+	old := w.out.c
+	w.Write([]byte("x"))
+	w.Write([]byte("y"))
+	if old.secret != [SecretLen]byte{} || w.out.c.secret == [SecretLen]byte{} {
+		t.Fatal("sender: the replaced secret is not wiped, or the new one is empty")
+	}
+	r := New(&memConn{r: bytes.NewReader(mc.w.Bytes())}, b, nil)
+	old = r.in.c
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		t.Fatal(err)
+	}
+	if old.secret != [SecretLen]byte{} {
+		t.Fatal("receiver: the replaced secret is not wiped")
 	}
 }

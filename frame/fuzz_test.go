@@ -18,7 +18,8 @@ func fuzzSession() (wire, plain []byte) {
 	msgs := [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n"), bytes.Repeat([]byte("x"), 300), {0}}
 	mc := &memConn{}
 	ivs := bytes.NewReader(bytes.Repeat([]byte{0x5a}, 16*8))
-	c := New(mc, Keys{Send: fuzzKeys.Recv, Recv: fuzzKeys.Send, Transcript: fuzzKeys.Transcript}, &Config{Rand: ivs})
+	c := New(mc, Keys{Send: fuzzKeys.Recv, Recv: fuzzKeys.Send, Transcript: fuzzKeys.Transcript}, nil)
+	c.out.iv.r = ivs
 	for _, m := range msgs {
 		c.Write(m)
 	}
@@ -48,29 +49,43 @@ func FuzzReader(f *testing.F) {
 	})
 }
 
-// TestCFBMatchesStdlib: the record layer's CFB is Go's CFB-128.
+// TestCFBMatchesStdlib: the record layer's CFB is Go's CFB-128, whether a
+// record is encrypted alone or interleaved with up to maxBatch-1 others of
+// other lengths, and its scratch is wiped afterwards.
 func TestCFBMatchesStdlib(t *testing.T) {
 	rc := newRecordCipher([32]byte{9})
 	enc, _ := DeriveRecordKeys([32]byte{9})
 	block, _ := aes.NewCipher(enc[:])
-	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 1000, maxPlain} {
-		src := make([]byte, n)
-		iv := make([]byte, 16)
-		for i := range src {
-			src[i] = byte(rand.IntN(256))
-		}
-		iv[3] = byte(n)
-		want := make([]byte, n)
-		//lint:ignore SA1019 checking the protocol's AES-CFB against the standard library's.
-		cipher.NewCFBEncrypter(block, iv).XORKeyStream(want, src)
-		got := bytes.Clone(src)
-		rc.cfbEncrypt(iv, got, got)
-		if !bytes.Equal(got, want) {
-			t.Fatalf("n=%d: encryption differs from crypto/cipher", n)
-		}
-		rc.cfbDecrypt(iv, got, got)
-		if !bytes.Equal(got, src) {
-			t.Fatalf("n=%d: decryption does not invert encryption", n)
+	sizes := []int{0, 1, 15, 16, 17, 31, 32, 33, 127, 128, 129, 1000, maxPlain}
+	for batch := 1; batch <= maxBatch; batch++ {
+		for first := range sizes {
+			regions := make([][]byte, batch)
+			srcs := make([][]byte, batch)
+			for i := range regions {
+				n := sizes[(first+i*5)%len(sizes)]
+				r := make([]byte, 16+n)
+				for j := range r {
+					r[j] = byte(rand.IntN(256))
+				}
+				regions[i], srcs[i] = r, bytes.Clone(r)
+			}
+			rc.cfbEncrypt(regions)
+			for i, r := range regions {
+				src := srcs[i]
+				want := make([]byte, len(src)-16)
+				//lint:ignore SA1019 checking the protocol's AES-CFB against the standard library's.
+				cipher.NewCFBEncrypter(block, src[:16]).XORKeyStream(want, src[16:])
+				if !bytes.Equal(r[:16], src[:16]) || !bytes.Equal(r[16:], want) {
+					t.Fatalf("batch of %d, record %d (%d bytes): encryption differs from crypto/cipher", batch, i, len(want))
+				}
+				rc.cfbDecrypt(r)
+				if !bytes.Equal(r, src) {
+					t.Fatalf("batch of %d, record %d (%d bytes): decryption does not invert encryption", batch, i, len(want))
+				}
+			}
+			if rc.ks != [len(rc.ks)]byte{} || rc.prev != [16]byte{} {
+				t.Fatal("CFB scratch not wiped after use")
+			}
 		}
 	}
 }

@@ -14,8 +14,9 @@ import (
 	"time"
 )
 
-// outHalf is the sending direction. Its lock serialises whole records: a
-// record is sealed in buf and handed to the transport in one Write.
+// outHalf is the sending direction. Its lock serialises whole records: up
+// to maxBatch records are laid out back to back in buf, sealed together and
+// handed to the transport in one Write.
 type outHalf struct {
 	mu   sync.Mutex
 	conn net.Conn
@@ -34,54 +35,86 @@ type outHalf struct {
 	sent atomic.Uint64 // records sent, for Stats
 
 	seqBuf [seqLen]byte
-	// buf holds one record; the extra tagLen of capacity lets mac.Sum append
-	// in place.
-	buf [maxRecord + tagLen]byte
+	// batch is the records laid out in buf and not yet sent: their regions
+	// (iv | body, see cfbEncrypt) and the end of the last one in buf.
+	regions [maxBatch][]byte
+	n       int
+	end     int
+	// buf holds up to maxBatch whole records; the extra tagLen of capacity
+	// lets mac.Sum append the last tag in place.
+	buf [maxBatch*maxRecord + tagLen]byte
 }
 
-// plaintext returns the payload area of buf: the bytes after the type byte.
+// payloadArea returns where the payload of the next record of the batch
+// goes: after its header, iv and type byte.
 func (h *outHalf) payloadArea() []byte {
-	return h.buf[headerLen+ivLen+1 : headerLen+ivLen+maxPlain]
+	off := h.end + headerLen + ivLen + 1
+	return h.buf[off : off+MaxPayload]
 }
 
-// seal encrypts and authenticates the record whose payload of payloadLen
-// bytes is already in payloadArea, then writes it. Callers hold mu.
-func (h *outHalf) seal(typ byte, payloadLen int) error {
+// add lays out the next record of the batch, whose payload of payloadLen
+// bytes is already in payloadArea. Callers hold mu.
+func (h *outHalf) add(typ byte, payloadLen int) error {
 	if h.err != nil {
 		return h.err
 	}
-	if h.seq == math.MaxUint64 {
+	rec := h.buf[h.end:]
+	length := ivLen + 1 + payloadLen + tagLen
+	binary.BigEndian.PutUint32(rec, uint32(length))
+	if err := h.iv.read(rec[headerLen : headerLen+ivLen]); err != nil {
+		h.err = err
+		return err
+	}
+	rec[headerLen+ivLen] = typ
+	h.regions[h.n] = rec[headerLen : headerLen+ivLen+1+payloadLen]
+	h.n++
+	h.end += headerLen + length
+	return nil
+}
+
+// flush seals the batch and writes it. Callers hold mu. A sequence number
+// is never used twice and never wraps: a batch that would need seq
+// 2^64-1 fails (the last record ever sent has seq 2^64-2).
+func (h *outHalf) flush() error {
+	n, end := h.n, h.end
+	h.n, h.end = 0, 0
+	if h.err != nil {
+		return h.err
+	}
+	if h.seq > math.MaxUint64-uint64(n) {
 		h.err = ErrSeqExhausted
 		h.conn.Close()
 		return h.err
 	}
-	n := 1 + payloadLen
-	length := ivLen + n + tagLen
-	rec := h.buf[:headerLen+length]
-	binary.BigEndian.PutUint32(rec, uint32(length))
-	iv := rec[headerLen : headerLen+ivLen]
-	if err := h.iv.read(iv); err != nil {
-		h.err = err
-		return err
+	h.c.cfbEncrypt(h.regions[:n])
+	off := 0
+	for i, r := range h.regions[:n] {
+		authed := h.buf[off : off+headerLen+len(r)]
+		binary.BigEndian.PutUint64(h.seqBuf[:], h.seq+uint64(i))
+		h.c.mac.Reset()
+		h.c.mac.Write(h.seqBuf[:])
+		h.c.mac.Write(authed)
+		h.c.mac.Sum(authed[: len(authed) : len(authed)+tagLen]) // the tag lands right after the ciphertext
+		off += len(authed) + tagLen
+		h.regions[i] = nil
 	}
-	body := rec[headerLen+ivLen : headerLen+ivLen+n]
-	body[0] = typ
-	h.c.cfbEncrypt(iv, body, body)
-
-	binary.BigEndian.PutUint64(h.seqBuf[:], h.seq)
-	h.c.mac.Reset()
-	h.c.mac.Write(h.seqBuf[:])
-	h.c.mac.Write(rec[:headerLen+ivLen+n])
-	h.c.mac.Sum(rec[:headerLen+ivLen+n]) // the tag lands at rec[headerLen+ivLen+n:]
-
-	if _, err := h.conn.Write(rec); err != nil {
+	if _, err := h.conn.Write(h.buf[:end]); err != nil {
 		h.err = err // a partial record has poisoned the stream
 		return err
 	}
-	h.seq++
-	h.sinceUpdate++
-	h.sent.Add(1)
+	h.seq += uint64(n)
+	h.sinceUpdate += uint64(n)
+	h.sent.Add(uint64(n))
 	return nil
+}
+
+// seal sends one record whose payload of payloadLen bytes is already in
+// payloadArea of an empty batch. Callers hold mu.
+func (h *outHalf) seal(typ byte, payloadLen int) error {
+	if err := h.add(typ, payloadLen); err != nil {
+		return err
+	}
+	return h.flush()
 }
 
 // sendFinished sends FINISHED if it has not been sent. Callers hold mu.
@@ -115,7 +148,8 @@ func (h *outHalf) maybeUpdateKey() error {
 
 // write seals the concatenation of bufs as DATA records of at most
 // MaxPayload bytes each: bufs are packed, so a short header and the body
-// that follows it share one record.
+// that follows it share one record, and a large write becomes batches of
+// maxBatch full records, each batch sealed together and sent in one Write.
 func (h *outHalf) write(bufs [][]byte) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -125,29 +159,42 @@ func (h *outHalf) write(bufs [][]byte) (int, error) {
 	if err := h.sendFinished(); err != nil {
 		return 0, err
 	}
-	total := 0
+	total, batched := 0, 0 // batched: bytes of total in the batch not yet sent
 	for len(bufs) > 0 {
 		if err := h.maybeUpdateKey(); err != nil {
 			return total, err
 		}
-		area := h.payloadArea()
-		fill := 0
-		for len(bufs) > 0 && fill < len(area) {
-			k := copy(area[fill:], bufs[0])
-			fill += k
-			if k == len(bufs[0]) {
-				bufs = bufs[1:]
-			} else {
-				bufs[0] = bufs[0][k:]
+		// A batch never crosses a key update.
+		limit := min(maxBatch, h.cfg.KeyUpdateRecords-h.sinceUpdate)
+		for uint64(h.n) < limit && len(bufs) > 0 {
+			area := h.payloadArea()
+			fill := 0
+			for len(bufs) > 0 && fill < len(area) {
+				k := copy(area[fill:], bufs[0])
+				fill += k
+				if k == len(bufs[0]) {
+					bufs = bufs[1:]
+				} else {
+					bufs[0] = bufs[0][k:]
+				}
 			}
+			if fill == 0 {
+				break
+			}
+			if err := h.add(typeData, fill); err != nil {
+				h.n, h.end = 0, 0
+				return total, err
+			}
+			batched += fill
 		}
-		if fill == 0 {
+		if h.n == 0 {
 			break
 		}
-		if err := h.seal(typeData, fill); err != nil {
+		if err := h.flush(); err != nil {
 			return total, err
 		}
-		total += fill
+		total += batched
+		batched = 0
 	}
 	return total, nil
 }
@@ -165,9 +212,10 @@ func (h *outHalf) sendClose() error {
 	return h.seal(typeClose, 0)
 }
 
-// ivSource hands out fresh 16-byte IVs. With no reader configured it draws
-// from crypto/rand in batches, so a record costs no system call; IVs are
-// public once sent, so holding a batch in memory reveals nothing.
+// ivSource hands out fresh 16-byte IVs from crypto/rand, drawn in batches
+// so that a record costs no system call; IVs are public once sent, so
+// holding a batch in memory reveals nothing. Only the package's tests set r,
+// to reproduce the test vectors; there is no way to set it from outside.
 type ivSource struct {
 	r   io.Reader // nil: crypto/rand
 	buf [4096]byte
@@ -244,9 +292,15 @@ func (h *inHalf) fill(k int) error {
 	return nil
 }
 
-// readRecord reads, verifies and decrypts the next record. Callers hold mu.
-// Nothing of a record is decrypted before its tag has verified.
+// readRecord reads, verifies and decrypts the next record, and acts on its
+// type: FINISHED is checked, KEY_UPDATE switches the receiving key. Callers
+// hold mu. Nothing of a record is decrypted before its tag has verified.
+// The sequence space is the sender's: the last record accepted has seq
+// 2^64-2, and one that would need seq 2^64-1 is refused unread.
 func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
+	if h.seq == math.MaxUint64 {
+		return 0, nil, h.fail(ErrSeqExhausted)
+	}
 	if err := h.fill(headerLen); err != nil {
 		return 0, nil, h.transportError(err)
 	}
@@ -269,7 +323,7 @@ func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
 		return 0, nil, h.fail(ErrAuth)
 	}
 	body := rec[headerLen+ivLen : headerLen+ivLen+n]
-	h.c.cfbDecrypt(rec[headerLen:headerLen+ivLen], body, body)
+	h.c.cfbDecrypt(rec[headerLen : headerLen+ivLen+n])
 	h.r += headerLen + length
 	seq := h.seq
 	h.seq++
@@ -287,11 +341,11 @@ func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
 		if len(payload) != 0 {
 			return 0, nil, h.fail(ErrProtocol)
 		}
+		if typ == typeKeyUpdate {
+			h.c = h.c.next()
+		}
 	default: // FINISHED after seq 0, or an unknown type
 		return 0, nil, h.fail(ErrProtocol)
-	}
-	if h.seq == math.MaxUint64 {
-		return 0, nil, h.fail(ErrSeqExhausted)
 	}
 	return typ, payload, nil
 }
@@ -330,8 +384,6 @@ func (h *inHalf) read(p []byte) (int, error) {
 			h.plain = payload
 		case typeClose:
 			h.end(io.EOF)
-		case typeKeyUpdate:
-			h.c = h.c.next()
 		}
 	}
 	n := copy(p, h.plain)

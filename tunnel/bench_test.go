@@ -4,6 +4,9 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/frame"
 )
 
 // BenchmarkTunnel pushes bytes from a client through entry and exit (both
@@ -23,7 +26,7 @@ func BenchmarkTunnel(b *testing.B) {
 	defer c.Close()
 	buf := make([]byte, 256<<10)
 	c.Write(buf[:1]) // the session is up before timing starts
-	sess := a.entry.currentConn()
+	sess := waitSession(b, a.entry)
 	before := sess.Stats().RecordsSent
 	b.SetBytes(int64(len(buf)))
 	b.ResetTimer()
@@ -35,6 +38,51 @@ func BenchmarkTunnel(b *testing.B) {
 	b.StopTimer()
 	records := sess.Stats().RecordsSent - before
 	b.ReportMetric(float64(records)/(float64(b.N)*float64(len(buf))/(1<<20)), "records/MiB")
+}
+
+// BenchmarkDownload pulls bytes from a backend that writes without end,
+// through exit and entry, to a client: the direction opposite to
+// BenchmarkTunnel.
+func BenchmarkDownload(b *testing.B) {
+	chunk := make([]byte, 256<<10)
+	source := backend(b, func(c *net.TCPConn) {
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				c.Close()
+				return
+			}
+		}
+	})
+	a := start(b, source)
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	if _, err := io.ReadFull(c, buf); err != nil { // the stream is flowing before timing starts
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// waitSession waits for the entry's session and returns its record layer.
+func waitSession(b *testing.B, e *Entry) *frame.Conn {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := e.currentConn(); c != nil {
+			return c
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.Fatal("no session with the exit after 10s")
+	return nil
 }
 
 // BenchmarkRoundTrip sends a 100-byte request and waits for its 100-byte
