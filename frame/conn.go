@@ -43,6 +43,11 @@ const (
 	decryptBatch = 8
 )
 
+// BatchPayload is the payload of the largest batch of records that one
+// Write seals together and hands to the transport at once. A writer that
+// has much to send does best with Writes of this size.
+const BatchPayload = maxBatch * MaxPayload
+
 func (c Config) withDefaults() Config {
 	if c.KeyUpdateRecords == 0 {
 		c.KeyUpdateRecords = DefaultKeyUpdateRecords

@@ -293,6 +293,7 @@ func (e *Entry) connect(ctx context.Context) (*session, error) {
 		res.Conn.Close()
 		return nil, err
 	}
+	go mc.supervise(mux)
 	e.log.Info().Str("peer_fingerprint", res.PeerFingerprint).Dur("handshake", res.Duration).Msg("session established")
 	return &session{mux: mux, conn: res.Conn, mc: mc}, nil
 }
@@ -423,7 +424,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	}
 	var status Status
 	var msg string
-	f := forward(app, st, e.pool, e.writeStall, func() bool { return s.mc.fins.seen(id) }, func() error {
+	f := forward(app, st, s.mc, e.pool, e.writeStall, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {

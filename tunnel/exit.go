@@ -164,6 +164,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		log.Error().Err(err).Msg("starting the multiplexer")
 		return
 	}
+	go mc.supervise(sess)
 	start := time.Now()
 	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
@@ -252,8 +253,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
 		return
 	}
-	id := st.StreamID()
-	f := forward(backend, st, e.pool, e.writeStall, func() bool { return mc.fins.seen(id) }, nil)
+	f := forward(backend, st, mc, e.pool, e.writeStall, nil)
 	ev := log.Info()
 	if f.aborted {
 		ev = log.Warn().Bool("aborted", true)

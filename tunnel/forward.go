@@ -1,52 +1,85 @@
 package tunnel
 
+// Forwarding: one carried connection is a TCP connection (the application's
+// at the entry, the backend's at the exit) and a yamux stream, with one
+// goroutine per direction.
+//
+//	conn -> stream: wait until conn is readable, holding no buffer (rawReader);
+//	                borrow a pooled buffer, read what is there, write it to the
+//	                stream (one yamux frame, sealed by muxConn as one batch of
+//	                records), give the buffer back.
+//	stream -> conn: a zero-length Read waits for data without a buffer; then
+//	                the same borrow, read, write, give back.
+//
+// So a connection that waits holds no copy buffer, and yamux's receive
+// buffer of a stream that has gone quiet is dropped by its session's sweep
+// (carried). Ends travel end to end: EOF becomes the stream's FIN and the
+// stream's FIN becomes conn's CloseWrite; a reset of conn becomes a reset
+// of the stream (muxConn.reset) and a reset stream, or a session that died
+// before the peer's FIN, becomes a reset of conn.
+
 import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/frame"
 )
 
-// bufPool hands out copy buffers of copyBufSize. Each agent owns one.
-type bufPool struct{ p sync.Pool }
+// copyBufSize makes one read from a connection one yamux frame and one
+// batch of records: the frame's header and body fill a batch exactly.
+const copyBufSize = frame.BatchPayload - yamuxHeaderLen
+
+// bufPool hands out copy buffers of copyBufSize and counts those lent out.
+// Each agent owns one.
+type bufPool struct {
+	p    sync.Pool
+	lent atomic.Int64
+}
 
 func newBufPool() *bufPool {
 	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}}
 }
 
-func (p *bufPool) get() *[]byte  { return p.p.Get().(*[]byte) }
-func (p *bufPool) put(b *[]byte) { p.p.Put(b) }
+func (p *bufPool) get() *[]byte {
+	p.lent.Add(1)
+	return p.p.Get().(*[]byte)
+}
+
+func (p *bufPool) put(b *[]byte) {
+	p.lent.Add(-1)
+	p.p.Put(b)
+}
 
 // flow is what forward reports when both directions are done.
 type flow struct {
 	toStream, fromStream int64 // bytes
-	aborted              bool  // the tunnel side died: conn was reset, not closed cleanly
+	aborted              bool  // the tunnel side ended the stream abnormally: conn was reset, not closed cleanly
 	err                  error // the first error that ended a direction early, if any
 }
 
-// forward carries conn (an application or backend TCP connection) and st
-// both ways until both directions end, then closes both. One goroutine per
-// direction. Half-close travels end to end: EOF from conn becomes the
-// stream's FIN, the stream's FIN becomes conn's CloseWrite. If the stream
-// ends because its session died, conn is reset rather than closed, so the
-// peer application sees an abort and never a clean, truncated end.
-// before, if not nil, runs in the stream-to-conn direction before copying
-// (the entry reads the exit's status there); an error from it aborts both.
-// A direction left half-open is bounded by yamux's StreamCloseTimeout; a
+// forward carries conn and st both ways until both directions end, then
+// closes both. st is a stream of the session under mc. before, if not
+// nil, runs in the stream-to-conn direction before copying (the entry reads
+// the exit's status there); an error from it aborts both directions. A
 // write that stalls for longer than stall (a reader that stopped reading)
-// aborts the connection, so nothing waits, or buffers, without bound.
-// finSeen reports whether the peer's FIN for st arrived: a dead session's
-// streams read io.EOF too, and only those whose FIN came first ended cleanly.
-func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, finSeen func() bool, before func() error) flow {
+// aborts the connection, so nothing waits, or buffers, without bound; a
+// direction left half-open is bounded by yamux's StreamCloseTimeout.
+func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, before func() error) flow {
+	id := st.StreamID()
 	var (
 		f       flow // the byte counts; err and aborted are filled in at the end
 		aborted atomic.Bool
 		mu      sync.Mutex
 		first   error
+		once    sync.Once
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -56,42 +89,50 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Dura
 		}
 	}
 	// abort ends both directions now: conn is reset and st stops reading.
-	abort := func() {
-		conn.SetLinger(0)
-		conn.Close()
-		st.SetReadDeadline(time.Now())
+	// With tellPeer the peer's stream is reset too.
+	abort := func(tellPeer bool) {
+		once.Do(func() {
+			if tellPeer {
+				mc.reset(id)
+			}
+			conn.SetLinger(0)
+			conn.Close()
+			st.SetReadDeadline(time.Now())
+		})
 	}
+	// lost: the session died before the peer's FIN. Its end is unknown.
 	lost := func() {
 		aborted.Store(true)
 		fail(errSessionLost)
-		abort()
+		abort(false)
 	}
-
-	// A session that dies ends the stream now, unless the peer's FIN came
-	// first: a write blocked on a reader that does not read would otherwise
-	// wait out the stall timeout.
-	finished, watched := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(watched)
-		select {
-		case <-st.Session().CloseChan():
-			if !finSeen() {
-				lost()
-			}
-		case <-finished:
+	cs := mc.live.add(st, func() {
+		if !mc.fins.seen(id) {
+			lost()
 		}
-	}()
+	})
+	defer mc.live.remove(st)
 
 	done := make(chan struct{})
 	go func() { // conn -> stream
 		defer close(done)
-		buf := pool.get()
-		defer pool.put(buf)
-		n, err := copyPlain(st, conn, *buf, stall)
+		n, readErr, writeErr := copyFromConn(st, conn, pool, stall)
 		f.toStream = n
-		if err != nil {
-			fail(err)
-			st.SetReadDeadline(time.Now()) // the other direction cannot complete either
+		switch {
+		case readErr == nil && writeErr == nil: // EOF
+		case readErr != nil && isClosed(readErr): // the other direction aborted
+		case readErr != nil: // the application or the backend reset or failed
+			fail(readErr)
+			abort(true)
+		case errors.Is(writeErr, yamux.ErrConnectionReset):
+			aborted.Store(true)
+			fail(writeErr)
+			abort(false)
+		case st.Session().IsClosed():
+			lost()
+		default: // stalled: the peer stopped reading
+			fail(writeErr)
+			abort(true)
 		}
 		st.Close() // FIN: this direction is done (yamux Close is a half-close)
 	}()
@@ -101,31 +142,37 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Dura
 	if before != nil {
 		if err := before(); err != nil {
 			fail(err)
-			abort()
+			abort(false)
 			ok = false
 		}
 	}
 	if ok {
-		buf := pool.get()
-		n, err := copyPlain(conn, st, *buf, stall)
-		pool.put(buf)
+		n, readErr, writeErr := copyToConn(conn, st, pool, stall, cs)
 		f.fromStream = n
 		switch {
-		case err == nil && st.Session().IsClosed() && !finSeen():
-			lost()
-		case err == nil:
-			conn.CloseWrite()
-		default:
-			if errors.Is(err, yamux.ErrConnectionReset) || st.Session().IsClosed() {
-				aborted.Store(true)
+		case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
+			if st.Session().IsClosed() && !mc.fins.seen(id) {
+				lost()
+			} else {
+				conn.CloseWrite()
 			}
-			fail(err)
-			abort()
+		case writeErr != nil: // the application or the backend is gone, or stalled
+			if !isClosed(writeErr) {
+				fail(writeErr)
+			}
+			abort(true)
+		case errors.Is(readErr, yamux.ErrConnectionReset):
+			aborted.Store(true)
+			fail(readErr)
+			abort(false)
+		case st.Session().IsClosed() && !mc.fins.seen(id):
+			lost()
+		default: // our own read deadline: the other direction aborted
+			fail(readErr)
+			abort(false)
 		}
 	}
 	<-done
-	close(finished)
-	<-watched
 	conn.Close()
 	st.Close()
 	f.err, f.aborted = first, aborted.Load()
@@ -134,53 +181,132 @@ func forward(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Dura
 
 var errSessionLost = errors.New("tunnel session lost")
 
-// deadlineWriter is a writer with write deadlines: a TCP conn or a stream.
-type deadlineWriter interface {
-	io.Writer
-	SetWriteDeadline(time.Time) error
-}
-
 // defaultWriteStall is how long one write may block on a peer that does
 // not read before the connection is aborted.
 const defaultWriteStall = 2 * time.Minute
 
-// shrinker is a yamux stream: Shrink drops its receive buffer when empty.
-// yamux's buffer keeps the capacity of the largest burst it held (up to a
-// window per stream), so idle streams would otherwise hold it for life.
-type shrinker interface{ Shrink() }
-
-// copyPlain copies src to dst with buf until src's EOF (returned as nil);
-// each write must complete within stall. It avoids io.Copy's
-// ReaderFrom/WriterTo paths so that buf, sized to one record, is what is used.
-func copyPlain(dst deadlineWriter, src io.Reader, buf []byte, stall time.Duration) (int64, error) {
-	sh, _ := src.(shrinker)
-	burst := false // a read filled buf: the stream's buffer may have grown
-	var total int64
+// copyFromConn copies conn to st until conn's EOF. It waits for conn to be
+// readable without holding a buffer. readErr is conn's failure, writeErr
+// the stream's; both are nil after EOF.
+func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration) (total int64, readErr, writeErr error) {
+	r, err := newRawReader(conn, pool)
+	if err != nil {
+		return 0, err, nil
+	}
 	for {
-		n, err := src.Read(buf)
-		if sh != nil {
-			if n == len(buf) {
-				burst = true
-			} else if burst {
-				sh.Shrink() // the burst is drained; small messages keep their small buffer
-				burst = false
-			}
-		}
+		buf, n, err := r.read()
 		if n > 0 {
-			dst.SetWriteDeadline(time.Now().Add(stall))
-			w, werr := dst.Write(buf[:n])
+			st.SetWriteDeadline(time.Now().Add(stall))
+			w, werr := st.Write((*buf)[:n])
+			pool.put(buf)
 			total += int64(w)
 			if werr != nil {
-				return total, werr
+				return total, nil, werr
 			}
 		}
 		if err == io.EOF {
-			return total, nil
+			return total, nil, nil
 		}
 		if err != nil {
-			return total, err
+			return total, err, nil
 		}
 	}
+}
+
+// copyToConn copies st to conn until st's EOF. A zero-length Read waits for
+// data without holding a buffer; cs is marked active on every chunk.
+// readErr is the stream's failure, writeErr conn's; both are nil after EOF.
+func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, cs *carriedStream) (total int64, readErr, writeErr error) {
+	for {
+		if _, err := st.Read(nil); err != nil {
+			if err == io.EOF {
+				return total, nil, nil
+			}
+			return total, err, nil
+		}
+		cs.active.Store(true)
+		buf := pool.get()
+		n, err := st.Read(*buf)
+		if n > 0 {
+			conn.SetWriteDeadline(time.Now().Add(stall))
+			w, werr := conn.Write((*buf)[:n])
+			total += int64(w)
+			if werr != nil {
+				pool.put(buf)
+				return total, nil, werr
+			}
+		}
+		pool.put(buf)
+		if err == io.EOF {
+			return total, nil, nil
+		}
+		if err != nil {
+			return total, err, nil
+		}
+	}
+}
+
+// rawReader reads a TCP connection without holding a buffer while it
+// waits: it borrows one from the pool only once the socket is readable, and
+// reads in the same system call. Not safe for concurrent use.
+type rawReader struct {
+	rc   syscall.RawConn
+	pool *bufPool
+	fn   func(fd uintptr) bool // readFD, bound once so that a read allocates nothing
+
+	buf *[]byte
+	n   int
+	err error
+}
+
+func newRawReader(conn *net.TCPConn, pool *bufPool) (*rawReader, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &rawReader{rc: rc, pool: pool}
+	r.fn = r.readFD
+	return r, nil
+}
+
+// readFD is RawConn.Read's callback: false means "not readable yet, wait".
+func (r *rawReader) readFD(fd uintptr) bool {
+	b := r.pool.get()
+	var n int
+	var err error
+	for {
+		n, err = syscall.Read(int(fd), *b)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err == syscall.EAGAIN {
+		r.pool.put(b)
+		return false
+	}
+	r.buf, r.n, r.err = b, n, err
+	return true
+}
+
+// read returns a borrowed buffer holding n > 0 bytes, which the caller
+// gives back, or io.EOF, or the failure (net.ErrClosed once conn is
+// closed, ECONNRESET as an *os.SyscallError after a reset).
+func (r *rawReader) read() (*[]byte, int, error) {
+	r.buf, r.n, r.err = nil, 0, nil
+	if err := r.rc.Read(r.fn); err != nil {
+		return nil, 0, err
+	}
+	buf, n, err := r.buf, r.n, r.err
+	r.buf = nil
+	switch {
+	case err != nil:
+		r.pool.put(buf)
+		return nil, 0, os.NewSyscallError("read", err)
+	case n == 0:
+		r.pool.put(buf)
+		return nil, 0, io.EOF
+	}
+	return buf, n, nil
 }
 
 // isClosed reports errors that mean "we closed it ourselves".

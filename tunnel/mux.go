@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -15,12 +16,14 @@ import (
 
 // yamux frame header: version u8 | type u8 | flags u16 | stream u32 | length u32.
 const (
-	yamuxHeaderLen  = 12
-	yamuxTypeData   = 0
-	yamuxTypePing   = 2
-	yamuxTypeGoAway = 3
-	yamuxFlagSYN    = 1
-	yamuxFlagFIN    = 4
+	yamuxHeaderLen        = 12
+	yamuxTypeData         = 0
+	yamuxTypeWindowUpdate = 1
+	yamuxTypePing         = 2
+	yamuxTypeGoAway       = 3
+	yamuxFlagSYN          = 1
+	yamuxFlagFIN          = 4
+	yamuxFlagRST          = 8
 )
 
 // Ping limits: yamux answers every ping with a new goroutine, so a peer's
@@ -37,16 +40,13 @@ const maxWatched = 1 << 16
 
 var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (ping flood); session closed")
 
-// copyBufSize makes one application read one yamux frame and one record:
-// the frame's header and body fill a record's payload exactly.
-const copyBufSize = frame.MaxPayload - yamuxHeaderLen
-
 // muxConn sits between yamux and a frame.Conn. yamux writes each frame as
 // two Writes, header then body; muxConn holds a data frame's header until
-// its body arrives and seals both into one record, so that a frame costs
-// one record rather than two. Other frames (window updates, pings, go away)
-// have no body and pass at once. Write is called by yamux's single send
-// loop; mu makes it safe regardless.
+// its body arrives and seals both together, so that a frame costs one
+// record (or one batch of records) rather than two. Other frames (window
+// updates, pings, go away) have no body and pass at once. Write is called by
+// yamux's single send loop, reset by forwarding goroutines; mu serialises
+// them, and a reset waits for the frame in progress to end.
 //
 // On the read side muxConn follows yamux's framing too, before yamux sees
 // the bytes: it limits the peer's pings (see pingRate), records which
@@ -58,11 +58,13 @@ type muxConn struct {
 
 	mu       sync.Mutex
 	hdr      [yamuxHeaderLen]byte
-	have     int // bytes of hdr collected
-	bodyLeft int // bytes of the current data frame's body still to come
+	have     int      // bytes of hdr collected
+	bodyLeft int      // bytes of the current data frame's body still to come
+	resets   []uint32 // streams to reset once the frame in progress ends
 
 	in     frameScanner // read side; yamux reads from one goroutine
 	fins   finWatch
+	live   carried       // the streams being forwarded
 	goAway chan struct{} // closed when the peer sends GoAway
 	gaOnce sync.Once
 }
@@ -233,7 +235,126 @@ func (m *muxConn) Write(p []byte) (int, error) {
 			return total - len(p), err
 		}
 	}
+	if m.have == 0 && m.bodyLeft == 0 && len(m.resets) > 0 {
+		for _, id := range m.resets {
+			if err := m.writeReset(id); err != nil {
+				return total, err
+			}
+		}
+		m.resets = m.resets[:0]
+	}
 	return total, nil
+}
+
+// reset aborts stream id towards the peer with a yamux RST (the peer's
+// stream then fails with yamux.ErrConnectionReset). yamux v0.1.2 has no
+// call for it, but its frames pass here: the RST goes out between two of
+// them. The local stream is left to the caller to close.
+func (m *muxConn) reset(id uint32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.have > 0 || m.bodyLeft > 0 {
+		m.resets = append(m.resets, id)
+		return
+	}
+	m.writeReset(id) // a failure is the session's: yamux sees it on its next write
+}
+
+// writeReset sends a window update with the RST flag for id. Callers hold mu.
+func (m *muxConn) writeReset(id uint32) error {
+	var h [yamuxHeaderLen]byte
+	h[1] = yamuxTypeWindowUpdate
+	binary.BigEndian.PutUint16(h[2:], yamuxFlagRST)
+	binary.BigEndian.PutUint32(h[4:], id)
+	_, err := m.Conn.Write(h[:])
+	return err
+}
+
+// sweepInterval is how often a session drops the receive buffers of the
+// streams that moved no data since the last sweep.
+const sweepInterval = time.Second
+
+// supervise runs for the life of sess, the session over m: it sweeps idle
+// streams' receive buffers, and when the session closes it ends the streams
+// still carried whose FIN had not arrived (see carried.closeAll).
+func (m *muxConn) supervise(sess *yamux.Session) {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-sess.CloseChan():
+			m.live.closeAll()
+			return
+		case <-t.C:
+			m.live.sweep()
+		}
+	}
+}
+
+// carried is the set of streams being forwarded on one session. Safe for
+// concurrent use.
+type carried struct {
+	mu     sync.Mutex
+	closed bool
+	m      map[*yamux.Stream]*carriedStream
+}
+
+// carriedStream is one forwarded stream's entry.
+type carriedStream struct {
+	closed func()      // called once if the session closes while it is carried
+	active atomic.Bool // data arrived since the last sweep
+}
+
+// add registers st; closed is called (from another goroutine) if the
+// session closes before remove, at once if it has closed already.
+func (c *carried) add(st *yamux.Stream, closed func()) *carriedStream {
+	cs := &carriedStream{closed: closed}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		closed()
+		return cs
+	}
+	if c.m == nil {
+		c.m = make(map[*yamux.Stream]*carriedStream)
+	}
+	c.m[st] = cs
+	c.mu.Unlock()
+	return cs
+}
+
+func (c *carried) remove(st *yamux.Stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, st)
+}
+
+// sweep drops the receive buffer of every stream that received nothing
+// since the last sweep. yamux keeps a stream's buffer at the size of the
+// largest burst it held (up to a window), and dropping it after every read
+// would make the next burst allocate it again; a quiet stream needs none.
+func (c *carried) sweep() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for st, cs := range c.m {
+		if !cs.active.Swap(false) {
+			st.Shrink() // a no-op unless the buffer is empty
+		}
+	}
+}
+
+// closeAll tells every carried stream that the session has closed.
+func (c *carried) closeAll() {
+	c.mu.Lock()
+	c.closed = true
+	var fns []func()
+	for _, cs := range c.m {
+		fns = append(fns, cs.closed)
+	}
+	c.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // muxSettings are the yamux knobs an agent exposes.

@@ -1,0 +1,120 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestIdleConnectionsHoldNoBuffers: connections that have moved data both
+// ways and now wait hold no copy buffer on either agent, and a burst
+// borrows them only while it moves.
+func TestIdleConnectionsHoldNoBuffers(t *testing.T) {
+	a := start(t, echoBackend(t))
+	var conns []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", a.entryAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 16<<10) // 256 KiB each
+	for _, c := range conns {
+		go c.Write(msg)
+	}
+	got := make([]byte, len(msg))
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo: %v", err)
+		}
+	}
+	waitFor(t, "copy buffers given back by idle connections", func() bool {
+		return a.entry.pool.lent.Load() == 0 && a.exit.pool.lent.Load() == 0
+	})
+	// Still usable after waiting without buffers.
+	for _, c := range conns {
+		c.Write([]byte("again"))
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "again" {
+			t.Fatalf("after idling: %q, %v", buf, err)
+		}
+	}
+}
+
+// TestResetTravelsToBackend: an application that aborts its connection
+// (SO_LINGER 0) makes the backend's connection abort too, not end cleanly.
+func TestResetTravelsToBackend(t *testing.T) {
+	ready, result := make(chan struct{}), make(chan error, 1)
+	addr := backend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		buf := make([]byte, 5)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			result <- err
+			return
+		}
+		close(ready)
+		_, err := c.Read(buf)
+		result <- err
+	})
+	a := start(t, addr)
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("hello"))
+	select {
+	case <-ready: // the backend is connected and has the bytes
+	case err := <-result:
+		t.Fatalf("backend: %v", err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	if err := <-result; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("backend read after the application's reset: %v; want ECONNRESET", err)
+	}
+}
+
+// TestResetTravelsToApplication: a backend that aborts its connection makes
+// the application's connection abort too.
+func TestResetTravelsToApplication(t *testing.T) {
+	addr := backend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		c.Write([]byte("bye"))
+		time.Sleep(100 * time.Millisecond)
+		c.SetLinger(0)
+		c.Close()
+	})
+	a := start(t, addr)
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if string(got) != "bye" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("application read %q, %v; want \"bye\" and ECONNRESET", got, err)
+	}
+}
