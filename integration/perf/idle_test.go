@@ -1,0 +1,168 @@
+package perf
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
+)
+
+// idleEcho is how much each held connection echoes for the second memory
+// figure: a pooled database connection that has done some work.
+const idleEcho = 256 << 10
+
+// benchIdle measures the memory both agents hold per idle connection: the
+// growth of their summed RSS with r.set.idleConns connections open and
+// idle, then after each of them echoed idleEcho bytes and went idle again.
+// The agents are fresh, so that memory freed by earlier work does not hide
+// the growth.
+func (r *rig) benchIdle(b *testing.B) {
+	backend := harness.StartBackend(b, echo)
+	a := r.startAgents(b, backend.Addr(), false, true)
+	status := []string{statusAddr(b, a.entry), statusAddr(b, a.exit)}
+	n := r.set.idleConns
+	r.res.relabel("idle-rss", fmt.Sprintf("RSS per idle connection, %d held, KB", n))
+
+	base, _ := settle(b, a, status)
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range n {
+		c, err := net.DialTimeout("tcp", a.addr, 10*time.Second)
+		if err != nil {
+			b.Fatalf("opening idle connection %d of %d: %v", i+1, n, err)
+		}
+		conns = append(conns, c)
+	}
+	// The exit dials the backend for every stream; then every connection
+	// is whole.
+	for deadline := time.Now().Add(time.Minute); backend.Accepted() < int64(n); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatalf("the backend accepted %d of %d connections through the tunnel within a minute", backend.Accepted(), n)
+		}
+	}
+	held, goroutines := settle(b, a, status)
+	perConn := float64(held-base) / float64(n)
+	b.ReportMetric(perConn, "idle-KB/conn")
+	b.ReportMetric(float64(goroutines)/float64(n), "idle-goroutines/conn")
+	r.res.set("idle-rss", tunnel, perConn)
+
+	if err := echoAll(conns, idleEcho, r.pattern); err != nil {
+		b.Fatal(err)
+	}
+	used, goroutines := settle(b, a, status)
+	perConn = float64(used-base) / float64(n)
+	b.ReportMetric(perConn, "used-KB/conn")
+	b.ReportMetric(float64(goroutines)/float64(n), "used-goroutines/conn")
+	r.res.set("idle-rss-used", tunnel, perConn)
+	b.Logf("RSS of both agents: %d KB at start, %d KB with %d connections idle, %d KB after each echoed %d KiB",
+		base, held, n, used, idleEcho>>10)
+	b.ReportMetric(0, "ns/op")
+}
+
+// settle lets both agents go quiet, collects their garbage through the
+// status endpoints, and returns their summed RSS in KB and the sum of their
+// goroutines.
+func settle(b *testing.B, a *agents, status []string) (rss int64, goroutines int) {
+	b.Helper()
+	for range 2 {
+		time.Sleep(2 * time.Second)
+		goroutines = 0
+		for _, addr := range status {
+			goroutines += collectGarbage(b, addr)
+		}
+	}
+	time.Sleep(time.Second)
+	return rssKB(b, a.pids()...), goroutines
+}
+
+// collectGarbage asks the agent whose status endpoint is at addr to collect
+// its garbage, and returns its goroutine count.
+func collectGarbage(b *testing.B, addr string) int {
+	b.Helper()
+	c := http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Get("http://" + addr + "/status?gc=1")
+	if err != nil {
+		b.Fatalf("status endpoint: %v", err)
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Goroutines int `json:"goroutines"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("status endpoint at %s: %s, %v", addr, resp.Status, err)
+	}
+	return st.Goroutines
+}
+
+// statusAddr returns the address of the agent's status endpoint, from its
+// log.
+func statusAddr(b *testing.B, p *harness.Proc) string {
+	b.Helper()
+	l := p.WaitLine(b, 1, 30*time.Second, `"status endpoint listening"`, harness.MessageIs("status endpoint listening"))
+	addr := l.String("addr")
+	if addr == "" {
+		b.Fatalf("status endpoint line without an addr field: %s", l.Raw)
+	}
+	return addr
+}
+
+// echoAll makes every connection echo size bytes of the pattern, a few
+// connections at a time, and checks every byte. The connections stay open.
+func echoAll(conns []net.Conn, size int64, p pattern) error {
+	work := make(chan int)
+	errs := make(chan error, connRateWorkers)
+	var wg sync.WaitGroup
+	for range connRateWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, bulkChunk)
+			for i := range work {
+				if err := echoStream(conns[i], int64(i)*size, size, p, buf); err != nil {
+					errs <- fmt.Errorf("connection %d of %d echoing %d bytes: %w", i+1, len(conns), size, err)
+					return
+				}
+			}
+		}()
+	}
+	var err error
+feed:
+	for i := range conns {
+		select {
+		case work <- i:
+		case err = <-errs:
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err != nil {
+		return err
+	}
+	return <-errs
+}
+
+// echoStream writes size bytes of the pattern from offset off to c while
+// reading the echo, and checks it.
+func echoStream(c net.Conn, off, size int64, p pattern, buf []byte) error {
+	c.SetDeadline(time.Now().Add(time.Minute))
+	defer c.SetDeadline(time.Time{})
+	werr := make(chan error, 1)
+	go func() { werr <- p.send(c, off, size) }()
+	if err := p.receive(c, off, size, buf); err != nil {
+		c.Close() // unblocks the writer
+		<-werr
+		return err
+	}
+	return <-werr
+}

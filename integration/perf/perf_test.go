@@ -1,0 +1,218 @@
+package perf
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
+)
+
+// BenchmarkPath measures every figure directly and through the tunnel, then
+// prints the table. Each sub-benchmark reports its figures with
+// ReportMetric too.
+func BenchmarkPath(b *testing.B) {
+	if f := flag.Lookup("test.benchtime"); f == nil || f.Value.String() != "1x" {
+		// A skipped benchmark says nothing without -v: say why here.
+		const why = "BenchmarkPath skipped: run it with -benchtime 1x, every figure is one fixed workload (see the package documentation)"
+		fmt.Println(why)
+		b.Skip(why)
+	}
+	b.Setenv("TUNNEL_E2E_RACE", "0") // the agents are measured, not checked for races
+	r := &rig{set: loadSettings(b), res: newTable()}
+	r.bin = harness.Build(b)
+	dir := b.TempDir()
+	r.keys.entry, r.keys.entryPub, _ = harness.Keygen(b, r.bin, dir, "entry")
+	r.keys.exit, r.keys.exitPub, _ = harness.Keygen(b, r.bin, dir, "exit")
+	r.pattern = newPattern()
+
+	b.Run("bulk", r.benchBulk)
+	b.Run("rtt", func(b *testing.B) {
+		b.Run("pinned", func(b *testing.B) { r.benchRTT(b, true) })
+		b.Run("unpinned", func(b *testing.B) { r.benchRTT(b, false) })
+	})
+	b.Run("connrate", r.benchConnRate)
+	b.Run("idle", r.benchIdle)
+	b.Run("pgbench", r.benchPgbench)
+
+	r.res.print(os.Stdout, machine())
+}
+
+// rig holds what the sub-benchmarks share: the binary, its keys, the
+// settings and the table they fill in.
+type rig struct {
+	bin     string
+	keys    struct{ entry, entryPub, exit, exitPub string }
+	set     settings
+	res     *table
+	pattern pattern
+}
+
+// settings are the sizes and durations of the workloads.
+type settings struct {
+	bulkBytes       int64 // each way
+	rttCount        int   // round trips timed, after a tenth as many for warm-up
+	connRateTime    time.Duration
+	idleConns       int
+	pgbenchDuration time.Duration
+	stunnel         bool // also measure stunnel4, when installed
+}
+
+func loadSettings(b *testing.B) settings {
+	b.Helper()
+	num := func(name string, def, lo int) int {
+		v := os.Getenv(name)
+		if v == "" {
+			return def
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo {
+			b.Fatalf("%s=%q: want a whole number of at least %d", name, v, lo)
+		}
+		return n
+	}
+	return settings{
+		bulkBytes:       int64(num("TUNNEL_PERF_BULK_MIB", 1024, 1)) << 20,
+		rttCount:        num("TUNNEL_PERF_RTT_COUNT", 20000, 100),
+		connRateTime:    time.Duration(num("TUNNEL_PERF_CONNRATE_SECONDS", 5, 1)) * time.Second,
+		idleConns:       num("TUNNEL_PERF_IDLE_CONNS", 1000, 1),
+		pgbenchDuration: time.Duration(num("TUNNEL_PERF_PGBENCH_SECONDS", 10, 1)) * time.Second,
+		stunnel:         os.Getenv("TUNNEL_PERF_STUNNEL") != "0",
+	}
+}
+
+// agents is an entry/exit pair started by startAgents.
+type agents struct {
+	entry, exit *harness.Proc
+	addr        string // where applications connect: the entry's listening address
+}
+
+// startAgents starts an exit forwarding to backend and an entry dialing it,
+// pinned to CPU 0 when pin is set, with the status endpoint on when status
+// is set, and waits for the session. At cleanup it fails the benchmark if
+// either agent logged an error.
+func (r *rig) startAgents(b *testing.B, backend string, pin, status bool) *agents {
+	b.Helper()
+	start := func(args ...string) *harness.Proc {
+		if status {
+			args = append(args, "--status-addr", "127.0.0.1:0")
+		}
+		if pin {
+			return harness.Start(b, tasksetPath(b), append([]string{"-c", "0", r.bin}, args...)...)
+		}
+		return harness.Start(b, r.bin, args...)
+	}
+	a := &agents{}
+	a.exit = start("exit", "--listen", "127.0.0.1:0", "--forward", backend,
+		"--key", r.keys.exit, "--authorized-keys", r.keys.entryPub)
+	a.entry = start("entry", "--listen", "127.0.0.1:0", "--peer", a.exit.ListenAddr(b),
+		"--key", r.keys.entry, "--peer-key", r.keys.exitPub)
+	a.addr = a.entry.ListenAddr(b)
+	a.entry.WaitLine(b, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
+	b.Cleanup(func() {
+		for _, p := range []*harness.Proc{a.entry, a.exit} {
+			if n := p.Count(harness.Level("error")); n > 0 {
+				b.Errorf("an agent logged %d error lines:\n%s", n, p.LogText())
+			}
+		}
+	})
+	return a
+}
+
+// pids returns the process ids of both agents.
+func (a *agents) pids() []int { return []int{a.entry.Pid(), a.exit.Pid()} }
+
+// cpuSeconds returns the user and system CPU time the processes have used,
+// from /proc/PID/stat.
+func cpuSeconds(b *testing.B, pids ...int) float64 {
+	b.Helper()
+	var ticks int64
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			b.Fatalf("reading CPU time: %v", err)
+		}
+		// The fields after the command name, which is in parentheses and may
+		// hold spaces: state is the first, utime the 12th, stime the 13th.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		for _, i := range []int{11, 12} {
+			n, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%d/stat: field %d is %q", pid, i+3, f[i])
+			}
+			ticks += n
+		}
+	}
+	return float64(ticks) / clockTicks
+}
+
+// clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// rssKB returns the sum of the resident set sizes of the processes, in KiB,
+// from VmRSS in /proc/PID/status.
+func rssKB(b *testing.B, pids ...int) int64 {
+	b.Helper()
+	var sum int64
+	for _, pid := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			b.Fatalf("reading RSS: %v", err)
+		}
+		found := false
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+				n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				if err != nil {
+					b.Fatalf("/proc/%d/status: %q", pid, sc.Text())
+				}
+				sum += n
+				found = true
+			}
+		}
+		f.Close()
+		if !found {
+			b.Fatalf("/proc/%d/status has no VmRSS line", pid)
+		}
+	}
+	return sum
+}
+
+// checkPinned fails the benchmark unless each process may run on CPU 0
+// only.
+func checkPinned(b *testing.B, pids ...int) {
+	b.Helper()
+	for _, pid := range pids {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			b.Fatalf("reading CPU affinity: %v", err)
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok && strings.TrimSpace(v) != "0" {
+				b.Fatalf("process %d should run on CPU 0 only, but may run on CPUs %s", pid, strings.TrimSpace(v))
+			}
+		}
+	}
+}
+
+// machine describes the CPU and the toolchain for the table's heading.
+func machine() string {
+	model := "unknown CPU"
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(info), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs, %s %s/%s", model, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
