@@ -159,16 +159,23 @@ func required(flag, v, fix string) error {
 }
 
 // listenAddr accepts host:port with an empty host (all interfaces) and port 0 (any free port).
+// A host must be an IP address or a name that resolves now (it is looked up): an address to
+// listen on is this host's own, and one that does not resolve could never be bound.
 func listenAddr(flag, addr string) error {
 	if addr == "" {
 		return fmt.Errorf("%s is required: give host:port or :port to listen on, e.g. %s :7000", flag, flag)
 	}
-	_, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("%s %q is not host:port: write it as :PORT or HOST:PORT, e.g. 127.0.0.1:5000", flag, addr)
 	}
 	if _, err := parsePort(port, 0); err != nil {
 		return fmt.Errorf("%s %q: %v", flag, addr, err)
+	}
+	if host != "" && net.ParseIP(host) == nil {
+		if _, err := net.LookupHost(host); err != nil {
+			return fmt.Errorf("%s %q: %q is neither an IP address nor a name that resolves: give an address of this host, e.g. 127.0.0.1:%s, or :%s for all of them", flag, addr, host, port, port)
+		}
 	}
 	return nil
 }

@@ -117,15 +117,6 @@ func (e *Entry) Healthy() bool {
 func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
-	if e.cfg.StatusAddr != "" {
-		wait, err := startStatus(hard, e.cfg.StatusAddr, e.log, e.Stats, e.Healthy)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("tunnel: status endpoint: %w", err)
-		}
-		defer wait()
-		defer stopAll()
-	}
 	var wg, conns sync.WaitGroup
 
 	wg.Add(1)

@@ -73,15 +73,6 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	// hard ends every session: at the end of the drain, or at once on error.
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
-	if e.cfg.StatusAddr != "" {
-		wait, err := startStatus(hard, e.cfg.StatusAddr, e.log, e.Stats, func() bool { return true })
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("tunnel: status endpoint: %w", err)
-		}
-		defer wait()
-		defer stopAll()
-	}
 	var wg sync.WaitGroup
 	var streams sync.WaitGroup
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/tunnel-dev/tunnel/config"
 )
 
@@ -197,10 +199,11 @@ func TestWriteStallAborts(t *testing.T) {
 }
 
 func TestStatusEndpoint(t *testing.T) {
-	probe := listen(t)
-	addr := probe.Addr().String()
-	probe.Close()
-	a := startWith(t, echoBackend(t), func(_ *config.Exit, n *config.Entry) { n.StatusAddr = addr })
+	a := startWith(t, echoBackend(t), nil)
+	ln := listen(t)
+	addr := ln.Addr().String()
+	stop := StartStatus(ln, zerolog.Nop(), a.entry.Stats, a.entry.Healthy)
+	defer stop()
 	roundTrip(t, a.entryAddr, []byte("hello"))
 	resp, err := http.Get("http://" + addr + "/healthz")
 	if err != nil {

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -56,15 +55,12 @@ func (c *counters) stats(role string) Stats {
 	}
 }
 
-// startStatus serves GET /status (Stats as JSON; with ?gc=1 after a garbage
+// StartStatus serves GET /status (Stats as JSON; with ?gc=1 after a garbage
 // collection, so that heap_bytes counts live memory only) and /healthz (200
-// when healthy, 503 otherwise) on addr until ctx ends. The returned wait blocks
-// until the server has stopped.
-func startStatus(ctx context.Context, addr string, log zerolog.Logger, stats func() Stats, healthy func() bool) (wait func(), err error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
+// when healthy, 503 otherwise) on ln, which the caller has bound, so that a
+// command can bind every listener before it reports itself ready. The
+// returned stop closes the server and ln, and waits until it has stopped.
+func StartStatus(ln net.Listener, log zerolog.Logger, stats func() Stats, healthy func() bool) (stop func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("gc") == "1" {
@@ -88,7 +84,5 @@ func startStatus(ctx context.Context, addr string, log zerolog.Logger, stats fun
 			log.Error().Err(err).Msg("status endpoint stopped")
 		}
 	}()
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	log.Info().Str("addr", ln.Addr().String()).Msg("status endpoint listening")
-	return func() { <-done; stop() }, nil
+	return func() { srv.Close(); <-done }
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"time"
 
@@ -39,7 +40,7 @@ func (c *exitCmd) settings() config.Exit {
 	}
 }
 
-// Run validates the settings, loads the keys, binds, logs "listening" and serves until e.ctx
+// Run validates the settings, loads the keys, binds, logs "exit ready" and serves until e.ctx
 // is done.
 func (c *exitCmd) Run(e *env) error {
 	s := c.settings()
@@ -58,9 +59,14 @@ func (c *exitCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	e.log.Info().Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
-		Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward).Msg("exit ready")
-	return serve(e, "exit", s.Listen, x.Serve)
+	return serve(e, agent{
+		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr,
+		serve: x.Serve, stats: x.Stats, healthy: func() bool { return true },
+		ready: func(ev *zerolog.Event) *zerolog.Event {
+			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
+				Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward)
+		},
+	})
 }
 
 type entryCmd struct {
@@ -84,7 +90,7 @@ func (c *entryCmd) settings() config.Entry {
 	}
 }
 
-// Run validates the settings, loads the keys, binds, logs "listening" and serves until e.ctx
+// Run validates the settings, loads the keys, binds, logs "entry ready" and serves until e.ctx
 // is done.
 func (c *entryCmd) Run(e *env) error {
 	s := c.settings()
@@ -103,27 +109,58 @@ func (c *entryCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	e.log.Info().Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
-		Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey)).Msg("entry ready")
-	return serve(e, "entry", s.Listen, n.Serve)
+	return serve(e, agent{
+		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr,
+		serve: n.Serve, stats: n.Stats, healthy: n.Healthy,
+		ready: func(ev *zerolog.Event) *zerolog.Event {
+			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
+				Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey))
+		},
+	})
 }
 
-// serve binds addr, logs "listening" with the bound address, and runs an agent's Serve until
-// e.ctx is done. Serve owns and closes the listener.
-func serve(e *env, role, addr string, agentServe func(context.Context, net.Listener) error) error {
-	ln, err := net.Listen("tcp", addr)
+// agent is what serve needs of an exit or an entry.
+type agent struct {
+	role               string
+	listen, statusAddr string // statusAddr empty: no status endpoint
+	serve              func(context.Context, net.Listener) error
+	stats              func() tunnel.Stats
+	healthy            func() bool
+	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
+}
+
+// serve binds the agent's address and the status address, logs "listening" for each, then
+// "<role> ready" once every listener is bound, and runs the agent until e.ctx is done. If an
+// address cannot be bound, nothing has started and nothing claims to be ready. Serve owns and
+// closes the agent's listener; the status endpoint stops after it.
+func serve(e *env, a agent) error {
+	ln, err := net.Listen("tcp", a.listen)
 	if err != nil {
-		return err
+		return fmt.Errorf("--listen %s: %w", a.listen, err)
 	}
-	e.log.Info().Str("role", role).Str("addr", ln.Addr().String()).Msg("listening")
+	var statusLn net.Listener
+	if a.statusAddr != "" {
+		if statusLn, err = net.Listen("tcp", a.statusAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("--status-addr %s: %w", a.statusAddr, err)
+		}
+	}
+	log := e.log.With().Str("role", a.role).Logger()
+	log.Info().Str("addr", ln.Addr().String()).Msg("listening")
+	if statusLn != nil {
+		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
+		stop := tunnel.StartStatus(statusLn, log, a.stats, a.healthy)
+		defer stop()
+	}
+	a.ready(log.Info()).Msg(a.role + " ready")
 	stop := context.AfterFunc(e.ctx, func() {
-		e.log.Info().Str("role", role).Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
+		log.Info().Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	})
 	defer stop()
-	if err := agentServe(e.ctx, ln); err != nil {
+	if err := a.serve(e.ctx, ln); err != nil {
 		return err
 	}
-	e.log.Info().Str("role", role).Msg("stopped")
+	log.Info().Msg("stopped")
 	return nil
 }
 

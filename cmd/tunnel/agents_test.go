@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -206,18 +207,74 @@ func TestExitEntry(t *testing.T) {
 	}
 }
 
+// TestListenInUse: with the agent's port or the status port taken, the command fails before it
+// claims to be listening or ready, and says which flag's address it could not bind.
 func TestListenInUse(t *testing.T) {
 	dir := t.TempDir()
-	keyPair(t, dir, "exit")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	keyPair(t, dir, "k")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	code, _, errs := runCmd(t, "exit", "--listen", ln.Addr().String(), "--forward", "127.0.0.1:9",
-		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", filepath.Join(dir, "exit.pub"))
-	if code != exitRuntime || !strings.Contains(errs, "tunnel: listen tcp "+ln.Addr().String()) {
-		t.Errorf("code %d, stderr %q", code, errs)
+	defer taken.Close()
+	busy := taken.Addr().String()
+	exit := []string{"exit", "--forward", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")}
+	entry := []string{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(exit, "--listen", busy), "--listen " + busy + ": listen tcp " + busy},
+		{append(entry, "--listen", busy), "--listen " + busy + ": listen tcp " + busy},
+		{append(exit, "--listen", "127.0.0.1:0", "--status-addr", busy), "--status-addr " + busy + ": listen tcp " + busy},
+		{append(entry, "--listen", "127.0.0.1:0", "--status-addr", busy), "--status-addr " + busy + ": listen tcp " + busy},
+	} {
+		code, _, errs := runCmd(t, append([]string{"--log-format", "json"}, tc.args...)...)
+		if code != exitRuntime || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, `"level":"fatal"`) ||
+			!strings.Contains(errs, tc.want) || strings.Contains(errs, "tunnel: tunnel:") {
+			t.Errorf("%q: code %d, stderr %q; want %d and one fatal line with %q", tc.args[0], code, errs, exitRuntime, tc.want)
+		}
+		code, _, errs = runCmd(t, append([]string{"--log-format", "console"}, tc.args...)...)
+		if code != exitRuntime || !strings.HasPrefix(errs, "tunnel: "+tc.want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%q: console: code %d, stderr %q; want only the line \"tunnel: %s...\"", tc.args[0], code, errs, tc.want)
+		}
+	}
+}
+
+// TestStartupOrder: "ready" comes after every listener is bound and has said so.
+func TestStartupOrder(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	for _, args := range [][]string{
+		{"exit", "--forward", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")},
+		{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")},
+	} {
+		var log logWatch
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		go func() {
+			done <- run(ctx, append([]string{"--log-format", "json", args[0], "--listen", "127.0.0.1:0",
+				"--status-addr", "127.0.0.1:0"}, args[1:]...), io.Discard, &log)
+		}()
+		ready := log.waitJSON(t, args[0]+" ready")
+		cancel()
+		if code := <-done; code != exitOK {
+			t.Errorf("%s: exit code %d; log:\n%s", args[0], code, log.String())
+		}
+		if ready["fingerprint"] == nil || ready["role"] != args[0] {
+			t.Errorf("%s: ready line %v lacks role or fingerprint", args[0], ready)
+		}
+		var msgs []string
+		for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil {
+				msgs = append(msgs, fmt.Sprint(m["message"]))
+			}
+		}
+		want := []string{"listening", "status endpoint listening", args[0] + " ready"}
+		if len(msgs) < 3 || !slices.Equal(msgs[:3], want) {
+			t.Errorf("%s: log lines %q, want them to start %q", args[0], msgs, want)
+		}
 	}
 }
 

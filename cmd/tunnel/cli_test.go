@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,9 +92,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: this is a private key"},
 		{[]string{"entry", "--peer", "nohost", "--key", pub + ".key", "--peer-key", pub + ".pub"}, "--peer \"nohost\""},
+		{[]string{"entry", "--listen", "256.1.1.1:15040", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".pub"},
+			`--listen "256.1.1.1:15040": "256.1.1.1" is neither an IP address nor a name that resolves`},
 	}
 	for _, tc := range cases {
-		code, out, errs := runCmd(t, tc.args...)
+		// Console logs: errors are plain text (JSON logs are TestFatalErrorJSON's).
+		code, out, errs := runCmd(t, append([]string{"--log-format", "console"}, tc.args...)...)
 		if code != exitUsage {
 			t.Errorf("%q: exit code %d, want %d (stderr %q)", tc.args, code, exitUsage, errs)
 		}
@@ -105,6 +109,48 @@ func TestUsageErrors(t *testing.T) {
 		}
 		if !strings.Contains(errs, tc.want) {
 			t.Errorf("%q: stderr %q does not contain %q", tc.args, errs, tc.want)
+		}
+	}
+}
+
+// TestFatalErrorJSON: when logs are JSON, the error that ends the command is one more JSON log
+// line, at level fatal, with the exit code; its text appears once, without a doubled prefix.
+func TestFatalErrorJSON(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"exit", "--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")},
+			exitUsage, "--forward is required"},
+		{[]string{"entry", "--listen", "256.1.1.1:15040", "--peer", "h:1", "--key", filepath.Join(dir, "k.key"),
+			"--peer-key", filepath.Join(dir, "k.pub")}, exitUsage, `--listen "256.1.1.1:15040"`},
+	}
+	for _, tc := range cases {
+		code, _, errs := runCmd(t, append([]string{"--log-format", "json"}, tc.args...)...)
+		var line map[string]any
+		if err := json.Unmarshal([]byte(errs), &line); err != nil || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%q: stderr %q is not one JSON line", tc.args, errs)
+			continue
+		}
+		msg, _ := line["message"].(string)
+		if code != tc.code || line["level"] != "fatal" || line["exit_code"] != float64(tc.code) || !strings.HasPrefix(msg, tc.want) {
+			t.Errorf("%q: code %d, line %v; want code %d, level fatal, exit_code, message %q", tc.args, code, line, tc.code, tc.want)
+		}
+	}
+}
+
+// TestErrorLine: an error is printed after the program's name, once.
+func TestErrorLine(t *testing.T) {
+	for _, tc := range []struct{ err, want string }{
+		{"--forward is required", "tunnel: --forward is required"},
+		{"tunnel: accept: too many open files", "tunnel: accept: too many open files"},
+		{"handshake: bad signature", "tunnel: handshake: bad signature"},
+	} {
+		if got := errorLine(errors.New(tc.err)); got != tc.want {
+			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -64,8 +65,10 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 // kongExit carries an exit code requested by kong (after --help) out of Parse.
 type kongExit int
 
-// run parses args and runs the command they name. It returns the process exit code; errors are
-// written to stderr as one line starting "tunnel: ".
+// run parses args and runs the command they name. It returns the process exit code. An error is
+// written to stderr as one line: a log line at level "fatal" with exit_code when logs are JSON,
+// else plain text starting "tunnel: " (as are errors in the flags, found before the log format
+// is known).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -81,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		fmt.Fprintf(stderr, "tunnel: %v (see tunnel --help)\n", err)
 		return exitUsage
 	}
-	log, err := newLogger(stderr, c.LogLevel, c.LogFormat)
+	log, jsonLogs, err := newLogger(stderr, c.LogLevel, c.LogFormat)
 	if err != nil {
 		fmt.Fprintf(stderr, "tunnel: %v\n", err)
 		return exitUsage
@@ -90,11 +93,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "tunnel: %v\n", err)
+	code = exitRuntime
 	if errors.As(err, new(usageError)) {
-		return exitUsage
+		code = exitUsage
 	}
-	return exitRuntime
+	if jsonLogs {
+		// One more log line, so that whatever collects the logs sees why the process ended.
+		log.WithLevel(zerolog.FatalLevel).Int("exit_code", code).Msg(err.Error())
+	} else {
+		fmt.Fprintln(stderr, errorLine(err))
+	}
+	return code
+}
+
+// errorLine is err as the command prints it: after the program's name, which an error from the
+// tunnel package already starts with.
+func errorLine(err error) string {
+	if msg := err.Error(); strings.HasPrefix(msg, "tunnel: ") {
+		return msg
+	}
+	return "tunnel: " + err.Error()
 }
 
 // parse resolves args, the TUNNEL_* environment and the --config file into a cli. Help output
@@ -280,19 +298,20 @@ func yamlResolver(r io.Reader) (kong.Resolver, error) {
 	}), nil
 }
 
-// newLogger builds the zerolog logger on w. Format "auto" is console when w is a terminal and
-// JSON otherwise.
-func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
+// newLogger builds the zerolog logger on w, and says whether it writes JSON. Format "auto" is
+// console when w is a terminal and JSON otherwise.
+func newLogger(w io.Writer, level, format string) (log zerolog.Logger, jsonLogs bool, err error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
-		return zerolog.Nop(), usagef("--log-level %q: give debug, info, warn or error", level)
+		return zerolog.Nop(), false, usagef("--log-level %q: give debug, info, warn or error", level)
 	}
 	tty := false
 	if f, ok := w.(*os.File); ok {
 		tty = isatty.IsTerminal(f.Fd())
 	}
-	if format == "console" || (format == "auto" && tty) {
+	jsonLogs = !(format == "console" || (format == "auto" && tty))
+	if !jsonLogs {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !tty}
 	}
-	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), jsonLogs, nil
 }
