@@ -118,6 +118,11 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
 	var wg, conns sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		releaseWhenQuiet(hard, releaseCheck)
+	}()
 
 	wg.Add(1)
 	go func() {

@@ -74,6 +74,11 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
 	var wg sync.WaitGroup
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		releaseWhenQuiet(hard, releaseCheck)
+	}()
 	var streams sync.WaitGroup
 
 	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
@@ -116,6 +121,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	stopAll()
+	<-released
 	<-sessionsDone
 	<-drained
 	return acceptErr

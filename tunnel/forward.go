@@ -80,6 +80,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		mu      sync.Mutex
 		first   error
 		once    sync.Once
+		stopped atomic.Bool // abort has begun: st's read deadline is ours no more
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -97,6 +98,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 			}
 			conn.SetLinger(0)
 			conn.Close()
+			stopped.Store(true) // before the deadline: see copyToConn
 			st.SetReadDeadline(time.Now())
 		})
 	}
@@ -147,7 +149,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		}
 	}
 	if ok {
-		n, readErr, writeErr := copyToConn(conn, st, pool, stall, cs)
+		n, readErr, writeErr := copyToConn(conn, st, pool, stall, cs, &stopped)
 		f.fromStream = n
 		switch {
 		case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
@@ -213,11 +215,38 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 	}
 }
 
+// Receive buffers. yamux allocates a stream's receive buffer at the size of
+// the frame that finds it empty and doubles it once that frame is in, and
+// keeps it. A stream that received a large burst and then pauses drops it
+// after shrinkAfter of silence, so that a pooled connection that has worked
+// holds no burst-sized buffer; a stream in steady bulk flow, whose next
+// frame comes sooner, keeps its buffer rather than allocate it per frame.
+// Buffers of small messages cost little and wait for the session's sweep.
+const (
+	shrinkAfter = 20 * time.Millisecond
+	largeRead   = 16 << 10 // a read at least this large makes a pause drop the buffer
+)
+
 // copyToConn copies st to conn until st's EOF. A zero-length Read waits for
-// data without holding a buffer; cs is marked active on every chunk.
+// data without holding a copy buffer; cs is marked active on every chunk.
+// stopped is set by forward's abort before it sets st's read deadline, so
+// that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
-func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, cs *carriedStream) (total int64, readErr, writeErr error) {
+func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
+	large := false // the last read was large and drained the stream's buffer
 	for {
+		if large {
+			st.SetReadDeadline(time.Now().Add(shrinkAfter))
+			_, err := st.Read(nil)
+			st.SetReadDeadline(time.Time{})
+			if stopped.Load() {
+				return total, yamux.ErrTimeout, nil
+			}
+			if errors.Is(err, yamux.ErrTimeout) {
+				st.Shrink()
+			}
+			large = false
+		}
 		if _, err := st.Read(nil); err != nil {
 			if err == io.EOF {
 				return total, nil, nil
@@ -227,6 +256,7 @@ func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.D
 		cs.active.Store(true)
 		buf := pool.get()
 		n, err := st.Read(*buf)
+		large = n >= largeRead && n < len(*buf)
 		if n > 0 {
 			conn.SetWriteDeadline(time.Now().Add(stall))
 			w, werr := conn.Write((*buf)[:n])
