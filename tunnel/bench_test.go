@@ -92,7 +92,7 @@ func startCPU() cpuClock { return cpuClock(processCPU()) }
 
 // report reports the CPU seconds used since start per unit of work.
 func (c cpuClock) report(b *testing.B, units float64, name string) {
-	b.ReportMetric((processCPU() - time.Duration(c)).Seconds()/units, name)
+	b.ReportMetric((processCPU()-time.Duration(c)).Seconds()/units, name)
 }
 
 // waitSession waits for the entry's session and returns its record layer.
