@@ -38,6 +38,9 @@ type Exit struct {
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
 	HandshakeRate    float64       // new handshakes per second allowed from one source IP, default 10
 	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
+	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
+	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
+	AllowInsecureKeyPerms bool
 }
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).
@@ -52,6 +55,9 @@ type Entry struct {
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
 	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
+	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
+	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
+	AllowInsecureKeyPerms bool
 }
 
 // Defaults shared by both agents.

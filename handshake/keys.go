@@ -187,6 +187,20 @@ func LoadPrivateKey(path string) (*rsa.PrivateKey, error) {
 	return k, nil
 }
 
+// CheckPrivateKeyMode refuses a private key file that group or others may
+// read or write, as OpenSSH does: the key is the agent's identity. The error
+// gives the chmod that fixes it.
+func CheckPrivateKeyMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s: mode %04o lets group or others access this private key: run chmod 600 %s", path, perm, path)
+	}
+	return nil
+}
+
 // LoadPublicKey reads and parses a public key file.
 func LoadPublicKey(path string) (*rsa.PublicKey, error) {
 	data, err := os.ReadFile(path)

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,5 +163,33 @@ func TestKeySizeEnforcedEverywhere(t *testing.T) {
 		if conn.Len() != 0 {
 			t.Errorf("Initiate wrote %d bytes with a small key", conn.Len())
 		}
+	}
+}
+
+// TestCheckPrivateKeyMode: a key file that group or others may read or
+// write is refused, with the chmod; owner-only modes pass.
+func TestCheckPrivateKeyMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.key")
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o600, 0o400, 0o700, 0o640, 0o604, 0o644, 0o660, 0o602, 0o610} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		err := CheckPrivateKeyMode(path)
+		if mode&0o077 == 0 {
+			if err != nil {
+				t.Errorf("mode %04o: %v", mode, err)
+			}
+			continue
+		}
+		want := fmt.Sprintf("%s: mode %04o lets group or others access this private key: run chmod 600 %s", path, mode, path)
+		if err == nil || err.Error() != want {
+			t.Errorf("mode %04o: err = %v, want %q", mode, err, want)
+		}
+	}
+	if err := CheckPrivateKeyMode(filepath.Join(t.TempDir(), "none")); err == nil {
+		t.Error("a missing file passed")
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rsa"
 	"fmt"
 	"net"
 	"time"
@@ -15,19 +16,20 @@ import (
 )
 
 type exitCmd struct {
-	Listen           string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
-	Forward          string        `help:"Backend to dial for each stream (HOST:PORT). Required." placeholder:"HOST:PORT"`
-	Key              string        `help:"This exit's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
-	AuthorizedKeys   string        `help:"Entry agents allowed in: a file of PUBLIC KEY PEM blocks, or a directory of .pub/.pem files. Required." placeholder:"FILE|DIR"`
-	DialTimeout      time.Duration `help:"Give up dialing the backend after this long." default:"${dial_timeout}"`
-	HandshakeTimeout time.Duration `help:"Drop an entry agent that has not finished the handshake after this long." default:"${handshake_timeout}"`
-	MaxHandshakes    int           `help:"Limit on handshakes in progress at once (RSA work is costly: this caps what a flood of connections can make the exit do)." default:"${max_handshakes}"`
-	MaxStreams       int           `help:"Limit on concurrent streams (app connections) per entry session." default:"${max_streams}"`
-	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on each session, which also detect a dead peer." default:"${keepalive}"`
-	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
-	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
-	HandshakeRate    float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
-	StatusAddr       string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. 127.0.0.1:9070. Off when empty." placeholder:"ADDR"`
+	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
+	Forward               string        `help:"Backend to dial for each stream (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Key                   string        `help:"This exit's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
+	AuthorizedKeys        string        `help:"Entry agents allowed in: a file of PUBLIC KEY PEM blocks, or a directory of .pub/.pem files. Required." placeholder:"FILE|DIR"`
+	DialTimeout           time.Duration `help:"Give up dialing the backend after this long." default:"${dial_timeout}"`
+	HandshakeTimeout      time.Duration `help:"Drop an entry agent that has not finished the handshake after this long." default:"${handshake_timeout}"`
+	MaxHandshakes         int           `help:"Limit on handshakes in progress at once (RSA work is costly: this caps what a flood of connections can make the exit do)." default:"${max_handshakes}"`
+	MaxStreams            int           `help:"Limit on concurrent streams (app connections) per entry session." default:"${max_streams}"`
+	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on each session, which also detect a dead peer." default:"${keepalive}"`
+	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
+	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
+	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. 127.0.0.1:9070. Off when empty." placeholder:"ADDR"`
+	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
 func (c *exitCmd) settings() config.Exit {
@@ -37,6 +39,7 @@ func (c *exitCmd) settings() config.Exit {
 		MaxHandshakes: c.MaxHandshakes, MaxStreams: c.MaxStreams, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout,
 		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
+		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
 	}
 }
 
@@ -47,9 +50,9 @@ func (c *exitCmd) Run(e *env) error {
 	if err := s.Validate(); err != nil {
 		return usageError{err}
 	}
-	key, err := handshake.LoadPrivateKey(s.Key)
+	key, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
 	if err != nil {
-		return usagef("--key %v", err)
+		return err
 	}
 	auth, err := handshake.LoadAuthorizedKeys(s.AuthorizedKeys)
 	if err != nil {
@@ -70,16 +73,17 @@ func (c *exitCmd) Run(e *env) error {
 }
 
 type entryCmd struct {
-	Listen           string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${entry_listen}" placeholder:"ADDR"`
-	Peer             string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
-	Key              string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
-	PeerKey          string        `help:"The exit's public key file (.pub); the exit must prove it holds the matching private key. Required." placeholder:"FILE"`
-	DialTimeout      time.Duration `help:"Give up dialing the exit agent after this long." default:"${dial_timeout}"`
-	HandshakeTimeout time.Duration `help:"Give up on a handshake with the exit after this long." default:"${handshake_timeout}"`
-	KeepAlive        time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
-	Window           uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
-	DrainTimeout     time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
-	StatusAddr       string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. 127.0.0.1:9071. Off when empty." placeholder:"ADDR"`
+	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${entry_listen}" placeholder:"ADDR"`
+	Peer                  string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
+	PeerKey               string        `help:"The exit's public key file (.pub); the exit must prove it holds the matching private key. Required." placeholder:"FILE"`
+	DialTimeout           time.Duration `help:"Give up dialing the exit agent after this long." default:"${dial_timeout}"`
+	HandshakeTimeout      time.Duration `help:"Give up on a handshake with the exit after this long." default:"${handshake_timeout}"`
+	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
+	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
+	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. 127.0.0.1:9071. Off when empty." placeholder:"ADDR"`
+	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
 func (c *entryCmd) settings() config.Entry {
@@ -87,6 +91,7 @@ func (c *entryCmd) settings() config.Entry {
 		Listen: c.Listen, Peer: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
+		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
 	}
 }
 
@@ -97,9 +102,9 @@ func (c *entryCmd) Run(e *env) error {
 	if err := s.Validate(); err != nil {
 		return usageError{err}
 	}
-	key, err := handshake.LoadPrivateKey(s.Key)
+	key, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
 	if err != nil {
-		return usagef("--key %v", err)
+		return err
 	}
 	peerKey, err := handshake.LoadPublicKey(s.PeerKey)
 	if err != nil {
@@ -117,6 +122,21 @@ func (c *entryCmd) Run(e *env) error {
 				Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey))
 		},
 	})
+}
+
+// loadPrivateKey loads an agent's --key and, unless allowInsecure, refuses a file that group or
+// others may access.
+func loadPrivateKey(path string, allowInsecure bool) (*rsa.PrivateKey, error) {
+	key, err := handshake.LoadPrivateKey(path)
+	if err != nil {
+		return nil, usagef("--key %v", err)
+	}
+	if !allowInsecure {
+		if err := handshake.CheckPrivateKeyMode(path); err != nil {
+			return nil, usagef("--key %v (or, where a mounted Secret sets the mode, pass --allow-insecure-key-perms)", err)
+		}
+	}
+	return key, nil
 }
 
 // agent is what serve needs of an exit or an entry.

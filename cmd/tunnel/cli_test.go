@@ -297,3 +297,55 @@ func TestDemoCommand(t *testing.T) {
 		t.Errorf("demo logged info lines without --verbose:\n%s", errs)
 	}
 }
+
+// TestInsecureKeyPerms: an agent refuses a private key file that group or others may read, with
+// the chmod that fixes it and exit status 2; the flag, its variable or the config file lets it
+// through where a mounted Secret decides the mode.
+func TestInsecureKeyPerms(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	key, pub := filepath.Join(dir, "k.key"), filepath.Join(dir, "k.pub")
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exit := []string{"exit", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--key", key, "--authorized-keys", pub}
+	entry := []string{"entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9", "--key", key, "--peer-key", pub}
+	for _, args := range [][]string{exit, entry} {
+		code, _, errs := runCmd(t, append([]string{"--log-format", "console"}, args...)...)
+		if want := "tunnel: --key " + key + ": mode 0644 lets group or others access this private key: run chmod 600 " + key; code != exitUsage || !strings.HasPrefix(errs, want) {
+			t.Errorf("%s: code %d, stderr %q; want %d and %q", args[0], code, errs, exitUsage, want)
+		}
+	}
+
+	cfg := writeFile(t, filepath.Join(dir, "tunnel.yaml"), "allow-insecure-key-perms: true\n")
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		pre  []string
+		post []string
+	}{
+		{"flag", nil, nil, []string{"--allow-insecure-key-perms"}},
+		{"environment", map[string]string{"TUNNEL_ALLOW_INSECURE_KEY_PERMS": "true"}, nil, nil},
+		{"config file", nil, []string{"--config", cfg}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			for _, args := range [][]string{exit, entry} {
+				c, _, err := parse(append(append(tc.pre, args...), tc.post...), new(bytes.Buffer), new(bytes.Buffer))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if args[0] == "exit" {
+					err = c.Exit.settings().Validate()
+				} else {
+					err = c.Entry.settings().Validate()
+				}
+				if err != nil {
+					t.Errorf("%s: %v", args[0], err)
+				}
+			}
+		})
+	}
+}
