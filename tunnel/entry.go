@@ -151,7 +151,7 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 	drained := make(chan struct{})
 	go func() { conns.Wait(); close(drained) }()
 	if acceptErr == nil {
-		e.log.Info().Dur("drain_timeout", e.cfg.DrainTimeout).Msg("shutting down: draining open connections")
+		e.log.Info().Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).Msg("shutting down: draining open connections")
 		select {
 		case <-drained:
 		case <-time.After(e.cfg.DrainTimeout):
@@ -183,7 +183,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			e.count.hsFailures.Add(1)
 			e.setFailure(err)
 			wait := backoff/2 + rand.N(backoff)
-			e.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot establish a session with the exit")
+			e.log.Error().Err(err).Str("retry_in", logDuration(wait)).Msg("cannot establish a session with the exit")
 			backoff = min(2*backoff, maxBackoff)
 			sleep(ctx, wait, e.kick)
 			continue
@@ -212,7 +212,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 		reason, _ := sessionEnd(s.mux, s.conn)
 		e.clearSession(s, fmt.Errorf("session lost: %v", reason))
 		if ctx.Err() == nil {
-			e.log.Warn().Err(reason).Dur("duration", time.Since(start)).Msg("session with the exit lost; reconnecting")
+			e.log.Warn().Err(reason).Str("duration", logDuration(time.Since(start))).Msg("session with the exit lost; reconnecting")
 		}
 		if time.Since(start) > stableSession {
 			backoff = minBackoff
@@ -290,7 +290,7 @@ func (e *Entry) connect(ctx context.Context) (*session, error) {
 		return nil, err
 	}
 	go mc.supervise(mux)
-	e.log.Info().Str("peer_fingerprint", res.PeerFingerprint).Dur("handshake", res.Duration).Msg("session established")
+	e.log.Info().Str("peer_fingerprint", res.PeerFingerprint).Str("handshake", logDuration(res.Duration)).Msg("session established")
 	return &session{mux: mux, conn: res.Conn, mc: mc}, nil
 }
 
@@ -441,8 +441,8 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	if status != StatusOK {
 		ev = ev.Int("status", int(status))
 	}
-	ev.Int64("bytes_out", f.toStream).Int64("bytes_in", f.fromStream).
-		Dur("duration", time.Since(start)).Msg("connection closed")
+	ev.Int64("bytes_to_backend", f.toStream).Int64("bytes_to_app", f.fromStream).
+		Str("duration", logDuration(time.Since(start))).Msg("connection closed")
 }
 
 // sessionEnd describes how a closed session ended: from its record stream,

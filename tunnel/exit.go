@@ -107,7 +107,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	sessionsDone := make(chan struct{})
 	go func() { wg.Wait(); close(sessionsDone) }()
 	if acceptErr == nil {
-		e.log.Info().Dur("drain_timeout", e.cfg.DrainTimeout).Msg("shutting down: draining open streams")
+		e.log.Info().Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).Msg("shutting down: draining open streams")
 		deadline := time.NewTimer(e.cfg.DrainTimeout)
 		defer deadline.Stop()
 		select {
@@ -152,7 +152,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	e.count.sessions.Add(1)
 	defer e.count.sessions.Add(-1)
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
-	log.Info().Dur("handshake", res.Duration).Msg("session established")
+	log.Info().Str("handshake", logDuration(res.Duration)).Msg("session established")
 
 	mc := newMuxConn(res.Conn)
 	sess, err := yamux.Server(mc, muxSettings{e.cfg.KeepAlive, e.cfg.Window}.config(log))
@@ -217,7 +217,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
 	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal).
-		Dur("duration", time.Since(start)).Msg("session closed")
+		Str("duration", logDuration(time.Since(start))).Msg("session closed")
 }
 
 // serveStream reads the stream header, dials the backend, answers the
@@ -258,8 +258,8 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	if f.err != nil && !isClosed(f.err) {
 		ev = ev.AnErr("reason", f.err)
 	}
-	ev.Int64("bytes_in", f.toStream).Int64("bytes_out", f.fromStream).
-		Dur("duration", time.Since(start)).Msg("stream closed")
+	ev.Int64("bytes_to_backend", f.fromStream).Int64("bytes_to_app", f.toStream).
+		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
 }
 
 // maxRefused bounds the refused streams of one session that are still open

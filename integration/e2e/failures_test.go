@@ -159,7 +159,7 @@ func TestExitRestart(t *testing.T) {
 			delays = append(delays, d)
 		}
 	}
-	t.Logf("entry: %d failed attempts while the exit was down; retry_in (ms): %v", attempts, delays)
+	t.Logf("entry: %d failed attempts while the exit was down; retry_in: %v", attempts, delays)
 	if attempts == 0 || attempts > 12 {
 		t.Errorf("entry made %d reconnection attempts in 3 s, want between 1 and 12 (exponential backoff)", attempts)
 	}

@@ -125,7 +125,7 @@ func TestSlowloris(t *testing.T) {
 	}
 	xDur := time.Since(xStart)
 	openAtExchange := open.Load()
-	t.Logf("slowloris: entry session up %v after the drip began (entry handshake %v ms); %d MiB exchanged in %v (%.1f MiB/s) with %d drip connections open",
+	t.Logf("slowloris: entry session up %v after the drip began (entry handshake %v); %d MiB exchanged in %v (%.1f MiB/s) with %d drip connections open",
 		xStart.Sub(dripStart).Round(time.Millisecond), hsLine.Fields["handshake"], size/mib, xDur.Round(time.Millisecond),
 		float64(size)/mib/xDur.Seconds(), openAtExchange)
 	if openAtExchange < drippers*9/10 {
