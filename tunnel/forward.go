@@ -195,10 +195,11 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 	if err != nil {
 		return 0, err, nil
 	}
+	var wd writeDeadline
 	for {
 		buf, n, err := r.read()
 		if n > 0 {
-			st.SetWriteDeadline(time.Now().Add(stall))
+			wd.arm(st, stall)
 			w, werr := st.Write((*buf)[:n])
 			pool.put(buf)
 			total += int64(w)
@@ -212,6 +213,19 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 		if err != nil {
 			return total, err, nil
 		}
+	}
+}
+
+// writeDeadline bounds how long one write may block. Moving a deadline
+// costs a timer update, so it is moved only once half of it is used up: a
+// write that blocks is aborted after between stall/2 and stall.
+type writeDeadline struct{ at time.Time }
+
+func (d *writeDeadline) arm(w interface{ SetWriteDeadline(time.Time) error }, stall time.Duration) {
+	now := time.Now()
+	if d.at.Sub(now) < stall/2 {
+		d.at = now.Add(stall)
+		w.SetWriteDeadline(d.at)
 	}
 }
 
@@ -234,6 +248,7 @@ const (
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
 func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
 	large := false // the last read was large and drained the stream's buffer
+	var wd writeDeadline
 	for {
 		if large {
 			st.SetReadDeadline(time.Now().Add(shrinkAfter))
@@ -258,7 +273,7 @@ func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.D
 		n, err := st.Read(*buf)
 		large = n >= largeRead && n < len(*buf)
 		if n > 0 {
-			conn.SetWriteDeadline(time.Now().Add(stall))
+			wd.arm(conn, stall)
 			w, werr := conn.Write((*buf)[:n])
 			total += int64(w)
 			if werr != nil {

@@ -118,3 +118,30 @@ func TestResetTravelsToApplication(t *testing.T) {
 		t.Fatalf("application read %q, %v; want \"bye\" and ECONNRESET", got, err)
 	}
 }
+
+// deadlineRecorder records the write deadlines it is given.
+type deadlineRecorder struct{ set []time.Time }
+
+func (r *deadlineRecorder) SetWriteDeadline(t time.Time) error {
+	r.set = append(r.set, t)
+	return nil
+}
+
+// TestWriteDeadlineMovesOnceHalfUsed: a deadline is moved only once half of
+// it has passed, and then to a whole stall from now.
+func TestWriteDeadlineMovesOnceHalfUsed(t *testing.T) {
+	var d writeDeadline
+	var r deadlineRecorder
+	const stall = 40 * time.Millisecond
+	d.arm(&r, stall)
+	d.arm(&r, stall)
+	if len(r.set) != 1 {
+		t.Fatalf("two writes in a row set the deadline %d times; want 1", len(r.set))
+	}
+	time.Sleep(stall/2 + 5*time.Millisecond)
+	before := time.Now()
+	d.arm(&r, stall)
+	if len(r.set) != 2 || r.set[1].Before(before.Add(stall)) {
+		t.Fatalf("after half the stall: deadlines %v; want a second one at least %v from now", r.set, stall)
+	}
+}
