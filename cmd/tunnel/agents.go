@@ -167,6 +167,7 @@ func serve(e *env, a agent) error {
 	}
 	log := e.log.With().Str("role", a.role).Logger()
 	log.Info().Str("addr", ln.Addr().String()).Msg("listening")
+	tunnel.WarnLowFileLimit(log)
 	if statusLn != nil {
 		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
 		stop := tunnel.StartStatus(statusLn, log, a.stats, a.healthy)
