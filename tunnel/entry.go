@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -28,21 +30,60 @@ type EntryConfig struct {
 	PeerKey  *rsa.PublicKey
 }
 
-// Reconnection backoff: exponential from minBackoff to maxBackoff, with
-// jitter; reset once a session has lived stableSession. An application
-// connecting while there is no session cuts the wait short, but attempts
-// are never closer than minBackoff.
+// Reconnection. After a failed attempt to reach the exit, or a session
+// that died younger than stableSession, the entry waits before the next
+// attempt: exponential from minBackoff to maxBackoff, with jitter, and
+// back to minBackoff once a session has lived stableSession. A failed TCP
+// dial is cheap for both sides: its wait is at most maxDialWait, and an
+// application waiting for a session cuts it short, so that a restarted
+// exit is used as soon as it listens again; attempts are never closer than
+// minBackoff. A failed handshake costs both sides RSA work: its wait is
+// always honoured. Failures are logged once, then about once per backoff
+// step, however often the dial is retried.
 const (
 	minBackoff    = 100 * time.Millisecond
 	maxBackoff    = 30 * time.Second
+	maxDialWait   = 2 * time.Second
 	stableSession = 10 * time.Second
 )
+
+// maxSessionStreams is how many streams the entry opens on one session
+// before it replaces the session. yamux v0.1.2 keeps an entry in its
+// session's inflight map for every stream whose FIN reaches the exit before
+// the exit accepts it (the exit then never sends the ACK that would delete
+// it), until the session ends: hashicorp/yamux issue #148, a few bytes per
+// application connection. A replacement is made first and takes the new
+// streams; the old session ends once its last stream has. 1<<15 streams
+// keep the map under about 300 KB, at the cost of one handshake per 32768
+// connections.
+const maxSessionStreams = 1 << 15
 
 // session is one authenticated session with the exit.
 type session struct {
 	mux  *yamux.Session
 	conn *frame.Conn // the record layer under mux
 	mc   *muxConn
+
+	opened   atomic.Int64  // streams opened on it
+	full     chan struct{} // closed when opened reaches the entry's recycleAfter
+	opening  atomic.Int64  // OpenStream calls in progress
+	retiring atomic.Bool   // a newer session takes the new streams
+}
+
+// errRetiring: a session being retired opens no more streams.
+var errRetiring = errors.New("tunnel: session is being replaced")
+
+// open opens a stream unless s is retiring. Together with retire it makes
+// sure no stream is opened on a session after it was found idle and closed:
+// open counts itself in opening before it checks retiring, retire sets
+// retiring before it checks opening.
+func (s *session) open() (*yamux.Stream, error) {
+	s.opening.Add(1)
+	defer s.opening.Add(-1)
+	if s.retiring.Load() {
+		return nil, errRetiring
+	}
+	return s.mux.OpenStream()
 }
 
 // Entry accepts application connections and carries each as a stream of
@@ -54,6 +95,8 @@ type Entry struct {
 	pool       *bufPool
 	writeStall time.Duration
 	count      counters
+	// recycleAfter is maxSessionStreams; tests make it small.
+	recycleAfter int64
 
 	kick chan struct{} // an application waits: retry now (buffered, 1)
 
@@ -75,11 +118,12 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 			PeerKey:    cfg.PeerKey,
 			Timeout:    cfg.Settings.HandshakeTimeout,
 		},
-		log:        log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
-		pool:       newBufPool(),
-		writeStall: defaultWriteStall,
-		kick:       make(chan struct{}, 1),
-		changed:    make(chan struct{}),
+		log:          log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
+		pool:         newBufPool(),
+		writeStall:   defaultWriteStall,
+		recycleAfter: maxSessionStreams,
+		kick:         make(chan struct{}, 1),
+		changed:      make(chan struct{}),
 	}, nil
 }
 
@@ -166,58 +210,221 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 
 // maintain keeps one session to the exit up while ctx lives, reconnecting
 // with backoff. A session lives until hard ends, so that draining
-// connections keep it. When the exit sends GoAway (it is shutting down),
-// the session is left to finish its streams and a new one is made at once.
+// connections keep it. A session is retired, left to finish its streams
+// while new ones go to the next session, when the exit sends GoAway (it is
+// shutting down; the next session is made at once) and when it has carried
+// recycleAfter streams (the next session is made first).
 func (e *Entry) maintain(ctx, hard context.Context) {
-	var old sync.WaitGroup // sessions finishing their streams after GoAway
-	defer old.Wait()
-	backoff := minBackoff
-	var last time.Time
+	var retiring sync.WaitGroup
+	defer retiring.Wait()
+	handOver := func(s *session) {
+		retiring.Add(1)
+		go func() {
+			defer retiring.Done()
+			e.retire(s, hard)
+			e.count.sessions.Add(-1)
+		}()
+	}
+	r := redial{backoff: minBackoff}
 	for ctx.Err() == nil {
-		if !sleep(ctx, minBackoff-time.Since(last), nil) {
+		s := e.establish(ctx, &r)
+		if s == nil {
 			return
 		}
-		last = time.Now()
-		s, err := e.connect(ctx)
-		if err != nil {
-			e.count.hsFailures.Add(1)
-			e.setFailure(err)
-			wait := backoff/2 + rand.N(backoff)
-			e.log.Error().Err(err).Str("retry_in", logDuration(wait)).Msg("cannot establish a session with the exit")
-			backoff = min(2*backoff, maxBackoff)
-			sleep(ctx, wait, e.kick)
-			continue
-		}
-		start := time.Now()
-		e.setSession(s)
-		e.count.sessions.Add(1)
-		select {
-		case <-s.mc.goAway:
-			e.clearSession(s, errors.New("the exit is going away"))
-			e.log.Info().Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
-			old.Add(1)
-			go func() {
-				defer old.Done()
-				e.retire(s, hard)
+		born := time.Now()
+		full := s.full             // closed when s has carried recycleAfter streams
+		var retry <-chan time.Time // a failed replacement is tried again
+	watch:
+		for {
+			select {
+			case <-s.mc.goAway:
+				e.clearSession(s, errors.New("the exit is going away"))
+				e.log.Info().Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
+				handOver(s)
+				r.reset()
+				break watch
+			case <-full:
+			case <-retry:
+			case <-s.mux.CloseChan():
 				e.count.sessions.Add(-1)
-			}()
-			backoff = minBackoff
-			continue
-		case <-s.mux.CloseChan():
-		case <-ctx.Done():
-			e.clearSession(s, errors.New("entry is shutting down"))
-			e.hold(s, hard)
-		}
-		e.count.sessions.Add(-1)
-		reason, _ := sessionEnd(s.mux, s.conn)
-		e.clearSession(s, fmt.Errorf("session lost: %v", reason))
-		if ctx.Err() == nil {
-			e.log.Warn().Err(reason).Str("duration", logDuration(time.Since(start))).Msg("session with the exit lost; reconnecting")
-		}
-		if time.Since(start) > stableSession {
-			backoff = minBackoff
+				reason, _ := sessionEnd(s.mux, s.conn)
+				e.clearSession(s, fmt.Errorf("session lost: %v", reason))
+				if ctx.Err() != nil {
+					return
+				}
+				lived := time.Since(born)
+				ev := e.log.Warn().Err(reason).Str("duration", logDuration(lived))
+				if lived >= stableSession {
+					r.reset()
+					ev.Msg("session with the exit lost; reconnecting")
+					break watch
+				}
+				wait := r.step() // it died young: back off
+				ev.Str("retry_in", logDuration(wait)).Msg("session with the exit lost; reconnecting")
+				if !sleep(ctx, wait, nil) {
+					return
+				}
+				break watch
+			case <-ctx.Done():
+				e.clearSession(s, errors.New("entry is shutting down"))
+				e.hold(s, hard)
+				e.count.sessions.Add(-1)
+				return
+			}
+			// s has carried its share of streams: replace it, keeping it
+			// current until the replacement is up.
+			full, retry = nil, nil
+			e.log.Info().Int64("streams", s.opened.Load()).
+				Str("reason", "yamux keeps a few bytes per stream until its session ends (hashicorp/yamux#148)").
+				Msg("replacing the session after its share of streams; its open connections stay on it")
+			next, err := e.connect(ctx, e.log)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.countFailure(err)
+					wait := r.step()
+					e.log.Warn().Err(err).Str("retry_in", logDuration(wait)).
+						Msg("cannot establish a replacement session; the current one stays in use")
+					retry = time.After(wait)
+				}
+				continue
+			}
+			e.setSession(next)
+			e.count.sessions.Add(1)
+			e.count.recycled.Add(1)
+			handOver(s)
+			s, born, full = next, time.Now(), next.full
 		}
 	}
+}
+
+// redial paces the attempts to reach the exit, and their log lines.
+type redial struct {
+	backoff time.Duration // the base of the next wait
+	last    time.Time     // when the last attempt started
+
+	failures  int       // attempts failed since the last session
+	firstFail time.Time // when the first of them failed
+	logged    string    // the failure last logged (see establish)
+	nextLog   time.Time // no line for the same failure before this
+	unlogged  int       // failures since the last line
+}
+
+// reset starts the backoff over: a session proved stable.
+func (r *redial) reset() { r.backoff = minBackoff }
+
+// step returns the next wait, with jitter, and doubles the backoff.
+func (r *redial) step() time.Duration {
+	w := r.backoff/2 + rand.N(r.backoff)
+	r.backoff = min(2*r.backoff, maxBackoff)
+	return w
+}
+
+// establish dials the exit and runs the handshake until a session is up,
+// which it makes current and returns, or ctx ends (nil).
+func (e *Entry) establish(ctx context.Context, r *redial) *session {
+	for {
+		if !sleep(ctx, minBackoff-time.Since(r.last), nil) {
+			return nil
+		}
+		r.last = time.Now()
+		log := e.log
+		if r.failures > 0 {
+			log = log.With().Int("failed_attempts", r.failures).
+				Str("failing_for", logDuration(time.Since(r.firstFail))).Logger()
+		}
+		s, err := e.connect(ctx, log)
+		if err == nil {
+			r.failures, r.logged = 0, ""
+			e.setSession(s)
+			e.count.sessions.Add(1)
+			return s
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		kind := e.countFailure(err)
+		e.setFailure(err)
+		now := time.Now()
+		if r.failures == 0 {
+			r.firstFail = now
+		}
+		r.failures++
+		r.unlogged++
+		logStep := r.backoff
+		wait := r.step()
+		var wake <-chan struct{}
+		if kind == failedDial {
+			wait = min(wait, maxDialWait)
+			wake = e.kick // an application waits: the dial is cheap, retry now
+		}
+		// Same failure: the same kind, and for a refusal the same words
+		// (other messages carry the local port, new on every attempt).
+		same := fmt.Sprint(kind)
+		if kind == failedRejected {
+			same += err.Error()
+		}
+		if same != r.logged || !now.Before(r.nextLog) {
+			e.log.Error().Err(err).Int("failed_attempts", r.unlogged).
+				Str("failing_for", logDuration(now.Sub(r.firstFail))).
+				Str("retry_in", logDuration(wait)).
+				Msg("cannot establish a session with the exit")
+			r.logged, r.nextLog, r.unlogged = same, now.Add(max(wait, logStep)), 0
+		}
+		if !sleep(ctx, wait, wake) {
+			return nil
+		}
+	}
+}
+
+// failure is why an attempt to reach the exit failed.
+type failure int
+
+const (
+	failedDial     failure = iota + 1 // the TCP dial
+	failedTimeout                     // the handshake ran out of time
+	failedRejected                    // either side refused the handshake
+	failedOther                       // the handshake failed otherwise (e.g. cut)
+)
+
+// countFailure counts a failed attempt to reach the exit by its cause,
+// which it returns.
+func (e *Entry) countFailure(err error) failure {
+	if de := (*dialError)(nil); errors.As(err, &de) {
+		e.count.dialFailures.Add(1)
+		return failedDial
+	}
+	e.count.hsFailures.Add(1)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		e.count.hsTimeouts.Add(1)
+		return failedTimeout
+	case rejected(err):
+		e.count.hsRejections.Add(1)
+		return failedRejected
+	}
+	return failedOther
+}
+
+// dialError is a failed TCP dial to the exit.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// rejected reports a handshake that one side refused: the exit's ALERT, or
+// a check of the exit's messages that failed here.
+func rejected(err error) bool {
+	for _, target := range []error{
+		handshake.ErrNotTunnel, handshake.ErrProtocol, handshake.ErrUnsupportedVersion,
+		handshake.ErrNoCommonSuite, handshake.ErrUnknownKey, handshake.ErrBadSignature,
+		handshake.ErrDecrypt, handshake.ErrInternal, handshake.ErrBusy,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var alert *handshake.AlertError
+	return errors.As(err, &alert)
 }
 
 // hold waits for s to close, closing it when hard ends.
@@ -229,27 +436,30 @@ func (e *Entry) hold(s *session, hard context.Context) {
 	}
 }
 
-// retirePoll is how often a session the exit is shutting down is checked
-// for open streams.
+// retirePoll is how often a retiring session is checked for open streams.
 const retirePoll = 100 * time.Millisecond
 
-// retire closes s once its last stream is done (or when hard ends). The
-// entry, as the yamux client, ends a session the exit sent GoAway on: if
-// the exit closed it instead, the close could overtake the FINs yamux has
-// queued but not yet sent, and the entry would take complete streams for
-// cut ones.
+// retire stops s from opening streams, and closes it once its last stream
+// is done (or when hard ends). The entry, as the yamux client, ends a
+// session the exit sent GoAway on: if the exit closed it instead, the close
+// could overtake the FINs yamux has queued but not yet sent, and the entry
+// would take complete streams for cut ones.
 func (e *Entry) retire(s *session, hard context.Context) {
+	s.retiring.Store(true)
 	t := time.NewTicker(retirePoll)
 	defer t.Stop()
 	for {
 		select {
 		case <-s.mux.CloseChan():
+			if reason, clean := sessionEnd(s.mux, s.conn); !clean {
+				e.log.Warn().Err(reason).Msg("a session finishing its streams was lost")
+			}
 			return
 		case <-hard.Done():
 			s.mux.Close()
 			return
 		case <-t.C:
-			if s.mux.NumStreams() == 0 {
+			if s.opening.Load() == 0 && s.mux.NumStreams() == 0 {
 				s.mux.Close()
 				return
 			}
@@ -272,12 +482,13 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	return ctx.Err() == nil
 }
 
-// connect dials the exit, runs the handshake and starts the multiplexer.
-func (e *Entry) connect(ctx context.Context) (*session, error) {
+// connect dials the exit, runs the handshake and starts the multiplexer;
+// it logs the new session to log.
+func (e *Entry) connect(ctx context.Context, log zerolog.Logger) (*session, error) {
 	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
 	c, err := d.DialContext(ctx, "tcp", e.cfg.Peer)
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
+		return nil, &dialError{err}
 	}
 	res, err := handshake.Initiate(ctx, c, &e.hs)
 	if err != nil {
@@ -290,8 +501,8 @@ func (e *Entry) connect(ctx context.Context) (*session, error) {
 		return nil, err
 	}
 	go mc.supervise(mux)
-	e.log.Info().Str("peer_fingerprint", res.PeerFingerprint).Str("handshake", logDuration(res.Duration)).Msg("session established")
-	return &session{mux: mux, conn: res.Conn, mc: mc}, nil
+	log.Info().Str("peer_fingerprint", res.PeerFingerprint).Str("handshake", logDuration(res.Duration)).Msg("session established")
+	return &session{mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
 }
 
 // notify wakes the waiters of session. Callers hold mu.
@@ -348,7 +559,7 @@ func (e *Entry) session(ctx context.Context) (*session, error) {
 		e.mu.Lock()
 		s, changed, lastErr := e.cur, e.changed, e.lastErr
 		e.mu.Unlock()
-		if s != nil && !s.mux.IsClosed() {
+		if s != nil && !s.mux.IsClosed() && !s.retiring.Load() {
 			return s, nil
 		}
 		if lasting(lastErr) {
@@ -372,22 +583,30 @@ func (e *Entry) session(ctx context.Context) (*session, error) {
 }
 
 // openStream opens a stream on the current session. A session the exit is
-// just shutting down refuses it; then it tries the next session once.
+// just shutting down refuses it; then it tries the next session once. A
+// session just replaced refuses it too; its replacement is current already.
 func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error) {
-	for attempt := 0; ; attempt++ {
+	goneAway := false
+	for {
 		s, err := e.session(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
-		st, err := s.mux.OpenStream()
-		if err == nil {
+		st, err := s.open()
+		switch {
+		case err == nil:
 			s.mc.fins.watch(st.StreamID())
+			if s.opened.Add(1) == e.recycleAfter {
+				close(s.full)
+			}
 			return s, st, nil
-		}
-		if attempt > 0 || !errors.Is(err, yamux.ErrRemoteGoAway) {
+		case errors.Is(err, errRetiring):
+		case errors.Is(err, yamux.ErrRemoteGoAway) && !goneAway:
+			goneAway = true
+			e.clearSession(s, err)
+		default:
 			return nil, nil, err
 		}
-		e.clearSession(s, err)
 	}
 }
 

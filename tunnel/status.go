@@ -28,11 +28,23 @@ type Stats struct {
 	// Entry only: records of the current session.
 	RecordsSent     uint64 `json:"records_sent,omitempty"`
 	RecordsReceived uint64 `json:"records_received,omitempty"`
+
+	// Entry only: failed TCP dials to the exit (HandshakeFailures counts
+	// only handshakes begun); of the handshake failures, those refused by
+	// either side (an ALERT from the exit, or its key or signature is
+	// wrong) and those that ran out of time; and the sessions replaced
+	// after maxSessionStreams streams.
+	DialFailures        int64 `json:"dial_failures"`
+	HandshakeRejections int64 `json:"handshake_rejections"`
+	HandshakeTimeouts   int64 `json:"handshake_timeouts"`
+	SessionsRecycled    int64 `json:"sessions_recycled"`
 }
 
 // counters are updated by an agent's goroutines.
 type counters struct {
 	sessions, streams, streamsTotal, hsFailures, hsRefused atomic.Int64
+
+	dialFailures, hsRejections, hsTimeouts, recycled atomic.Int64 // entry only
 }
 
 func (c *counters) stats(role string) Stats {
@@ -52,6 +64,11 @@ func (c *counters) stats(role string) Stats {
 		Goroutines:        runtime.NumGoroutine(),
 		HeapBytes:         ms.HeapAlloc,
 		OpenFDs:           fds,
+
+		DialFailures:        c.dialFailures.Load(),
+		HandshakeRejections: c.hsRejections.Load(),
+		HandshakeTimeouts:   c.hsTimeouts.Load(),
+		SessionsRecycled:    c.recycled.Load(),
 	}
 }
 

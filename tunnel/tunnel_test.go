@@ -102,6 +102,17 @@ func startWith(t testing.TB, backend string, adjust func(*config.Exit, *config.E
 // (zero keeps the default).
 func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry), stall time.Duration) *agents {
 	t.Helper()
+	return startTuned(t, backend, adjust, func(x *Exit, n *Entry) {
+		if stall > 0 {
+			x.writeStall, n.writeStall = stall, stall
+		}
+	})
+}
+
+// startTuned is startWith with a hook to adjust the agents themselves
+// before they serve.
+func startTuned(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry), tune func(*Exit, *Entry)) *agents {
+	t.Helper()
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
@@ -121,31 +132,24 @@ func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.
 	exitLn := listen(t)
 	a.exitAddr = exitLn.Addr().String()
 	ns.Peer = a.exitAddr
-	runExit := func(ln net.Listener) func() {
-		x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a.exit = x
-		if stall > 0 {
-			x.writeStall = stall
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { x.Serve(ctx, ln); close(done) }()
-		return func() { cancel(); <-done }
+	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
+	if err != nil {
+		t.Fatal(err)
 	}
-	a.stopExit = runExit(exitLn)
-	t.Cleanup(func() { a.stopExit() })
-
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.entry = n
-	if stall > 0 {
-		n.writeStall = stall
+	a.exit, a.entry = x, n
+	if tune != nil {
+		tune(x, n)
 	}
+	xctx, xcancel := context.WithCancel(context.Background())
+	xdone := make(chan struct{})
+	go func() { x.Serve(xctx, exitLn); close(xdone) }()
+	a.stopExit = func() { xcancel(); <-xdone }
+	t.Cleanup(func() { a.stopExit() })
+
 	entryLn := listen(t)
 	a.entryAddr = entryLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
