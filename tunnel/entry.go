@@ -53,9 +53,10 @@ const (
 // the exit accepts it (the exit then never sends the ACK that would delete
 // it), until the session ends: hashicorp/yamux issue #148, a few bytes per
 // application connection. A replacement is made first and takes the new
-// streams; the old session ends once its last stream has. 1<<15 streams
-// keep the map under about 300 KB, at the cost of one handshake per 32768
-// connections.
+// streams; the old session ends once its last stream has (a long-lived
+// connection keeps its session, and that session's map, until it ends).
+// 1<<15 streams keep the map under about 300 KB, at the cost of one
+// handshake per 32768 connections.
 const maxSessionStreams = 1 << 15
 
 // session is one authenticated session with the exit.
