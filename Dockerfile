@@ -10,6 +10,11 @@
 #     --build-arg BUILD_IMAGE=golang:1.26 \
 #     --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot .
 #
+# The build context has no .git, so the Go toolchain cannot stamp a version;
+# pass one in (`tunnel version` and the first log line show it), e.g.
+#
+#   docker build --build-arg VERSION="$(git describe --tags --always --dirty)" .
+#
 # Go modules are fetched in the build stage from GOPROXY (a build argument,
 # default the Go toolchain's own). Without network access, vendor them first
 # (`go mod vendor`, do not commit vendor/) and pass --build-arg GOFLAGS=-mod=vendor.
@@ -19,12 +24,13 @@ ARG RUNTIME_IMAGE=scratch
 FROM ${BUILD_IMAGE} AS build
 ARG GOPROXY
 ARG GOFLAGS
+ARG VERSION
 ENV CGO_ENABLED=0 GOTOOLCHAIN=local
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN case " ${GOFLAGS:-} " in *-mod=vendor*) ;; *) go mod download ;; esac
 COPY . .
-RUN go build -trimpath -ldflags "-s -w" \
+RUN go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/usr/local/bin/tunnel ./cmd/tunnel \
  && /out/usr/local/bin/tunnel version \
  && mkdir -p /out/etc /out/keys \

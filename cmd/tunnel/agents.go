@@ -166,7 +166,8 @@ func serve(e *env, a agent) error {
 		}
 	}
 	log := e.log.With().Str("role", a.role).Logger()
-	log.Info().Str("addr", ln.Addr().String()).Msg("listening")
+	// The first line says which build runs.
+	log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Msg("listening")
 	tunnel.WarnLowFileLimit(log)
 	if statusLn != nil {
 		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")

@@ -265,10 +265,13 @@ func TestStartupOrder(t *testing.T) {
 			t.Errorf("%s: ready line %v lacks role or fingerprint", args[0], ready)
 		}
 		var msgs []string
-		for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		for i, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(line), &m) == nil {
 				msgs = append(msgs, fmt.Sprint(m["message"]))
+			}
+			if v := thisBuild().Version; i == 0 && m["version"] != v {
+				t.Errorf("%s: first log line %s lacks \"version\":%q", args[0], line, v)
 			}
 		}
 		want := []string{"listening", "status endpoint listening", args[0] + " ready"}

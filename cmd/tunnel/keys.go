@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
-	"runtime/debug"
 
 	"github.com/tunnel-dev/tunnel/handshake"
 )
@@ -143,42 +141,4 @@ func (c *fingerprintCmd) Run(e *env) error {
 	}
 	fmt.Fprintln(e.stdout, handshake.Fingerprint(pub))
 	return nil
-}
-
-type versionCmd struct{}
-
-// Run prints the module version, the VCS revision when the build recorded it, and the Go
-// version, all from the binary's build info.
-func (c *versionCmd) Run(e *env) error {
-	fmt.Fprintln(e.stdout, versionString())
-	return nil
-}
-
-func versionString() string {
-	v := "tunnel"
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return v + " (no build info) " + runtime.Version()
-	}
-	v += " " + bi.Main.Version
-	var rev, when, modified string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.time":
-			when = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = ", modified"
-			}
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		v += fmt.Sprintf(" (%s %s%s)", rev, when, modified)
-	}
-	return v + " " + bi.GoVersion + " " + runtime.GOOS + "/" + runtime.GOARCH
 }

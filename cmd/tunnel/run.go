@@ -36,10 +36,13 @@ type cli struct {
 	LogLevel  string     `help:"Log level: debug, info, warn or error." enum:"debug,info,warn,error" default:"info"`
 	LogFormat string     `help:"Log format on stderr: json, console, or auto (console when stderr is a terminal, json otherwise)." enum:"auto,json,console" default:"auto"`
 	Config    configFlag `help:"YAML file of settings, keyed by flag name (listen: ':7000', peer-key: exit.pub), either at the top level or under 'exit:' / 'entry:'. Flags and TUNNEL_* environment variables override it." placeholder:"FILE"`
+	// PrintVersion is --version; TUNNEL_VERSION, a common name for an image tag, must not set it.
+	PrintVersion kong.VersionFlag `name:"version" env:"-" help:"Print the version of this build and exit."`
 
 	Keygen      keygenCmd      `cmd:"" help:"Make an RSA key pair: PATH.key (private, mode 0600) and PATH.pub (public). Prints the fingerprint."`
 	Fingerprint fingerprintCmd `cmd:"" help:"Print the SHA256 fingerprint of a public or private key file."`
 	Version     versionCmd     `cmd:"" help:"Print the version of this build."`
+	Help        helpCmd        `cmd:"" help:"Print this help, or a command's (tunnel help exit)."`
 	Exit        exitCmd        `cmd:"" help:"Run the exit agent: accept entry agents, and dial the backend for each stream they open."`
 	Entry       entryCmd       `cmd:"" help:"Run the entry agent: accept plaintext TCP from apps and carry it, encrypted, to the exit agent."`
 	Demo        demoCmd        `cmd:"" help:"Run a self-contained loopback demo: fresh keys, a backend, an exit, an entry, and what the wire shows."`
@@ -48,6 +51,7 @@ type cli struct {
 // env is what every command's Run receives.
 type env struct {
 	ctx    context.Context // cancelled on the first SIGINT/SIGTERM
+	build  build
 	stdout io.Writer
 	stderr io.Writer
 	log    zerolog.Logger
@@ -89,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		fmt.Fprintf(stderr, "tunnel: %v\n", err)
 		return exitUsage
 	}
-	err = kctx.Run(&env{ctx: ctx, stdout: stdout, stderr: stderr, log: log})
+	err = kctx.Run(&env{ctx: ctx, build: thisBuild(), stdout: stdout, stderr: stderr, log: log})
 	if err == nil {
 		return exitOK
 	}
@@ -115,8 +119,8 @@ func errorLine(err error) string {
 	return "tunnel: " + err.Error()
 }
 
-// parse resolves args, the TUNNEL_* environment and the --config file into a cli. Help output
-// makes it panic with a kongExit, which run recovers.
+// parse resolves args, the TUNNEL_* environment and the --config file into a cli. Help and
+// --version output make it panic with a kongExit, which run recovers.
 func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error) {
 	var c cli
 	parser, err := kong.New(&c,
@@ -127,6 +131,7 @@ func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error)
 		kong.DefaultEnvars("TUNNEL"),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 		kong.Vars(defaultVars()),
+		kong.Vars{"version": thisBuild().String()},
 		kong.TypeMapper(reflect.TypeFor[time.Duration](), durationMapper()),
 	)
 	if err != nil {
@@ -137,6 +142,20 @@ func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error)
 		return nil, nil, err
 	}
 	return &c, kctx, nil
+}
+
+// helpCmd is `tunnel help [COMMAND]`, the same as `tunnel [COMMAND] --help`.
+type helpCmd struct {
+	Command []string `arg:"" optional:"" help:"The command to describe."`
+}
+
+// Run parses the command again with --help, which prints the help and makes kong exit (run
+// recovers it).
+func (c *helpCmd) Run(kctx *kong.Context) error {
+	if _, err := kctx.Kong.Parse(append(c.Command, "--help")); err != nil {
+		return usagef("help %s: %v: give a command that tunnel --help lists", strings.Join(c.Command, " "), err)
+	}
+	return nil
 }
 
 // durationMapper reads a duration flag as time.ParseDuration does, but a number without a unit
@@ -221,7 +240,7 @@ func checkConfigKeys(app *kong.Node, doc map[string]any) error {
 		m := map[string]*kong.Flag{}
 		for _, group := range n.AllFlags(true) {
 			for _, f := range group {
-				if f.Name != "help" && f.Name != "config" {
+				if f.Name != "help" && f.Name != "config" && f.Name != "version" {
 					m[f.Name] = f
 				}
 			}
