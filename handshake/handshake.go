@@ -31,6 +31,12 @@ import (
 // DefaultTimeout bounds a whole handshake when Config.Timeout is zero.
 const DefaultTimeout = 10 * time.Second
 
+// HelloTimeout bounds, within the handshake's own bound, how long a
+// responder waits for the preface and HELLO_I: a real initiator sends both
+// at once, so a connection that has not within this time is cut before it
+// costs more than a goroutine and a socket.
+const HelloTimeout = 2 * time.Second
+
 // Errors of a failed handshake. A local rejection and a peer's ALERT with
 // the same meaning both match the same sentinel with errors.Is.
 var (

@@ -343,20 +343,32 @@ func TestInitiatorContextCancel(t *testing.T) {
 	}
 }
 
+// holdSlot starts a handshake on r that sends an authorized HELLO_I and then
+// stays silent, and returns once the responder has answered HELLO_R: from
+// then on it holds one of r's slots, until closed.
+func holdSlot(t *testing.T, r *Responder, ik *rsa.PrivateKey) (hold net.Conn, done <-chan struct{}) {
+	t.Helper()
+	hold, holdPeer := tcpPair(t)
+	ended := make(chan struct{})
+	go func() {
+		r.Handshake(context.Background(), holdPeer)
+		close(ended)
+	}()
+	st, err := newInitiator(&Config{PrivateKey: ik})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold.Write(st.hello())
+	if typ, _, err := readMsg(hold, msgHelloR, msgAlert); err != nil || typ != msgHelloR {
+		t.Fatalf("holding handshake: got message %#x, err %v; want HELLO_R", typ, err)
+	}
+	return hold, ended
+}
+
 func TestResponderBusy(t *testing.T) {
 	ik, rk, _ := keys()
-	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 2 * time.Second}, 1)
-	hold, holdPeer := tcpPair(t)
-	_ = hold
-	started := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		close(started)
-		r.Handshake(context.Background(), holdPeer) // occupies the only slot until its timeout
-		close(done)
-	}()
-	<-started
-	time.Sleep(50 * time.Millisecond)
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 5 * time.Second}, 1)
+	hold, done := holdSlot(t, r, ik)
 	a, b := tcpPair(t)
 	go r.Handshake(context.Background(), b)
 	_, err := Initiate(context.Background(), a, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey})
@@ -366,6 +378,123 @@ func TestResponderBusy(t *testing.T) {
 	}
 	hold.Close()
 	<-done
+}
+
+// TestSilentConnectionsTakeNoSlot: connections that have not sent a
+// well-formed HELLO_I naming an authorized key, silent, garbage or with an
+// unknown key, leave the slots to real initiators.
+func TestSilentConnectionsTakeNoSlot(t *testing.T) {
+	ik, rk, other := keys()
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 5 * time.Second}, 1)
+	var ended []chan struct{}
+	for _, first := range [][]byte{nil, preface[:3], []byte("GET / HTTP/1.1\r\n")} {
+		c, peer := tcpPair(t)
+		c.Write(first)
+		done := make(chan struct{})
+		ended = append(ended, done)
+		go func() { r.Handshake(context.Background(), peer); close(done) }()
+	}
+	// An unknown key is answered at once and holds nothing.
+	a, b := tcpPair(t)
+	go r.Handshake(context.Background(), b)
+	if _, err := Initiate(context.Background(), a, &Config{PrivateKey: other, PeerKey: &rk.PublicKey}); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown key: err = %v, want ALERT unknown_key", err)
+	}
+	a, b = tcpPair(t)
+	ini, res := runBoth(t, a, b, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey}, r)
+	if ini.err != nil || res.err != nil {
+		t.Fatalf("with silent connections open, a real initiator failed: initiator %v; responder %v", ini.err, res.err)
+	}
+	for _, done := range ended {
+		<-done
+	}
+}
+
+// TestHelloTimeout: the preface and HELLO_I must arrive within
+// HelloTimeout, however long the whole handshake may take.
+func TestHelloTimeout(t *testing.T) {
+	ik, rk, _ := keys()
+	const whole = 30 * time.Second
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: whole}, 4)
+	st, err := newInitiator(&Config{PrivateKey: ik})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := st.hello()
+	for name, sent := range map[string][]byte{"nothing": nil, "part of the preface": preface[:3], "part of HELLO_I": hello[:100]} {
+		t.Run(name, func(t *testing.T) {
+			a, b := tcpPair(t)
+			a.Write(sent)
+			start := time.Now()
+			_, err := r.Handshake(context.Background(), b)
+			d := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), "timed out") {
+				t.Fatalf("err = %v, want a timeout", err)
+			}
+			if d < HelloTimeout || d > whole/2 {
+				t.Fatalf("cut off after %v, want HelloTimeout (%v), well before the handshake timeout (%v)", d, HelloTimeout, whole)
+			}
+		})
+	}
+}
+
+// lateConn delays its second Write (KEY_I, after HELLO_I) by delay.
+type lateConn struct {
+	net.Conn
+	delay  time.Duration
+	writes int
+}
+
+func (c *lateConn) Write(b []byte) (int, error) {
+	if c.writes++; c.writes == 2 {
+		time.Sleep(c.delay)
+	}
+	return c.Conn.Write(b)
+}
+
+// TestHelloTimeoutOnlyBoundsHello: after HELLO_I, the initiator has the
+// rest of the handshake timeout, not HelloTimeout.
+func TestHelloTimeoutOnlyBoundsHello(t *testing.T) {
+	ik, rk, _ := keys()
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 3 * HelloTimeout}, 4)
+	a, b := tcpPair(t)
+	slow := &lateConn{Conn: a, delay: HelloTimeout + 500*time.Millisecond}
+	ini, res := runBoth(t, slow, b, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey}, r)
+	if ini.err != nil || res.err != nil {
+		t.Fatalf("KEY_I %v after HELLO_R: initiator %v; responder %v", slow.delay, ini.err, res.err)
+	}
+}
+
+// TestRSAWaitHonoursDeadline: a handshake queued for a private-key slot
+// gives up at its deadline, without signing.
+func TestRSAWaitHonoursDeadline(t *testing.T) {
+	ik, rk, _ := keys()
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 300 * time.Millisecond}, 4)
+	r.rsa = make(chan struct{}, 1)
+	r.rsa <- struct{}{} // every private-key slot busy
+	a, b := tcpPair(t)
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := r.Handshake(context.Background(), b)
+		done <- outcome{res, err}
+	}()
+	_, err := Initiate(context.Background(), a, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey, Timeout: time.Minute})
+	if err == nil {
+		t.Fatal("handshake succeeded with no private-key slot")
+	}
+	var ae *AlertError
+	if errors.As(err, &ae) {
+		t.Fatalf("initiator got %v, want the connection closed without HELLO_R", err)
+	}
+	select {
+	case o := <-done:
+		if o.err == nil || !strings.Contains(o.err.Error(), "timed out waiting for one of the 1 private-key slots") {
+			t.Fatalf("responder: err = %v, want a timeout waiting for a private-key slot", o.err)
+		}
+	case <-time.After(10 * time.Second):
+		<-r.rsa // let it go, so that the test ends
+		t.Fatal("responder still waiting for a private-key slot 10s after its 300ms deadline")
+	}
 }
 
 func TestParsersAreStrict(t *testing.T) {

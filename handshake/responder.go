@@ -24,7 +24,7 @@ import (
 const DefaultMaxInProgress = 64
 
 // Responder answers handshakes. It bounds how many run at once: past the
-// bound, a new connection is answered ALERT busy and closed. It is safe for
+// bound, a new initiator is answered ALERT busy and closed. It is safe for
 // concurrent use.
 type Responder struct {
 	cfg   Config
@@ -54,37 +54,61 @@ func (r *Responder) Refuse(conn net.Conn, reason string) {
 	closeAfterAlert(conn, reject(AlertBusy, reason, "%s", reason))
 }
 
-// withRSA runs f while holding one of the private-key slots, so that a
-// flood of handshakes queues for CPU instead of oversubscribing it.
-func (st *responder) withRSA(ctx context.Context, f func() error) error {
+// rsaSlot waits for one of the private-key slots, so that a flood of
+// handshakes queues for CPU instead of oversubscribing it, and returns the
+// function that gives it back. It gives up when ctx ends or the handshake's
+// deadline passes, so that a handshake that has run out of time does no
+// private-key work.
+func (st *responder) rsaSlot(ctx context.Context) (release func(), err error) {
 	if st.rsaSlots == nil {
-		return f()
+		return func() {}, nil
 	}
+	ctx, cancel := context.WithDeadline(ctx, st.deadline)
+	defer cancel()
 	select {
 	case st.rsaSlots <- struct{}{}:
-		defer func() { <-st.rsaSlots }()
-		return f()
+		if ctx.Err() == nil { // a slot and the deadline may come at once
+			return func() { <-st.rsaSlots }, nil
+		}
+		<-st.rsaSlots
 	case <-ctx.Done():
-		return ctx.Err()
+	}
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return nil, fmt.Errorf("handshake: timed out waiting for one of the %d private-key slots: the responder is short of CPU", cap(st.rsaSlots))
+	}
+	return nil, fmt.Errorf("handshake: waiting for a private-key slot: %w", ctx.Err())
+}
+
+// takeSlot takes a slot of handshakes in progress, which Handshake gives
+// back when it returns; without a free one it rejects with ALERT busy.
+func (st *responder) takeSlot() error {
+	select {
+	case st.slots <- struct{}{}:
+		st.release = func() { <-st.slots }
+		return nil
+	default:
+		return reject(AlertBusy, "too many handshakes in progress; retry later",
+			"%d handshakes already in progress", cap(st.slots))
 	}
 }
 
 // Handshake runs the responder's side over conn, which it owns from now on:
 // on failure conn is closed. It returns only after the initiator's FINISHED
 // has verified, so the caller may act for the peer at once.
+//
+// A connection holds one of the bounded slots of handshakes in progress only
+// from a well-formed HELLO_I that names an authorized key on; before that it
+// is bounded by HelloTimeout, so that silent or garbage connections cannot
+// keep real initiators out.
 func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, error) {
-	select {
-	case r.slots <- struct{}{}:
-		defer func() { <-r.slots }()
-	default:
-		rej := reject(AlertBusy, "too many handshakes in progress; retry later",
-			"%d handshakes already in progress", cap(r.slots))
-		closeAfterAlert(conn, rej)
-		return nil, rej
-	}
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
-	st := &responder{cfg: &r.cfg, rsaSlots: r.rsa}
+	st := &responder{cfg: &r.cfg, slots: r.slots, rsaSlots: r.rsa, deadline: start.Add(r.cfg.timeout())}
+	defer func() {
+		if st.release != nil {
+			st.release()
+		}
+	}()
 	fc, err := st.run(ctx, conn)
 	if !stop() && err == nil {
 		err = fmt.Errorf("handshake: %w", ctx.Err())
@@ -112,7 +136,10 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 // responder is the responder's state, step by step.
 type responder struct {
 	cfg      *Config
+	slots    chan struct{} // handshakes in progress (Responder.slots)
+	release  func()        // gives back the slot in slots, once taken
 	rsaSlots chan struct{} // nil: unbounded (tests)
+	deadline time.Time     // of the whole handshake
 	peerKey  *rsa.PublicKey
 
 	m1, m2                    []byte
@@ -120,6 +147,11 @@ type responder struct {
 }
 
 func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error) {
+	hello := time.Now().Add(HelloTimeout)
+	if st.deadline.Before(hello) {
+		hello = st.deadline
+	}
+	conn.SetReadDeadline(hello)
 	var pre [prefaceLen]byte
 	if _, err := io.ReadFull(conn, pre[:]); err != nil {
 		return nil, ioError(ctx, "reading preface", err)
@@ -135,6 +167,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if err != nil {
 		return nil, err
 	}
+	conn.SetReadDeadline(st.deadline)
 	if _, err := conn.Write(m2); err != nil {
 		return nil, ioError(ctx, "sending HELLO_R", err)
 	}
@@ -176,7 +209,7 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 		if errors.Is(err, errMalformed) {
 			return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
 		}
-		return nil, fmt.Errorf("handshake: reading HELLO_I: %w", err)
+		return nil, ioError(ctx, "reading HELLO_I", err)
 	}
 	st.m1 = append(slices.Clip(pre), msg...)
 	hi, err := parseHelloI(msg[msgHeaderLen:])
@@ -194,6 +227,9 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 			"initiator key %s is not authorized: add its public key to the authorized keys to admit it", fp)
 	}
 	st.peerKey = pub
+	if err := st.takeSlot(); err != nil {
+		return nil, err
+	}
 
 	peer, err := ecdh.X25519().NewPublicKey(hi.x25519)
 	if err != nil {
@@ -221,10 +257,12 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 		keyID:   KeyID(&st.cfg.PrivateKey.PublicKey),
 	}
 	rand.Read(hr.random)
-	err = st.withRSA(ctx, func() (err error) {
-		hr.sig, err = sign(st.cfg.PrivateKey, contextResponder, digest(st.m1, hr.signedBody()))
-		return err
-	})
+	release, err := st.rsaSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	hr.sig, err = sign(st.cfg.PrivateKey, contextResponder, digest(st.m1, hr.signedBody()))
+	release()
 	if err != nil {
 		return nil, reject(AlertInternalError, "internal error", "signing HELLO_R: %v", err)
 	}
@@ -242,14 +280,12 @@ func (st *responder) handleKeyI(ctx context.Context, m3 []byte) ([]byte, error) 
 		return nil, reject(AlertBadSignature, "bad initiator signature",
 			"initiator signature does not verify under its authorized key %s", Fingerprint(st.peerKey))
 	}
-	var secret []byte
-	err = st.withRSA(ctx, func() (err error) {
-		secret, err = rsa.DecryptOAEP(sha256.New(), nil, st.cfg.PrivateKey, ki.ct, []byte(labelOAEP))
-		return err
-	})
-	if ctx.Err() != nil {
-		return nil, fmt.Errorf("handshake: %w", ctx.Err())
+	release, err := st.rsaSlot(ctx)
+	if err != nil {
+		return nil, err
 	}
+	secret, err := rsa.DecryptOAEP(sha256.New(), nil, st.cfg.PrivateKey, ki.ct, []byte(labelOAEP))
+	release()
 	if err != nil || len(secret) != 32 {
 		// One code and one message for every failure: no oracle.
 		return nil, reject(AlertDecryptError, "decrypt error", "key transport does not decrypt")
