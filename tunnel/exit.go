@@ -5,7 +5,10 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,13 +134,19 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync.WaitGroup) {
 	peer := conn.RemoteAddr().String()
 	log := e.log.With().Str("peer", peer).Logger()
-	if !e.limiter.allow(conn.RemoteAddr(), time.Now()) {
+	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
+	if err != nil {
 		e.count.hsRefused.Add(1)
-		log.Debug().Msg("handshake refused: over the per-source handshake rate")
-		e.resp.Refuse(conn, "too many handshakes from your address; retry later")
+		log.Debug().Err(err).Msg("handshake refused") // a flood must not flood the log
+		reason := "too many handshakes from your address; retry later"
+		if errors.Is(err, errTooMany) {
+			reason = "too many handshakes in progress from your address; retry later"
+		}
+		e.resp.Refuse(conn, reason)
 		return
 	}
 	res, err := e.resp.Handshake(hard, conn)
+	admitted()
 	if err != nil {
 		lvl := log.Warn()
 		if errors.Is(err, handshake.ErrBusy) {
@@ -169,33 +178,53 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	stopHard := context.AfterFunc(hard, func() { sess.Close() })
 	defer stopHard()
 
-	var active, refused atomic.Int64
-	var refusing sync.WaitGroup
-	defer refusing.Wait()
-	var total, refusedTotal int64
+	// active counts the streams being served, against MaxStreams; refused
+	// those refused and not yet closed by the peer, against maxRefused.
+	var active, refused, refusedTotal atomic.Int64
+	var overRefused sync.Once
+	var running sync.WaitGroup // every stream goroutine of the session
+	// endDrains stops the drains of refused streams when the session ends: a
+	// yamux stream blocked in Read spins while its session shuts down, until
+	// Close gets to it, and hundreds of them starve the shutdown.
+	drainsEnded, endDrains := context.WithCancel(context.Background())
+	defer endDrains()
+	// refuse answers a non-zero status on st and drains it until the peer
+	// closes it; a peer that keeps more than maxRefused refused streams open
+	// loses its session.
+	refuse := func(st *yamux.Stream, s Status, msg string) {
+		refusedTotal.Add(1)
+		defer refused.Add(-1)
+		if refused.Add(1) > maxRefused {
+			overRefused.Do(func() {
+				log.Warn().Int("max_refused", maxRefused).
+					Msg("closing the session: the peer keeps too many refused streams open")
+			})
+			endDrains()
+			sess.Close()
+			return
+		}
+		e.drainRefused(drainsEnded, st, s, msg)
+	}
+	var total int64
+	busyLogged := false
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			break
 		}
 		total++
+		running.Add(1)
 		if active.Add(1) > int64(e.cfg.MaxStreams) {
 			active.Add(-1)
 			mc.fins.forget(st.StreamID())
-			if refused.Add(1) > maxRefused {
-				log.Warn().Int("max_streams", e.cfg.MaxStreams).Msg("closing the session: the peer keeps opening streams past the limit")
-				sess.Close()
-				continue
-			}
-			if refusedTotal++; refusedTotal == 1 {
+			if !busyLogged {
+				busyLogged = true
 				log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
-			refusing.Add(1)
 			go func() {
-				defer refusing.Done()
-				defer refused.Add(-1)
-				e.refuseBusy(st)
+				defer running.Done()
+				refuse(st, StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams))
 			}()
 			continue
 		}
@@ -203,52 +232,75 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		e.count.streams.Add(1)
 		e.count.streamsTotal.Add(1)
 		go func() {
-			defer streams.Done()
-			defer active.Add(-1)
-			defer e.count.streams.Add(-1)
+			defer running.Done()
 			defer mc.fins.forget(st.StreamID())
-			e.serveStream(ctx, log, st, mc)
+			s, msg := e.serveStream(ctx, log, st, mc)
+			// A refused stream no longer counts as served, nor holds up a drain.
+			active.Add(-1)
+			e.count.streams.Add(-1)
+			streams.Done()
+			if s != StatusOK {
+				refuse(st, s, msg)
+			}
 		}()
 	}
 	<-sess.CloseChan()
+	endDrains()
+	running.Wait()
 	reason, clean := sessionEnd(sess, res.Conn)
 	ev := log.Info()
 	if !clean {
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
-	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal).
+	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal.Load()).
 		Str("duration", logDuration(time.Since(start))).Msg("session closed")
 }
 
 // serveStream reads the stream header, dials the backend, answers the
-// status and forwards.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn) {
+// status and forwards. If it refuses the stream instead, it logs why and
+// returns the status and message to answer, and leaves st to the caller.
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn) (Status, string) {
 	log = log.With().Uint32("stream", st.StreamID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
-		log.Warn().Err(err).Msg("stream header unreadable; closing the stream")
-		st.Close()
-		return
+		var msg string
+		var ne net.Error
+		switch {
+		case errors.Is(err, errStreamHeader):
+			msg = err.Error()
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			msg = "stream closed before its header was complete"
+		case errors.As(err, &ne) && ne.Timeout():
+			msg = fmt.Sprintf("no complete stream header within %v", e.cfg.HandshakeTimeout)
+		default:
+			msg = fmt.Sprintf("reading the stream header: %v", err)
+		}
+		return e.refusal(log, StatusRefused, msg, nil)
 	}
-	log = log.With().Str("origin", hdr.origin).Logger()
+	if !validOrigin(hdr.origin) {
+		log.Warn().Msgf("the entry claims origin %+q, which is neither empty nor ip:port", hdr.origin)
+		return e.refusal(log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil)
+	}
+	if hdr.origin != "" {
+		// What the entry says it saw; the exit cannot check it.
+		log = log.With().Str("claimed_origin", hdr.origin).Logger()
+	}
 	if hdr.service != "" {
-		e.refuse(log, st, StatusUnknownService, fmt.Sprintf("unknown service %q: this exit forwards only to its default backend", hdr.service), nil)
-		return
+		return e.refusal(log, StatusUnknownService, fmt.Sprintf("unknown service %q: this exit forwards only to its default backend", hdr.service), nil)
 	}
 	start := time.Now()
 	c, err := e.dialer.DialContext(ctx, "tcp", e.cfg.Forward)
 	if err != nil {
-		e.refuse(log, st, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
-		return
+		return e.refusal(log, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
 	}
 	backend := c.(*net.TCPConn)
 	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
 		backend.Close()
 		st.Close()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		return
+		return StatusOK, ""
 	}
 	f := forward(backend, st, mc, e.pool, e.writeStall, nil)
 	ev := log.Info()
@@ -260,6 +312,30 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	}
 	ev.Int64("bytes_to_backend", f.fromStream).Int64("bytes_to_app", f.toStream).
 		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
+	return StatusOK, ""
+}
+
+// validOrigin reports whether origin, as an entry reports it in a stream
+// header, is empty or an IP address and port (PROTOCOL.md section 4).
+func validOrigin(origin string) bool {
+	if origin == "" {
+		return true
+	}
+	host, port, err := net.SplitHostPort(origin)
+	if err != nil {
+		return false
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || ip.Zone() != "" {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
+}
+
+// refusal logs that the stream is refused with s and msg, and returns them.
+func (e *Exit) refusal(log zerolog.Logger, s Status, msg string, err error) (Status, string) {
+	log.Warn().Int("status", int(s)).Str("status_text", s.String()).AnErr("reason", err).Msg(msg)
+	return s, msg
 }
 
 // maxRefused bounds the refused streams of one session that are still open
@@ -269,12 +345,14 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 // (256 KiB) per stream into memory before it is read: 64 MiB at most.
 const maxRefused = 256
 
-// refuseBusy answers status 4 and closes this side of st, then reads and
-// discards until the peer closes its side or the session ends, so that a
+// drainRefused answers a non-zero status and closes this side of st, then
+// reads and discards until the peer closes its side or ctx ends, so that a
 // peer writing into a refused stream makes the exit buffer nothing.
-func (e *Exit) refuseBusy(st *yamux.Stream) {
+func (e *Exit) drainRefused(ctx context.Context, st *yamux.Stream, s Status, msg string) {
+	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
+	defer stop()
 	st.SetWriteDeadline(time.Now().Add(time.Second))
-	st.Write(marshalStatus(StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams)))
+	st.Write(marshalStatus(s, msg))
 	st.Close()
 	buf := make([]byte, 16<<10)
 	for {
@@ -284,12 +362,4 @@ func (e *Exit) refuseBusy(st *yamux.Stream) {
 			return
 		}
 	}
-}
-
-// refuse answers a non-zero status and closes the stream.
-func (e *Exit) refuse(log zerolog.Logger, st *yamux.Stream, s Status, msg string, err error) {
-	log.Warn().Int("status", int(s)).Str("status_text", s.String()).AnErr("reason", err).Msg(msg)
-	st.SetWriteDeadline(time.Now().Add(time.Second))
-	st.Write(marshalStatus(s, msg))
-	st.Close()
 }

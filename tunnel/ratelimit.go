@@ -1,51 +1,118 @@
 package tunnel
 
 import (
+	"container/list"
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
 )
 
-// maxSources bounds the limiter's memory; past it, idle sources are
-// forgotten, and if none are idle new sources pass unlimited (the cap on
-// handshakes in progress still holds).
+// maxHandshakesPerSource bounds the handshakes in progress from one source,
+// from the accepted connection to the end of the handshake, so that one
+// source cannot hold every slot of --max-handshakes or every private-key
+// slot.
+const maxHandshakesPerSource = 8
+
+// maxSources bounds the rate limiter's memory. Past it, the source seen
+// least recently is forgotten (it starts again with a full bucket if it
+// comes back). Refusing new sources instead would let anyone with that many
+// sources (an IPv6 /48 holds 65536 /64s) lock every new entry out; letting
+// them pass unlimited would lift the limit for everyone.
 const maxSources = 1 << 16
 
-// sourceLimiter is a token bucket per source IP for new handshakes. It is
-// safe for concurrent use.
+// Why sourceLimiter refuses a handshake.
+var (
+	errOverRate = errors.New("over the per-source handshake rate")
+	errTooMany  = errors.New("too many handshakes in progress from this source")
+)
+
+// sourceLimiter admits new handshakes per source: a token bucket for the
+// rate and a cap on those in progress. A source is an IPv4 address or an
+// IPv6 /64 (a subscriber is commonly given a /64 or more, and picks any
+// address in it). It is safe for concurrent use.
 type sourceLimiter struct {
 	rate, burst float64 // tokens per second, bucket size
 
 	mu      sync.Mutex
-	buckets map[netip.Addr]*bucket
+	buckets map[netip.Prefix]*list.Element // of *bucket
+	lru     list.List                      // of *bucket, least recently used first
+	active  map[netip.Prefix]int           // handshakes in progress; no zero entries
 }
 
 type bucket struct {
+	src    netip.Prefix
 	tokens float64
 	last   time.Time
 }
 
 func newSourceLimiter(rate float64) *sourceLimiter {
-	return &sourceLimiter{rate: rate, burst: max(1, 2*rate), buckets: make(map[netip.Addr]*bucket)}
+	return &sourceLimiter{
+		rate:    rate,
+		burst:   max(1, 2*rate),
+		buckets: make(map[netip.Prefix]*list.Element),
+		active:  make(map[netip.Prefix]int),
+	}
 }
 
-// allow takes a token for addr's IP and reports whether there was one.
-func (l *sourceLimiter) allow(addr net.Addr, now time.Time) bool {
+// source is the key addr is limited under; ok is false if addr is not IP.
+func source(addr net.Addr) (netip.Prefix, bool) {
 	ap, err := netip.ParseAddrPort(addr.String())
 	if err != nil {
-		return true // not IP: nothing to key on
+		return netip.Prefix{}, false
 	}
-	ip := ap.Addr().Unmap()
+	ip := ap.Addr().Unmap().WithZone("")
+	bits := 64
+	if ip.Is4() {
+		bits = 32
+	}
+	p, err := ip.Prefix(bits)
+	return p, err == nil
+}
+
+// admit takes a token of addr's source and a place among its handshakes in
+// progress. It returns errOverRate or errTooMany to refuse, or the function
+// that gives the place back when the handshake ends. Addresses that are not
+// IP are not limited.
+func (l *sourceLimiter) admit(addr net.Addr, now time.Time) (done func(), err error) {
+	src, ok := source(addr)
+	if !ok {
+		return func() {}, nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.buckets[ip]
-	if !ok {
-		if len(l.buckets) >= maxSources && !l.sweep(now) {
-			return true
+	if !l.take(src, now) {
+		return nil, errOverRate
+	}
+	if l.active[src] >= maxHandshakesPerSource {
+		return nil, errTooMany
+	}
+	l.active[src]++
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.active[src]--; l.active[src] == 0 {
+			delete(l.active, src)
 		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[ip] = b
+	}, nil
+}
+
+// take takes a token of src's bucket and reports whether there was one.
+// Callers hold mu.
+func (l *sourceLimiter) take(src netip.Prefix, now time.Time) bool {
+	var b *bucket
+	if e, ok := l.buckets[src]; ok {
+		b = e.Value.(*bucket)
+		l.lru.MoveToBack(e)
+	} else {
+		if len(l.buckets) >= maxSources {
+			oldest := l.lru.Front()
+			delete(l.buckets, oldest.Value.(*bucket).src)
+			l.lru.Remove(oldest)
+		}
+		b = &bucket{src: src, tokens: l.burst, last: now}
+		l.buckets[src] = l.lru.PushBack(b)
 	}
 	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
 	b.last = now
@@ -54,17 +121,4 @@ func (l *sourceLimiter) allow(addr net.Addr, now time.Time) bool {
 	}
 	b.tokens--
 	return true
-}
-
-// sweep forgets sources whose bucket has refilled; it reports whether any
-// were forgotten. Callers hold mu.
-func (l *sourceLimiter) sweep(now time.Time) bool {
-	n := len(l.buckets)
-	full := time.Duration(l.burst / l.rate * float64(time.Second))
-	for ip, b := range l.buckets {
-		if now.Sub(b.last) >= full {
-			delete(l.buckets, ip)
-		}
-	}
-	return len(l.buckets) < n
 }

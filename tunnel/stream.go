@@ -72,7 +72,7 @@ func readStreamHeader(r io.Reader) (streamHeader, error) {
 		return h, err
 	}
 	if b[0] != streamVersion {
-		return h, fmt.Errorf("%w: version %d", errStreamHeader, b[0])
+		return h, fmt.Errorf("%w: version %d; this exit speaks version %d", errStreamHeader, b[0], streamVersion)
 	}
 	service, err := readString(r, int(b[1]))
 	if err != nil {
