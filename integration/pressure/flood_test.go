@@ -2,6 +2,7 @@ package pressure
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -45,16 +46,26 @@ type floodCounts struct {
 	holding, maxHolding atomic.Int64
 }
 
+// perSourceCap is the exit's bound on handshakes in progress from one
+// source (tunnel.maxHandshakesPerSource, documented in README).
+const perSourceCap = 8
+
+// floodSources is how many loopback addresses the "cap" flood comes from:
+// two clients each, within the per-source cap.
+const floodSources = floodClients / 2
+
 // TestHandshakeFlood floods the exit with authorized-looking handshakes
-// that vanish after the exit's reply, first with a per-source rate that
-// lets the flood through (so that --max-handshakes is what holds), then
-// with the default rate of 10/s per source. Meanwhile an established entry
-// session keeps moving data.
+// that vanish after the exit's reply, first from many sources with a
+// per-source rate that lets the flood through (so that --max-handshakes is
+// what holds), then from one source with the default rate of 10/s per
+// source (so that the per-source guards hold). Meanwhile an established
+// entry session keeps moving data.
 func TestHandshakeFlood(t *testing.T) {
 	t.Run("cap", func(t *testing.T) {
-		// The rate is far above what 200 clients on loopback reach, so every
-		// connection reaches the handshake and the cap of 64 is what holds.
-		c := runFlood(t, 100000)
+		// The rate is far above what 200 clients on loopback reach, and each
+		// source has two clients, so every connection reaches the handshake
+		// and the cap of 64 is what holds.
+		c := runFlood(t, 100000, floodSources)
 		if c.busy.Load() == 0 {
 			t.Errorf("no ALERT busy in %d connections from %d concurrent clients: --max-handshakes 64 never held", c.conns.Load(), floodClients)
 		}
@@ -63,7 +74,10 @@ func TestHandshakeFlood(t *testing.T) {
 		}
 	})
 	t.Run("rate", func(t *testing.T) {
-		c := runFlood(t, 0) // the default --handshake-rate, 10/s per source, burst 20
+		c := runFlood(t, 0, 1) // the default --handshake-rate, 10/s per source, burst 20
+		if m := c.maxHolding.Load(); m > perSourceCap {
+			t.Errorf("%d connections from one source held HELLO_R at once, more than the per-source cap of %d", m, perSourceCap)
+		}
 		// runFlood checks the token bucket's bound on HELLO_R; here the
 		// limiter must have refused the bulk of the flood.
 		if c.busy.Load() < c.conns.Load()/2 {
@@ -74,16 +88,17 @@ func TestHandshakeFlood(t *testing.T) {
 
 // runFlood starts an exit with the default --max-handshakes and the given
 // --handshake-rate (0: the default, 10), and a real entry; measures the
-// entry session's throughput alone, then during the flood; and checks the
-// exit's guards and memory.
-func runFlood(t *testing.T, rate float64) *floodCounts {
+// entry session's throughput alone, then during the flood from sources
+// loopback addresses (1: 127.0.0.1 alone); and checks the exit's guards and
+// memory.
+func runFlood(t *testing.T, rate float64, sources int) *floodCounts {
 	// A short handshake timeout keeps slots churning, so both the cap and
 	// fresh private-key work show within the flood.
 	args := []string{"--handshake-timeout", "3s"}
-	label := "--handshake-rate default (10)"
+	label := fmt.Sprintf("%d sources, --handshake-rate default (10)", sources)
 	if rate > 0 {
 		args = append(args, "--handshake-rate", strconv.FormatFloat(rate, 'f', -1, 64))
-		label = "--handshake-rate " + args[len(args)-1]
+		label = fmt.Sprintf("%d sources, --handshake-rate %s", sources, args[len(args)-1])
 	} else {
 		rate = 10
 	}
@@ -132,7 +147,7 @@ func runFlood(t *testing.T, rate float64) *floodCounts {
 	time.Sleep(baseline)
 	before := r.mustStatus(t)
 	floodStart := time.Now()
-	c := flood(r.exitAddr, hello, floodStart.Add(floodDuration))
+	c := flood(r.exitAddr, sources, hello, floodStart.Add(floodDuration))
 	floodEnd := time.Now()
 	after := r.mustStatus(t)
 	close(trafficStop)
@@ -199,9 +214,9 @@ func runFlood(t *testing.T, rate float64) *floodCounts {
 	if after.Sessions != 1 {
 		t.Errorf("exit has %d sessions after the flood, want the entry's 1", after.Sessions)
 	}
-	// Each connection takes a token of the per-source bucket (burst 2*rate)
+	// Each connection takes a token of its source's bucket (burst 2*rate)
 	// before its handshake: the exit cannot have signed more than that.
-	if limit := int64(2*rate + rate*secs + 2); c.helloR.Load() > limit {
+	if limit := int64(sources) * int64(2*rate+rate*secs+2); c.helloR.Load() > limit {
 		t.Errorf("%d HELLO_R in %.1fs exceeds what --handshake-rate %v admits (%d)", c.helloR.Load(), secs, rate, limit)
 	}
 
@@ -242,20 +257,25 @@ func helloPool(t testing.TB, keyID [32]byte, n int) [][]byte {
 	return pool
 }
 
-// flood runs floodClients clients until end. Each connects, sends a HELLO_I,
-// reads the exit's first reply, and vanishes: even clients close at once,
-// odd ones hold the connection in silence (never sending KEY_I) for up to
-// floodHold first.
-func flood(addr string, hello [][]byte, end time.Time) *floodCounts {
+// flood runs floodClients clients until end, spread over sources loopback
+// addresses (1: 127.0.0.1 alone). Each connects, sends a HELLO_I, reads the
+// exit's first reply, and vanishes: even clients close at once, odd ones
+// hold the connection in silence (never sending KEY_I) for up to floodHold
+// first.
+func flood(addr string, sources int, hello [][]byte, end time.Time) *floodCounts {
 	c := &floodCounts{}
 	var wg sync.WaitGroup
 	for i := range floodClients {
+		from := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+		if sources > 1 {
+			from.IP = net.IPv4(127, 0, 2, byte(1+i%sources))
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(i), 7))
 			for time.Now().Before(end) {
-				floodOnce(addr, hello[rng.IntN(len(hello))], i%2 == 1, rng, c)
+				floodOnce(addr, from, hello[rng.IntN(len(hello))], i%2 == 1, rng, c)
 			}
 		}()
 	}
@@ -263,8 +283,9 @@ func flood(addr string, hello [][]byte, end time.Time) *floodCounts {
 	return c
 }
 
-func floodOnce(addr string, hello []byte, hold bool, rng *rand.Rand, c *floodCounts) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func floodOnce(addr string, from *net.TCPAddr, hello []byte, hold bool, rng *rand.Rand, c *floodCounts) {
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: from}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		c.dialErrs.Add(1)
 		time.Sleep(10 * time.Millisecond)

@@ -382,11 +382,17 @@ func (r *rig) dialSession(t testing.TB) *session {
 // open opens a stream for the exit's default backend and sends its header
 // (PROTOCOL.md section 4) with origin.
 func (s *session) open(origin string) (*yamux.Stream, error) {
+	return s.openService("", origin)
+}
+
+// openService opens a stream and sends its header naming service.
+func (s *session) openService(service, origin string) (*yamux.Stream, error) {
 	st, err := s.OpenStream()
 	if err != nil {
 		return nil, err
 	}
-	hdr := []byte{1, 0, byte(len(origin))}
+	hdr := append([]byte{1, byte(len(service))}, service...)
+	hdr = append(hdr, byte(len(origin)))
 	hdr = append(hdr, origin...)
 	if _, err := st.Write(hdr); err != nil {
 		st.Close()
