@@ -175,6 +175,20 @@ func serve(e *env, a agent) error {
 		defer stop()
 	}
 	a.ready(log.Info()).Msg(a.role + " ready")
+	// Until agents can reload, a SIGHUP is logged and changes nothing.
+	stopReload, reloadDone := make(chan struct{}), make(chan struct{})
+	defer func() { close(stopReload); <-reloadDone }()
+	go func() {
+		defer close(reloadDone)
+		for {
+			select {
+			case <-e.reload:
+				log.Warn().Msg("reload is not supported yet; ignoring SIGHUP")
+			case <-stopReload:
+				return
+			}
+		}
+	}()
 	stop := context.AfterFunc(e.ctx, func() {
 		log.Info().Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	})

@@ -149,7 +149,7 @@ func TestExitEntry(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var stdout bytes.Buffer
-			code := run(ctx, args, &stdout, stderr)
+			code := run(ctx, args, &stdout, stderr, nil)
 			codes <- fmt.Sprintf("%s=%d", name, code)
 		}()
 	}
@@ -254,7 +254,7 @@ func TestStartupOrder(t *testing.T) {
 		done := make(chan int, 1)
 		go func() {
 			done <- run(ctx, append([]string{"--log-format", "json", args[0], "--listen", "127.0.0.1:0",
-				"--status-addr", "127.0.0.1:0"}, args[1:]...), io.Discard, &log)
+				"--status-addr", "127.0.0.1:0"}, args[1:]...), io.Discard, &log, nil)
 		}()
 		ready := log.waitJSON(t, args[0]+" ready")
 		cancel()
@@ -361,6 +361,9 @@ func TestSignals(t *testing.T) {
 
 	n.cmd.Process.Signal(syscall.SIGINT)
 	n.log.waitJSON(t, "stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
+	// A SIGHUP during the drain is not a second stop signal.
+	n.cmd.Process.Signal(syscall.SIGHUP)
+	n.log.waitJSON(t, "reload is not supported yet; ignoring SIGHUP")
 	select {
 	case <-n.done:
 		t.Fatalf("entry exited on the first signal with a stream open; log:\n%s", n.log.String())
@@ -377,5 +380,59 @@ func TestSignals(t *testing.T) {
 	x.cmd.Process.Signal(syscall.SIGTERM)
 	if code := x.exitCode(t, 15*time.Second); code != 0 {
 		t.Errorf("exit after SIGTERM: exit code %d, want 0; log:\n%s", code, x.log.String())
+	}
+}
+
+// TestSIGHUP runs the real command in child processes: SIGHUP, which used to kill an agent
+// with status 129, is logged and changes nothing; a stream open across it keeps working.
+func TestSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "exit")
+	keyPair(t, dir, "entry")
+	back, _ := backend(t, false)
+
+	x := startChild(t, "--log-format", "json", "exit", "--listen", "127.0.0.1:0", "--forward", back,
+		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", filepath.Join(dir, "entry.pub"))
+	exitAddr := x.log.waitJSON(t, "listening")["addr"].(string)
+	n := startChild(t, "--log-format", "json", "entry", "--listen", "127.0.0.1:0", "--peer", exitAddr,
+		"--key", filepath.Join(dir, "entry.key"), "--peer-key", filepath.Join(dir, "exit.pub"))
+	entryAddr := n.log.waitJSON(t, "listening")["addr"].(string)
+
+	app, err := net.Dial("tcp", entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	echo := func(msg string) {
+		t.Helper()
+		app.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := app.Write([]byte(msg)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(app, got); err != nil || string(got) != msg {
+			t.Fatalf("echo of %q: %q, %v; entry log:\n%s\nexit log:\n%s", msg, got, err, n.log.String(), x.log.String())
+		}
+	}
+	echo("before")
+
+	for _, c := range []*child{x, n} {
+		c.cmd.Process.Signal(syscall.SIGHUP)
+		for !strings.Contains(c.log.String(), `"message":"reload is not supported yet; ignoring SIGHUP"`) {
+			select {
+			case <-c.done:
+				t.Fatalf("%v ended on SIGHUP: %v; log:\n%s", c.cmd.Args[1:], c.err, c.log.String())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	echo("after")
+
+	app.Close()
+	for _, c := range []*child{n, x} {
+		c.cmd.Process.Signal(syscall.SIGTERM)
+		if code := c.exitCode(t, 15*time.Second); code != 0 {
+			t.Errorf("%v after SIGTERM: exit code %d, want 0; log:\n%s", c.cmd.Args[1:], code, c.log.String())
+		}
 	}
 }

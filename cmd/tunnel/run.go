@@ -51,6 +51,7 @@ type cli struct {
 // env is what every command's Run receives.
 type env struct {
 	ctx    context.Context // cancelled on the first SIGINT/SIGTERM
+	reload <-chan struct{} // a value per SIGHUP (never, when nil)
 	build  build
 	stdout io.Writer
 	stderr io.Writer
@@ -72,8 +73,8 @@ type kongExit int
 // run parses args and runs the command they name. It returns the process exit code. An error is
 // written to stderr as one line: a log line at level "fatal" with exit_code when logs are JSON,
 // else plain text starting "tunnel: " (as are errors in the flags, found before the log format
-// is known).
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+// is known). An agent receives a value on reload per SIGHUP (nil: never).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
 			k, ok := r.(kongExit)
@@ -93,7 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		fmt.Fprintf(stderr, "tunnel: %v\n", err)
 		return exitUsage
 	}
-	err = kctx.Run(&env{ctx: ctx, build: thisBuild(), stdout: stdout, stderr: stderr, log: log})
+	err = kctx.Run(&env{ctx: ctx, reload: reload, build: thisBuild(), stdout: stdout, stderr: stderr, log: log})
 	if err == nil {
 		return exitOK
 	}
