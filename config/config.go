@@ -37,7 +37,7 @@ type Exit struct {
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
 	HandshakeRate    float64       // new handshakes per second allowed from one source IP, default 10
-	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
+	StatusAddr       string        // optional address of the status endpoint; a port alone (":9070") means loopback
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
@@ -45,7 +45,7 @@ type Exit struct {
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).
 type Entry struct {
-	Listen           string        // address to accept apps on, default ":5000"
+	Listen           string        // address to accept apps on, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise)
 	Peer             string        // required, host:port of the exit
 	Key              string        // required, path of the entry's private key
 	PeerKey          string        // required, path of the exit's public key (pinned)
@@ -54,7 +54,7 @@ type Entry struct {
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
-	StatusAddr       string        // optional address of the status endpoint (/status, /healthz)
+	StatusAddr       string        // optional address of the status endpoint; a port alone (":9070") means loopback
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
@@ -71,7 +71,7 @@ const (
 	DefaultMaxStreams       = 4096
 	DefaultHandshakeRate    = 10.0
 	DefaultExitListen       = ":7000"
-	DefaultEntryListen      = ":5000"
+	DefaultEntryListen      = "127.0.0.1:5000"
 )
 
 // DefaultExit returns the exit settings with every optional field at its default; the required

@@ -35,7 +35,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("DefaultExit() = %+v, want %+v", x, want)
 	}
 	n := DefaultEntry()
-	wantN := Entry{Listen: ":5000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
+	wantN := Entry{Listen: "127.0.0.1:5000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
 		KeepAlive: 15 * time.Second, Window: 1 << 20, DrainTimeout: 30 * time.Second}
 	if n != wantN {
 		t.Errorf("DefaultEntry() = %+v, want %+v", n, wantN)

@@ -28,7 +28,7 @@ type exitCmd struct {
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. 127.0.0.1:9070. Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -73,7 +73,7 @@ func (c *exitCmd) Run(e *env) error {
 }
 
 type entryCmd struct {
-	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${entry_listen}" placeholder:"ADDR"`
+	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one). This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." default:"${entry_listen}" placeholder:"ADDR"`
 	Peer                  string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
 	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
 	PeerKey               string        `help:"The exit's public key file (.pub); the exit must prove it holds the matching private key. Required." placeholder:"FILE"`
@@ -82,7 +82,7 @@ type entryCmd struct {
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. 127.0.0.1:9071. Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -115,7 +115,7 @@ func (c *entryCmd) Run(e *env) error {
 		return err
 	}
 	return serve(e, agent{
-		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr,
+		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true,
 		serve: n.Serve, stats: n.Stats, healthy: n.Healthy,
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
@@ -143,13 +143,15 @@ func loadPrivateKey(path string, allowInsecure bool) (*rsa.PrivateKey, error) {
 type agent struct {
 	role               string
 	listen, statusAddr string // statusAddr empty: no status endpoint
+	plaintext          bool   // listen takes plaintext (the entry): warn if it is not loopback
 	serve              func(context.Context, net.Listener) error
 	stats              func() tunnel.Stats
 	healthy            func() bool
 	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
 
-// serve binds the agent's address and the status address, logs "listening" for each, then
+// serve binds the agent's address and the status address (a port alone meaning loopback), logs
+// "listening" for each, then
 // "<role> ready" once every listener is bound, and runs the agent until e.ctx is done. If an
 // address cannot be bound, nothing has started and nothing claims to be ready. Serve owns and
 // closes the agent's listener; the status endpoint stops after it.
@@ -160,7 +162,7 @@ func serve(e *env, a agent) error {
 	}
 	var statusLn net.Listener
 	if a.statusAddr != "" {
-		if statusLn, err = net.Listen("tcp", a.statusAddr); err != nil {
+		if statusLn, err = net.Listen("tcp", statusListenAddr(a.statusAddr)); err != nil {
 			ln.Close()
 			return fmt.Errorf("--status-addr %s: %w", a.statusAddr, err)
 		}
@@ -169,6 +171,10 @@ func serve(e *env, a agent) error {
 	// The first line says which build runs.
 	log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Msg("listening")
 	tunnel.WarnLowFileLimit(log)
+	if a.plaintext && !isLoopback(ln.Addr()) {
+		log.Warn().Str("addr", ln.Addr().String()).Msg("the plaintext side is reachable from the network: " +
+			"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
+	}
 	if statusLn != nil {
 		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
 		stop := tunnel.StartStatus(statusLn, log, a.stats, a.healthy)
@@ -198,6 +204,22 @@ func serve(e *env, a agent) error {
 	}
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// statusListenAddr is where the status endpoint listens for --status-addr addr: a port alone
+// (":9070") means loopback, so that counters and /status?gc=1 stay local unless a host is named.
+func statusListenAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "" {
+		return addr
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// isLoopback reports whether a is a TCP address on a loopback interface.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 type demoCmd struct {

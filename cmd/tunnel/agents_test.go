@@ -436,3 +436,44 @@ func TestSIGHUP(t *testing.T) {
 		}
 	}
 }
+
+// TestSafeDefaults: an entry on an address other hosts can reach says so, once, and an entry on
+// loopback or an exit does not; a status address without a host is bound on loopback.
+func TestSafeDefaults(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	const warning = "the plaintext side is reachable from the network: anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect"
+	for _, tc := range []struct {
+		role, listen string
+		warn         bool
+	}{
+		{"entry", ":0", true},
+		{"entry", "0.0.0.0:0", true},
+		{"entry", "127.0.0.1:0", false},
+		{"exit", ":0", false},
+	} {
+		args := []string{"--log-format", "json", tc.role, "--listen", tc.listen, "--status-addr", ":0",
+			"--key", filepath.Join(dir, "k.key")}
+		if tc.role == "entry" {
+			args = append(args, "--peer", "127.0.0.1:9", "--peer-key", filepath.Join(dir, "k.pub"))
+		} else {
+			args = append(args, "--forward", "127.0.0.1:9", "--authorized-keys", filepath.Join(dir, "k.pub"))
+		}
+		var log logWatch
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		go func() { done <- run(ctx, args, io.Discard, &log, nil) }()
+		log.waitJSON(t, tc.role+" ready")
+		status := log.waitJSON(t, "status endpoint listening")
+		cancel()
+		if code := <-done; code != exitOK {
+			t.Fatalf("%s --listen %s: exit code %d; log:\n%s", tc.role, tc.listen, code, log.String())
+		}
+		if host, _, _ := net.SplitHostPort(status["addr"].(string)); host != "127.0.0.1" {
+			t.Errorf("--status-addr :0 bound %s, want 127.0.0.1", status["addr"])
+		}
+		if n := strings.Count(log.String(), `"message":"`+warning+`"`); n != map[bool]int{true: 1, false: 0}[tc.warn] {
+			t.Errorf("%s --listen %s: %d warnings about the plaintext side; log:\n%s", tc.role, tc.listen, n, log.String())
+		}
+	}
+}

@@ -177,7 +177,7 @@ exit:
 		window                          uint32
 		dial                            time.Duration
 	}
-	def := want{"info", ":5000", "", "", 1 << 20, 5 * time.Second}
+	def := want{"info", "127.0.0.1:5000", "", "", 1 << 20, 5 * time.Second}
 	cases := []struct {
 		name string
 		env  map[string]string
@@ -199,7 +199,7 @@ exit:
 				"--peer-key", "flag.pub"},
 			want{"error", "127.0.0.1:3333", "nested:1", "flag.pub", 300000, 9 * time.Second}},
 		{"env only", map[string]string{"TUNNEL_DIAL_TIMEOUT": "250ms", "TUNNEL_PEER": "env:2"}, []string{"entry"},
-			want{"info", ":5000", "env:2", "", 1 << 20, 250 * time.Millisecond}},
+			want{"info", "127.0.0.1:5000", "env:2", "", 1 << 20, 250 * time.Millisecond}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
