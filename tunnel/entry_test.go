@@ -427,3 +427,40 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 	eventually(t, "the replacement made on a later try", func() bool { return n.Stats().SessionsRecycled == 1 })
 	roundTrip(t, addr, []byte("on the replacement"))
 }
+
+// TestResetStreamsEndLocally: an application that resets its connection
+// makes the entry reset the stream towards the exit, which then never sends
+// its FIN; the entry's own yamux stream must end too, not wait out yamux's
+// 5-minute close timeout. Else each such stream stays in the session, and
+// one reset before the exit accepted the stream holds one of yamux's 256
+// stream-open slots: past 256 of them every new connection waits.
+func TestResetStreamsEndLocally(t *testing.T) {
+	a := start(t, echoBackend(t))
+	roundTrip(t, a.entryAddr, []byte("first"))
+	for range 300 {
+		c, err := net.Dial("tcp", a.entryAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("about to reset"))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		roundTrip(t, a.entryAddr, []byte("after 300 resets"))
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a connection after 300 reset ones not served within 20s: yamux's stream-open slots are held")
+	}
+	a.entry.mu.Lock()
+	s := a.entry.cur
+	a.entry.mu.Unlock()
+	eventually(t, "the reset streams gone from the entry's session", func() bool {
+		roundTrip(t, a.entryAddr, []byte("traffic")) // the peer's frames carry the local reset in
+		return s.mux.NumStreams() == 0
+	})
+}

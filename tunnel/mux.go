@@ -63,6 +63,7 @@ type muxConn struct {
 	resets   []uint32 // streams to reset once the frame in progress ends
 
 	in     frameScanner // read side; yamux reads from one goroutine
+	local  localResets  // RSTs for yamux itself, for the streams this side reset
 	fins   finWatch
 	live   carried       // the streams being forwarded
 	goAway chan struct{} // closed when the peer sends GoAway
@@ -73,8 +74,14 @@ func newMuxConn(c *frame.Conn) *muxConn {
 	return &muxConn{Conn: c, goAway: make(chan struct{})}
 }
 
-// Read passes the peer's bytes to yamux, watching its frames.
+// Read passes the peer's bytes to yamux, watching its frames; between two
+// of the peer's frames it passes the RSTs of localResets.
 func (m *muxConn) Read(p []byte) (int, error) {
+	if m.in.have == 0 && m.in.bodyLeft == 0 {
+		if n := m.local.read(p); n > 0 {
+			return n, nil
+		}
+	}
 	n, err := m.Conn.Read(p)
 	if n > 0 {
 		if ferr := m.in.scan(p[:n], m.frameHeader); ferr != nil {
@@ -249,8 +256,12 @@ func (m *muxConn) Write(p []byte) (int, error) {
 // reset aborts stream id towards the peer with a yamux RST (the peer's
 // stream then fails with yamux.ErrConnectionReset). yamux v0.1.2 has no
 // call for it, but its frames pass here: the RST goes out between two of
-// them. The local stream is left to the caller to close.
+// them. The peer then never sends the stream's FIN, so the local yamux gets
+// a RST too (see localResets): else it would keep the stream, and, before
+// the peer's ACK, one of its stream-open slots, for its 5-minute close
+// timeout.
 func (m *muxConn) reset(id uint32) {
+	m.local.add(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.have > 0 || m.bodyLeft > 0 {
@@ -268,6 +279,48 @@ func (m *muxConn) writeReset(id uint32) error {
 	binary.BigEndian.PutUint32(h[4:], id)
 	_, err := m.Conn.Write(h[:])
 	return err
+}
+
+// localResets are RST frames for this side's yamux, one per stream this
+// side reset, so that yamux ends its stream as if the peer had reset it.
+// Read passes them in between two of the peer's frames: at the latest with
+// the peer's next frame (a keepalive comes every --keepalive). Safe for
+// concurrent use; read is called by yamux's single read goroutine.
+type localResets struct {
+	mu      sync.Mutex
+	pending []uint32
+	frame   [yamuxHeaderLen]byte
+	left    []byte // of frame, not yet read
+}
+
+func (l *localResets) add(id uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pending = append(l.pending, id)
+}
+
+// read copies the next RST frame, or what is left of it, into p.
+func (l *localResets) read(p []byte) int {
+	if len(l.left) == 0 {
+		l.mu.Lock()
+		if len(l.pending) == 0 {
+			l.mu.Unlock()
+			return 0
+		}
+		id := l.pending[0]
+		l.pending = l.pending[1:]
+		if len(l.pending) == 0 {
+			l.pending = nil // give the backing array back
+		}
+		l.mu.Unlock()
+		l.frame = [yamuxHeaderLen]byte{1: yamuxTypeWindowUpdate}
+		binary.BigEndian.PutUint16(l.frame[2:], yamuxFlagRST)
+		binary.BigEndian.PutUint32(l.frame[4:], id)
+		l.left = l.frame[:]
+	}
+	n := copy(p, l.left)
+	l.left = l.left[n:]
+	return n
 }
 
 // sweepInterval is how often a session drops the receive buffers of the
