@@ -43,7 +43,16 @@ COPY --from=build /out/etc/passwd /out/etc/group /etc/
 # there is writable by `tunnel keygen` (Docker copies ownership into it).
 COPY --from=build --chown=65532:65532 /out/keys /keys
 COPY --from=build /out/usr/local/bin/tunnel /usr/local/bin/tunnel
-ENV PATH=/usr/local/bin:/usr/bin:/bin
+# An agent in this image serves its status endpoint on loopback, where the
+# health check asks /readyz: healthy once the entry has a session with the
+# exit, and while the exit's backend accepts connections. `tunnel
+# healthcheck` reads the same TUNNEL_STATUS_ADDR as the agent, so change the
+# address through that variable (not --status-addr); set it empty to turn
+# the endpoint off, and the health check with it (--no-healthcheck). With host
+# networking, give each agent its own port.
+ENV PATH=/usr/local/bin:/usr/bin:/bin TUNNEL_STATUS_ADDR=127.0.0.1:9070
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["tunnel", "healthcheck"]
 USER 65532:65532
 EXPOSE 5000 7000
 ENTRYPOINT ["tunnel"]

@@ -38,6 +38,7 @@ type Exit struct {
 	limiter    *sourceLimiter
 	pool       *bufPool
 	dialer     net.Dialer
+	probe      *backendProbe // readiness: has the backend accepted a connection lately (health.go)
 	writeStall time.Duration
 	count      counters
 }
@@ -62,6 +63,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
 		pool:       newBufPool(),
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
+		probe:      newBackendProbe(cfg.Settings.Forward, cfg.Settings.DialTimeout),
 		writeStall: defaultWriteStall,
 	}, nil
 }
@@ -295,6 +297,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	if err != nil {
 		return e.refusal(log, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
 	}
+	e.probe.accepted(time.Now())
 	backend := c.(*net.TCPConn)
 	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
 		backend.Close()

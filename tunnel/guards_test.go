@@ -307,7 +307,7 @@ func TestStatusEndpoint(t *testing.T) {
 	a := startWith(t, echoBackend(t), nil)
 	ln := listen(t)
 	addr := ln.Addr().String()
-	stop := StartStatus(ln, zerolog.Nop(), a.entry.Stats, a.entry.Healthy)
+	stop := StartStatus(ln, zerolog.Nop(), StatusConfig{Stats: a.entry.Stats, Ready: a.entry.Ready})
 	defer stop()
 	roundTrip(t, a.entryAddr, []byte("hello"))
 	resp, err := http.Get("http://" + addr + "/healthz")

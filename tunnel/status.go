@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -72,26 +73,43 @@ func (c *counters) stats(role string) Stats {
 	}
 }
 
-// StartStatus serves GET /status (Stats as JSON; with ?gc=1 after a garbage
-// collection, so that heap_bytes counts live memory only) and /healthz (200
-// when healthy, 503 otherwise) on ln, which the caller has bound, so that a
-// command can bind every listener before it reports itself ready. The
-// returned stop closes the server and ln, and waits until it has stopped.
-func StartStatus(ln net.Listener, log zerolog.Logger, stats func() Stats, healthy func() bool) (stop func()) {
+// StatusConfig is what the status endpoint serves.
+type StatusConfig struct {
+	Stats func() Stats // /status
+	// Ready is /readyz: nil while the agent should be sent traffic,
+	// otherwise why not. It may block for a probe; it honours ctx.
+	Ready func(ctx context.Context) error
+}
+
+// StartStatus serves, on ln:
+//
+//	GET /status   cfg.Stats as JSON; with ?gc=1 after a garbage collection,
+//	              so that heap_bytes counts live memory only
+//	GET /healthz  liveness: 200 whenever the process answers
+//	GET /readyz   readiness: 200 when cfg.Ready returns nil, else 503 and
+//	              the reason
+//
+// The caller has bound ln, so that a command can bind every listener
+// before it reports itself ready. The returned stop closes the server and
+// ln, and waits until it has stopped.
+func StartStatus(ln net.Listener, log zerolog.Logger, cfg StatusConfig) (stop func()) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("gc") == "1" {
 			runtime.GC()
 		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(stats())
+		json.NewEncoder(w).Encode(cfg.Stats())
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if !healthy() {
-			http.Error(w, "not ready: no session\n", http.StatusServiceUnavailable)
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := cfg.Ready(r.Context()); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ok\n"))
+		w.Write([]byte("ready\n"))
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -28,7 +29,7 @@ type exitCmd struct {
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -64,7 +65,7 @@ func (c *exitCmd) Run(e *env) error {
 	}
 	return serve(e, agent{
 		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr,
-		serve: x.Serve, stats: x.Stats, healthy: func() bool { return true },
+		serve: x.Serve, stats: x.Stats, readiness: x.Ready,
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward)
@@ -82,7 +83,7 @@ type entryCmd struct {
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters) and /healthz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -116,7 +117,7 @@ func (c *entryCmd) Run(e *env) error {
 	}
 	return serve(e, agent{
 		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true,
-		serve: n.Serve, stats: n.Stats, healthy: n.Healthy,
+		serve: n.Serve, stats: n.Stats, readiness: n.Ready,
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey))
@@ -146,7 +147,7 @@ type agent struct {
 	plaintext          bool   // listen takes plaintext (the entry): warn if it is not loopback
 	serve              func(context.Context, net.Listener) error
 	stats              func() tunnel.Stats
-	healthy            func() bool
+	readiness          func(context.Context) error         // nil: ready for traffic
 	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
 
@@ -177,7 +178,16 @@ func serve(e *env, a agent) error {
 	}
 	if statusLn != nil {
 		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
-		stop := tunnel.StartStatus(statusLn, log, a.stats, a.healthy)
+		stop := tunnel.StartStatus(statusLn, log, tunnel.StatusConfig{
+			Stats: a.stats,
+			// Readiness goes down as the drain starts: e.ctx ends first.
+			Ready: func(ctx context.Context) error {
+				if e.ctx.Err() != nil {
+					return errors.New("shutting down")
+				}
+				return a.readiness(ctx)
+			},
+		})
 		defer stop()
 	}
 	a.ready(log.Info()).Msg(a.role + " ready")

@@ -46,6 +46,7 @@ type cli struct {
 	Exit        exitCmd        `cmd:"" help:"Run the exit agent: accept entry agents, and dial the backend for each stream they open."`
 	Entry       entryCmd       `cmd:"" help:"Run the entry agent: accept plaintext TCP from apps and carry it, encrypted, to the exit agent."`
 	Demo        demoCmd        `cmd:"" help:"Run a self-contained loopback demo: fresh keys, a backend, an exit, an entry, and what the wire shows."`
+	Healthcheck healthcheckCmd `cmd:"" help:"Ask an agent's status endpoint (default /readyz on --status-addr); exit 0 if it answers 2xx, else 1. For container health checks."`
 }
 
 // env is what every command's Run receives.

@@ -422,7 +422,7 @@ func startAgents(t *testing.T, bin, backend string) (entry, exit *agent, entryAd
 }
 
 // startAgent starts an agent with start on two free ports (listen and
-// status), waits until its /healthz answers 200 (for the entry: its
+// status), waits until its /readyz answers 200 (for the entry: its
 // session is up), and retries with other ports if the agent exits first.
 func startAgent(t *testing.T, role string, start func(listen, status string) *harness.Proc) *agent {
 	t.Helper()
@@ -435,7 +435,7 @@ func startAgent(t *testing.T, role string, start func(listen, status string) *ha
 			client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			resp, err := a.client.Get("http://" + status + "/healthz")
+			resp, err := a.client.Get("http://" + status + "/readyz")
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {

@@ -1,0 +1,135 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// TestBackendProbe: however often readiness is asked, the backend sees at most one probe per
+// probeEvery; a failure is kept until then; a stream's successful dial makes a probe needless.
+func TestBackendProbe(t *testing.T) {
+	p := newBackendProbe("backend:1", time.Second)
+	dials := 0
+	var fail error
+	p.dial = func(context.Context, string, string) (net.Conn, error) {
+		dials++
+		if fail != nil {
+			return nil, fail
+		}
+		c1, c2 := net.Pipe()
+		c2.Close()
+		return c1, nil
+	}
+	ctx := context.Background()
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+
+	for i := range 10 {
+		if err := p.check(ctx, at(time.Duration(i)*400*time.Millisecond)); err != nil {
+			t.Fatalf("check %d: %v", i, err)
+		}
+	}
+	if dials != 1 {
+		t.Fatalf("10 checks within 4s made %d probe dials, want 1", dials)
+	}
+	if err := p.check(ctx, at(5*time.Second)); err != nil || dials != 2 {
+		t.Fatalf("check after probeEvery: %v, %d dials; want nil, 2", err, dials)
+	}
+
+	fail = errors.New("connection refused")
+	if err := p.check(ctx, at(10*time.Second)); err == nil || !strings.Contains(err.Error(), "backend backend:1 does not accept connections: connection refused") {
+		t.Fatalf("check with the backend down: %v", err)
+	}
+	if err := p.check(ctx, at(12*time.Second)); err == nil || dials != 3 {
+		t.Fatalf("check 2s after a failed probe: %v, %d dials; want the kept failure, 3", err, dials)
+	}
+
+	// A stream's dial that succeeded answers without a probe.
+	p.accepted(at(13 * time.Second))
+	if err := p.check(ctx, at(14*time.Second)); err != nil || dials != 3 {
+		t.Fatalf("check after a stream's dial: %v, %d dials; want nil, 3", err, dials)
+	}
+	if err := p.check(ctx, at(18*time.Second)); err == nil || dials != 4 {
+		t.Fatalf("check 5s after the stream's dial, backend down: %v, %d dials; want an error, 4", err, dials)
+	}
+}
+
+// get returns the status code and body of GET url.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestReadyz: /healthz is always 200; /readyz follows the entry's session and the exit's
+// backend.
+func TestReadyz(t *testing.T) {
+	defer http.DefaultClient.CloseIdleConnections()
+	// A backend that is gone: its port refuses.
+	gone := listen(t)
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	for _, tc := range []struct {
+		name    string
+		backend string
+		exit    int
+	}{
+		{"backend up", echoBackend(t), http.StatusOK},
+		{"backend down", goneAddr, http.StatusServiceUnavailable},
+	} {
+		a := start(t, tc.backend)
+		status := func(ready func(context.Context) error) string {
+			ln := listen(t)
+			stop := StartStatus(ln, zerolog.Nop(), StatusConfig{Stats: a.exit.Stats, Ready: ready})
+			t.Cleanup(stop)
+			return "http://" + ln.Addr().String()
+		}
+		exitURL, entryURL := status(a.exit.Ready), status(a.entry.Ready)
+
+		if code, body := get(t, exitURL+"/readyz"); code != tc.exit {
+			t.Errorf("%s: exit /readyz = %d %q, want %d", tc.name, code, body, tc.exit)
+		} else if code != http.StatusOK && !strings.Contains(body, "not ready: backend "+goneAddr+" does not accept connections") {
+			t.Errorf("%s: exit /readyz body %q does not say why", tc.name, body)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, body := get(t, entryURL+"/readyz")
+			if code == http.StatusOK {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: entry /readyz = %d %q after 10s, want 200 once its session is up", tc.name, code, body)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		a.stopExit()
+		for {
+			code, body := get(t, entryURL+"/readyz")
+			if code == http.StatusServiceUnavailable && strings.Contains(body, "not ready: no session with the exit") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: entry /readyz = %d %q with the exit gone, want 503 and the reason", tc.name, code, body)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for _, u := range []string{exitURL, entryURL} {
+			if code, _ := get(t, u+"/healthz"); code != http.StatusOK {
+				t.Errorf("%s: %s/healthz = %d, want 200 always", tc.name, u, code)
+			}
+		}
+	}
+}
