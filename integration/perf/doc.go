@@ -18,7 +18,15 @@
 //   - idle: RSS of both agents per connection with 1,000 connections held
 //     idle, and again after each of them echoed 256 KiB and went idle;
 //   - pgbench: 8 clients against a throwaway PostgreSQL, select-only (-S),
-//     simple-update (-N) and a new connection per transaction (-S -C).
+//     simple-update (-N) and a new connection per transaction (-S -C);
+//   - scale: 10,000 connections through one entry and one exit, each
+//     echoing 64 bytes once a second for 60 s, the sends spread over the
+//     second: the echoes per second achieved (a machine that cannot keep up
+//     makes the echoes late, not wrong), the round trips, the RSS of each
+//     agent, their CPU time over the run and their goroutines. It raises
+//     the test's own open-file limit to the hard limit and needs a hard
+//     limit of at least the connections plus 256 (ulimit -Hn); below that
+//     it is skipped, saying so.
 //
 // It is a benchmark, not a test: it checks that every byte arrives as sent
 // and that nothing fails, never how fast anything is. The agents are built
@@ -29,7 +37,8 @@
 // The sizes and durations can be changed through the environment:
 // TUNNEL_PERF_BULK_MIB (1024 each way), TUNNEL_PERF_RTT_COUNT (20000 round
 // trips), TUNNEL_PERF_CONNRATE_SECONDS (5), TUNNEL_PERF_IDLE_CONNS (1000) and
-// TUNNEL_PERF_PGBENCH_SECONDS (10 per run).
+// TUNNEL_PERF_PGBENCH_SECONDS (10 per run), TUNNEL_PERF_SCALE_CONNS (10000)
+// and TUNNEL_PERF_SCALE_SECONDS (60).
 //
 // It needs taskset (Debian package util-linux) and, for the pgbench figures,
 // PostgreSQL's server and pgbench (postgresql, which brings postgresql-15 and

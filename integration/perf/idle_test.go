@@ -77,16 +77,22 @@ func settle(b *testing.B, a *agents, status []string) (rss int64, goroutines int
 		time.Sleep(2 * time.Second)
 		goroutines = 0
 		for _, addr := range status {
-			goroutines += collectGarbage(b, addr)
+			goroutines += collectGarbage(b, addr).Goroutines
 		}
 	}
 	time.Sleep(time.Second)
 	return rssKB(b, a.pids()...), goroutines
 }
 
+// agentStatus is what the benchmarks read of an agent's /status.
+type agentStatus struct {
+	Goroutines int   `json:"goroutines"`
+	HeapBytes  int64 `json:"heap_bytes"`
+}
+
 // collectGarbage asks the agent whose status endpoint is at addr to collect
-// its garbage, and returns its goroutine count.
-func collectGarbage(b *testing.B, addr string) int {
+// its garbage, and returns its goroutine count and live heap.
+func collectGarbage(b *testing.B, addr string) agentStatus {
 	b.Helper()
 	c := http.Client{Timeout: 30 * time.Second}
 	resp, err := c.Get("http://" + addr + "/status?gc=1")
@@ -94,13 +100,11 @@ func collectGarbage(b *testing.B, addr string) int {
 		b.Fatalf("status endpoint: %v", err)
 	}
 	defer resp.Body.Close()
-	var st struct {
-		Goroutines int `json:"goroutines"`
-	}
+	var st agentStatus
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
 		b.Fatalf("status endpoint at %s: %s, %v", addr, resp.Status, err)
 	}
-	return st.Goroutines
+	return st
 }
 
 // statusAddr returns the address of the agent's status endpoint, from its

@@ -153,9 +153,9 @@ func helperCommand(b *testing.B, pin bool, mode string, env ...string) *exec.Cmd
 	return cmd
 }
 
-// startEchoHelper starts an echo server process and returns its address;
-// t.Cleanup stops it.
-func startEchoHelper(b *testing.B, pin bool) string {
+// startEchoHelper starts an echo server process and returns its address
+// and process id; t.Cleanup stops it.
+func startEchoHelper(b *testing.B, pin bool) (addr string, pid int) {
 	b.Helper()
 	cmd := helperCommand(b, pin, helperEcho)
 	stdin, err := cmd.StdinPipe()
@@ -186,7 +186,7 @@ func startEchoHelper(b *testing.B, pin bool) string {
 	if err != nil {
 		b.Fatalf("echo helper printed no address: %v; stderr:\n%s", err, stderr.String())
 	}
-	return strings.TrimSpace(line)
+	return strings.TrimSpace(line), cmd.Process.Pid
 }
 
 // runRTTHelper runs the round-trip client against addr in a process of its

@@ -40,6 +40,7 @@ func BenchmarkPath(b *testing.B) {
 	b.Run("connrate", r.benchConnRate)
 	b.Run("idle", r.benchIdle)
 	b.Run("pgbench", r.benchPgbench)
+	b.Run("scale", r.benchScale)
 
 	r.res.print(os.Stdout, machine())
 }
@@ -61,6 +62,8 @@ type settings struct {
 	connRateTime    time.Duration
 	idleConns       int
 	pgbenchDuration time.Duration
+	scaleConns      int  // connections held at once
+	scaleSeconds    int  // each echoes once a second for this long
 	stunnel         bool // also measure stunnel4, when installed
 }
 
@@ -83,6 +86,8 @@ func loadSettings(b *testing.B) settings {
 		connRateTime:    time.Duration(num("TUNNEL_PERF_CONNRATE_SECONDS", 5, 1)) * time.Second,
 		idleConns:       num("TUNNEL_PERF_IDLE_CONNS", 1000, 1),
 		pgbenchDuration: time.Duration(num("TUNNEL_PERF_PGBENCH_SECONDS", 10, 1)) * time.Second,
+		scaleConns:      num("TUNNEL_PERF_SCALE_CONNS", 10000, 1),
+		scaleSeconds:    num("TUNNEL_PERF_SCALE_SECONDS", 60, 1),
 		stunnel:         os.Getenv("TUNNEL_PERF_STUNNEL") != "0",
 	}
 }
@@ -93,11 +98,11 @@ type agents struct {
 	addr        string // where applications connect: the entry's listening address
 }
 
-// startAgents starts an exit forwarding to backend and an entry dialing it,
-// pinned to CPU 0 when pin is set, with the status endpoint on when status
-// is set, and waits for the session. At cleanup it fails the benchmark if
-// either agent logged an error.
-func (r *rig) startAgents(b *testing.B, backend string, pin, status bool) *agents {
+// startAgents starts an exit forwarding to backend, with exitArgs added to
+// its flags, and an entry dialing it, pinned to CPU 0 when pin is set, with
+// the status endpoint on when status is set, and waits for the session. At
+// cleanup it fails the benchmark if either agent logged an error.
+func (r *rig) startAgents(b *testing.B, backend string, pin, status bool, exitArgs ...string) *agents {
 	b.Helper()
 	start := func(args ...string) *harness.Proc {
 		if status {
@@ -109,8 +114,8 @@ func (r *rig) startAgents(b *testing.B, backend string, pin, status bool) *agent
 		return harness.Start(b, r.bin, args...)
 	}
 	a := &agents{}
-	a.exit = start("exit", "--listen", "127.0.0.1:0", "--forward", backend,
-		"--key", r.keys.exit, "--authorized-keys", r.keys.entryPub)
+	a.exit = start(append([]string{"exit", "--listen", "127.0.0.1:0", "--forward", backend,
+		"--key", r.keys.exit, "--authorized-keys", r.keys.entryPub}, exitArgs...)...)
 	a.entry = start("entry", "--listen", "127.0.0.1:0", "--peer", a.exit.ListenAddr(b),
 		"--key", r.keys.entry, "--peer-key", r.keys.exitPub)
 	a.addr = a.entry.ListenAddr(b)

@@ -11,7 +11,7 @@ import (
 // the client, the server and every process between them run on CPU 0
 // alone, so each hop costs its full share of scheduling and system calls.
 func (r *rig) benchRTT(b *testing.B, pin bool) {
-	echoAddr := startEchoHelper(b, pin)
+	echoAddr, _ := startEchoHelper(b, pin)
 	routes := []route{{col: direct, addr: echoAddr}}
 	a := r.startAgents(b, echoAddr, pin, false)
 	routes = append(routes, route{tunnel, a.addr, a.pids()})

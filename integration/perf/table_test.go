@@ -50,6 +50,17 @@ var rows = []row{
 	{"pgbench-S", "pgbench -S (select only), 8 clients, tps", 0},
 	{"pgbench-N", "pgbench -N (simple update), 8 clients, tps", 0},
 	{"pgbench-SC", "pgbench -S -C (new connection per transaction), tps", 0},
+	{"scale-echoes", "scale: 10000 connections echoing 64 B every second for 60 s, echoes checked", 0},
+	{"scale-rate", "scale: echoes per second achieved (10000 due)", 0},
+	{"scale-rtt-p50", "scale: echo round trip under that load, p50 µs", 0},
+	{"scale-rtt-p99", "scale: echo round trip under that load, p99 µs", 0},
+	{"scale-rss-entry", "scale: RSS of the entry, MB", 1},
+	{"scale-rss-exit", "scale: RSS of the exit, MB", 1},
+	{"scale-rss", "scale: RSS of both agents, MB", 1},
+	{"scale-rss-conn", "scale: RSS of both agents per connection, KB", 1},
+	{"scale-cpu", "scale: CPU seconds of both agents during the run", 2},
+	{"scale-cpu-pct", "scale: CPU of both agents, % of one core", 1},
+	{"scale-goroutines", "scale: goroutines of both agents", 0},
 }
 
 // table collects the figures of one run. It is used from one goroutine at
