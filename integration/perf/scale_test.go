@@ -107,8 +107,8 @@ func (r *rig) benchScale(b *testing.B) {
 	}{
 		{"scale-echoes", "echoes", float64(len(rtts))},
 		{"scale-rate", "echoes/s", rate},
-		{"scale-rtt-p50", "rtt-p50-us", p50},
-		{"scale-rtt-p99", "rtt-p99-us", p99},
+		{"scale-rtt-p50", "rtt-p50-ms", p50 / 1e3},
+		{"scale-rtt-p99", "rtt-p99-ms", p99 / 1e3},
 		{"scale-rss-entry", "entry-RSS-MB", mb(rss[0])},
 		{"scale-rss-exit", "exit-RSS-MB", mb(rss[1])},
 		{"scale-rss", "RSS-MB", mb(rss[0] + rss[1])},
