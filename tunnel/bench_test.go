@@ -3,6 +3,8 @@ package tunnel
 import (
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -114,6 +116,51 @@ func waitSession(b *testing.B, e *Entry) *frame.Conn {
 func BenchmarkRoundTrip(b *testing.B) {
 	b.Run("direct", func(b *testing.B) { benchRoundTrip(b, echoBackend(b)) })
 	b.Run("tunnel", func(b *testing.B) { benchRoundTrip(b, start(b, echoBackend(b)).entryAddr) })
+}
+
+// BenchmarkRoundTrips8 runs the request/response of BenchmarkRoundTrip on
+// 8 connections at once, as a pool of database clients does, and reports
+// the CPU time of the whole process per request.
+func BenchmarkRoundTrips8(b *testing.B) {
+	b.Run("direct", func(b *testing.B) { benchRoundTrips(b, echoBackend(b), 8) })
+	b.Run("tunnel", func(b *testing.B) { benchRoundTrips(b, start(b, echoBackend(b)).entryAddr, 8) })
+}
+
+func benchRoundTrips(b *testing.B, addr string, clients int) {
+	conns := make([]net.Conn, clients)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	var next atomic.Int64
+	cpu := startCPU()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := make([]byte, 100)
+			buf := make([]byte, 100)
+			for next.Add(1) <= int64(b.N) {
+				if _, err := c.Write(msg); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	cpu.report(b, float64(b.N)/1e6, "cpu-µs/op")
 }
 
 func benchRoundTrip(b *testing.B, addr string) {
