@@ -40,27 +40,40 @@ const maxWatched = 1 << 16
 
 var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (ping flood); session closed")
 
-// muxConn sits between yamux and a frame.Conn. yamux writes each frame as
-// two Writes, header then body; muxConn holds a data frame's header until
-// its body arrives and seals both together, so that a frame costs one
-// record (or one batch of records) rather than two. Other frames (window
-// updates, pings, go away) have no body and pass at once. Write is called by
-// yamux's single send loop, reset by forwarding goroutines; mu serialises
-// them, and a reset waits for the frame in progress to end.
+// muxConn sits between yamux and a frame.Conn.
 //
-// On the read side muxConn follows yamux's framing too, before yamux sees
-// the bytes: it limits the peer's pings (see pingRate), records which
-// streams received the peer's FIN (a stream of a dead session reads io.EOF
-// just like one that was closed properly: finWatch tells them apart), and
+// Write side: yamux's single send loop writes each frame as two Writes,
+// header then body, and waits for each. muxConn copies them into a queue
+// and returns; its writer goroutine hands everything queued to the record
+// layer in one Write, so that while it seals and sends, the frames of other
+// streams gather behind it and go out together: several small frames
+// become one record and one system call, and a bulk frame is sealed while
+// yamux prepares the next. The writer is woken only at frame boundaries, so
+// a frame's header and body are sealed together. reset queues a RST frame
+// at the next boundary. A failure of the record layer is sticky: Write
+// returns it and the connection is closed, which ends the session.
+//
+// Read side: muxConn follows yamux's framing too, before yamux sees the
+// bytes: it limits the peer's pings (see pingRate), records which streams
+// received the peer's FIN (a stream of a dead session reads io.EOF just
+// like one that was closed properly: finWatch tells them apart), and
 // notices the peer's GoAway.
 type muxConn struct {
 	*frame.Conn
 
 	mu       sync.Mutex
+	wake     *sync.Cond // on mu: frames queued, space freed, closing, writer done
+	queue    []byte     // whole frames waiting for the writer (and the frame in progress)
+	ready    int        // queue[:ready] ends at a frame boundary
+	spare    []byte     // the writer's other buffer
 	hdr      [yamuxHeaderLen]byte
-	have     int      // bytes of hdr collected
+	have     int      // bytes of the frame header in progress seen
 	bodyLeft int      // bytes of the current data frame's body still to come
-	resets   []uint32 // streams to reset once the frame in progress ends
+	resets   []uint32 // streams to reset at the next frame boundary
+	err      error    // sticky: the record layer failed
+	closing  bool
+	done     chan struct{} // closed when the writer has returned
+	closed   sync.Once
 
 	in     frameScanner // read side; yamux reads from one goroutine
 	local  localResets  // RSTs for yamux itself, for the streams this side reset
@@ -70,8 +83,22 @@ type muxConn struct {
 	gaOnce sync.Once
 }
 
+// maxQueued bounds the bytes queued for the writer: past it, Write waits.
+const maxQueued = 1 << 20
+
+var errMuxClosed = errors.New("tunnel: session connection closed")
+
+// newMuxConn wraps c and starts the writer; Close stops it. c may be nil
+// in tests of the read side only, and then nothing starts.
 func newMuxConn(c *frame.Conn) *muxConn {
-	return &muxConn{Conn: c, goAway: make(chan struct{})}
+	m := &muxConn{Conn: c, goAway: make(chan struct{}), done: make(chan struct{})}
+	m.wake = sync.NewCond(&m.mu)
+	if c != nil {
+		go m.writer()
+	} else {
+		close(m.done)
+	}
+	return m
 }
 
 // Read passes the peer's bytes to yamux, watching its frames; between two
@@ -206,51 +233,86 @@ func (s *frameScanner) takePing(now time.Time) bool {
 	return true
 }
 
+// Write queues p, a part of yamux's frame stream, for the writer.
 func (m *muxConn) Write(p []byte) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	total := len(p)
+	for len(m.queue) >= maxQueued && m.err == nil && !m.closing {
+		m.wake.Wait()
+	}
+	if m.err != nil {
+		return 0, m.err
+	}
+	if m.closing {
+		return 0, errMuxClosed
+	}
+	n := len(p)
+	m.queue = append(m.queue, p...)
 	for len(p) > 0 {
 		if m.bodyLeft > 0 {
 			n := min(len(p), m.bodyLeft)
-			var err error
-			if m.have > 0 {
-				_, err = m.Conn.WriteBuffers(m.hdr[:m.have], p[:n])
-				m.have = 0
-			} else {
-				_, err = m.Conn.Write(p[:n])
-			}
-			if err != nil {
-				return total - len(p), err
-			}
 			m.bodyLeft -= n
 			p = p[n:]
-			continue
-		}
-		k := copy(m.hdr[m.have:], p)
-		m.have += k
-		p = p[k:]
-		if m.have < yamuxHeaderLen {
-			break
-		}
-		if length := int(binary.BigEndian.Uint32(m.hdr[8:])); m.hdr[1] == yamuxTypeData && length > 0 {
-			m.bodyLeft = length // hold the header for its body
-			continue
-		}
-		m.have = 0
-		if _, err := m.Conn.Write(m.hdr[:]); err != nil {
-			return total - len(p), err
-		}
-	}
-	if m.have == 0 && m.bodyLeft == 0 && len(m.resets) > 0 {
-		for _, id := range m.resets {
-			if err := m.writeReset(id); err != nil {
-				return total, err
+		} else {
+			k := copy(m.hdr[m.have:], p)
+			m.have += k
+			p = p[k:]
+			if m.have < yamuxHeaderLen {
+				break
+			}
+			m.have = 0
+			if m.hdr[1] == yamuxTypeData {
+				m.bodyLeft = int(binary.BigEndian.Uint32(m.hdr[8:]))
 			}
 		}
-		m.resets = m.resets[:0]
+		if m.have == 0 && m.bodyLeft == 0 {
+			m.boundary(len(m.queue) - len(p))
+		}
 	}
-	return total, nil
+	return n, nil
+}
+
+// boundary marks queue[:end] as whole frames, adds the resets waiting for
+// a boundary, and wakes the writer. Callers hold mu.
+func (m *muxConn) boundary(end int) {
+	if len(m.resets) > 0 && end == len(m.queue) {
+		for _, id := range m.resets {
+			m.queue = appendReset(m.queue, id)
+		}
+		m.resets = m.resets[:0]
+		end = len(m.queue)
+	}
+	m.ready = end
+	m.wake.Broadcast()
+}
+
+// writer hands whole queued frames to the record layer until Close.
+func (m *muxConn) writer() {
+	defer close(m.done)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		for m.ready == 0 && !m.closing {
+			m.wake.Wait()
+		}
+		if m.ready == 0 {
+			return // closing, and every whole frame is out
+		}
+		out := m.queue[:m.ready]
+		m.queue = append(m.spare[:0], m.queue[m.ready:]...)
+		m.ready = 0
+		m.mu.Unlock()
+		_, err := m.Conn.Write(out)
+		m.mu.Lock()
+		m.spare = out
+		if err != nil {
+			m.err = err
+			m.wake.Broadcast()
+			m.Conn.Close() // the session ends: yamux's reader fails
+			return
+		}
+		m.wake.Broadcast()
+	}
 }
 
 // reset aborts stream id towards the peer with a yamux RST (the peer's
@@ -264,20 +326,40 @@ func (m *muxConn) reset(id uint32) {
 	m.local.add(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.have > 0 || m.bodyLeft > 0 {
-		m.resets = append(m.resets, id)
+	if m.err != nil || m.closing {
 		return
 	}
-	m.writeReset(id) // a failure is the session's: yamux sees it on its next write
+	m.resets = append(m.resets, id)
+	if m.have == 0 && m.bodyLeft == 0 {
+		m.boundary(len(m.queue))
+	}
 }
 
-// writeReset sends a window update with the RST flag for id. Callers hold mu.
-func (m *muxConn) writeReset(id uint32) error {
+// appendReset appends a window update frame with the RST flag for id.
+func appendReset(b []byte, id uint32) []byte {
 	var h [yamuxHeaderLen]byte
 	h[1] = yamuxTypeWindowUpdate
 	binary.BigEndian.PutUint16(h[2:], yamuxFlagRST)
 	binary.BigEndian.PutUint32(h[4:], id)
-	_, err := m.Conn.Write(h[:])
+	return append(b, h[:]...)
+}
+
+// Close lets the writer send what is queued, for up to flushTimeout, then
+// closes the record layer (sending CLOSE) and waits for the writer.
+func (m *muxConn) Close() error {
+	var err error
+	m.closed.Do(func() {
+		m.mu.Lock()
+		m.closing = true
+		m.wake.Broadcast()
+		m.mu.Unlock()
+		select {
+		case <-m.done:
+		case <-time.After(flushTimeout):
+		}
+		err = m.Conn.Close()
+		<-m.done
+	})
 	return err
 }
 
@@ -322,6 +404,10 @@ func (l *localResets) read(p []byte) int {
 	l.left = l.left[n:]
 	return n
 }
+
+// flushTimeout bounds how long Close waits for queued frames to go out to
+// a peer that does not read.
+const flushTimeout = 2 * time.Second
 
 // sweepInterval is how often a session drops the receive buffers of the
 // streams that moved no data since the last sweep.

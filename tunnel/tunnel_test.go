@@ -266,28 +266,44 @@ func TestExitRestart(t *testing.T) {
 	}
 }
 
-// recConn counts the records a frame.Conn sends.
-func TestMuxConnOneRecordPerFrame(t *testing.T) {
+// TestMuxConnFramesInRecords: muxConn carries yamux's frames unchanged,
+// never more records than frames (a header is sealed with its body), and
+// frames queued while the writer is busy share records.
+func TestMuxConnFramesInRecords(t *testing.T) {
 	a, b := net.Pipe()
-	defer b.Close()
-	go io.Copy(io.Discard, b)
 	var k frame.Keys
 	fc := frame.New(a, k, nil)
-	defer fc.Close()
 	m := newMuxConn(fc)
-	fc.SendFinished()
-	before := fc.Stats().RecordsSent
+	rc := frame.New(b, frame.Keys{Send: k.Recv, Recv: k.Send, Transcript: k.Transcript}, nil)
+	defer rc.Close()
+	got := make(chan []byte)
+	go func() {
+		all, _ := io.ReadAll(rc)
+		got <- all
+	}()
+	var want []byte
 	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0x10, 0} // body of 4096 bytes
-	body := bytes.Repeat([]byte{1}, 4096)
-	for range 10 {
+	frames := 0
+	for i := range 100 {
+		body := bytes.Repeat([]byte{byte(i)}, 4096)
 		m.Write(hdr)
 		m.Write(body)
+		want = append(append(want, hdr...), body...)
+		frames++
 	}
 	ping := []byte{0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7} // ping: no body
 	m.Write(ping)
-	if got := fc.Stats().RecordsSent - before; got != 11 {
-		t.Fatalf("10 data frames and a ping became %d records, want 11", got)
+	want = append(want, ping...)
+	frames++
+	m.Close()
+	if all := <-got; !bytes.Equal(all, want) {
+		t.Fatalf("the peer read %d bytes that differ from the %d bytes of frames written", len(all), len(want))
 	}
+	records := fc.Stats().RecordsSent - 2 // FINISHED and CLOSE
+	if records > uint64(frames) {
+		t.Fatalf("%d frames became %d records; a frame's header and body must share one", frames, records)
+	}
+	t.Logf("%d frames in %d records", frames, records)
 }
 
 // TestDrainDeliversTail: the exit shuts down (drains, then closes the
