@@ -37,25 +37,58 @@ import (
 // batch of records: the frame's header and body fill a batch exactly.
 const copyBufSize = frame.BatchPayload - yamuxHeaderLen
 
-// bufPool hands out copy buffers of copyBufSize and counts those lent out.
-// Each agent owns one.
+// bufPool hands out copy buffers and counts those lent out. Each agent owns
+// one. Reads use a buffer of copyBufSize; a short read is moved into a
+// buffer of the smallest of smallSizes that holds it before it waits to be
+// written, so that many connections each sending a small message at once
+// do not each hold a large buffer while yamux's send loop serves them.
 type bufPool struct {
-	p    sync.Pool
-	lent atomic.Int64
+	large sync.Pool
+	small [len(smallSizes)]sync.Pool
+	lent  atomic.Int64
 }
+
+// smallSizes are the size classes for short reads, smallest first.
+var smallSizes = [...]int{4 << 10, 32 << 10}
 
 func newBufPool() *bufPool {
-	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}}
+	p := &bufPool{large: sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}}
+	for i, size := range smallSizes {
+		p.small[i].New = func() any { b := make([]byte, size); return &b }
+	}
+	return p
 }
 
+// get lends a buffer of copyBufSize.
 func (p *bufPool) get() *[]byte {
 	p.lent.Add(1)
-	return p.p.Get().(*[]byte)
+	return p.large.Get().(*[]byte)
 }
 
+// shrink returns a buffer holding b[:n], the smaller of b and a buffer of
+// a small size class, and gives b back if it was not the one returned.
+func (p *bufPool) shrink(b *[]byte, n int) *[]byte {
+	for i, size := range smallSizes {
+		if n <= size {
+			s := p.small[i].Get().(*[]byte)
+			copy(*s, (*b)[:n])
+			p.large.Put(b)
+			return s
+		}
+	}
+	return b
+}
+
+// put takes back a buffer that get or shrink lent.
 func (p *bufPool) put(b *[]byte) {
 	p.lent.Add(-1)
-	p.p.Put(b)
+	for i, size := range smallSizes {
+		if cap(*b) == size {
+			p.small[i].Put(b)
+			return
+		}
+	}
+	p.large.Put(b)
 }
 
 // flow is what forward reports when both directions are done.
@@ -199,6 +232,7 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 	for {
 		buf, n, err := r.read()
 		if n > 0 {
+			buf = pool.shrink(buf, n) // the write may wait for yamux's send loop
 			wd.arm(st, stall)
 			w, werr := st.Write((*buf)[:n])
 			pool.put(buf)

@@ -145,3 +145,31 @@ func TestWriteDeadlineMovesOnceHalfUsed(t *testing.T) {
 		t.Fatalf("after half the stall: deadlines %v; want a second one at least %v from now", r.set, stall)
 	}
 }
+
+// TestBufPoolShrink: a short read moves to the smallest size class that
+// holds it, a long one keeps its buffer, and every buffer goes back to the
+// class it came from.
+func TestBufPoolShrink(t *testing.T) {
+	p := newBufPool()
+	for _, c := range []struct{ n, wantCap int }{
+		{1, 4 << 10}, {4 << 10, 4 << 10}, {4<<10 + 1, 32 << 10}, {32 << 10, 32 << 10}, {32<<10 + 1, copyBufSize}, {copyBufSize, copyBufSize},
+	} {
+		b := p.get()
+		for i := range c.n {
+			(*b)[i] = byte(i)
+		}
+		s := p.shrink(b, c.n)
+		if cap(*s) != c.wantCap {
+			t.Fatalf("%d bytes: a buffer of %d, want %d", c.n, cap(*s), c.wantCap)
+		}
+		for i := range c.n {
+			if (*s)[i] != byte(i) {
+				t.Fatalf("%d bytes: byte %d changed in the move", c.n, i)
+			}
+		}
+		p.put(s)
+	}
+	if n := p.lent.Load(); n != 0 {
+		t.Fatalf("%d buffers still lent", n)
+	}
+}
