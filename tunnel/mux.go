@@ -22,6 +22,7 @@ const (
 	yamuxTypePing         = 2
 	yamuxTypeGoAway       = 3
 	yamuxFlagSYN          = 1
+	yamuxFlagACK          = 2
 	yamuxFlagFIN          = 4
 	yamuxFlagRST          = 8
 )
@@ -134,6 +135,10 @@ func (m *muxConn) frameHeader(h []byte) error {
 	}
 	if flags&yamuxFlagSYN != 0 {
 		m.fins.watch(id) // a stream the peer opens
+		m.fins.acked(id) // this side's ACK goes out when it accepts the stream
+	}
+	if flags&yamuxFlagACK != 0 {
+		m.fins.acked(id) // a stream this side opened
 	}
 	if flags&yamuxFlagFIN != 0 {
 		m.fins.finished(id)
@@ -179,39 +184,56 @@ func (s *frameScanner) scan(p []byte, header func([]byte) error) error {
 }
 
 // finWatch records, for the streams being watched, whether the peer's FIN
-// has arrived. Streams the peer opens are watched from their SYN, streams
-// this side opens from watch; forget ends it. Past maxWatched streams new
-// ones go unwatched, which errs on the side of treating their end as an
-// abort. Safe for concurrent use.
+// has arrived, and whether the stream is acknowledged (for a stream this
+// side opened, the peer's ACK came). Streams the peer opens are watched
+// from their SYN, streams this side opens from watch; forget ends it. Past
+// maxWatched streams new ones go unwatched, which errs on the side of
+// treating their end as an abort. Safe for concurrent use.
 type finWatch struct {
 	mu  sync.Mutex
-	fin map[uint32]bool
+	fin map[uint32]uint8 // finSeen | finAcked
 }
+
+const (
+	finSeen  = 1
+	finAcked = 2
+)
 
 func (w *finWatch) watch(id uint32) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.fin == nil {
-		w.fin = make(map[uint32]bool)
+		w.fin = make(map[uint32]uint8)
 	}
 	if _, ok := w.fin[id]; !ok && len(w.fin) < maxWatched {
-		w.fin[id] = false
+		w.fin[id] = 0
 	}
 }
 
-func (w *finWatch) finished(id uint32) {
+// set adds bit to id's state, if id is watched.
+func (w *finWatch) set(id uint32, bit uint8) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.fin[id]; ok {
-		w.fin[id] = true
+	if v, ok := w.fin[id]; ok {
+		w.fin[id] = v | bit
 	}
 }
+
+func (w *finWatch) finished(id uint32) { w.set(id, finSeen) }
+func (w *finWatch) acked(id uint32)    { w.set(id, finAcked) }
 
 // seen reports whether the peer's FIN for id arrived.
 func (w *finWatch) seen(id uint32) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.fin[id]
+	return w.fin[id]&finSeen != 0
+}
+
+// isAcked reports whether id is acknowledged.
+func (w *finWatch) isAcked(id uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fin[id]&finAcked != 0
 }
 
 func (w *finWatch) forget(id uint32) {
@@ -322,7 +344,16 @@ func (m *muxConn) writer() {
 // a RST too (see localResets): else it would keep the stream, and, before
 // the peer's ACK, one of its stream-open slots, for its 5-minute close
 // timeout.
+//
+// A stream this side opened is reset only once the peer's ACK came: before,
+// the peer has not accepted it, and yamux would give back the stream's
+// open slot at once while the stream still sits in the peer's accept
+// backlog, so that the backlog could overflow (the peer then resets new
+// streams). Such a stream ends with the caller's FIN instead.
 func (m *muxConn) reset(id uint32) {
+	if !m.fins.isAcked(id) {
+		return
+	}
 	m.local.add(id)
 	m.mu.Lock()
 	defer m.mu.Unlock()
