@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/frame"
-	"github.com/tunnel-dev/tunnel/wiretext"
+	"github.com/tunnel-dev/tunnel/handshake/wiretext"
 )
 
 // DefaultMaxInProgress bounds concurrent responder handshakes when

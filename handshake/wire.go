@@ -7,7 +7,7 @@ import (
 	"io"
 	"slices"
 
-	"github.com/tunnel-dev/tunnel/wiretext"
+	"github.com/tunnel-dev/tunnel/handshake/wiretext"
 )
 
 // Wire format of the handshake (PROTOCOL.md section 2.1). A message is

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/tunnel-dev/tunnel/wiretext"
+	"github.com/tunnel-dev/tunnel/handshake/wiretext"
 )
 
 // Stream header and status (PROTOCOL.md section 4).

@@ -10,8 +10,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tunnel-dev/tunnel/cmd/tunnel/demo"
 	"github.com/tunnel-dev/tunnel/config"
-	"github.com/tunnel-dev/tunnel/demo"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
