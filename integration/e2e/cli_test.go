@@ -51,20 +51,20 @@ func TestKeygen(t *testing.T) {
 // non-zero code and one clear line on stderr naming the problem.
 func TestFlagErrors(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
-	k := newKeys(t, bin)
+	r := harness.NewRig(t)
+	bin := r.Bin
 	missing := filepath.Join(t.TempDir(), "missing.key")
 	for _, tc := range []struct {
 		name    string
 		args    []string
 		mention []string // each must appear on the line (case-insensitive)
 	}{
-		{"missing key file", []string{"--forward", "127.0.0.1:9", "--key", missing, "--authorized-keys", k.entryPub},
+		{"missing key file", []string{"--forward", "127.0.0.1:9", "--key", missing, "--authorized-keys", r.Entry.Pub},
 			[]string{"--key", missing}},
-		{"bad forward address", []string{"--forward", "no-port-here", "--key", k.exitKey, "--authorized-keys", k.entryPub},
+		{"bad forward address", []string{"--forward", "no-port-here", "--key", r.Exit.Key, "--authorized-keys", r.Entry.Pub},
 			[]string{"--forward", "no-port-here"}},
-		{"public key as key", []string{"--forward", "127.0.0.1:9", "--key", k.exitPub, "--authorized-keys", k.entryPub},
-			[]string{k.exitPub, "private"}},
+		{"public key as key", []string{"--forward", "127.0.0.1:9", "--key", r.Exit.Pub, "--authorized-keys", r.Entry.Pub},
+			[]string{r.Exit.Pub, "private"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"exit", "--listen", "127.0.0.1:0", "--log-format", "json"}, tc.args...)

@@ -15,8 +15,8 @@ import (
 // file on --listen through the address the agent reports.
 func TestConfigSources(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
-	k := newKeys(t, bin)
+	r := harness.NewRig(t)
+	bin := r.Bin
 	backend := harness.StartHashEcho(t)
 	filePort, envPort := harness.FreePort(t), harness.FreePort(t)
 	fileAddr := fmt.Sprintf("127.0.0.1:%d", filePort)
@@ -25,7 +25,7 @@ func TestConfigSources(t *testing.T) {
 	// Keys at the top level, the rest under "exit:".
 	cfg := filepath.Join(t.TempDir(), "exit.yaml")
 	yaml := fmt.Sprintf("key: %q\nauthorized-keys: %q\nexit:\n  listen: %q\n  forward: %q\n",
-		k.exitKey, k.entryPub, fileAddr, backend.Addr())
+		r.Exit.Key, r.Entry.Pub, fileAddr, backend.Addr())
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestConfigSources(t *testing.T) {
 	// An entry configured by the environment alone carries traffic to it.
 	entry := harness.StartEnv(t, bin, []string{
 		"TUNNEL_LISTEN=127.0.0.1:0", "TUNNEL_PEER=" + exitAddr,
-		"TUNNEL_KEY=" + k.entryKey, "TUNNEL_PEER_KEY=" + k.exitPub,
+		"TUNNEL_KEY=" + r.Entry.Key, "TUNNEL_PEER_KEY=" + r.Exit.Pub,
 	}, "entry")
 	if err := roundTrip(entry.ListenAddr(t), 3); err != nil {
 		t.Fatalf("entry configured by environment: %v", err)

@@ -17,17 +17,17 @@ import (
 // is not served, and the agent then exits with code 0.
 func TestDrain(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	for _, role := range []string{"entry", "exit"} {
 		t.Run(role, func(t *testing.T) {
 			backend := harness.StartHashEcho(t)
-			p := startPair(t, bin, backend.Addr())
-			stopping := p.entry
+			tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
+			stopping := tun.Entry
 			if role == "exit" {
-				stopping = p.exit
+				stopping = tun.Exit
 			}
 
-			c := dial(t, p.entryAddr, 60*time.Second)
+			c := harness.Dial(t, tun.Entry.Addr, 60*time.Second)
 			rng := rand.NewChaCha8([32]byte{byte(len(role))})
 			part1, part2 := make([]byte, 200<<10), make([]byte, 300<<10)
 			rng.Read(part1)
@@ -46,7 +46,7 @@ func TestDrain(t *testing.T) {
 			stopping.WaitLog(t, "shutting down", 10*time.Second)
 
 			// A new connection is not carried any more.
-			if err := exchange(p.entryAddr, 1000, 5, 20*time.Second); err == nil {
+			if err := harness.Exchange(tun.Entry.Addr, 1000, 5, 20*time.Second); err == nil {
 				t.Errorf("a connection opened after SIGTERM to the %s was carried", role)
 			} else {
 				t.Logf("new connection during the drain: %v", err)

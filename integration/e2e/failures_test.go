@@ -46,12 +46,12 @@ func closedAddr(t *testing.T) string {
 // comes from the refused dial, not from a timeout.
 func TestBackendDown(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	backend := closedAddr(t)
-	p := startPair(t, bin, backend, "--dial-timeout", "60s")
-	c := dial(t, p.entryAddr, time.Minute)
+	tun := r.StartTunnel(t, backend, harness.Options{Args: []string{"--dial-timeout", "60s"}}, harness.Options{})
+	c := harness.Dial(t, tun.Entry.Addr, time.Minute)
 	expectClosed(t, c, []byte("hello?"), 15*time.Second)
-	l := p.exit.WaitLine(t, 1, 10*time.Second, `a warn line with "status":2`,
+	l := tun.Exit.WaitLine(t, 1, 10*time.Second, `a warn line with "status":2`,
 		harness.All(harness.Level("warn"), func(l harness.Line) bool { return l.Fields["status"] == 2.0 }))
 	t.Logf("exit: %s", l.Raw)
 
@@ -63,7 +63,7 @@ func TestBackendDown(t *testing.T) {
 		return
 	}
 	harness.ServeBackend(t, ln, harness.HashEcho)
-	if err := roundTrip(p.entryAddr, 1); err != nil {
+	if err := roundTrip(tun.Entry.Addr, 1); err != nil {
 		t.Errorf("with the backend back up: %v", err)
 	}
 }
@@ -72,21 +72,18 @@ func TestBackendDown(t *testing.T) {
 // refuses it; both sides log why, and the backend sees nothing.
 func TestUnauthorizedEntry(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
-	k := newKeys(t, bin)
-	_, otherPub, _ := harness.Keygen(t, bin, t.TempDir(), "other")
+	r := harness.NewRig(t)
 	backend := harness.StartHashEcho(t)
+	wrong := *r
+	wrong.Entry = harness.NewIdentity(t, r.Bin, "other") // the key the exit authorizes
+	exit := wrong.StartExit(t, backend.Addr(), harness.Options{})
+	entry := r.StartEntry(t, exit.Addr, harness.Options{})
 
-	exit := startExit(t, bin, "127.0.0.1:0", backend.Addr(), k.exitKey, otherPub)
-	exitAddr := exit.ListenAddr(t)
-	entry := startEntry(t, bin, exitAddr, k.entryKey, k.exitPub)
-	entryAddr := entry.ListenAddr(t)
-
-	c := dial(t, entryAddr, time.Minute)
+	c := harness.Dial(t, entry.Addr, time.Minute)
 	expectClosed(t, c, []byte("secret request"), 30*time.Second)
 
 	exit.WaitLine(t, 1, 30*time.Second, "a line with \"not authorized\" and the entry's fingerprint",
-		harness.Contains("not authorized", k.entryFP))
+		harness.Contains("not authorized", r.Entry.Fingerprint))
 	entry.WaitLine(t, 1, 30*time.Second, `an error line with "rejected" and "not authorized"`,
 		harness.All(harness.Level("error"), harness.Contains("rejected", "not authorized")))
 	if n := entry.Count(harness.MessageIs("session established")); n != 0 {
@@ -101,20 +98,17 @@ func TestUnauthorizedEntry(t *testing.T) {
 // the exit before any application byte reaches the backend.
 func TestWrongPinnedKey(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
-	k := newKeys(t, bin)
-	_, otherPub, otherFP := harness.Keygen(t, bin, t.TempDir(), "other")
+	r := harness.NewRig(t)
 	backend := harness.StartHashEcho(t)
+	exit := r.StartExit(t, backend.Addr(), harness.Options{})
+	wrong := *r
+	wrong.Exit = harness.NewIdentity(t, r.Bin, "other") // the key the entry pins
+	entry := wrong.StartEntry(t, exit.Addr, harness.Options{})
 
-	exit := startExit(t, bin, "127.0.0.1:0", backend.Addr(), k.exitKey, k.entryPub)
-	exitAddr := exit.ListenAddr(t)
-	entry := startEntry(t, bin, exitAddr, k.entryKey, otherPub)
-	entryAddr := entry.ListenAddr(t)
-
-	c := dial(t, entryAddr, time.Minute)
+	c := harness.Dial(t, entry.Addr, time.Minute)
 	expectClosed(t, c, []byte("secret request"), 30*time.Second)
 	entry.WaitLine(t, 1, 30*time.Second, "an error line with \"pinned\" and both fingerprints",
-		harness.All(harness.Level("error"), harness.Contains("pinned", otherFP, k.exitFP)))
+		harness.All(harness.Level("error"), harness.Contains("pinned", wrong.Exit.Fingerprint, r.Exit.Fingerprint)))
 	if n := entry.Count(harness.MessageIs("session established")); n != 0 {
 		t.Errorf("entry logged \"session established\" %d times", n)
 	}
@@ -129,15 +123,14 @@ func TestWrongPinnedKey(t *testing.T) {
 // new connections work again.
 func TestExitRestart(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	backend := harness.StartHashEcho(t)
-	p := startPair(t, bin, backend.Addr())
+	tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
 
-	if err := roundTrip(p.entryAddr, 1); err != nil {
+	if err := roundTrip(tun.Entry.Addr, 1); err != nil {
 		t.Fatalf("before the restart: %v", err)
 	}
-	p.entry.WaitLine(t, 1, 10*time.Second, "session established", harness.MessageIs("session established"))
-	if code := p.exit.Stop(t, 60*time.Second); code != 0 {
+	if code := tun.Exit.Stop(t, 60*time.Second); code != 0 {
 		t.Errorf("exit agent exited with code %d after SIGTERM, want 0", code)
 	}
 	stopped := time.Now()
@@ -146,15 +139,15 @@ func TestExitRestart(t *testing.T) {
 	// hanging, or kept until the exit is back; either way the entry
 	// keeps running.
 	time.Sleep(3 * time.Second) // a few reconnection attempts with backoff
-	if p.entry.Exited() {
+	if tun.Entry.Exited() {
 		t.Fatalf("entry exited while the exit was down")
 	}
 	// The entry retries with growing delays, not in a tight loop: with an
 	// initial delay around 100 ms that doubles, 3 s hold fewer than 10
 	// attempts; a fixed short delay would make dozens.
-	attempts := p.entry.Count(harness.All(harness.Level("error"), harness.Contains("cannot establish a session")))
+	attempts := tun.Entry.Count(harness.All(harness.Level("error"), harness.Contains("cannot establish a session")))
 	var delays []any
-	for _, l := range p.entry.Logs() {
+	for _, l := range tun.Entry.Logs() {
 		if d, ok := l.Fields["retry_in"]; ok {
 			delays = append(delays, d)
 		}
@@ -164,18 +157,18 @@ func TestExitRestart(t *testing.T) {
 		t.Errorf("entry made %d reconnection attempts in 3 s, want between 1 and 12 (exponential backoff)", attempts)
 	}
 
-	exit2 := startExit(t, bin, p.exitAddr, backend.Addr(), p.exitKey, p.entryPub)
-	if addr := exit2.ListenAddr(t); addr != p.exitAddr {
-		t.Fatalf("restarted exit listens on %s, want %s", addr, p.exitAddr)
+	exit2 := r.StartExit(t, backend.Addr(), harness.Options{Listen: tun.Exit.Addr})
+	if exit2.Addr != tun.Exit.Addr {
+		t.Fatalf("restarted exit listens on %s, want %s", exit2.Addr, tun.Exit.Addr)
 	}
 	restarted := time.Now()
-	p.entry.WaitLine(t, 2, 60*time.Second, "a second \"session established\"", harness.MessageIs("session established"))
+	tun.Entry.WaitMessage(t, 2, 60*time.Second, "session established")
 	t.Logf("exit down for %v; entry re-established its session %v after the exit came back",
 		restarted.Sub(stopped).Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))
 
 	var err error
 	for i := 0; i < 5; i++ {
-		if err = roundTrip(p.entryAddr, uint64(10+i)); err == nil {
+		if err = roundTrip(tun.Entry.Addr, uint64(10+i)); err == nil {
 			break
 		}
 		time.Sleep(time.Second)
@@ -183,7 +176,7 @@ func TestExitRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after the exit restarted: %v", err)
 	}
-	if code := p.entry.Stop(t, 60*time.Second); code != 0 {
+	if code := tun.Entry.Stop(t, 60*time.Second); code != 0 {
 		t.Errorf("entry agent exited with code %d after SIGTERM, want 0", code)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tunnel-dev/tunnel/integration/harness"
 )
@@ -28,8 +27,7 @@ func TestOpenFileLimitWarning(t *testing.T) {
 	high := min(lim.Max, 65536) // lowering a hard limit needs no privilege
 	harness.RequireOrSkip(t, fmt.Sprintf("a hard open-file limit of at least 16384 (it is %d: raise it with ulimit -Hn)", lim.Max),
 		high >= 16384)
-	bin := harness.Build(t)
-	k := newKeys(t, bin)
+	r := harness.NewRig(t)
 	lowWarning := func(l harness.Line) bool {
 		return l.String("level") == "warn" && strings.HasPrefix(l.Message(), "the open-file limit is low")
 	}
@@ -42,15 +40,9 @@ func TestOpenFileLimitWarning(t *testing.T) {
 		{fmt.Sprintf("1024:%d", high), false},
 	} {
 		t.Run(tc.nofile, func(t *testing.T) {
-			start := func(args ...string) *harness.Proc {
-				return harness.Start(t, prlimit, append([]string{"--nofile=" + tc.nofile, bin}, args...)...)
-			}
-			exit := start("exit", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9",
-				"--key", k.exitKey, "--authorized-keys", k.entryPub)
-			entry := start("entry", "--listen", "127.0.0.1:0", "--peer", exit.ListenAddr(t),
-				"--key", k.entryKey, "--peer-key", k.exitPub)
-			entry.WaitLine(t, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
-			for _, p := range []*harness.Proc{exit, entry} {
+			o := harness.Options{Prefix: []string{prlimit, "--nofile=" + tc.nofile}}
+			tun := r.StartTunnel(t, "127.0.0.1:9", o, o)
+			for _, p := range []*harness.Agent{tun.Exit, tun.Entry} {
 				warnings := 0
 				for _, l := range p.Logs() {
 					if !lowWarning(l) {

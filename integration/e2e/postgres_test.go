@@ -25,10 +25,10 @@ func TestPostgres(t *testing.T) {
 	harness.RequireOrSkip(t, "psql (Debian package postgresql-client)", err == nil)
 	pgbench, err := exec.LookPath("pgbench")
 	harness.RequireOrSkip(t, "pgbench (Debian package postgresql-contrib or postgresql)", err == nil)
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	pg := harness.StartPostgres(t)
-	p := startPair(t, bin, pg)
-	host, port, _ := net.SplitHostPort(p.entryAddr)
+	tun := r.StartTunnel(t, pg, harness.Options{}, harness.Options{})
+	host, port, _ := net.SplitHostPort(tun.Entry.Addr)
 
 	pgEnv := append(os.Environ(), "PGHOST="+host, "PGPORT="+port, "PGUSER=postgres",
 		"PGDATABASE=postgres", "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=30", "PGOPTIONS=", "PGPASSWORD=")
@@ -78,7 +78,7 @@ func TestPostgres(t *testing.T) {
 	if m := regexp.MustCompile(`number of failed transactions: (\d+)`).FindStringSubmatch(out); m != nil && m[1] != "0" {
 		t.Fatalf("pgbench: %s failed transactions:\n%s", m[1], out)
 	}
-	noErrors(t, p.entry, p.exit)
+	tun.CheckNoErrors(t)
 	if m := regexp.MustCompile(`tps = ([\d.]+)`).FindStringSubmatch(out); m != nil {
 		t.Logf("pgbench through the tunnel: %s tps (8 clients, race-built binary: %v)", m[1], harness.RaceBuild())
 	}

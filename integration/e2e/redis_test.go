@@ -17,11 +17,11 @@ import (
 // entry, stores and reads back a 2 MiB value and runs 1000 pipelined INCRs.
 func TestRedis(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	redis := harness.StartRedis(t)
-	p := startPair(t, bin, redis)
-	c := dial(t, p.entryAddr, 60*time.Second)
-	r := bufio.NewReader(c)
+	tun := r.StartTunnel(t, redis, harness.Options{}, harness.Options{})
+	c := harness.Dial(t, tun.Entry.Addr, 60*time.Second)
+	rd := bufio.NewReader(c)
 
 	value := make([]byte, 2<<20)
 	rand.NewChaCha8([32]byte{9}).Read(value)
@@ -33,23 +33,23 @@ func TestRedis(t *testing.T) {
 	}
 	c.Write([]byte(pipeline.String()))
 
-	if line, err := r.ReadString('\n'); err != nil || line != "+OK\r\n" {
+	if line, err := rd.ReadString('\n'); err != nil || line != "+OK\r\n" {
 		t.Fatalf("SET: %q, %v", line, err)
 	}
-	if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf("$%d\r\n", len(value)) {
+	if line, err := rd.ReadString('\n'); err != nil || line != fmt.Sprintf("$%d\r\n", len(value)) {
 		t.Fatalf("GET header: %q, %v", line, err)
 	}
 	got := make([]byte, len(value)+2)
-	if _, err := io.ReadFull(r, got); err != nil {
+	if _, err := io.ReadFull(rd, got); err != nil {
 		t.Fatalf("GET value: %v", err)
 	}
 	if !bytes.Equal(got[:len(value)], value) || string(got[len(value):]) != "\r\n" {
 		t.Fatal("GET returned another value than SET stored")
 	}
 	for i := 1; i <= 1000; i++ {
-		if line, err := r.ReadString('\n'); err != nil || line != fmt.Sprintf(":%d\r\n", i) {
+		if line, err := rd.ReadString('\n'); err != nil || line != fmt.Sprintf(":%d\r\n", i) {
 			t.Fatalf("INCR %d: %q, %v", i, line, err)
 		}
 	}
-	noErrors(t, p.entry, p.exit)
+	tun.CheckNoErrors(t)
 }

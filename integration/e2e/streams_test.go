@@ -28,9 +28,9 @@ func TestConcurrentStreams(t *testing.T) {
 		conns   = 200
 		maxSize = 4 << 20
 	)
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 	backend := harness.StartHashEcho(t)
-	p := startPair(t, bin, backend.Addr())
+	tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
 
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("TUNNEL_E2E_SEED"); v != "" {
@@ -59,7 +59,7 @@ func TestConcurrentStreams(t *testing.T) {
 	// once, then all exchange their payloads concurrently.
 	clients := make([]*net.TCPConn, conns)
 	for i := range clients {
-		clients[i] = dial(t, p.entryAddr, 150*time.Second)
+		clients[i] = harness.Dial(t, tun.Entry.Addr, 150*time.Second)
 	}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -86,16 +86,16 @@ func TestConcurrentStreams(t *testing.T) {
 		t.Errorf("backend accepted %d connections, want %d", got, conns)
 	}
 	// All streams share one tunnel session.
-	if n := p.entry.Count(harness.MessageIs("session established")); n != 1 {
+	if n := tun.Entry.Count(harness.MessageIs("session established")); n != 1 {
 		t.Errorf("entry logged %d \"session established\" lines for %d connections, want 1", n, conns)
 	}
-	noErrors(t, p.entry, p.exit)
-	l := p.entry.WaitLine(t, 1, time.Second, "session established", harness.MessageIs("session established"))
-	if fp := l.String("peer_fingerprint"); fp != p.exitFP {
-		t.Errorf("session established with peer_fingerprint %q, want the exit's %q", fp, p.exitFP)
+	tun.CheckNoErrors(t)
+	l := tun.Entry.WaitMessage(t, 1, time.Second, "session established")
+	if fp := l.String("peer_fingerprint"); fp != r.Exit.Fingerprint {
+		t.Errorf("session established with peer_fingerprint %q, want the exit's %q", fp, r.Exit.Fingerprint)
 	}
-	if peer := l.String("peer"); peer != p.exitAddr {
-		t.Errorf("session established with peer %q, want %q", peer, p.exitAddr)
+	if peer := l.String("peer"); peer != tun.Exit.Addr {
+		t.Errorf("session established with peer %q, want %q", peer, tun.Exit.Addr)
 	}
 }
 
@@ -103,7 +103,7 @@ func TestConcurrentStreams(t *testing.T) {
 // carried end to end and leaves the other direction working, both ways.
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
-	bin := harness.Build(t)
+	r := harness.NewRig(t)
 
 	t.Run("client closes first", func(t *testing.T) {
 		// The backend reads the whole request up to EOF, and only then
@@ -119,8 +119,8 @@ func TestHalfClose(t *testing.T) {
 			c.Write(sum)
 			io.Copy(c, io.LimitReader(derived(sum), replySize))
 		})
-		p := startPair(t, bin, backend.Addr())
-		c := dial(t, p.entryAddr, 60*time.Second)
+		tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
+		c := harness.Dial(t, tun.Entry.Addr, 60*time.Second)
 
 		req := make([]byte, 300<<10)
 		rand.NewChaCha8([32]byte{1}).Read(req)
@@ -146,7 +146,7 @@ func TestHalfClose(t *testing.T) {
 		if !bytes.Equal(reply, want) {
 			t.Fatal("reply differs from what the backend sent")
 		}
-		noErrors(t, p.entry, p.exit)
+		tun.CheckNoErrors(t)
 	})
 
 	t.Run("backend closes first", func(t *testing.T) {
@@ -166,12 +166,12 @@ func TestHalfClose(t *testing.T) {
 			}
 			got <- [32]byte(h.Sum(nil))
 		})
-		p := startPair(t, bin, backend.Addr())
-		c := dial(t, p.entryAddr, 60*time.Second)
+		tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
+		c := harness.Dial(t, tun.Entry.Addr, 60*time.Second)
 
-		r, err := io.ReadAll(c) // up to the backend's EOF, with our side still open
-		if err != nil || !bytes.Equal(r, greeting) {
-			t.Fatalf("read %q, %v; want the greeting and EOF", r, err)
+		b, err := io.ReadAll(c) // up to the backend's EOF, with our side still open
+		if err != nil || !bytes.Equal(b, greeting) {
+			t.Fatalf("read %q, %v; want the greeting and EOF", b, err)
 		}
 		req := make([]byte, 500<<10)
 		rand.NewChaCha8([32]byte{2}).Read(req)
@@ -184,7 +184,7 @@ func TestHalfClose(t *testing.T) {
 			if sum != sha256.Sum256(req) {
 				t.Fatal("backend received something else than the request sent after its EOF")
 			}
-			noErrors(t, p.entry, p.exit)
+			tun.CheckNoErrors(t)
 		case <-time.After(60 * time.Second):
 			t.Fatal("backend did not receive the request and EOF")
 		}
@@ -201,20 +201,8 @@ func derived(seed []byte) io.Reader {
 // roundTrip runs one small HashEcho exchange through addr and describes a
 // failure.
 func roundTrip(addr string, seed uint64) error {
-	if err := exchange(addr, 64<<10, seed, 30*time.Second); err != nil {
+	if err := harness.Exchange(addr, 64<<10, seed, 30*time.Second); err != nil {
 		return fmt.Errorf("round trip through %s: %w", addr, err)
 	}
 	return nil
-}
-
-// noErrors checks that none of procs has logged at level error.
-func noErrors(t *testing.T, procs ...*harness.Proc) {
-	t.Helper()
-	for _, p := range procs {
-		for _, l := range p.Logs() {
-			if l.String("level") == "error" {
-				t.Errorf("unexpected error log line: %s", l.Raw)
-			}
-		}
-	}
 }

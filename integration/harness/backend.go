@@ -228,3 +228,28 @@ func HashEchoExchange(c HalfCloser, size int64, seed uint64) error {
 }
 
 func equal32(a []byte, b [32]byte) bool { return [32]byte(a) == b }
+
+// Dial connects to addr (giving up after 10 s), sets a deadline of timeout
+// from now on the connection, and closes it in t.Cleanup.
+func Dial(t testing.TB, addr string, timeout time.Duration) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(timeout))
+	return c.(*net.TCPConn)
+}
+
+// Exchange connects to addr and runs one HashEchoExchange of size bytes
+// from seed over the connection, within timeout after the dial.
+func Exchange(addr string, size int64, seed uint64, timeout time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	return HashEchoExchange(c.(*net.TCPConn), size, seed)
+}

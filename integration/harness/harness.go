@@ -1,11 +1,21 @@
-// Package harness runs the real tunnel binary in end-to-end tests: it builds
-// the binary once per test process, generates keys with it, starts agents
-// and collects their JSON log lines, and provides real servers (TCP
-// backends, PostgreSQL, Redis) to put behind the exit agent.
+// Package harness runs the real tunnel binary in end-to-end tests. A test
+// starts from a Rig: the binary, built once per test process, and an entry
+// and an exit key pair made with it. The Rig starts agents (StartExit,
+// StartEntry, or both at once with StartTunnel), whose JSON log lines and
+// status endpoint the test then reads, and the package provides real
+// servers to put behind the exit (TCP backends, PostgreSQL, Redis):
+//
+//	r := harness.NewRig(t)
+//	backend := harness.StartHashEcho(t)
+//	tun := r.StartTunnel(t, backend.Addr(), harness.Options{}, harness.Options{})
+//	if err := harness.Exchange(tun.Entry.Addr, 1<<20, 1, time.Minute); err != nil {
+//		t.Fatal(err)
+//	}
 //
 // Every helper takes a testing.TB, fails or skips through it, and registers
 // its own cleanup with t.Cleanup, so a test never has to stop anything by
-// hand. The package uses the standard library only.
+// hand. A package's TestMain calls Main to remove the binary afterwards.
+// The package uses the standard library only.
 package harness
 
 import (

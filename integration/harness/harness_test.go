@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bufio"
+	"encoding/json"
 	"net"
 	"os/exec"
 	"strings"
@@ -9,6 +10,39 @@ import (
 	"testing"
 	"time"
 )
+
+func TestMain(m *testing.M) { Main(m) }
+
+// TestRig starts a tunnel whose agents log every line and one whose
+// agents are quiet, and carries an exchange through each; it checks the
+// addresses and status endpoints the rig reports.
+func TestRig(t *testing.T) {
+	r := NewRig(t)
+	backend := StartHashEcho(t)
+	for _, quiet := range []bool{false, true} {
+		o := Options{Status: true, Quiet: quiet, NoErrors: true}
+		tun := r.StartTunnel(t, backend.Addr(), o, o)
+		if err := Exchange(tun.Entry.Addr, 100<<10, 1, time.Minute); err != nil {
+			t.Fatalf("quiet %v: exchange through the entry: %v", quiet, err)
+		}
+		for _, a := range []*Agent{tun.Entry, tun.Exit} {
+			var st struct {
+				Role     string `json:"role"`
+				Sessions int    `json:"sessions"`
+			}
+			body, err := a.Get("/status")
+			if err == nil {
+				err = json.Unmarshal(body, &st)
+			}
+			if err != nil || st.Role != a.Role || st.Sessions != 1 {
+				t.Errorf("quiet %v: %s /status: %+v, %v; want role %s and 1 session", quiet, a.Role, st, err, a.Role)
+			}
+			if n := a.Count(Level("info")); quiet && n != 0 {
+				t.Errorf("quiet %s logged %d info lines", a.Role, n)
+			}
+		}
+	}
+}
 
 // TestHashEchoDirect checks the HashEcho backend and its client without a
 // tunnel in between, including an empty payload and a corrupting relay.

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -60,12 +62,19 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 // StartEnv is Start with env ("KEY=value") added to the test's environment.
 func StartEnv(t testing.TB, bin string, env []string, args ...string) *Proc {
 	t.Helper()
-	args = append(append([]string(nil), args...), "--log-format", "json")
 	name := filepath.Base(bin)
 	if len(args) > 0 {
 		name += " " + args[0]
 	}
-	cmd := exec.Command(bin, args...)
+	return startNamed(t, name, env, append([]string{bin}, args...))
+}
+
+// startNamed is StartEnv for the command argv (argv[0] is the program),
+// called name in messages.
+func startNamed(t testing.TB, name string, env []string, argv []string) *Proc {
+	t.Helper()
+	argv = append(slices.Clone(argv), "--log-format", "json")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	if env != nil {
 		cmd.Env = append(os.Environ(), env...)
 	}
@@ -77,7 +86,7 @@ func StartEnv(t testing.TB, bin string, env []string, args ...string) *Proc {
 	cmd.Stdout = lockedWriter{&p.mu, &p.stdout}
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s %s: %v", bin, strings.Join(args, " "), err)
+		t.Fatalf("starting %s: %v", strings.Join(argv, " "), err)
 	}
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -271,6 +280,24 @@ func (p *Proc) WaitLine(t testing.TB, n int, timeout time.Duration, what string,
 	}
 }
 
+// WaitMessage waits for the n-th (counting from 1) JSON line whose
+// "message" is msg and returns it; see WaitLine.
+func (p *Proc) WaitMessage(t testing.TB, n int, timeout time.Duration, msg string) Line {
+	t.Helper()
+	return p.WaitLine(t, n, timeout, fmt.Sprintf("message %q", msg), MessageIs(msg))
+}
+
+// CheckNoErrors fails the test for every line the process has logged at
+// level error so far.
+func (p *Proc) CheckNoErrors(t testing.TB) {
+	t.Helper()
+	for _, l := range p.Logs() {
+		if Level("error")(l) {
+			t.Errorf("%s logged an error line: %s", p.name, l.Raw)
+		}
+	}
+}
+
 // WaitLog waits for a stderr line containing substr and returns it; see
 // WaitLine.
 func (p *Proc) WaitLog(t testing.TB, substr string, timeout time.Duration) string {
@@ -331,4 +358,28 @@ func (p *Proc) Stop(t testing.TB, timeout time.Duration) int {
 		t.Fatalf("%s still running %v after SIGTERM; stderr:\n%s", p.name, timeout, p.LogText())
 	}
 	return code
+}
+
+// StatusKiB returns a field given in kB of /proc/PID/status, such as
+// "VmRSS" or "VmHWM", in KiB.
+func StatusKiB(pid int, field string) (int64, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/status: %q: %w", pid, sc.Text(), err)
+			}
+			return n, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("/proc/%d/status: %w", pid, err)
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no %s line", pid, field)
 }
