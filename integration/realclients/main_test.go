@@ -19,31 +19,9 @@ func TestMain(m *testing.M) { harness.Main(m) }
 // 4,000 transactions through a race-built tunnel, takes seconds.
 const commandTimeout = 3 * time.Minute
 
-// startTunnel starts an exit forwarding to backend and an entry dialing it,
-// with fresh keys, waits until the entry has its session, and returns the
-// entry's address, which the clients use in place of backend's.
-func startTunnel(t *testing.T, bin, backend string) string {
-	t.Helper()
-	dir := t.TempDir()
-	entryKey, entryPub, _ := harness.Keygen(t, bin, dir, "entry")
-	exitKey, exitPub, _ := harness.Keygen(t, bin, dir, "exit")
-	exit := harness.Start(t, bin, "exit", "--listen", "127.0.0.1:0", "--forward", backend,
-		"--key", exitKey, "--authorized-keys", entryPub)
-	entry := harness.Start(t, bin, "entry", "--listen", "127.0.0.1:0", "--peer", exit.ListenAddr(t),
-		"--key", entryKey, "--peer-key", exitPub)
-	addr := entry.ListenAddr(t)
-	entry.WaitLine(t, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
-	t.Cleanup(func() {
-		// Every client saw clean answers; the agents must not have seen
-		// anything worse than a warning either.
-		for _, p := range []*harness.Proc{entry, exit} {
-			if n := p.Count(harness.Level("error")); n > 0 {
-				t.Errorf("an agent logged %d error lines:\n%s", n, p.LogText())
-			}
-		}
-	})
-	return addr
-}
+// clean are the options of both agents: every client sees clean answers,
+// so the agents must not log anything worse than a warning either.
+var clean = harness.Options{NoErrors: true}
 
 // run runs name with args, env added to the environment and stdin, and
 // returns its stdout and stderr. It fails the test when the command fails or is still

@@ -31,9 +31,8 @@ const (
 func TestPgbench(t *testing.T) {
 	psql := lookPath(t, "psql", "postgresql-client")
 	pgbench := lookPath(t, "pgbench", "postgresql (pgbench ships with the server, postgresql-15)")
-	bin := harness.Build(t)
 	pg := harness.StartPostgres(t)
-	tun := startTunnel(t, bin, pg)
+	tun := harness.NewRig(t).StartTunnel(t, pg, clean, clean).Entry.Addr
 	direct, tunnel := pgEnv(pg), pgEnv(tun)
 
 	_, progress := run(t, tunnel, nil, pgbench, "-i", "-s", strconv.Itoa(pgScale), "-q")

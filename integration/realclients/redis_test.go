@@ -34,9 +34,8 @@ var redisTests = []string{"SET", "GET", "INCR", "LPUSH"}
 func TestRedisBenchmark(t *testing.T) {
 	cli := lookPath(t, "redis-cli", "redis-tools")
 	bench := lookPath(t, "redis-benchmark", "redis-tools")
-	bin := harness.Build(t)
 	rd := harness.StartRedis(t)
-	tun := startTunnel(t, bin, rd)
+	tun := harness.NewRig(t).StartTunnel(t, rd, clean, clean).Entry.Addr
 
 	redis := func(addr string, stdin []byte, args ...string) string {
 		t.Helper()
