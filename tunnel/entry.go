@@ -28,6 +28,7 @@ type EntryConfig struct {
 	Settings config.Entry
 	Key      *rsa.PrivateKey
 	PeerKey  *rsa.PublicKey
+	Version  string // this build's, for the build-info metric
 }
 
 // Reconnection. After a failed attempt to reach the exit, or a session
@@ -96,6 +97,7 @@ type Entry struct {
 	pool       *bufPool
 	writeStall time.Duration
 	count      counters
+	met        *metricSet
 	// recycleAfter is maxSessionStreams; tests make it small.
 	recycleAfter int64
 
@@ -112,7 +114,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 	if cfg.Key == nil || cfg.PeerKey == nil {
 		return nil, errors.New("tunnel: entry needs its private key and the exit's public key")
 	}
-	return &Entry{
+	n := &Entry{
 		cfg: cfg.Settings,
 		hs: handshake.Config{
 			PrivateKey: cfg.Key,
@@ -125,7 +127,9 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		recycleAfter: maxSessionStreams,
 		kick:         make(chan struct{}, 1),
 		changed:      make(chan struct{}),
-	}, nil
+	}
+	n.met = newMetrics("entry", cfg.Version, &n.count)
+	return n, nil
 }
 
 // Stats returns the entry's counters, with the record counts of the
@@ -338,6 +342,7 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 			r.failures, r.logged = 0, ""
 			e.setSession(s)
 			e.count.sessions.Add(1)
+			e.met.connected.Add(1)
 			return s
 		}
 		if ctx.Err() != nil {
@@ -395,6 +400,7 @@ func (e *Entry) countFailure(err error) failure {
 		return failedDial
 	}
 	e.count.hsFailures.Add(1)
+	e.met.handshakeFailed(err, true)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		e.count.hsTimeouts.Add(1)
@@ -502,6 +508,7 @@ func (e *Entry) connect(ctx context.Context, log zerolog.Logger) (*session, erro
 		return nil, err
 	}
 	go mc.supervise(mux)
+	e.met.sessionUp(mux, res.Conn, res.PeerFingerprint, res.Duration)
 	log.Info().Str("peer_fingerprint", res.PeerFingerprint).Str("handshake", logDuration(res.Duration)).Msg("session established")
 	return &session{mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
 }
@@ -618,6 +625,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	s, st, err := e.openStream(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
+		e.met.streamNoSession()
 		app.SetLinger(0)
 		app.Close()
 		return
@@ -651,6 +659,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 		}
 		return nil
 	})
+	e.met.streamDone(status, f)
 	ev := log.Info()
 	if f.aborted || status != StatusOK {
 		ev = log.Warn().Bool("aborted", true)

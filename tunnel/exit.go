@@ -27,6 +27,7 @@ type ExitConfig struct {
 	Settings   config.Exit
 	Key        *rsa.PrivateKey
 	Authorized *handshake.KeySet
+	Version    string // this build's, for the build-info metric
 }
 
 // Exit accepts entry agents, authenticates them, and forwards each of their
@@ -39,6 +40,7 @@ type Exit struct {
 	pool       *bufPool
 	dialer     net.Dialer
 	probe      *backendProbe // readiness: has the backend accepted a connection lately (health.go)
+	met        *metricSet
 	writeStall time.Duration
 	count      counters
 }
@@ -56,7 +58,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Exit{
+	x := &Exit{
 		cfg:        cfg.Settings,
 		log:        log.With().Str("role", "exit").Logger(),
 		resp:       resp,
@@ -65,7 +67,9 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
 		probe:      newBackendProbe(cfg.Settings.Forward, cfg.Settings.DialTimeout),
 		writeStall: defaultWriteStall,
-	}, nil
+	}
+	x.met = newMetrics("exit", cfg.Version, &x.count)
+	return x, nil
 }
 
 // Stats returns the exit's counters.
@@ -139,6 +143,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
 	if err != nil {
 		e.count.hsRefused.Add(1)
+		e.met.handshakeRateLimited()
 		log.Debug().Err(err).Msg("handshake refused") // a flood must not flood the log
 		reason := "too many handshakes from your address; retry later"
 		if errors.Is(err, errTooMany) {
@@ -150,6 +155,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	res, err := e.resp.Handshake(hard, conn)
 	admitted()
 	if err != nil {
+		e.met.handshakeFailed(err, false)
 		lvl := log.Warn()
 		if errors.Is(err, handshake.ErrBusy) {
 			e.count.hsRefused.Add(1)
@@ -173,6 +179,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		return
 	}
 	go mc.supervise(sess)
+	e.met.sessionUp(sess, res.Conn, res.PeerFingerprint, res.Duration)
 	start := time.Now()
 	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
@@ -224,6 +231,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 				log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
+			e.met.streamRefused(StatusBusy)
 			go func() {
 				defer running.Done()
 				refuse(st, StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams))
@@ -242,6 +250,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 			e.count.streams.Add(-1)
 			streams.Done()
 			if s != StatusOK {
+				e.met.streamRefused(s)
 				refuse(st, s, msg)
 			}
 		}()
@@ -294,6 +303,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	}
 	start := time.Now()
 	c, err := e.dialer.DialContext(ctx, "tcp", e.cfg.Forward)
+	e.met.backendDial(time.Since(start), err)
 	if err != nil {
 		return e.refusal(log, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
 	}
@@ -306,6 +316,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		return StatusOK, ""
 	}
 	f := forward(backend, st, mc, e.pool, e.writeStall, nil)
+	e.met.streamEnded(f)
 	ev := log.Info()
 	if f.aborted {
 		ev = log.Warn().Bool("aborted", true)

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 )
 
@@ -79,6 +81,9 @@ type StatusConfig struct {
 	// Ready is /readyz: nil while the agent should be sent traffic,
 	// otherwise why not. It may block for a probe; it honours ctx.
 	Ready func(ctx context.Context) error
+	// Metrics is /metrics, in the Prometheus text format (the agent's
+	// Metrics()); none when nil.
+	Metrics prometheus.Gatherer
 }
 
 // StartStatus serves, on ln:
@@ -88,6 +93,7 @@ type StatusConfig struct {
 //	GET /healthz  liveness: 200 whenever the process answers
 //	GET /readyz   readiness: 200 when cfg.Ready returns nil, else 503 and
 //	              the reason
+//	GET /metrics  cfg.Metrics for Prometheus
 //
 // The caller has bound ln, so that a command can bind every listener
 // before it reports itself ready. The returned stop closes the server and
@@ -111,6 +117,9 @@ func StartStatus(ln net.Listener, log zerolog.Logger, cfg StatusConfig) (stop fu
 		}
 		w.Write([]byte("ready\n"))
 	})
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {

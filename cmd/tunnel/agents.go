@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/cmd/tunnel/demo"
@@ -29,7 +30,7 @@ type exitCmd struct {
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -59,13 +60,13 @@ func (c *exitCmd) Run(e *env) error {
 	if err != nil {
 		return usagef("--authorized-keys %v", err)
 	}
-	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: s, Key: key, Authorized: auth}, e.log)
+	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: s, Key: key, Authorized: auth, Version: e.build.Version}, e.log)
 	if err != nil {
 		return err
 	}
 	return serve(e, agent{
 		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr,
-		serve: x.Serve, stats: x.Stats, readiness: x.Ready,
+		serve: x.Serve, stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward)
@@ -83,7 +84,7 @@ type entryCmd struct {
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
-	StatusAddr            string        `help:"Serve /status (JSON counters), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
+	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
@@ -111,13 +112,13 @@ func (c *entryCmd) Run(e *env) error {
 	if err != nil {
 		return usagef("--peer-key %v", err)
 	}
-	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKey: peerKey}, e.log)
+	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKey: peerKey, Version: e.build.Version}, e.log)
 	if err != nil {
 		return err
 	}
 	return serve(e, agent{
 		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true,
-		serve: n.Serve, stats: n.Stats, readiness: n.Ready,
+		serve: n.Serve, stats: n.Stats, readiness: n.Ready, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey))
@@ -147,7 +148,8 @@ type agent struct {
 	plaintext          bool   // listen takes plaintext (the entry): warn if it is not loopback
 	serve              func(context.Context, net.Listener) error
 	stats              func() tunnel.Stats
-	readiness          func(context.Context) error         // nil: ready for traffic
+	readiness          func(context.Context) error // nil: ready for traffic
+	metrics            prometheus.Gatherer
 	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
 
@@ -179,7 +181,8 @@ func serve(e *env, a agent) error {
 	if statusLn != nil {
 		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
 		stop := tunnel.StartStatus(statusLn, log, tunnel.StatusConfig{
-			Stats: a.stats,
+			Stats:   a.stats,
+			Metrics: a.metrics,
 			// Readiness goes down as the drain starts: e.ctx ends first.
 			Ready: func(ctx context.Context) error {
 				if e.ctx.Err() != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,6 +258,18 @@ func TestStartupOrder(t *testing.T) {
 				"--status-addr", "127.0.0.1:0"}, args[1:]...), io.Discard, &log, nil)
 		}()
 		ready := log.waitJSON(t, args[0]+" ready")
+		// The status endpoint serves the agent's metrics, with this build's version.
+		status := log.waitJSON(t, "status endpoint listening")["addr"].(string)
+		buildInfo := fmt.Sprintf("tunnel_build_info{role=%q,version=%q} 1\n", args[0], thisBuild().Version)
+		if resp, err := http.Get("http://" + status + "/metrics"); err != nil {
+			t.Errorf("%s: GET /metrics: %v", args[0], err)
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(body), buildInfo) {
+				t.Errorf("%s: /metrics lacks %q:\n%s", args[0], buildInfo, body)
+			}
+		}
 		cancel()
 		if code := <-done; code != exitOK {
 			t.Errorf("%s: exit code %d; log:\n%s", args[0], code, log.String())

@@ -1,0 +1,353 @@
+package tunnel
+
+// Prometheus metrics. Each agent owns one prometheus.Registry, made in its
+// constructor (never the default registry) and served by the status
+// endpoint at /metrics.
+//
+// Nothing here runs per chunk. What changes often is counted in atomics
+// (an agent's counters, the arrays below, the record layer's own counts)
+// and read by metrics.Collect at scrape time; the two histograms are
+// observed once per handshake and once per backend dial. Byte counts are
+// added when a stream ends.
+//
+// Labels come from small, known sets: results, statuses, outcomes and
+// directions named below, and peer_fingerprint, which is only ever an
+// authenticated peer's (an authorized key on the exit, the pinned key on
+// the entry). No label carries an address.
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tunnel-dev/tunnel/frame"
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// hsResult is a handshake's result, the label of tunnel_handshakes_total.
+type hsResult int
+
+const (
+	hsOK hsResult = iota
+	hsUnknownKey
+	hsPinnedKeyMismatch
+	hsBadSignature
+	hsBusy
+	hsRateLimited
+	hsTimeout
+	hsProtocolError
+	hsOther
+	numHSResults
+)
+
+var hsResultNames = [numHSResults]string{
+	"ok", "unknown_key", "pinned_key_mismatch", "bad_signature", "busy",
+	"rate_limited", "timeout", "protocol_error", "other",
+}
+
+// classifyHandshake names a failed handshake's result. On the initiator (the
+// entry) an unknown key is the exit's ALERT about our key; the same error
+// raised here means the exit's key is not the pinned one.
+func classifyHandshake(err error, initiator bool) hsResult {
+	var ne net.Error
+	switch {
+	case errors.Is(err, handshake.ErrBusy):
+		return hsBusy
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return hsTimeout
+	case errors.Is(err, handshake.ErrUnknownKey):
+		if ae := (*handshake.AlertError)(nil); initiator && !errors.As(err, &ae) {
+			return hsPinnedKeyMismatch
+		}
+		return hsUnknownKey
+	case errors.Is(err, handshake.ErrBadSignature):
+		return hsBadSignature
+	case errors.Is(err, handshake.ErrProtocol), errors.Is(err, handshake.ErrNotTunnel),
+		errors.Is(err, handshake.ErrUnsupportedVersion), errors.Is(err, handshake.ErrNoCommonSuite),
+		errors.Is(err, handshake.ErrDecrypt):
+		return hsProtocolError
+	}
+	return hsOther
+}
+
+// Stream statuses as labels: the exit's answer (Status), and two ends that
+// are not an answer. Status values past StatusBusy count as "other".
+const (
+	streamAborted   = int(StatusBusy) + 1 + iota // carried, then cut: a reset, or the session was lost
+	streamNoSession                              // entry: no session to open it on
+	streamOther                                  // a status this build does not know
+	numStreamLabels
+)
+
+var streamLabelNames = [numStreamLabels]string{
+	"ok", "unknown_service", "unreachable", "refused", "busy", "aborted", "no_session", "other",
+}
+
+// Session outcomes, by how the record layer ended.
+const (
+	sessionClosedLocally = iota // this side closed it: drain, replacement, keepalive timeout, limit
+	sessionClosedByPeer         // CLOSE received
+	sessionCut                  // the connection ended without CLOSE
+	sessionFailed               // a record failed (authentication, decryption), or another error
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"closed_locally", "closed_by_peer", "cut", "error"}
+
+// sessionOutcome classifies a session whose multiplexer has closed from
+// its record layer's read error.
+func sessionOutcome(conn *frame.Conn) int {
+	switch err := conn.ReadError(); {
+	case err == nil, errors.Is(err, net.ErrClosed):
+		return sessionClosedLocally
+	case errors.Is(err, io.EOF):
+		return sessionClosedByPeer
+	case errors.Is(err, frame.ErrTruncated):
+		return sessionCut
+	}
+	return sessionFailed
+}
+
+// liveSession is a session that metrics watches until it closes.
+type liveSession struct {
+	conn        *frame.Conn
+	fingerprint string
+}
+
+// peerTotals are what the sessions of one peer that have ended add up to.
+type peerTotals struct {
+	outcomes                 [numOutcomes]int64
+	recordsSent, recordsRecv uint64
+}
+
+// metricSet is an agent's registry and what feeds it. Safe for concurrent use.
+type metricSet struct {
+	reg   *prometheus.Registry
+	role  string
+	count *counters // the agent's
+
+	handshakes [numHSResults]atomic.Int64
+	hsDuration prometheus.Histogram // completed handshakes
+
+	streams    [numStreamLabels]atomic.Int64 // ended streams by status
+	toBackend  atomic.Int64                  // bytes, application to backend
+	toApp      atomic.Int64                  // bytes, backend to application
+	dialErrors atomic.Int64                  // exit: backend dials that failed
+	dialTime   prometheus.Histogram          // exit: backend dials, failed or not
+	connected  atomic.Int64                  // entry: sessions made after none was up
+
+	mu    sync.Mutex
+	live  map[*yamux.Session]liveSession
+	ended map[string]*peerTotals // by peer fingerprint: authorized keys only
+
+	descs map[string]*prometheus.Desc
+}
+
+// newMetrics makes the registry of an agent in role ("entry" or "exit")
+// whose counters are count, and registers the agent's metrics, the Go
+// runtime's and the process's on it.
+func newMetrics(role, version string, count *counters) *metricSet {
+	m := &metricSet{
+		reg:   prometheus.NewRegistry(),
+		role:  role,
+		count: count,
+		hsDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tunnel_handshake_duration_seconds",
+			Help:    "Duration of completed handshakes, from the first byte to the session's keys.",
+			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		live:  make(map[*yamux.Session]liveSession),
+		ended: make(map[string]*peerTotals),
+	}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	m.descs = map[string]*prometheus.Desc{
+		"build":      prometheus.NewDesc("tunnel_build_info", "Always 1; the labels say which build runs in which role.", nil, prometheus.Labels{"version": version, "role": role}),
+		"sessions":   desc("tunnel_sessions", "Sessions up now, by peer.", "peer_fingerprint"),
+		"closed":     desc("tunnel_sessions_closed_total", "Sessions that have ended, by peer and by how: closed_locally (drain, replacement, keepalive timeout, limits), closed_by_peer (CLOSE received), cut (no CLOSE: data may be truncated), error (a record failed).", "peer_fingerprint", "outcome"),
+		"handshakes": desc("tunnel_handshakes_total", "Handshakes by result (ok, unknown_key, pinned_key_mismatch, bad_signature, busy, rate_limited, timeout, protocol_error, other).", "result"),
+		"streams":    desc("tunnel_streams", "Streams open now."),
+		"streamsEnd": desc("tunnel_streams_total", "Streams that have ended, by status: the exit's answer (ok, unknown_service, unreachable, refused, busy), aborted (cut after it was carried), no_session (entry: nothing to open it on), other.", "status"),
+		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams that have ended, by direction (to_backend, to_app).", "direction"),
+		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
+	}
+	if role == "exit" {
+		m.dialTime = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tunnel_backend_dial_duration_seconds",
+			Help:    "Duration of the exit's dials to its backend, failed or not.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		})
+		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
+		m.reg.MustRegister(m.dialTime)
+	} else {
+		m.descs["reconnects"] = desc("tunnel_entry_reconnects_total", "Sessions the entry made again after it had none (lost, or the exit went away); planned replacements are not counted.")
+	}
+	m.reg.MustRegister(m, m.hsDuration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Metrics returns the exit's registry, which the status endpoint serves.
+func (e *Exit) Metrics() *prometheus.Registry { return e.met.reg }
+
+// Metrics returns the entry's registry, which the status endpoint serves.
+func (e *Entry) Metrics() *prometheus.Registry { return e.met.reg }
+
+// Describe sends the descriptions of the metrics Collect makes.
+func (m *metricSet) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range m.descs {
+		ch <- d
+	}
+}
+
+// Collect reads the counters and the live sessions.
+func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
+	c := func(name string, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.CounterValue, v, labels...)
+	}
+	g := func(name string, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.GaugeValue, v, labels...)
+	}
+	g("build", 1)
+	g("streams", float64(m.count.streams.Load()))
+	for i := range m.handshakes {
+		c("handshakes", float64(m.handshakes[i].Load()), hsResultNames[i])
+	}
+	for i := range m.streams {
+		c("streamsEnd", float64(m.streams[i].Load()), streamLabelNames[i])
+	}
+	c("bytes", float64(m.toBackend.Load()), "to_backend")
+	c("bytes", float64(m.toApp.Load()), "to_app")
+	if m.dialTime != nil {
+		c("dialErrors", float64(m.dialErrors.Load()))
+	} else {
+		c("reconnects", float64(max(0, m.connected.Load()-1)))
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	up := make(map[string]int)
+	var sent, recvd uint64
+	for _, s := range m.live {
+		up[s.fingerprint]++
+		st := s.conn.Stats()
+		sent, recvd = sent+st.RecordsSent, recvd+st.RecordsReceived
+	}
+	for fp, n := range up {
+		g("sessions", float64(n), fp)
+	}
+	for fp, t := range m.ended {
+		if up[fp] == 0 {
+			g("sessions", 0, fp)
+		}
+		for o, n := range t.outcomes {
+			c("closed", float64(n), fp, outcomeNames[o])
+		}
+		sent, recvd = sent+t.recordsSent, recvd+t.recordsRecv
+	}
+	c("records", float64(sent), "sent")
+	c("records", float64(recvd), "received")
+}
+
+// handshakeRateLimited counts a handshake refused before it began: over
+// the per-source rate or cap.
+func (m *metricSet) handshakeRateLimited() { m.handshakes[hsRateLimited].Add(1) }
+
+// handshakeFailed counts a failed handshake.
+func (m *metricSet) handshakeFailed(err error, initiator bool) {
+	m.handshakes[classifyHandshake(err, initiator)].Add(1)
+}
+
+// sessionUp counts a completed handshake and watches its session, of the
+// peer with this fingerprint, until mux closes (a goroutine waits for that;
+// it ends with the session). Every session a handshake made must be passed
+// here, so that its records are counted.
+func (m *metricSet) sessionUp(mux *yamux.Session, conn *frame.Conn, fingerprint string, handshake time.Duration) {
+	m.handshakes[hsOK].Add(1)
+	m.hsDuration.Observe(handshake.Seconds())
+	m.mu.Lock()
+	m.live[mux] = liveSession{conn: conn, fingerprint: fingerprint}
+	m.mu.Unlock()
+	go func() {
+		<-mux.CloseChan()
+		m.sessionDown(mux)
+	}()
+}
+
+// sessionDown moves a closed session from the live set into its peer's
+// totals.
+func (m *metricSet) sessionDown(mux *yamux.Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.live[mux]
+	delete(m.live, mux)
+	t := m.ended[s.fingerprint]
+	if t == nil {
+		t = new(peerTotals)
+		m.ended[s.fingerprint] = t
+	}
+	t.outcomes[sessionOutcome(s.conn)]++
+	st := s.conn.Stats()
+	t.recordsSent += st.RecordsSent
+	t.recordsRecv += st.RecordsReceived
+}
+
+// streamEnded counts a stream that was carried and has ended with f. On
+// the entry f's toStream goes to the backend, on the exit to the app.
+func (m *metricSet) streamEnded(f flow) {
+	toBackend, toApp := f.toStream, f.fromStream
+	if m.role == "exit" {
+		toBackend, toApp = toApp, toBackend
+	}
+	m.toBackend.Add(toBackend)
+	m.toApp.Add(toApp)
+	// The status last: a scrape that sees the stream ended sees its bytes.
+	label := int(StatusOK)
+	if f.aborted {
+		label = streamAborted
+	}
+	m.streams[label].Add(1)
+}
+
+// streamNoSession counts an application connection the entry could not
+// open a stream for.
+func (m *metricSet) streamNoSession() { m.streams[streamNoSession].Add(1) }
+
+// streamRefused counts a stream the exit refused with s.
+func (m *metricSet) streamRefused(s Status) {
+	label := streamOther
+	if s <= StatusBusy {
+		label = int(s)
+	}
+	m.streams[label].Add(1)
+}
+
+// streamDone counts an entry's stream that has ended with the exit's
+// status s and f.
+func (m *metricSet) streamDone(s Status, f flow) {
+	if s != StatusOK {
+		m.streamRefused(s)
+		return
+	}
+	m.streamEnded(f)
+}
+
+// backendDial counts one dial to the backend that took d.
+func (m *metricSet) backendDial(d time.Duration, err error) {
+	m.dialTime.Observe(d.Seconds())
+	if err != nil {
+		m.dialErrors.Add(1)
+	}
+}
