@@ -3,6 +3,8 @@ package mitm
 import (
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // testBlackholes: once data flows, the proxy forwards nothing more in
@@ -11,7 +13,7 @@ import (
 // (yamux pings go unanswered: keepalive interval plus yamux's 10 s write
 // timeout), tear the session down and say so; the client and the backend
 // must see an abort.
-func testBlackholes(t *testing.T, e *env) {
+func testBlackholes(t *testing.T, e *harness.Rig) {
 	for i, c := range []struct {
 		name     string
 		detector side
@@ -32,9 +34,9 @@ func testBlackholes(t *testing.T, e *env) {
 	}
 }
 
-func runBlackhole(t *testing.T, e *env, o rigOptions, detector side, seed uint64) {
+func runBlackhole(t *testing.T, e *harness.Rig, o rigOptions, detector side, seed uint64) {
 	r := newRig(t, e, o)
-	cl := dialClient(t, r.entryAddr, seed)
+	cl := dialClient(t, r.entry.Addr, seed)
 	cl.exchange(t, 16<<10)
 
 	start := time.Now()
@@ -46,8 +48,8 @@ func runBlackhole(t *testing.T, e *env, o rigOptions, detector side, seed uint64
 	})
 	cl.write(16 << 10)
 
-	entryLine := waitMsg(t, r.entry, 1, msgEntryLost)
-	exitLine := waitMsg(t, r.exit, 1, msgExitClosed)
+	entryLine := r.entry.WaitMessage(t, 1, logWait, msgEntryLost)
+	exitLine := r.exit.WaitMessage(t, 1, logWait, msgExitClosed)
 	t.Logf("entry (after %v): %s", time.Since(start).Round(time.Millisecond), entryLine.Raw)
 	t.Logf("exit:  %s", exitLine.Raw)
 	const why = "keepalive|timeout|timed out|not responding"
@@ -62,5 +64,5 @@ func runBlackhole(t *testing.T, e *env, o rigOptions, detector side, seed uint64
 	cl.checkAborted(t)
 	checkBackendAborted(t, r.rec, 0, cl.pay, cl.sent)
 	r.checkStreamAborted(t)
-	checkRecovers(t, r.entryAddr)
+	checkRecovers(t, r.entry.Addr)
 }

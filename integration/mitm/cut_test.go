@@ -3,6 +3,8 @@ package mitm
 import (
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // cutAfter is how many bytes of records the entry has sent through the
@@ -16,7 +18,7 @@ const cutAfter = 8 << 20
 // exact prefix of the upload; the client must see an abort too; both agents
 // must log that the session ended without CLOSE (truncated) or was reset,
 // and that the stream was aborted.
-func testCuts(t *testing.T, e *env) {
+func testCuts(t *testing.T, e *harness.Rig) {
 	for i, c := range []struct {
 		name string
 		op   op
@@ -35,9 +37,9 @@ func testCuts(t *testing.T, e *env) {
 	}
 }
 
-func runCut(t *testing.T, e *env, how op, log string, seed uint64) {
+func runCut(t *testing.T, e *harness.Rig, how op, log string, seed uint64) {
 	r := newRig(t, e, rigOptions{sinks: 1}) // the upload's backend only receives
-	cl := dialClient(t, r.entryAddr, seed)
+	cl := dialClient(t, r.entry.Addr, seed)
 
 	var passed int64
 	fired := make(chan struct{})
@@ -72,13 +74,13 @@ func runCut(t *testing.T, e *env, how op, log string, seed uint64) {
 		t.Errorf("backend received only %d bytes; the cut came after %d", rc.n, cutAfter)
 	}
 
-	exitLine := waitMsg(t, r.exit, 1, msgExitClosed)
-	entryLine := waitMsg(t, r.entry, 1, msgEntryLost)
+	exitLine := r.exit.WaitMessage(t, 1, logWait, msgExitClosed)
+	entryLine := r.entry.WaitMessage(t, 1, logWait, msgEntryLost)
 	requireLine(t, "exit", exitLine, log)
 	requireLine(t, "entry", entryLine, log)
 	t.Logf("exit:  %s", exitLine.Raw)
 	t.Logf("entry: %s", entryLine.Raw)
 
 	r.checkStreamAborted(t)
-	checkRecovers(t, r.entryAddr)
+	checkRecovers(t, r.entry.Addr)
 }

@@ -122,7 +122,7 @@ const (
 	exitInitFin     = "initiator's FINISHED"
 )
 
-func handshakeAttacks(t *testing.T, e *env) []hsAttack {
+func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 	// The fingerprints of the key ids with bit 0 of their first byte
 	// flipped, as the flip/*/key_id attacks make them.
 	flipFP := func(fp string) string {
@@ -158,7 +158,7 @@ func handshakeAttacks(t *testing.T, e *env) []hsAttack {
 		badSigAtEntry("flip/HELLO_I/x25519", hi, flip(hiX25519+9, 2)),
 		badSigAtEntry("flip/HELLO_I/mlkem-rho", hi, flip(hiMLKEMRho+5, 0)),
 		{name: "flip/HELLO_I/key_id", match: hi, f: flip(hiKeyID, 0),
-			entry: []string{"rejected", "not authorized"}, exit: []string{"not authorized", flipFP(e.entryFP)}},
+			entry: []string{"rejected", "not authorized"}, exit: []string{"not authorized", flipFP(e.Entry.Fingerprint)}},
 
 		{name: "flip/HELLO_R/type", match: hr, f: flip(0, 0),
 			entry: []string{"unexpected message type 0x03"}, exit: []string{"waiting for KEY_I"}},
@@ -172,7 +172,7 @@ func handshakeAttacks(t *testing.T, e *env) []hsAttack {
 		badSigAtEntry("flip/HELLO_R/x25519", hr, flip(hrX25519+1, 6)),
 		badSigAtEntry("flip/HELLO_R/mlkem", hr, flip(hrMLKEM+100, 3)),
 		{name: "flip/HELLO_R/key_id", match: hr, f: flip(hrKeyID, 0),
-			entry: []string{"pinned", e.exitFP, flipFP(e.exitFP)}, exit: []string{rejected, "unknown_key"}},
+			entry: []string{"pinned", e.Exit.Fingerprint, flipFP(e.Exit.Fingerprint)}, exit: []string{rejected, "unknown_key"}},
 		{name: "flip/HELLO_R/sig_len", match: hr, f: flip(hrSigLen, 0),
 			entry: []string{"malformed message: HELLO_R has", "trailing bytes"}, exit: []string{rejected, "bad HELLO_R"}},
 		badSigAtEntry("flip/HELLO_R/sig", hr, flip(hrSig+10, 5)),
@@ -256,7 +256,7 @@ func handshakeAttacks(t *testing.T, e *env) []hsAttack {
 // proxy and entry, while an application tries to use the tunnel. Every
 // attack must fail the handshake (the entry never has a session), with
 // both agents saying why, and the exit must never dial the backend.
-func testHandshakes(t *testing.T, e *env) {
+func testHandshakes(t *testing.T, e *harness.Rig) {
 	for _, a := range handshakeAttacks(t, e) {
 		t.Run(a.name, func(t *testing.T) {
 			t.Parallel()
@@ -265,19 +265,19 @@ func testHandshakes(t *testing.T, e *env) {
 	}
 }
 
-func runHandshakeAttack(t *testing.T, e *env, a hsAttack) {
+func runHandshakeAttack(t *testing.T, e *harness.Rig, a hsAttack) {
 	backend := harness.StartBackend(t, newRecorder(0).handle)
-	exit, exitAddr := e.startExit(t, backend.Addr())
+	exit := e.StartExit(t, backend.Addr(), harness.Options{Args: exitFlags})
 	fired := false
-	p := startProxy(t, exitAddr, tamperAll(a.match, func(u *unit) []action {
+	p := startProxy(t, exit.Addr, tamperAll(a.match, func(u *unit) []action {
 		fired = true
 		return a.f(u)
 	}), a.keepExitOpen)
-	entry, entryAddr := e.startEntry(t, p.addr(), hsEntryFlags)
+	entry := e.StartEntry(t, p.addr(), harness.Options{Args: hsEntryFlags})
 
 	// An application connects and sends a request at once: were a
 	// handshake accepted, the request would reach the backend.
-	app, err := net.DialTimeout("tcp", entryAddr, 5*time.Second)
+	app, err := net.DialTimeout("tcp", entry.Addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("application dial: %v", err)
 	}
@@ -293,7 +293,7 @@ func runHandshakeAttack(t *testing.T, e *env, a hsAttack) {
 		appDone <- err
 	}()
 
-	l := waitMsg(t, entry, 1, msgEntryNoSess)
+	l := entry.WaitMessage(t, 1, logWait, msgEntryNoSess)
 	requireLine(t, "entry", l, a.entry...)
 	t.Logf("entry: %s", l.Raw)
 
@@ -302,7 +302,7 @@ func runHandshakeAttack(t *testing.T, e *env, a hsAttack) {
 	if msg == "" {
 		msg = msgExitHSFail
 	}
-	xl := exit.WaitLine(t, 1, 20*time.Second, msg+" for peer "+pp.exitLocal,
+	xl := exit.WaitLine(t, 1, logWait, msg+" for peer "+pp.exitLocal,
 		harness.All(harness.MessageIs(msg), func(l harness.Line) bool { return l.String("peer") == pp.exitLocal }))
 	requireLine(t, "exit", xl, a.exit...)
 	t.Logf("exit:  %s", xl.Raw)
@@ -316,7 +316,7 @@ func runHandshakeAttack(t *testing.T, e *env, a hsAttack) {
 	case <-time.After(25 * time.Second):
 		t.Errorf("application connection not closed")
 	}
-	al := waitMsg(t, entry, 1, "closing application connection: no session with the exit")
+	al := entry.WaitMessage(t, 1, logWait, "closing application connection: no session with the exit")
 	t.Logf("entry: %s", al.Raw)
 
 	if n := entry.Count(harness.MessageIs("session established")); n != 0 {

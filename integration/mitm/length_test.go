@@ -22,7 +22,7 @@ const memoryBound = 64 << 10 // KiB
 // receiving agent must close the connection on the header alone, at once
 // (nothing else arrives that could complete a record of that length: a
 // reader that waited would hang), without its memory growing, and log why.
-func testLengths(t *testing.T, e *env) {
+func testLengths(t *testing.T, e *harness.Rig) {
 	for _, d := range []dir{i2r, r2i} {
 		for i, n := range injectedLengths {
 			t.Run(fmt.Sprintf("%v/%d", d, n), func(t *testing.T) {
@@ -33,17 +33,24 @@ func testLengths(t *testing.T, e *env) {
 	}
 }
 
-func runLength(t *testing.T, e *env, d dir, length uint32, seed uint64) {
+func runLength(t *testing.T, e *harness.Rig, d dir, length uint32, seed uint64) {
 	r := newRig(t, e, rigOptions{})
-	cl := dialClient(t, r.entryAddr, seed)
+	cl := dialClient(t, r.entry.Addr, seed)
 	cl.exchange(t, 48<<10)
 
 	receiver, who := r.exit, "exit"
 	if d == r2i {
 		receiver, who = r.entry, "entry"
 	}
-	hwmBefore := procStatusKiB(t, receiver.Pid(), "VmHWM")
-	rssBefore := procStatusKiB(t, receiver.Pid(), "VmRSS")
+	kib := func(field string) int64 {
+		t.Helper()
+		n, err := harness.StatusKiB(receiver.Pid(), field)
+		if err != nil {
+			t.Fatalf("%s: %v", who, err)
+		}
+		return n
+	}
+	hwmBefore, rssBefore := kib("VmHWM"), kib("VmRSS")
 
 	var injectedAt time.Time
 	fired := make(chan struct{})
@@ -75,8 +82,7 @@ func runLength(t *testing.T, e *env, d dir, length uint32, seed uint64) {
 	t.Logf("%s closed its connection %v after the length field %#x arrived (%v)",
 		who, closedAt.Sub(injectedAt).Round(time.Microsecond), length, why)
 
-	hwmAfter := procStatusKiB(t, receiver.Pid(), "VmHWM")
-	rssAfter := procStatusKiB(t, receiver.Pid(), "VmRSS")
+	hwmAfter, rssAfter := kib("VmHWM"), kib("VmRSS")
 	t.Logf("%s memory: VmRSS %d -> %d KiB, VmHWM %d -> %d KiB", who, rssBefore, rssAfter, hwmBefore, hwmAfter)
 	if hwmAfter-hwmBefore > memoryBound || rssAfter-rssBefore > memoryBound {
 		t.Errorf("%s grew its memory by more than %d MiB on a length field of %#x", who, memoryBound>>10, length)
@@ -87,9 +93,9 @@ func runLength(t *testing.T, e *env, d dir, length uint32, seed uint64) {
 
 	var l harness.Line
 	if d == i2r {
-		l = waitMsg(t, r.exit, 1, msgExitClosed)
+		l = r.exit.WaitMessage(t, 1, logWait, msgExitClosed)
 	} else {
-		l = waitMsg(t, r.entry, 1, msgEntryLost)
+		l = r.entry.WaitMessage(t, 1, logWait, msgEntryLost)
 	}
 	requireLine(t, who, l, logLength)
 	t.Logf("%s: %s", who, l.Raw)
@@ -97,5 +103,5 @@ func runLength(t *testing.T, e *env, d dir, length uint32, seed uint64) {
 	cl.checkAborted(t)
 	checkBackendAborted(t, r.rec, 0, cl.pay, cl.sent)
 	r.checkStreamAborted(t)
-	checkRecovers(t, r.entryAddr)
+	checkRecovers(t, r.entry.Addr)
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // Log substrings of the record layer's errors (frame.ErrAuth, ErrLength).
@@ -113,7 +115,7 @@ func swapTwo(d dir, fired chan<- struct{}) policy {
 // one that sent it) must close the session and log why; the client and the
 // backend see an exact prefix of the other's bytes and a reset; and the
 // agents reconnect afterwards.
-func testRecords(t *testing.T, e *env) {
+func testRecords(t *testing.T, e *harness.Rig) {
 	for _, d := range []dir{i2r, r2i} {
 		for i, a := range recordAttacks {
 			t.Run(d.String()+"/"+a.name, func(t *testing.T) {
@@ -124,9 +126,9 @@ func testRecords(t *testing.T, e *env) {
 	}
 }
 
-func runRecordAttack(t *testing.T, e *env, d dir, a recordAttack, seed uint64) {
+func runRecordAttack(t *testing.T, e *harness.Rig, d dir, a recordAttack, seed uint64) {
 	r := newRig(t, e, rigOptions{})
-	cl := dialClient(t, r.entryAddr, seed)
+	cl := dialClient(t, r.entry.Addr, seed)
 	cl.exchange(t, 48<<10) // data flows, the stream is open both ways
 
 	fired := make(chan struct{})
@@ -146,8 +148,8 @@ func runRecordAttack(t *testing.T, e *env, d dir, a recordAttack, seed uint64) {
 	if (d == r2i) != a.detectedBySender {
 		detector = entrySide
 	}
-	exitLine := waitMsg(t, r.exit, 1, msgExitClosed)
-	entryLine := waitMsg(t, r.entry, 1, msgEntryLost)
+	exitLine := r.exit.WaitMessage(t, 1, logWait, msgExitClosed)
+	entryLine := r.entry.WaitMessage(t, 1, logWait, msgEntryLost)
 	if detector == exitSide {
 		requireLine(t, "exit", exitLine, a.log)
 		requireLine(t, "entry", entryLine, peerEnded)
@@ -159,5 +161,5 @@ func runRecordAttack(t *testing.T, e *env, d dir, a recordAttack, seed uint64) {
 	t.Logf("entry: %s", entryLine.Raw)
 
 	r.checkStreamAborted(t)
-	checkRecovers(t, r.entryAddr)
+	checkRecovers(t, r.entry.Addr)
 }

@@ -1,17 +1,14 @@
 package mitm
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"os"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,70 +28,14 @@ var (
 	exitFlags  = []string{"--handshake-timeout", "4s", "--dial-timeout", "2s"}
 )
 
-// env is what every test shares: the binary and one entry and one exit
-// identity, made once by TestMITM.
-type env struct {
-	bin                         string
-	entryKey, entryPub, entryFP string
-	exitKey, exitPub, exitFP    string
-}
-
-func newEnv(t *testing.T) *env {
-	t.Helper()
-	e := &env{bin: harness.Build(t)}
-	dir := t.TempDir()
-	e.entryKey, e.entryPub, e.entryFP = harness.Keygen(t, e.bin, dir, "entry")
-	e.exitKey, e.exitPub, e.exitFP = harness.Keygen(t, e.bin, dir, "exit")
-	return e
-}
-
-// startExit starts an exit that forwards to backend, with exitFlags and
-// extra.
-func (e *env) startExit(t testing.TB, backend string, extra ...string) (*harness.Proc, string) {
-	t.Helper()
-	args := append([]string{"exit", "--listen", "127.0.0.1:0", "--forward", backend,
-		"--key", e.exitKey, "--authorized-keys", e.entryPub}, exitFlags...)
-	args = append(args, extra...)
-	p := harness.Start(t, e.bin, args...)
-	checkClean(t, p)
-	return p, p.ListenAddr(t)
-}
-
-// startEntry starts an entry that dials peer, with flags (entryFlags if nil).
-func (e *env) startEntry(t testing.TB, peer string, flags []string) (*harness.Proc, string) {
-	t.Helper()
-	if flags == nil {
-		flags = entryFlags
-	}
-	args := append([]string{"entry", "--listen", "127.0.0.1:0", "--peer", peer,
-		"--key", e.entryKey, "--peer-key", e.exitPub}, flags...)
-	p := harness.Start(t, e.bin, args...)
-	checkClean(t, p)
-	return p, p.ListenAddr(t)
-}
-
-// checkClean fails the test, when it ends, if the agent reported a data
-// race (it is built with -race when the tests are), a panic or a fatal error.
-func checkClean(t testing.TB, p *harness.Proc) {
-	t.Cleanup(func() {
-		for _, l := range p.Logs() {
-			if strings.Contains(l.Raw, "WARNING: DATA RACE") || strings.HasPrefix(l.Raw, "panic:") || strings.HasPrefix(l.Raw, "fatal error:") {
-				t.Errorf("agent (pid %d) reported: %s", p.Pid(), l.Raw)
-			}
-		}
-	})
-}
-
 // rig is a full tunnel with the attacker in the middle:
 // client -> entry -> proxy -> exit -> backend.
 type rig struct {
-	rec       *recorder
-	backend   *harness.Backend
-	exit      *harness.Proc
-	exitAddr  string
-	proxy     *proxy
-	entry     *harness.Proc
-	entryAddr string
+	rec     *recorder
+	backend *harness.Backend
+	exit    *harness.Agent
+	proxy   *proxy
+	entry   *harness.Agent
 }
 
 // rigOptions vary a rig.
@@ -106,14 +47,17 @@ type rigOptions struct {
 
 // newRig starts a recording backend, an exit, a pass-through proxy and an
 // entry, and waits until the entry's session is up.
-func newRig(t *testing.T, e *env, o rigOptions) *rig {
+func newRig(t *testing.T, e *harness.Rig, o rigOptions) *rig {
 	t.Helper()
 	r := &rig{rec: newRecorder(o.sinks)}
 	r.backend = harness.StartBackend(t, r.rec.handle)
-	r.exit, r.exitAddr = e.startExit(t, r.backend.Addr(), o.exitExtra...)
-	r.proxy = startProxy(t, r.exitAddr, passThrough, false)
-	r.entry, r.entryAddr = e.startEntry(t, r.proxy.addr(), o.entryFlags)
-	r.entry.WaitLine(t, 1, 20*time.Second, "session established", harness.MessageIs("session established"))
+	r.exit = e.StartExit(t, r.backend.Addr(), harness.Options{Args: append(slices.Clone(exitFlags), o.exitExtra...)})
+	r.proxy = startProxy(t, r.exit.Addr, passThrough, false)
+	if o.entryFlags == nil {
+		o.entryFlags = entryFlags
+	}
+	r.entry = e.StartEntry(t, r.proxy.addr(), harness.Options{Args: o.entryFlags})
+	r.entry.WaitMessage(t, 1, logWait, "session established")
 	return r
 }
 
@@ -123,10 +67,10 @@ func (r *rig) checkStreamAborted(t testing.TB) {
 	t.Helper()
 	for _, c := range []struct {
 		who string
-		p   *harness.Proc
+		p   *harness.Agent
 		msg string
 	}{{"entry", r.entry, "connection closed"}, {"exit", r.exit, "stream closed"}} {
-		l := waitMsg(t, c.p, 1, c.msg)
+		l := c.p.WaitMessage(t, 1, logWait, c.msg)
 		if l.Fields["aborted"] != true {
 			t.Errorf("%s logged the end of a stream that the attack cut as a normal close (no aborted:true): %s", c.who, l.Raw)
 		} else {
@@ -149,11 +93,8 @@ const (
 // not tell a reader what happened.
 const peerEnded = "truncated|connection reset by peer|broken pipe"
 
-// waitMsg waits for the n-th line with message msg and returns it.
-func waitMsg(t testing.TB, p *harness.Proc, n int, msg string) harness.Line {
-	t.Helper()
-	return p.WaitLine(t, n, 20*time.Second, fmt.Sprintf("message %q", msg), harness.MessageIs(msg))
-}
+// logWait bounds the wait for an agent's log line.
+const logWait = 20 * time.Second
 
 // requireLine fails the test unless line contains every one of specs; a
 // spec "a|b" is satisfied by either a or b.
@@ -337,13 +278,7 @@ type readResult struct {
 
 func dialClient(t testing.TB, addr string, seed uint64) *client {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		t.Fatalf("client dial %s: %v", addr, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(40 * time.Second))
-	cl := &client{c: c.(*net.TCPConn), pay: payload(seed), wgen: payload(seed).gen(),
+	cl := &client{c: harness.Dial(t, addr, 40*time.Second), pay: payload(seed), wgen: payload(seed).gen(),
 		changed: make(chan struct{}), res: make(chan readResult, 1)}
 	go cl.read()
 	return cl
@@ -459,39 +394,9 @@ func checkRecovers(t testing.TB, addr string) {
 		if attempt > 0 {
 			time.Sleep(200 * time.Millisecond)
 		}
-		var c net.Conn
-		if c, err = net.DialTimeout("tcp", addr, 5*time.Second); err != nil {
-			continue
-		}
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		err = harness.HashEchoExchange(c.(*net.TCPConn), 100<<10, 99)
-		c.Close()
-		if err == nil {
+		if err = harness.Exchange(addr, 100<<10, 99, 20*time.Second); err == nil {
 			return
 		}
 	}
 	t.Errorf("no working tunnel after the attack: %v", err)
-}
-
-// procStatusKiB returns field (e.g. "VmRSS", "VmHWM") of /proc/PID/status,
-// in KiB.
-func procStatusKiB(t testing.TB, pid int, field string) int64 {
-	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatalf("/proc/%d/status: %v", pid, err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("/proc/%d/status: %q: %v", pid, sc.Text(), err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("/proc/%d/status has no %s", pid, field)
-	return 0
 }
