@@ -129,7 +129,7 @@ func runFlood(t *testing.T, rate float64, sources int) *floodCounts {
 			default:
 			}
 			s := time.Now()
-			err := exchange(entryAddr, exchangeSize, seed, 2*time.Minute)
+			err := harness.Exchange(entryAddr, exchangeSize, seed, 2*time.Minute)
 			xmu.Lock()
 			xfers = append(xfers, xfer{s, time.Now(), err})
 			xmu.Unlock()
@@ -147,7 +147,7 @@ func runFlood(t *testing.T, rate float64, sources int) *floodCounts {
 	time.Sleep(baseline)
 	before := r.mustStatus(t)
 	floodStart := time.Now()
-	c := flood(r.exitAddr, sources, hello, floodStart.Add(floodDuration))
+	c := flood(r.exit.Addr, sources, hello, floodStart.Add(floodDuration))
 	floodEnd := time.Now()
 	after := r.mustStatus(t)
 	close(trafficStop)

@@ -118,7 +118,7 @@ func TestMisbehavingPeer(t *testing.T) {
 		t.Helper()
 		seed++
 		start := time.Now()
-		if err := exchange(entryAddr, 1*mib, seed, 30*time.Second); err != nil {
+		if err := harness.Exchange(entryAddr, 1*mib, seed, 30*time.Second); err != nil {
 			t.Fatalf("real entry's exchange %s: %v", when, err)
 		}
 		t.Logf("real entry: 1 MiB exchanged %s in %v", when, time.Since(start).Round(time.Millisecond))

@@ -93,7 +93,7 @@ func TestStuffedBadServiceStreams(t *testing.T) {
 	if limit := base.HeapBytes + 16*mib; after.HeapBytes > limit {
 		t.Errorf("exit live heap %.1f MiB after the session closed, baseline %.1f MiB", float64(after.HeapBytes)/mib, float64(base.HeapBytes)/mib)
 	}
-	if err := exchange(entryAddr, 1*mib, 3, 30*time.Second); err != nil {
+	if err := harness.Exchange(entryAddr, 1*mib, 3, 30*time.Second); err != nil {
 		t.Errorf("real entry's exchange after the stuffing: %v", err)
 	}
 }

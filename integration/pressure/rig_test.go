@@ -1,7 +1,6 @@
 package pressure
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdh"
 	"crypto/mlkem"
@@ -10,10 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -31,14 +26,10 @@ const mib = 1 << 20
 // rig is a running exit agent with its status endpoint, in front of a
 // backend, and the identities to talk to it.
 type rig struct {
-	bin                  string
-	entryKey, entryPub   string
-	exitKey, exitPub     string
-	exit                 *harness.Proc
-	exitAddr, statusAddr string
-	backend              *harness.Backend
-	http                 *http.Client
-	entryPriv            *handshakeKeys
+	rig       *harness.Rig
+	exit      *harness.Agent
+	backend   *harness.Backend
+	entryPriv *handshakeKeys
 }
 
 // handshakeKeys are the parsed keys of the rig's entry identity, for tests
@@ -52,26 +43,14 @@ type handshakeKeys struct {
 // to it with --status-addr on a free port, plus extra flags.
 func startRig(t *testing.T, h func(net.Conn), extra ...string) *rig {
 	t.Helper()
-	r := &rig{bin: harness.Build(t), http: &http.Client{Timeout: 10 * time.Second}}
-	t.Cleanup(r.http.CloseIdleConnections)
-	dir := t.TempDir()
-	r.entryKey, r.entryPub, _ = harness.Keygen(t, r.bin, dir, "entry")
-	r.exitKey, r.exitPub, _ = harness.Keygen(t, r.bin, dir, "exit")
-	r.backend = harness.StartBackend(t, h)
-	args := append([]string{"exit", "--listen", "127.0.0.1:0", "--forward", r.backend.Addr(),
-		"--key", r.exitKey, "--authorized-keys", r.entryPub, "--status-addr", "127.0.0.1:0"}, extra...)
-	r.exit = harness.Start(t, r.bin, args...)
-	r.exitAddr = r.exit.ListenAddr(t)
-	l := r.exit.WaitLine(t, 1, 30*time.Second, `"status endpoint listening"`, harness.MessageIs("status endpoint listening"))
-	if r.statusAddr = l.String("addr"); r.statusAddr == "" {
-		t.Fatalf("status endpoint line without addr: %s", l.Raw)
-	}
+	r := &rig{rig: harness.NewRig(t), backend: harness.StartBackend(t, h)}
+	r.exit = r.rig.StartExit(t, r.backend.Addr(), harness.Options{Status: true, Args: extra})
 
-	priv, err := handshake.LoadPrivateKey(r.entryKey)
+	priv, err := handshake.LoadPrivateKey(r.rig.Entry.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := handshake.LoadPublicKey(r.exitPub)
+	pub, err := handshake.LoadPublicKey(r.rig.Exit.Pub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,14 +63,11 @@ func startRig(t *testing.T, h func(net.Conn), extra ...string) *rig {
 
 // startEntry starts a real entry agent dialing the rig's exit and waits for
 // its session; it returns the process and its listening address.
-func (r *rig) startEntry(t *testing.T, extra ...string) (*harness.Proc, string) {
+func (r *rig) startEntry(t *testing.T, extra ...string) (*harness.Agent, string) {
 	t.Helper()
-	args := append([]string{"entry", "--listen", "127.0.0.1:0", "--peer", r.exitAddr,
-		"--key", r.entryKey, "--peer-key", r.exitPub}, extra...)
-	p := harness.Start(t, r.bin, args...)
-	addr := p.ListenAddr(t)
-	p.WaitLine(t, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
-	return p, addr
+	p := r.rig.StartEntry(t, r.exit.Addr, harness.Options{Args: extra})
+	p.WaitMessage(t, 1, 30*time.Second, "session established")
+	return p, p.Addr
 }
 
 // stats is the exit's /status document (tunnel.Stats), decoded by field
@@ -124,15 +100,11 @@ func (r *rig) liveStatus(t testing.TB) stats {
 
 func (r *rig) statusQuery(query string) (stats, error) {
 	var s stats
-	resp, err := r.http.Get("http://" + r.statusAddr + "/status" + query)
+	body, err := r.exit.Get("/status" + query)
 	if err != nil {
 		return s, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return s, fmt.Errorf("GET /status: %s", resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+	if err := json.Unmarshal(body, &s); err != nil {
 		return s, fmt.Errorf("GET /status: %w", err)
 	}
 	if s.Role != "exit" || s.Goroutines <= 0 || s.HeapBytes == 0 {
@@ -167,23 +139,6 @@ func (r *rig) waitStatus(t testing.TB, timeout time.Duration, what string, ok fu
 	}
 }
 
-// vmRSS returns a process's resident set size in bytes from /proc.
-func vmRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kib << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
-}
-
 // sample is one observation of the exit's resources.
 type sample struct {
 	at   time.Time
@@ -208,7 +163,8 @@ func (r *rig) startSampler(interval time.Duration) *sampler {
 		defer tick.Stop()
 		for {
 			st, err := r.status()
-			rss, rerr := vmRSS(r.exit.Pid())
+			rss, rerr := harness.StatusKiB(r.exit.Pid(), "VmRSS")
+			rss <<= 10
 			if err == nil {
 				err = rerr
 			}
@@ -280,17 +236,6 @@ func rssLimit(plain int64) int64 {
 	return plain
 }
 
-// exchange runs one HashEcho exchange of size bytes through addr.
-func exchange(addr string, size int64, seed uint64, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	return harness.HashEchoExchange(c.(*net.TCPConn), size, seed)
-}
-
 // Handshake wire layout (PROTOCOL.md 2.1), replicated here so that a test
 // can send a HELLO_I without running an initiator.
 const (
@@ -358,7 +303,7 @@ type session struct {
 
 func (r *rig) dialSession(t testing.TB) *session {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", r.exitAddr, 10*time.Second)
+	c, err := net.DialTimeout("tcp", r.exit.Addr, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func TestSlowloris(t *testing.T) {
 					return
 				default:
 				}
-				life, byExit := d.run(r.exitAddr, stop, &open, func() {
+				life, byExit := d.run(r.exit.Addr, stop, &open, func() {
 					if !connected {
 						connected = true
 						firstRound.Done()
@@ -132,7 +132,7 @@ func TestSlowloris(t *testing.T) {
 	hsLine := entry.WaitLine(t, 1, time.Second, "session established", harness.MessageIs("session established"))
 	const size = 4 * mib
 	xStart := time.Now()
-	if err := exchange(entryAddr, size, 1, time.Minute); err != nil {
+	if err := harness.Exchange(entryAddr, size, 1, time.Minute); err != nil {
 		t.Fatalf("exchange through the entry during the drip: %v", err)
 	}
 	xDur := time.Since(xStart)
@@ -194,7 +194,7 @@ func TestSlowloris(t *testing.T) {
 		t.Errorf("the entry lost its session %d times during the drip", n)
 	}
 	// The session still carries data after the drip.
-	if err := exchange(entryAddr, 256<<10, 2, 30*time.Second); err != nil {
+	if err := harness.Exchange(entryAddr, 256<<10, 2, 30*time.Second); err != nil {
 		t.Errorf("exchange after the drip: %v", err)
 	}
 }

@@ -20,7 +20,7 @@ func TestSilentSourceLeavesSlots(t *testing.T) {
 	before := r.mustStatus(t)
 	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
 	for range silent {
-		c, err := d.Dial("tcp", r.exitAddr)
+		c, err := d.Dial("tcp", r.exit.Addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -44,7 +44,7 @@ func TestSilentSourceLeavesSlots(t *testing.T) {
 	if n := entry.Count(harness.MessageIs("session established")); n != 1 {
 		t.Errorf("entry logged %d sessions, want 1", n)
 	}
-	if err := exchange(entryAddr, 256<<10, 1, 30*time.Second); err != nil {
+	if err := harness.Exchange(entryAddr, 256<<10, 1, 30*time.Second); err != nil {
 		t.Errorf("exchange through the entry: %v", err)
 	}
 	after := r.mustStatus(t)
