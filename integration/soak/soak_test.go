@@ -1,7 +1,7 @@
 package soak
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -11,9 +11,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,15 +94,22 @@ func soakDuration(t *testing.T) time.Duration {
 func TestSoak(t *testing.T) {
 	duration := soakDuration(t)
 	raiseFileLimit(t, 4*concurrency+1024)
-	bin := harness.Build(t)
 	backend := harness.StartHashEcho(t)
-	entry, exit, entryAddr := startAgents(t, bin, backend.Addr())
-	agents := []*agent{entry, exit}
+	// The agents log warnings and errors only: at info level they would
+	// log a line per connection, hundreds of thousands in a soak, all kept
+	// by the harness. A connection its client has closed keeps its stream
+	// at the exit until the backend has answered the FIN, so under this
+	// churn the exit's open streams peak about 10% above the client
+	// concurrency: within the default --max-streams (4096).
+	quiet := harness.Options{Quiet: true, NoErrors: true}
+	tun := harness.NewRig(t).StartTunnel(t, backend.Addr(), quiet, quiet)
+	entryAddr := tun.Entry.Addr
+	agents := []*agent{{tun.Entry}, {tun.Exit}}
 
 	// Warm up: one connection through, so that lazily made state (the
 	// buffer pool, the backend dialer) exists before the baseline; then
 	// let it go idle.
-	if err := halfCloseExchange(entryAddr, 4096, 1); err != nil {
+	if err := harness.Exchange(entryAddr, 4096, 1, connTimeout); err != nil {
 		t.Fatalf("warm-up exchange through the entry: %v", err)
 	}
 	time.Sleep(time.Second)
@@ -113,9 +118,9 @@ func TestSoak(t *testing.T) {
 	for i, a := range agents {
 		base[i] = a.stats(t)
 		baseRSS[i] = a.procKiB(t, "VmRSS")
-		t.Logf("%s baseline: %s, VmRSS %d KiB", a.role, format(base[i]), baseRSS[i])
+		t.Logf("%s baseline: %s, VmRSS %d KiB", a.Role, format(base[i]), baseRSS[i])
 		if base[i].Sessions != 1 || base[i].Streams != 0 {
-			t.Fatalf("%s baseline: %d sessions and %d open streams, want 1 and 0", a.role, base[i].Sessions, base[i].Streams)
+			t.Fatalf("%s baseline: %d sessions and %d open streams, want 1 and 0", a.Role, base[i].Sessions, base[i].Streams)
 		}
 	}
 
@@ -156,34 +161,32 @@ func TestSoak(t *testing.T) {
 	t.Logf("settled after %v", time.Since(settleStart).Round(time.Millisecond))
 	for i, a := range agents {
 		s := after[i]
-		t.Logf("%s after:    %s, VmRSS %d KiB (peak VmHWM %d KiB)", a.role, format(s), a.procKiB(t, "VmRSS"), a.procKiB(t, "VmHWM"))
+		t.Logf("%s after:    %s, VmRSS %d KiB (peak VmHWM %d KiB)", a.Role, format(s), a.procKiB(t, "VmRSS"), a.procKiB(t, "VmHWM"))
 		for _, problem := range overBaseline(base[i], s) {
-			t.Errorf("%s did not settle within %v: %s", a.role, settleTimeout, problem)
+			t.Errorf("%s did not settle within %v: %s", a.Role, settleTimeout, problem)
 		}
 		if s.Sessions != 1 || s.HandshakeFailures != base[i].HandshakeFailures {
 			t.Errorf("%s: %d sessions and %d handshake failures after the soak, want 1 and %d: the session was lost",
-				a.role, s.Sessions, s.HandshakeFailures, base[i].HandshakeFailures)
+				a.Role, s.Sessions, s.HandshakeFailures, base[i].HandshakeFailures)
 		}
 		// Every accepted application connection became a stream at both
 		// agents, abandoned ones included.
 		if got := s.StreamsTotal - base[i].StreamsTotal; got != tl.dials.Load() {
-			t.Errorf("%s counted %d new streams, want one per connection: %d", a.role, got, tl.dials.Load())
+			t.Errorf("%s counted %d new streams, want one per connection: %d", a.Role, got, tl.dials.Load())
 		}
 	}
 	for _, a := range agents {
-		if n := a.proc.Count(harness.Level("error")); n > 0 {
-			t.Errorf("%s logged %d error lines:\n%s", a.role, n, a.proc.LogText())
-		}
-		// Warnings are logged, not failed: an abandoned connection may
-		// legitimately cause one.
+		// Error lines fail the test (Options.NoErrors); warnings are
+		// logged, not failed: an abandoned connection may legitimately
+		// cause one.
 		var warns []string
-		for _, l := range a.proc.Logs() {
+		for _, l := range a.Logs() {
 			if harness.Level("warn")(l) {
 				warns = append(warns, l.Raw)
 			}
 		}
 		if len(warns) > 0 {
-			t.Logf("%s logged %d warnings, the first: %s", a.role, len(warns), warns[0])
+			t.Logf("%s logged %d warnings, the first: %s", a.Role, len(warns), warns[0])
 		}
 	}
 }
@@ -276,9 +279,9 @@ func runLoad(t *testing.T, addr string, duration time.Duration, agents []*agent)
 			var open []string
 			for _, a := range agents {
 				if s, err := a.tryStats(""); err != nil {
-					open = append(open, fmt.Sprintf("%s: %v", a.role, err))
+					open = append(open, fmt.Sprintf("%s: %v", a.Role, err))
 				} else {
-					open = append(open, fmt.Sprintf("%s %d streams, %d goroutines", a.role, s.Streams, s.Goroutines))
+					open = append(open, fmt.Sprintf("%s %d streams, %d goroutines", a.Role, s.Streams, s.Goroutines))
 				}
 			}
 			t.Logf("soak %v: %d connections, %d errors; %s", time.Since(start).Round(time.Second),
@@ -372,94 +375,15 @@ func abandon(c *net.TCPConn, size int, seed uint64, rng *rand.Rand) {
 	c.Close()
 }
 
-// halfCloseExchange runs one HashEcho exchange through addr.
-func halfCloseExchange(addr string, size int64, seed uint64) error {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(connTimeout))
-	return harness.HashEchoExchange(c.(*net.TCPConn), size, seed)
-}
-
 // agent is a running entry or exit with its status endpoint.
-type agent struct {
-	role   string
-	proc   *harness.Proc
-	status string // host:port of --status-addr
-	client *http.Client
-}
-
-// startAgents starts an exit forwarding to backend and an entry dialing
-// it, both with --status-addr, and waits until the entry's session is up.
-// They log warnings and errors only: at info level they would log a line
-// per connection, hundreds of thousands in a soak, all kept by the
-// harness. Without the "listening" line their ports are chosen here, and a
-// start that loses its port to another process is retried.
-func startAgents(t *testing.T, bin, backend string) (entry, exit *agent, entryAddr string) {
-	t.Helper()
-	dir := t.TempDir()
-	entryKey, entryPub, _ := harness.Keygen(t, bin, dir, "entry")
-	exitKey, exitPub, _ := harness.Keygen(t, bin, dir, "exit")
-	var exitAddr string
-	exit = startAgent(t, "exit", func(listen, status string) *harness.Proc {
-		exitAddr = listen
-		// A connection its client has closed keeps its stream at the exit
-		// until the backend has answered the FIN, so under this churn the
-		// exit's open streams peak about 10% above the client concurrency:
-		// within the default --max-streams (4096).
-		return harness.Start(t, bin, "exit", "--listen", listen, "--forward", backend,
-			"--key", exitKey, "--authorized-keys", entryPub, "--status-addr", status,
-			"--log-level", "warn")
-	})
-	entry = startAgent(t, "entry", func(listen, status string) *harness.Proc {
-		entryAddr = listen
-		return harness.Start(t, bin, "entry", "--listen", listen, "--peer", exitAddr,
-			"--key", entryKey, "--peer-key", exitPub, "--status-addr", status, "--log-level", "warn")
-	})
-	return entry, exit, entryAddr
-}
-
-// startAgent starts an agent with start on two free ports (listen and
-// status), waits until its /readyz answers 200 (for the entry: its
-// session is up), and retries with other ports if the agent exits first.
-func startAgent(t *testing.T, role string, start func(listen, status string) *harness.Proc) *agent {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
-		status := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
-		a := &agent{role: role, proc: start(listen, status), status: status,
-			// No keep-alive: an idle status connection would hold a
-			// goroutine and a descriptor in the agent between polls.
-			client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			resp, err := a.client.Get("http://" + status + "/readyz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return a
-				}
-			}
-			if a.proc.Exited() || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if !a.proc.Exited() || attempt == 3 {
-			t.Fatalf("%s agent not healthy on %s within 30s (attempt %d); stderr:\n%s", role, status, attempt, a.proc.LogText())
-		}
-		t.Logf("%s agent exited at start (attempt %d, ports %s and %s taken?); retrying:\n%s", role, attempt, listen, status, a.proc.LogText())
-	}
-}
+type agent struct{ *harness.Agent }
 
 // stats reads the agent's /status after a collection, failing the test if it cannot.
 func (a *agent) stats(t *testing.T) tunnel.Stats {
 	t.Helper()
 	s, err := a.tryStats("?gc=1")
 	if err != nil {
-		t.Fatalf("%s: %v", a.role, err)
+		t.Fatalf("%s: %v", a.Role, err)
 	}
 	return s
 }
@@ -467,21 +391,17 @@ func (a *agent) stats(t *testing.T) tunnel.Stats {
 // tryStats reads the agent's /status with the given query.
 func (a *agent) tryStats(query string) (tunnel.Stats, error) {
 	var s tunnel.Stats
-	resp, err := a.client.Get("http://" + a.status + "/status" + query)
+	body, err := a.Get("/status" + query)
 	if err != nil {
-		return s, fmt.Errorf("GET /status: %w", err)
+		return s, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return s, fmt.Errorf("GET /status: %s", resp.Status)
-	}
-	dec := json.NewDecoder(resp.Body)
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
 		return s, fmt.Errorf("GET /status: decoding: %w", err)
 	}
-	if s.Role != a.role || s.OpenFDs < 0 {
-		return s, fmt.Errorf("GET /status: role %q, open_fds %d: want role %q and a descriptor count", s.Role, s.OpenFDs, a.role)
+	if s.Role != a.Role || s.OpenFDs < 0 {
+		return s, fmt.Errorf("GET /status: role %q, open_fds %d: want role %q and a descriptor count", s.Role, s.OpenFDs, a.Role)
 	}
 	return s, nil
 }
@@ -489,23 +409,11 @@ func (a *agent) tryStats(query string) (tunnel.Stats, error) {
 // procKiB returns a "kB" field of /proc/PID/status, such as VmRSS.
 func (a *agent) procKiB(t *testing.T, field string) int64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", a.proc.Pid()))
+	n, err := harness.StatusKiB(a.Pid(), field)
 	if err != nil {
-		t.Fatalf("%s: %v", a.role, err)
+		t.Fatalf("%s: %v", a.Role, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			n, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("%s: /proc/%d/status: %s: %v", a.role, a.proc.Pid(), sc.Text(), err)
-			}
-			return n
-		}
-	}
-	t.Fatalf("%s: /proc/%d/status has no %s", a.role, a.proc.Pid(), field)
-	return 0
+	return n
 }
 
 // raiseFileLimit raises this process's RLIMIT_NOFILE to at least n, and
