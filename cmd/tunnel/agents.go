@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -141,6 +143,24 @@ func loadPrivateKey(path string, allowInsecure bool) (*rsa.PrivateKey, error) {
 	return key, nil
 }
 
+// agentProcs is how many threads an agent runs Go code on (GOMAXPROCS),
+// given the environment variable GOMAXPROCS and avail, what the runtime
+// chose (the CPUs this process may use, within its container's CPU limit).
+// A value in the environment is the operator's and is kept. Otherwise an
+// agent takes half of avail, at least one: a sidecar shares its host with
+// the application it serves, each session's work is one pipeline, and on
+// a 2-core machine running the application, a server and both agents
+// (integration/perf) one thread per agent gave pgbench -S 0.38-0.45 of
+// direct against 0.25-0.31 with two, and bulk 10-30% more throughput for
+// 10-20% less CPU per byte: a second thread mostly wakes up, spins and
+// hands goroutines over.
+func agentProcs(env string, avail int) int {
+	if env != "" {
+		return avail
+	}
+	return max(1, avail/2)
+}
+
 // agent is what serve needs of an exit or an entry.
 type agent struct {
 	role               string
@@ -170,9 +190,11 @@ func serve(e *env, a agent) error {
 			return fmt.Errorf("--status-addr %s: %w", a.statusAddr, err)
 		}
 	}
+	procs := agentProcs(os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(procs)
 	log := e.log.With().Str("role", a.role).Logger()
 	// The first line says which build runs.
-	log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Msg("listening")
+	log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Int("procs", procs).Msg("listening")
 	tunnel.WarnLowFileLimit(log)
 	if a.plaintext && !isLoopback(ln.Addr()) {
 		log.Warn().Str("addr", ln.Addr().String()).Msg("the plaintext side is reachable from the network: " +

@@ -490,3 +490,17 @@ func TestSafeDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentProcs(t *testing.T) {
+	for _, c := range []struct {
+		env         string
+		avail, want int
+	}{
+		{"", 1, 1}, {"", 2, 1}, {"", 3, 1}, {"", 8, 4}, {"", 64, 32},
+		{"2", 2, 2}, {"8", 8, 8}, // the operator's choice, already applied by the runtime
+	} {
+		if got := agentProcs(c.env, c.avail); got != c.want {
+			t.Errorf("GOMAXPROCS=%q, %d available: %d, want %d", c.env, c.avail, got, c.want)
+		}
+	}
+}
