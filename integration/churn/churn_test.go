@@ -7,7 +7,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"sync"
@@ -72,18 +71,21 @@ func TestHeapFlatUnderChurn(t *testing.T) {
 		t.Skip("pushes 300,000 connections through the agents: not in -short")
 	}
 	total := totalConns(t)
-	bin := harness.Build(t)
 	backend := harness.StartHashEcho(t)
-	entry, exit, entryAddr := startAgents(t, bin, backend.Addr())
-	agents := []*agent{entry, exit}
+	// The agents log warnings and errors only: a line per connection at
+	// info would be kept by the harness, hundreds of thousands of them.
+	quiet := harness.Options{Quiet: true, NoErrors: true}
+	tun := harness.NewRig(t).StartTunnel(t, backend.Addr(), quiet, quiet)
+	entry := &agent{tun.Entry}
+	agents := []*agent{entry, {tun.Exit}}
 
-	l := &load{addr: entryAddr}
+	l := &load{addr: tun.Entry.Addr}
 	start := time.Now()
 	l.run(t, baseConns)
 	base := make([]tunnel.Stats, len(agents))
 	for i, a := range agents {
 		base[i] = a.settle(t)
-		t.Logf("%s after %d connections: %s", a.role, l.done.Load(), format(base[i]))
+		t.Logf("%s after %d connections: %s", a.Role, l.done.Load(), format(base[i]))
 	}
 	l.run(t, total)
 	elapsed := time.Since(start)
@@ -97,23 +99,18 @@ func TestHeapFlatUnderChurn(t *testing.T) {
 	}
 	for i, a := range agents {
 		s := a.settle(t)
-		t.Logf("%s after %d connections: %s", a.role, l.done.Load(), format(s))
+		t.Logf("%s after %d connections: %s", a.Role, l.done.Load(), format(s))
 		if grew := int64(s.HeapBytes) - int64(base[i].HeapBytes); grew > heapSlack {
 			t.Errorf("%s: live heap grew by %d KiB between %d and %d connections, more than %d KiB: "+
-				"some state outlives its connection", a.role, grew>>10, baseConns, l.done.Load(), heapSlack>>10)
+				"some state outlives its connection", a.Role, grew>>10, baseConns, l.done.Load(), heapSlack>>10)
 		}
 		if s.StreamsTotal-base[i].StreamsTotal != l.done.Load()-baseConns {
 			t.Errorf("%s counted %d streams after the first %d connections, want one per connection: %d",
-				a.role, s.StreamsTotal-base[i].StreamsTotal, baseConns, l.done.Load()-baseConns)
+				a.Role, s.StreamsTotal-base[i].StreamsTotal, baseConns, l.done.Load()-baseConns)
 		}
 	}
 	if s := entry.settle(t); s.Sessions != 1 {
 		t.Errorf("entry has %d sessions up after the load, want 1", s.Sessions)
-	}
-	for _, a := range agents {
-		if n := a.proc.Count(harness.Level("error")); n > 0 {
-			t.Errorf("%s logged %d error lines:\n%s", a.role, n, a.proc.LogText())
-		}
 	}
 }
 
@@ -186,20 +183,8 @@ func (l *load) one(rng *rand.Rand) {
 		for i := range p {
 			p[i] = byte(rng.Uint32())
 		}
-		if _, err := tc.Write(p); err != nil {
-			l.fail("full-close write", err)
-			return
-		}
-		got := make([]byte, size)
-		if _, err := io.ReadFull(tc, got); err != nil {
-			l.fail("full-close read", err)
-			return
-		}
-		for i := range p {
-			if got[i] != p[i]^harness.EchoMask {
-				l.fail("full-close echo", fmt.Errorf("byte %d of %d differs", i, size))
-				return
-			}
+		if err := harness.EchoBack(tc, p); err != nil {
+			l.fail("full-close exchange", err)
 		}
 	default:
 		if err := harness.HashEchoExchange(tc, int64(size), rng.Uint64()); err != nil {
@@ -224,60 +209,7 @@ func (l *load) errorSamples() []string {
 }
 
 // agent is a running entry or exit with its status endpoint.
-type agent struct {
-	role   string
-	proc   *harness.Proc
-	status string // host:port of --status-addr
-	client *http.Client
-}
-
-// startAgents starts an exit forwarding to backend and an entry dialing it,
-// both logging warnings and errors only (a line per connection at info
-// would be kept by the harness, hundreds of thousands of them), and waits
-// until the entry's session is up.
-func startAgents(t *testing.T, bin, backend string) (entry, exit *agent, entryAddr string) {
-	t.Helper()
-	dir := t.TempDir()
-	entryKey, entryPub, _ := harness.Keygen(t, bin, dir, "entry")
-	exitKey, exitPub, _ := harness.Keygen(t, bin, dir, "exit")
-	var exitAddr string
-	exit = startAgent(t, "exit", func(listen, status string) *harness.Proc {
-		exitAddr = listen
-		return harness.Start(t, bin, "exit", "--listen", listen, "--forward", backend,
-			"--key", exitKey, "--authorized-keys", entryPub, "--status-addr", status, "--log-level", "warn")
-	})
-	entry = startAgent(t, "entry", func(listen, status string) *harness.Proc {
-		entryAddr = listen
-		return harness.Start(t, bin, "entry", "--listen", listen, "--peer", exitAddr,
-			"--key", entryKey, "--peer-key", exitPub, "--status-addr", status, "--log-level", "warn")
-	})
-	return entry, exit, entryAddr
-}
-
-// startAgent starts an agent with start on two free ports (listen and
-// status) and waits until its /healthz answers 200; it retries with other
-// ports if the agent exits first (a port taken meanwhile).
-func startAgent(t *testing.T, role string, start func(listen, status string) *harness.Proc) *agent {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
-		status := net.JoinHostPort("127.0.0.1", strconv.Itoa(harness.FreePort(t)))
-		a := &agent{role: role, proc: start(listen, status), status: status,
-			client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
-		for deadline := time.Now().Add(30 * time.Second); !a.proc.Exited() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if resp, err := a.client.Get("http://" + status + "/healthz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return a
-				}
-			}
-		}
-		if !a.proc.Exited() || attempt == 3 {
-			t.Fatalf("%s agent not healthy on %s within 30s (attempt %d); stderr:\n%s", role, status, attempt, a.proc.LogText())
-		}
-		t.Logf("%s agent exited at start (attempt %d); retrying:\n%s", role, attempt, a.proc.LogText())
-	}
-}
+type agent struct{ *harness.Agent }
 
 // settle waits until the agent has no stream open, then returns its stats
 // read after three forced collections (sync.Pool keeps its buffers over
@@ -291,7 +223,7 @@ func (a *agent) settle(t *testing.T) tunnel.Stats {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d streams still open 30s after the load stopped", a.role, s.Streams)
+			t.Fatalf("%s: %d streams still open 30s after the load stopped", a.Role, s.Streams)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -305,17 +237,13 @@ func (a *agent) settle(t *testing.T) tunnel.Stats {
 // stats reads the agent's /status?gc=1.
 func (a *agent) stats(t *testing.T) tunnel.Stats {
 	t.Helper()
-	resp, err := a.client.Get("http://" + a.status + "/status?gc=1")
+	body, err := a.Get("/status?gc=1")
 	if err != nil {
-		t.Fatalf("%s: GET /status: %v", a.role, err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
 	var s tunnel.Stats
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s: GET /status: %s", a.role, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatalf("%s: GET /status: decoding: %v", a.role, err)
+	if err := json.Unmarshal(body, &s); err != nil {
+		t.Fatalf("%s: GET /status: decoding: %v", a.Role, err)
 	}
 	return s
 }

@@ -229,6 +229,27 @@ func HashEchoExchange(c HalfCloser, size int64, seed uint64) error {
 
 func equal32(a []byte, b [32]byte) bool { return [32]byte(a) == b }
 
+// EchoBack writes p to c, a connection to a HashEcho server, then reads
+// the echo of p and checks every byte of it. It neither closes c nor reads
+// the digest HashEcho sends after the client's EOF, so the caller may close
+// c both ways at once. p must fit the socket buffers, since all of it is
+// written before anything is read.
+func EchoBack(c net.Conn, p []byte) error {
+	if _, err := c.Write(p); err != nil {
+		return fmt.Errorf("writing %d bytes: %w", len(p), err)
+	}
+	got := make([]byte, len(p))
+	if n, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the echo: got %d of %d bytes: %w", n, len(p), err)
+	}
+	for i, b := range got {
+		if b != p[i]^EchoMask {
+			return fmt.Errorf("byte %d of the %d-byte echo differs from the payload sent", i, len(p))
+		}
+	}
+	return nil
+}
+
 // Dial connects to addr (giving up after 10 s), sets a deadline of timeout
 // from now on the connection, and closes it in t.Cleanup.
 func Dial(t testing.TB, addr string, timeout time.Duration) *net.TCPConn {

@@ -3,10 +3,8 @@ package soak
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -319,7 +317,9 @@ func oneConn(addr string, rng *rand.Rand, tl *tally) {
 		tl.halfClosed.Add(1)
 		tl.bytes.Add(int64(size))
 	default:
-		if err := fullCloseExchange(tc, size, seed); err != nil {
+		// The echo, then both directions closed at once: the backend's
+		// digest, sent after the client's EOF, is never read.
+		if err := harness.EchoBack(tc, payload(size, seed)); err != nil {
 			tl.errs.Add(1)
 			tl.fail("full-close exchange", err)
 			return
@@ -336,29 +336,6 @@ func payload(size int, seed uint64) []byte {
 	p := make([]byte, size)
 	rand.NewChaCha8(s).Read(p)
 	return p
-}
-
-// fullCloseExchange writes the payload, reads its whole echo, checks its
-// SHA-256 and returns, leaving the caller to close both directions at once
-// (the backend's digest, sent after the close, is never read). The payload
-// fits the socket buffers, so writing it all before reading cannot stall.
-func fullCloseExchange(c net.Conn, size int, seed uint64) error {
-	p := payload(size, seed)
-	want := make([]byte, size)
-	for i, b := range p {
-		want[i] = b ^ harness.EchoMask
-	}
-	if _, err := c.Write(p); err != nil {
-		return fmt.Errorf("writing %d bytes: %w", size, err)
-	}
-	got := make([]byte, size)
-	if n, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("reading echo: got %d of %d bytes: %w", n, size, err)
-	}
-	if sha256.Sum256(got) != sha256.Sum256(want) {
-		return errors.New("echo differs from the payload sent (SHA-256 mismatch)")
-	}
-	return nil
 }
 
 // abandon writes part of the payload, sometimes reads part of the echo,
