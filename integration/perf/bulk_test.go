@@ -158,7 +158,7 @@ func (r *rig) benchBulk(b *testing.B) {
 	backend := harness.StartBackend(b, bulkServer(r.pattern))
 	routes := []route{{col: direct, addr: backend.Addr()}}
 	a := r.startAgents(b, backend.Addr(), false, false)
-	routes = append(routes, route{tunnel, a.addr, a.pids()})
+	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
 	if s := r.startStunnel(b, backend.Addr(), false); s != nil {
 		routes = append(routes, route{stunnel, s.addr, s.pids})
 	}

@@ -23,7 +23,7 @@ const connRateWorkers = 8
 func (r *rig) benchConnRate(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
 	a := r.startAgents(b, backend.Addr(), false, false)
-	for _, p := range []route{{col: direct, addr: backend.Addr()}, {tunnel, a.addr, a.pids()}} {
+	for _, p := range []route{{col: direct, addr: backend.Addr()}, {tunnel, a.Entry.Addr, a.pids()}} {
 		n, d, err := connRate(p.addr, r.set.connRateTime)
 		if err != nil {
 			b.Fatalf("connect, echo and close, %s, after %d connections: %v", p.col, n, err)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -24,11 +23,10 @@ const idleEcho = 256 << 10
 func (r *rig) benchIdle(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
 	a := r.startAgents(b, backend.Addr(), false, true)
-	status := []string{statusAddr(b, a.entry), statusAddr(b, a.exit)}
 	n := r.set.idleConns
 	r.res.relabel("idle-rss", fmt.Sprintf("RSS per idle connection, %d held, KB", n))
 
-	base, _ := settle(b, a, status)
+	base, _ := settle(b, a)
 	conns := make([]net.Conn, 0, n)
 	defer func() {
 		for _, c := range conns {
@@ -36,7 +34,7 @@ func (r *rig) benchIdle(b *testing.B) {
 		}
 	}()
 	for i := range n {
-		c, err := net.DialTimeout("tcp", a.addr, 10*time.Second)
+		c, err := net.DialTimeout("tcp", a.Entry.Addr, 10*time.Second)
 		if err != nil {
 			b.Fatalf("opening idle connection %d of %d: %v", i+1, n, err)
 		}
@@ -49,7 +47,7 @@ func (r *rig) benchIdle(b *testing.B) {
 			b.Fatalf("the backend accepted %d of %d connections through the tunnel within a minute", backend.Accepted(), n)
 		}
 	}
-	held, goroutines := settle(b, a, status)
+	held, goroutines := settle(b, a)
 	perConn := float64(held-base) / float64(n)
 	b.ReportMetric(perConn, "idle-KB/conn")
 	b.ReportMetric(float64(goroutines)/float64(n), "idle-goroutines/conn")
@@ -58,7 +56,7 @@ func (r *rig) benchIdle(b *testing.B) {
 	if err := echoAll(conns, idleEcho, r.pattern); err != nil {
 		b.Fatal(err)
 	}
-	used, goroutines := settle(b, a, status)
+	used, goroutines := settle(b, a)
 	perConn = float64(used-base) / float64(n)
 	b.ReportMetric(perConn, "used-KB/conn")
 	b.ReportMetric(float64(goroutines)/float64(n), "used-goroutines/conn")
@@ -71,14 +69,11 @@ func (r *rig) benchIdle(b *testing.B) {
 // settle lets both agents go quiet, collects their garbage through the
 // status endpoints, and returns their summed RSS in KB and the sum of their
 // goroutines.
-func settle(b *testing.B, a *agents, status []string) (rss int64, goroutines int) {
+func settle(b *testing.B, a *agents) (rss int64, goroutines int) {
 	b.Helper()
 	for range 2 {
 		time.Sleep(2 * time.Second)
-		goroutines = 0
-		for _, addr := range status {
-			goroutines += collectGarbage(b, addr).Goroutines
-		}
+		goroutines = collectGarbage(b, a.Entry).Goroutines + collectGarbage(b, a.Exit).Goroutines
 	}
 	time.Sleep(time.Second)
 	return rssKB(b, a.pids()...), goroutines
@@ -90,33 +85,19 @@ type agentStatus struct {
 	HeapBytes  int64 `json:"heap_bytes"`
 }
 
-// collectGarbage asks the agent whose status endpoint is at addr to collect
-// its garbage, and returns its goroutine count and live heap.
-func collectGarbage(b *testing.B, addr string) agentStatus {
+// collectGarbage asks the agent to collect its garbage, and returns its
+// goroutine count and live heap.
+func collectGarbage(b *testing.B, a *harness.Agent) agentStatus {
 	b.Helper()
-	c := http.Client{Timeout: 30 * time.Second}
-	resp, err := c.Get("http://" + addr + "/status?gc=1")
+	body, err := a.Get("/status?gc=1")
 	if err != nil {
-		b.Fatalf("status endpoint: %v", err)
+		b.Fatal(err)
 	}
-	defer resp.Body.Close()
 	var st agentStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("status endpoint at %s: %s, %v", addr, resp.Status, err)
+	if err := json.Unmarshal(body, &st); err != nil {
+		b.Fatalf("%s: /status: %v", a.Role, err)
 	}
 	return st
-}
-
-// statusAddr returns the address of the agent's status endpoint, from its
-// log.
-func statusAddr(b *testing.B, p *harness.Proc) string {
-	b.Helper()
-	l := p.WaitLine(b, 1, 30*time.Second, `"status endpoint listening"`, harness.MessageIs("status endpoint listening"))
-	addr := l.String("addr")
-	if addr == "" {
-		b.Fatalf("status endpoint line without an addr field: %s", l.Raw)
-	}
-	return addr
 }
 
 // echoAll makes every connection echo size bytes of the pattern, a few

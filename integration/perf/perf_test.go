@@ -1,7 +1,6 @@
 package perf
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
 	"os"
@@ -26,10 +25,7 @@ func BenchmarkPath(b *testing.B) {
 	}
 	b.Setenv("TUNNEL_E2E_RACE", "0") // the agents are measured, not checked for races
 	r := &rig{set: loadSettings(b), res: newTable()}
-	r.bin = harness.Build(b)
-	dir := b.TempDir()
-	r.keys.entry, r.keys.entryPub, _ = harness.Keygen(b, r.bin, dir, "entry")
-	r.keys.exit, r.keys.exitPub, _ = harness.Keygen(b, r.bin, dir, "exit")
+	r.rig = harness.NewRig(b)
 	r.pattern = newPattern()
 
 	b.Run("bulk", r.benchBulk)
@@ -48,8 +44,7 @@ func BenchmarkPath(b *testing.B) {
 // rig holds what the sub-benchmarks share: the binary, its keys, the
 // settings and the table they fill in.
 type rig struct {
-	bin     string
-	keys    struct{ entry, entryPub, exit, exitPub string }
+	rig     *harness.Rig
 	set     settings
 	res     *table
 	pattern pattern
@@ -92,11 +87,9 @@ func loadSettings(b *testing.B) settings {
 	}
 }
 
-// agents is an entry/exit pair started by startAgents.
-type agents struct {
-	entry, exit *harness.Proc
-	addr        string // where applications connect: the entry's listening address
-}
+// agents is an entry/exit pair started by startAgents; applications
+// connect to Entry.Addr.
+type agents struct{ *harness.Tunnel }
 
 // startAgents starts an exit forwarding to backend, with exitArgs added to
 // its flags, and an entry dialing it, pinned to CPU 0 when pin is set, with
@@ -104,34 +97,17 @@ type agents struct {
 // cleanup it fails the benchmark if either agent logged an error.
 func (r *rig) startAgents(b *testing.B, backend string, pin, status bool, exitArgs ...string) *agents {
 	b.Helper()
-	start := func(args ...string) *harness.Proc {
-		if status {
-			args = append(args, "--status-addr", "127.0.0.1:0")
-		}
-		if pin {
-			return harness.Start(b, tasksetPath(b), append([]string{"-c", "0", r.bin}, args...)...)
-		}
-		return harness.Start(b, r.bin, args...)
+	entry := harness.Options{Status: status, NoErrors: true}
+	if pin {
+		entry.Prefix = []string{tasksetPath(b), "-c", "0"}
 	}
-	a := &agents{}
-	a.exit = start(append([]string{"exit", "--listen", "127.0.0.1:0", "--forward", backend,
-		"--key", r.keys.exit, "--authorized-keys", r.keys.entryPub}, exitArgs...)...)
-	a.entry = start("entry", "--listen", "127.0.0.1:0", "--peer", a.exit.ListenAddr(b),
-		"--key", r.keys.entry, "--peer-key", r.keys.exitPub)
-	a.addr = a.entry.ListenAddr(b)
-	a.entry.WaitLine(b, 1, 30*time.Second, `"session established"`, harness.MessageIs("session established"))
-	b.Cleanup(func() {
-		for _, p := range []*harness.Proc{a.entry, a.exit} {
-			if n := p.Count(harness.Level("error")); n > 0 {
-				b.Errorf("an agent logged %d error lines:\n%s", n, p.LogText())
-			}
-		}
-	})
-	return a
+	exit := entry
+	exit.Args = exitArgs
+	return &agents{r.rig.StartTunnel(b, backend, exit, entry)}
 }
 
 // pids returns the process ids of both agents.
-func (a *agents) pids() []int { return []int{a.entry.Pid(), a.exit.Pid()} }
+func (a *agents) pids() []int { return []int{a.Entry.Pid(), a.Exit.Pid()} }
 
 // cpuSeconds returns the user and system CPU time the processes have used,
 // from /proc/PID/stat.
@@ -167,26 +143,11 @@ func rssKB(b *testing.B, pids ...int) int64 {
 	b.Helper()
 	var sum int64
 	for _, pid := range pids {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		n, err := harness.StatusKiB(pid, "VmRSS")
 		if err != nil {
 			b.Fatalf("reading RSS: %v", err)
 		}
-		found := false
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-				n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-				if err != nil {
-					b.Fatalf("/proc/%d/status: %q", pid, sc.Text())
-				}
-				sum += n
-				found = true
-			}
-		}
-		f.Close()
-		if !found {
-			b.Fatalf("/proc/%d/status has no VmRSS line", pid)
-		}
+		sum += n
 	}
 	return sum
 }

@@ -39,7 +39,7 @@ func (r *rig) benchPgbench(b *testing.B) {
 		{"connect", "pgbench-SC", []string{"-S", "-C"}},
 	} {
 		b.Run(m.name, func(b *testing.B) {
-			for _, p := range []route{{col: direct, addr: pg}, {col: tunnel, addr: a.addr}} {
+			for _, p := range []route{{col: direct, addr: pg}, {col: tunnel, addr: a.Entry.Addr}} {
 				args := append([]string{"-c", strconv.Itoa(pgClients), "-j", strconv.Itoa(pgThreads),
 					"-T", strconv.Itoa(int(r.set.pgbenchDuration.Seconds()))}, m.args...)
 				tps := pgbenchTPS(b, runPgbench(b, pgbench, p.addr, args...))

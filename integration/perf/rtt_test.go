@@ -14,7 +14,7 @@ func (r *rig) benchRTT(b *testing.B, pin bool) {
 	echoAddr, _ := startEchoHelper(b, pin)
 	routes := []route{{col: direct, addr: echoAddr}}
 	a := r.startAgents(b, echoAddr, pin, false)
-	routes = append(routes, route{tunnel, a.addr, a.pids()})
+	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
 	if s := r.startStunnel(b, echoAddr, pin); s != nil {
 		routes = append(routes, route{stunnel, s.addr, s.pids})
 	}

@@ -55,11 +55,10 @@ func (r *rig) benchScale(b *testing.B) {
 	raiseFileLimit(b, uint64(n+scaleFDMargin))
 	echoAddr, echoPid := startEchoHelper(b, false)
 	a := r.startAgents(b, echoAddr, false, true, "--max-streams", strconv.Itoa(n))
-	status := []string{statusAddr(b, a.entry), statusAddr(b, a.exit)}
 	pids := a.pids()
 	base := []int64{rssKB(b, pids[0]), rssKB(b, pids[1])}
 
-	conns, err := openChecked(a.addr, n, r.pattern)
+	conns, err := openChecked(a.Entry.Addr, n, r.pattern)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
@@ -83,8 +82,8 @@ func (r *rig) benchScale(b *testing.B) {
 		b.Fatalf("%d of %d connections failed while echoing once a second; the first: %v", run.failed, n, run.err)
 	}
 	goroutines, heap := 0, []float64{}
-	for _, addr := range status {
-		st := collectGarbage(b, addr)
+	for _, ag := range []*harness.Agent{a.Entry, a.Exit} {
+		st := collectGarbage(b, ag)
 		goroutines += st.Goroutines
 		heap = append(heap, float64(st.HeapBytes)/(1<<20))
 	}
