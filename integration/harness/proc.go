@@ -2,7 +2,6 @@ package harness
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -37,14 +36,14 @@ func (l Line) String(key string) string {
 // Proc is a running tunnel process started by Start. Its methods are safe
 // for concurrent use.
 type Proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited and its output is read
+	name   string
+	cmd    *exec.Cmd
+	done   chan struct{} // closed once the process has exited and its output is read
+	stdout SyncBuffer
 
 	mu      sync.Mutex
 	lines   []Line
 	changed chan struct{} // closed and replaced whenever a line is added
-	stdout  bytes.Buffer
 }
 
 // Start starts bin with args followed by "--log-format json", collects the
@@ -83,7 +82,7 @@ func startNamed(t testing.TB, name string, env []string, argv []string) *Proc {
 		t.Fatalf("%s: %v", name, err)
 	}
 	p := &Proc{name: name, cmd: cmd, done: make(chan struct{}), changed: make(chan struct{})}
-	cmd.Stdout = lockedWriter{&p.mu, &p.stdout}
+	cmd.Stdout = &p.stdout
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", strings.Join(argv, " "), err)
@@ -111,17 +110,6 @@ func startNamed(t testing.TB, name string, env []string, argv []string) *Proc {
 		}
 	})
 	return p
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(b)
 }
 
 func (p *Proc) add(raw string) {
@@ -177,8 +165,6 @@ func (p *Proc) LogText() string {
 
 // Stdout returns what the process has written to stdout so far.
 func (p *Proc) Stdout() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	return p.stdout.String()
 }
 

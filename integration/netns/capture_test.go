@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // TestCaptureNoPlaintextBetweenAgents captures all three links while an app
@@ -16,7 +18,7 @@ import (
 func TestCaptureNoPlaintextBetweenAgents(t *testing.T) {
 	n := newTopology(t)
 	requireTool(t, "tcpdump", "tcpdump")
-	a := newAgents(t)
+	a := harness.NewRig(t)
 
 	dir := t.TempDir()
 	appEntry := startCapture(t, n.entry, ifEntryToApp, filepath.Join(dir, "app-entry.pcap"))

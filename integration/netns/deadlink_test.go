@@ -52,7 +52,7 @@ func unblackhole(t *testing.T, n *topology) {
 func TestDeadLinkDetectedAndRecovered(t *testing.T) {
 	n := newTopology(t)
 	requireTool(t, "nft", "nftables")
-	a := newAgents(t)
+	a := harness.NewRig(t)
 	n.startBackend(t)
 	n.startExit(t, a)
 	entry := n.startEntry(t, a, exitAddr, "--keepalive", deadKeepalive.String(), "--dial-timeout", "2s")
@@ -92,7 +92,7 @@ func TestDeadLinkDetectedAndRecovered(t *testing.T) {
 
 	restored := time.Now()
 	unblackhole(t, n)
-	waitSession(t, entry, 2, 60*time.Second)
+	entry.WaitMessage(t, 2, 60*time.Second, "session established")
 	t.Logf("entry re-established its session %.2fs after the link came back", time.Since(restored).Seconds())
 	ev = n.bulk(t, 4, 1<<20, time.Minute)
 	if !ev.OK {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // Bulk load of each fault case: bulkConns connections at once, each
@@ -31,7 +33,7 @@ type fault struct {
 // intact both ways; the throughput seen is logged.
 func TestFaultyLink(t *testing.T) {
 	requireNetns(t)
-	a := newAgents(t)
+	a := harness.NewRig(t)
 	for _, f := range []fault{tbfFault(), lossFault(), delayFault()} {
 		t.Run(f.name, func(t *testing.T) {
 			for _, tool := range f.tools {

@@ -552,15 +552,15 @@ func helperLoop(out *emitter, fs *flag.FlagSet, args []string) error {
 // helperProc is a helper started by a test. Its methods are safe for
 // concurrent use.
 type helperProc struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  chan struct{} // closed once the process has exited and stdout is read
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	done   chan struct{} // closed once the process has exited and stdout is read
+	stderr harness.SyncBuffer
 
 	mu      sync.Mutex
 	events  []event
 	changed chan struct{} // closed and replaced when an event arrives
-	stderr  bytes.Buffer
 }
 
 // startHelper starts this test binary in helper mode inside namespace ns.
@@ -575,7 +575,7 @@ func startHelper(t *testing.T, ns, mode string, args ...string) *helperProc {
 	h := &helperProc{name: mode + " helper in " + ns, done: make(chan struct{}), changed: make(chan struct{})}
 	h.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, exe}, args...)...)
 	h.cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	h.cmd.Stderr = lockedWriter{&h.mu, &h.stderr}
+	h.cmd.Stderr = &h.stderr
 	if h.stdin, err = h.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
@@ -611,27 +611,10 @@ func startHelper(t *testing.T, ns, mode string, args ...string) *helperProc {
 			<-h.done
 		}
 		if t.Failed() {
-			t.Logf("%s (%s): stderr:\n%s", h.name, h.cmd.ProcessState, h.stderrText())
+			t.Logf("%s (%s): stderr:\n%s", h.name, h.cmd.ProcessState, h.stderr.String())
 		}
 	})
 	return h
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (h *helperProc) stderrText() string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.stderr.String()
 }
 
 // Events returns a copy of the events so far.
@@ -677,11 +660,11 @@ func (h *helperProc) waitEvents(t *testing.T, n int, timeout time.Duration, what
 			h.mu.Unlock()
 			if !more {
 				t.Fatalf("%s exited (%s) before %s (%d of %d seen); stderr:\n%s",
-					h.name, h.cmd.ProcessState, what, found, n, h.stderrText())
+					h.name, h.cmd.ProcessState, what, found, n, h.stderr.String())
 			}
 		case <-deadline.C:
 			t.Fatalf("%s: no %s within %v (%d of %d seen); stderr:\n%s",
-				h.name, what, timeout, found, n, h.stderrText())
+				h.name, what, timeout, found, n, h.stderr.String())
 		}
 	}
 }
@@ -705,7 +688,7 @@ func (h *helperProc) wait(t *testing.T, timeout time.Duration) int {
 	case <-h.done:
 		return h.cmd.ProcessState.ExitCode()
 	case <-time.After(timeout):
-		t.Fatalf("%s still running after %v; stderr:\n%s", h.name, timeout, h.stderrText())
+		t.Fatalf("%s still running after %v; stderr:\n%s", h.name, timeout, h.stderr.String())
 		return -1
 	}
 }

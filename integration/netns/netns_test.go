@@ -245,53 +245,30 @@ func nftCounters(t testing.TB, ns, table string) []int64 {
 	return counts
 }
 
-// agents is the binary and the two identities of one test.
-type agents struct {
-	bin                string
-	entryKey, entryPub string
-	exitKey, exitPub   string
-}
-
-func newAgents(t *testing.T) *agents {
+// startExit starts the exit agent of rig r in the exit namespace on
+// exitAddr, forwarding to the backend in db, and waits until it listens.
+func (n *topology) startExit(t *testing.T, r *harness.Rig, extra ...string) *harness.Agent {
 	t.Helper()
-	a := &agents{bin: harness.Build(t)}
-	dir := t.TempDir()
-	a.entryKey, a.entryPub, _ = harness.Keygen(t, a.bin, dir, "entry")
-	a.exitKey, a.exitPub, _ = harness.Keygen(t, a.bin, dir, "exit")
-	return a
-}
-
-// startExit starts the exit agent in the exit namespace on exitAddr,
-// forwarding to the backend in db, and waits until it listens.
-func (n *topology) startExit(t *testing.T, a *agents, extra ...string) *harness.Proc {
-	t.Helper()
-	args := append([]string{"netns", "exec", n.exit, a.bin, "exit", "--listen", exitAddr,
-		"--forward", backendAddr, "--key", a.exitKey, "--authorized-keys", a.entryPub}, extra...)
-	p := harness.Start(t, "ip", args...)
-	if got := p.ListenAddr(t); got != exitAddr {
-		t.Fatalf("exit listens on %s, want %s", got, exitAddr)
+	p := r.StartExit(t, backendAddr, harness.Options{Listen: exitAddr, Args: extra,
+		Prefix: []string{"ip", "netns", "exec", n.exit}})
+	if p.Addr != exitAddr {
+		t.Fatalf("exit listens on %s, want %s", p.Addr, exitAddr)
 	}
 	return p
 }
 
-// startEntry starts the entry agent in the entry namespace on entryAddr,
-// dialing peer, waits until it listens and until its session is up.
-func (n *topology) startEntry(t *testing.T, a *agents, peer string, extra ...string) *harness.Proc {
+// startEntry starts the entry agent of rig r in the entry namespace on
+// entryAddr, dialing peer, waits until it listens and until its session is
+// up.
+func (n *topology) startEntry(t *testing.T, r *harness.Rig, peer string, extra ...string) *harness.Agent {
 	t.Helper()
-	args := append([]string{"netns", "exec", n.entry, a.bin, "entry", "--listen", entryAddr,
-		"--peer", peer, "--key", a.entryKey, "--peer-key", a.exitPub}, extra...)
-	p := harness.Start(t, "ip", args...)
-	if got := p.ListenAddr(t); got != entryAddr {
-		t.Fatalf("entry listens on %s, want %s", got, entryAddr)
+	p := r.StartEntry(t, peer, harness.Options{Listen: entryAddr, Args: extra,
+		Prefix: []string{"ip", "netns", "exec", n.entry}})
+	if p.Addr != entryAddr {
+		t.Fatalf("entry listens on %s, want %s", p.Addr, entryAddr)
 	}
-	waitSession(t, p, 1, 30*time.Second)
+	p.WaitMessage(t, 1, 30*time.Second, "session established")
 	return p
-}
-
-// waitSession waits for the entry's n-th "session established" line.
-func waitSession(t *testing.T, entry *harness.Proc, n int, timeout time.Duration) harness.Line {
-	t.Helper()
-	return entry.WaitLine(t, n, timeout, `"session established"`, harness.MessageIs("session established"))
 }
 
 // startBackend starts a hash-echo backend in the db namespace.

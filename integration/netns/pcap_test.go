@@ -12,10 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // capture is a tcpdump writing the TCP packets of one interface to a pcap
@@ -24,9 +25,7 @@ type capture struct {
 	name, file string
 	cmd        *exec.Cmd
 	done       chan struct{}
-
-	mu     sync.Mutex
-	stderr bytes.Buffer
+	stderr     harness.SyncBuffer
 }
 
 // startCapture starts tcpdump on iface inside ns, writing to file, and
@@ -39,7 +38,7 @@ func startCapture(t *testing.T, ns, iface, file string) *capture {
 	c := &capture{name: "tcpdump on " + iface + " in " + ns, file: file, done: make(chan struct{})}
 	c.cmd = exec.Command("ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "0",
 		"-Z", "root", "-w", file, "tcp")
-	c.cmd.Stderr = lockedWriter{&c.mu, &c.stderr}
+	c.cmd.Stderr = &c.stderr
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", c.name, err)
 	}
@@ -53,23 +52,17 @@ func startCapture(t *testing.T, ns, iface, file string) *capture {
 		}
 	})
 	deadline := time.Now().Add(15 * time.Second)
-	for !bytes.Contains([]byte(c.stderrText()), []byte("listening on")) {
+	for !bytes.Contains([]byte(c.stderr.String()), []byte("listening on")) {
 		select {
 		case <-c.done:
-			t.Fatalf("%s exited (%s): %s", c.name, c.cmd.ProcessState, c.stderrText())
+			t.Fatalf("%s exited (%s): %s", c.name, c.cmd.ProcessState, c.stderr.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not capturing after 15s: %s", c.name, c.stderrText())
+			t.Fatalf("%s not capturing after 15s: %s", c.name, c.stderr.String())
 		}
 	}
 	return c
-}
-
-func (c *capture) stderrText() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stderr.String()
 }
 
 var droppedRE = regexp.MustCompile(`(\d+) packets? dropped by kernel`)
@@ -84,7 +77,7 @@ func (c *capture) stop(t *testing.T) *pcapSummary {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("%s still running 15s after SIGINT", c.name)
 	}
-	stderr := c.stderrText()
+	stderr := c.stderr.String()
 	if code := c.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("%s exited with %s: %s", c.name, c.cmd.ProcessState, stderr)
 	}

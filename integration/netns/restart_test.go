@@ -16,7 +16,7 @@ import (
 // none may end cleanly with data missing.
 func TestExitRestartMidRun(t *testing.T) {
 	n := newTopology(t)
-	a := newAgents(t)
+	a := harness.NewRig(t)
 	n.startBackend(t)
 	exit1 := n.startExit(t, a)
 	entry := n.startEntry(t, a, exitAddr, "--keepalive", "1s")
@@ -41,7 +41,7 @@ func TestExitRestartMidRun(t *testing.T) {
 	time.Sleep(time.Second) // the app keeps trying while there is no exit
 	n.startExit(t, a)
 	restarted := time.Now()
-	waitSession(t, entry, 2, 60*time.Second)
+	entry.WaitMessage(t, 2, 60*time.Second, "session established")
 	up := time.Now()
 	t.Logf("entry re-established its session %.2fs after the new exit listened (%.2fs after the kill)",
 		up.Sub(restarted).Seconds(), up.Sub(killed).Seconds())
