@@ -13,56 +13,28 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// requirement skips the test when a prerequisite is missing, or fails it
-// when CI=true: CI must run it.
-func requirement(t *testing.T, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", msg)
-	}
-	t.Skipf("skipping: %s", msg)
-}
+	"github.com/tunnel-dev/tunnel/integration/harness"
+)
 
 func checkRequirements(t *testing.T) {
 	t.Helper()
-	if testing.Short() && os.Getenv("CI") != "true" {
+	if testing.Short() && !harness.InCI() {
 		t.Skip("skipping in -short mode: builds images and runs docker-compose")
 	}
-	if os.Geteuid() != 0 {
-		requirement(t, "not root: the container test needs root for Docker")
-	}
+	harness.RequireOrSkip(t, "root (the container test needs it for Docker)", os.Geteuid() == 0)
 	for _, tool := range []string{"docker", "docker-compose", "ldd", "tcpdump"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			requirement(t, "%s not found in PATH (apt-get install docker.io docker-compose tcpdump)", tool)
-		}
+		_, err := exec.LookPath(tool)
+		harness.RequireOrSkip(t, tool+" (apt-get install docker.io docker-compose tcpdump)", err == nil)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
-		requirement(t, "Docker engine not reachable (start dockerd): %v: %s", err, bytes.TrimSpace(out))
-	}
-	if _, err := hostBusybox(); err != nil {
-		requirement(t, "%v", err)
-	}
-	if _, _, err := hostPostgres(); err != nil {
-		requirement(t, "%v", err)
-	}
-}
-
-// repoRoot is the module root, two levels above this package.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		t.Fatalf("module root: %v", err)
-	}
-	return root
+	out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput()
+	harness.RequireOrSkip(t, fmt.Sprintf("the Docker engine (start dockerd; docker info: %v: %s)", err, bytes.TrimSpace(out)), err == nil)
+	_, err = hostBusybox()
+	harness.RequireOrSkip(t, fmt.Sprintf("a static busybox (%v)", err), err == nil)
+	_, _, err = hostPostgres()
+	harness.RequireOrSkip(t, fmt.Sprintf("a PostgreSQL server (%v)", err), err == nil)
 }
 
 func randomHex(t *testing.T, n int) string {
@@ -90,9 +62,9 @@ func buildTunnelImage(ctx context.Context, t *testing.T, buildBase, tunnelImage 
 		args = append([]string{"build",
 			"--build-arg", "BUILD_IMAGE=" + buildBase,
 			"--build-arg", "RUNTIME_IMAGE=scratch",
-			"--file", filepath.Join(repoRoot(t), "Dockerfile"),
+			"--file", filepath.Join(harness.ModuleRoot(t), "Dockerfile"),
 		}, args...)
-		cmd := exec.CommandContext(ctx, "docker", append(args, repoRoot(t))...)
+		cmd := exec.CommandContext(ctx, "docker", append(args, harness.ModuleRoot(t))...)
 		// The legacy builder resolves FROM against local images only, which
 		// is what a machine without a registry needs.
 		cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
@@ -224,7 +196,7 @@ func TestComposeExample(t *testing.T) {
 	p := &project{
 		t:    t,
 		name: name,
-		file: filepath.Join(repoRoot(t), "examples", "compose", "docker-compose.yml"),
+		file: filepath.Join(harness.ModuleRoot(t), "examples", "compose", "docker-compose.yml"),
 		env: append(os.Environ(),
 			"TUNNEL_IMAGE="+tunnelImage,
 			"POSTGRES_IMAGE="+pgImage,

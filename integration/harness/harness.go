@@ -106,6 +106,17 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// ModuleRoot returns the directory of the module's go.mod, found from the
+// working directory (a test runs in its package directory).
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return root
+}
+
 // moduleRoot walks up from the working directory to the directory holding
 // go.mod.
 func moduleRoot() (string, error) {
