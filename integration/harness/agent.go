@@ -195,6 +195,7 @@ func (a *Agent) startQuiet(t testing.TB, o Options, argv func(listen string, mor
 	}
 }
 
+// checkNoErrorsAtEnd registers Options.NoErrors's check with t.Cleanup.
 func (a *Agent) checkNoErrorsAtEnd(t testing.TB, o Options) {
 	if o.NoErrors {
 		t.Cleanup(func() { a.CheckNoErrors(t) })
