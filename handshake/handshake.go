@@ -79,8 +79,14 @@ func (e *AlertError) Is(target error) bool { return alertErrors[e.Code] == targe
 type Config struct {
 	// PrivateKey is this side's long-term key. Required.
 	PrivateKey *rsa.PrivateKey
-	// PeerKey is the responder's pinned public key. Required by the initiator.
+	// PeerKey is the responder's pinned public key. The initiator requires
+	// it or PeerKeys.
 	PeerKey *rsa.PublicKey
+	// PeerKeys, when not empty, are the responder keys the initiator
+	// accepts, any of them (HELLO_R names the one the responder holds), and
+	// PeerKey is not used: during a rotation of the responder's key both
+	// the old and the new key are pinned.
+	PeerKeys *KeySet
 	// Authorized holds the initiator keys a responder accepts. Required by
 	// the responder.
 	Authorized *KeySet
@@ -98,10 +104,13 @@ func (c *Config) timeout() time.Duration {
 }
 
 // checkInitiator checks the keys an initiator needs: both present, and of a
-// size the protocol allows.
+// size the protocol allows (NewKeySet has checked those of PeerKeys).
 func (c *Config) checkInitiator() error {
 	if err := checkKey(privatePublic(c.PrivateKey)); err != nil {
 		return fmt.Errorf("handshake: initiator PrivateKey: %w", err)
+	}
+	if c.PeerKeys != nil && c.PeerKeys.Len() > 0 {
+		return nil
 	}
 	if err := checkKey(c.PeerKey); err != nil {
 		return fmt.Errorf("handshake: initiator PeerKey: %w", err)

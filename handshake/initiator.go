@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/tunnel-dev/tunnel/frame"
@@ -44,8 +45,8 @@ func Initiate(ctx context.Context, conn net.Conn, cfg *Config) (*Result, error) 
 	}
 	return &Result{
 		Conn:            fc,
-		PeerKey:         cfg.PeerKey,
-		PeerFingerprint: Fingerprint(cfg.PeerKey),
+		PeerKey:         st.peerKey,
+		PeerFingerprint: Fingerprint(st.peerKey),
 		Suite:           SuiteAES256CFBHMACSHA256,
 		Duration:        time.Since(start),
 	}, nil
@@ -57,6 +58,9 @@ type initiator struct {
 	random []byte
 	x25519 *ecdh.PrivateKey
 	mlkem  *mlkem.DecapsulationKey768
+	// peerKey is the pinned key HELLO_R named (Config.PeerKey, or one of
+	// Config.PeerKeys).
+	peerKey *rsa.PublicKey
 
 	m1, m2                    []byte
 	x25519Shared, mlkemShared []byte
@@ -204,14 +208,25 @@ func (st *initiator) handleHelloR(m2 []byte) error {
 	if hr.suite != SuiteAES256CFBHMACSHA256 {
 		return reject(AlertNoCommonSuite, "suite not offered", "responder chose suite %#02x, which was not offered", hr.suite)
 	}
-	if want := KeyID(st.cfg.PeerKey); hr.keyID != want {
-		return reject(AlertUnknownKey, "responder key is not the pinned key",
-			"the exit presented key %s, but the pinned key is %s; check which public key the entry is given for this exit",
-			FingerprintID(hr.keyID), FingerprintID(want))
+	if set := st.cfg.PeerKeys; set != nil && set.Len() > 0 {
+		k, ok := set.Lookup(hr.keyID)
+		if !ok {
+			return reject(AlertUnknownKey, "responder key is not a pinned key",
+				"the exit presented key %s, which is none of the pinned keys (%s); check which public keys the entry is given for this exit",
+				FingerprintID(hr.keyID), strings.Join(set.Fingerprints(), ", "))
+		}
+		st.peerKey = k
+	} else {
+		if want := KeyID(st.cfg.PeerKey); hr.keyID != want {
+			return reject(AlertUnknownKey, "responder key is not the pinned key",
+				"the exit presented key %s, but the pinned key is %s; check which public key the entry is given for this exit",
+				FingerprintID(hr.keyID), FingerprintID(want))
+		}
+		st.peerKey = st.cfg.PeerKey
 	}
-	if err := verify(st.cfg.PeerKey, contextResponder, digest(st.m1, hr.signedBody()), hr.sig); err != nil {
+	if err := verify(st.peerKey, contextResponder, digest(st.m1, hr.signedBody()), hr.sig); err != nil {
 		return reject(AlertBadSignature, "bad responder signature",
-			"responder signature does not verify under the pinned key %s", Fingerprint(st.cfg.PeerKey))
+			"responder signature does not verify under the pinned key %s", Fingerprint(st.peerKey))
 	}
 	peer, err := ecdh.X25519().NewPublicKey(hr.x25519)
 	if err != nil {
@@ -231,7 +246,7 @@ func (st *initiator) handleHelloR(m2 []byte) error {
 func (st *initiator) keyI() (m3, secret []byte, err error) {
 	secret = make([]byte, 32)
 	rand.Read(secret)
-	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, st.cfg.PeerKey, secret, []byte(labelOAEP))
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, st.peerKey, secret, []byte(labelOAEP))
 	if err != nil {
 		return nil, nil, err
 	}
