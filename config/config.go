@@ -48,7 +48,7 @@ type Entry struct {
 	Listen           string        // address to accept apps on, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise)
 	Peer             string        // required, host:port of the exit
 	Key              string        // required, path of the entry's private key
-	PeerKey          string        // required, path of the exit's public key (pinned)
+	PeerKey          string        // required, the exit's public keys (pinned): a file of PUBLIC KEY blocks, or a directory of them
 	DialTimeout      time.Duration // dial timeout to the exit, default 5s
 	HandshakeTimeout time.Duration // default 10s
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
@@ -137,7 +137,7 @@ func (c Entry) Validate() error {
 		required("--key", c.Key, "give the entry's private key file made by tunnel keygen"),
 		readableFile("--key", c.Key),
 		required("--peer-key", c.PeerKey, "give the exit's public key file (.pub) to pin"),
-		readableFile("--peer-key", c.PeerKey),
+		readablePath("--peer-key", c.PeerKey),
 		positiveDuration("--dial-timeout", c.DialTimeout),
 		positiveDuration("--handshake-timeout", c.HandshakeTimeout),
 		positiveDuration("--keepalive", c.KeepAlive),

@@ -145,7 +145,6 @@ func TestEntryValidate(t *testing.T) {
 		{"key missing", func(c *Entry) { c.Key = missing }, []string{"--key", "no such file"}},
 		{"no peer key", func(c *Entry) { c.PeerKey = "" }, []string{"--peer-key", "required"}},
 		{"peer key missing", func(c *Entry) { c.PeerKey = missing }, []string{"--peer-key", "no such file"}},
-		{"peer key dir", func(c *Entry) { c.PeerKey = dir }, []string{"--peer-key", "directory"}},
 		{"dial timeout", func(c *Entry) { c.DialTimeout = 0 }, []string{"--dial-timeout"}},
 		{"handshake timeout", func(c *Entry) { c.HandshakeTimeout = 0 }, []string{"--handshake-timeout"}},
 		{"keepalive", func(c *Entry) { c.KeepAlive = -1 }, []string{"--keepalive"}},
@@ -156,6 +155,12 @@ func TestEntryValidate(t *testing.T) {
 		c := good()
 		tc.mod(&c)
 		checkErr(t, tc.name, c.Validate(), tc.want)
+	}
+	// A directory of the exit's keys (several during a rotation) is valid.
+	c := good()
+	c.PeerKey = dir
+	if err := c.Validate(); err != nil {
+		t.Errorf("--peer-key as a directory: %v", err)
 	}
 }
 

@@ -28,6 +28,9 @@ type EntryConfig struct {
 	Settings config.Entry
 	Key      *rsa.PrivateKey
 	PeerKey  *rsa.PublicKey
+	// PeerKeys, when set, are the exit's keys, any of which it may present
+	// (two while its key is rotated); PeerKey is then unused.
+	PeerKeys *handshake.KeySet
 	Version  string // this build's, for the build-info metric
 }
 
@@ -92,7 +95,7 @@ func (s *session) open() (*yamux.Stream, error) {
 // one long-lived, authenticated session to the exit.
 type Entry struct {
 	cfg        config.Entry
-	hs         handshake.Config
+	hs         atomic.Pointer[handshake.Config] // swapped by Reload
 	log        zerolog.Logger
 	pool       *bufPool
 	writeStall time.Duration
@@ -111,16 +114,11 @@ type Entry struct {
 
 // NewEntry checks cfg and returns an entry agent. It starts nothing.
 func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
-	if cfg.Key == nil || cfg.PeerKey == nil {
+	if cfg.Key == nil || (cfg.PeerKey == nil && cfg.PeerKeys == nil) {
 		return nil, errors.New("tunnel: entry needs its private key and the exit's public key")
 	}
 	n := &Entry{
-		cfg: cfg.Settings,
-		hs: handshake.Config{
-			PrivateKey: cfg.Key,
-			PeerKey:    cfg.PeerKey,
-			Timeout:    cfg.Settings.HandshakeTimeout,
-		},
+		cfg:          cfg.Settings,
 		log:          log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
 		pool:         newBufPool(),
 		writeStall:   defaultWriteStall,
@@ -128,6 +126,12 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		kick:         make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 	}
+	n.hs.Store(&handshake.Config{
+		PrivateKey: cfg.Key,
+		PeerKey:    cfg.PeerKey,
+		PeerKeys:   cfg.PeerKeys,
+		Timeout:    cfg.Settings.HandshakeTimeout,
+	})
 	n.met = newMetrics("entry", cfg.Version, &n.count)
 	return n, nil
 }
@@ -497,7 +501,7 @@ func (e *Entry) connect(ctx context.Context, log zerolog.Logger) (*session, erro
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	res, err := handshake.Initiate(ctx, c, &e.hs)
+	res, err := handshake.Initiate(ctx, c, e.hs.Load())
 	if err != nil {
 		return nil, err
 	}

@@ -35,7 +35,8 @@ type ExitConfig struct {
 type Exit struct {
 	cfg        config.Exit
 	log        zerolog.Logger
-	resp       *handshake.Responder
+	resp       atomic.Pointer[handshake.Responder] // swapped by Reload
+	authorized atomic.Pointer[handshake.KeySet]    // the entry keys resp accepts
 	limiter    *sourceLimiter
 	pool       *bufPool
 	dialer     net.Dialer
@@ -61,13 +62,14 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	x := &Exit{
 		cfg:        cfg.Settings,
 		log:        log.With().Str("role", "exit").Logger(),
-		resp:       resp,
 		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
 		pool:       newBufPool(),
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
 		probe:      newBackendProbe(cfg.Settings.Forward, cfg.Settings.DialTimeout),
 		writeStall: defaultWriteStall,
 	}
+	x.resp.Store(resp)
+	x.authorized.Store(cfg.Authorized)
 	x.met = newMetrics("exit", cfg.Version, &x.count)
 	return x, nil
 }
@@ -149,10 +151,10 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		if errors.Is(err, errTooMany) {
 			reason = "too many handshakes in progress from your address; retry later"
 		}
-		e.resp.Refuse(conn, reason)
+		e.resp.Load().Refuse(conn, reason)
 		return
 	}
-	res, err := e.resp.Handshake(hard, conn)
+	res, err := e.resp.Load().Handshake(hard, conn)
 	admitted()
 	if err != nil {
 		e.met.handshakeFailed(err, false)
@@ -180,6 +182,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	}
 	go mc.supervise(sess)
 	e.met.sessionUp(sess, res.Conn, res.PeerFingerprint, res.Duration)
+	e.closeIfRevoked(log, sess, res.PeerKey)
 	start := time.Now()
 	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })

@@ -130,7 +130,9 @@ type peerTotals struct {
 	recordsSent, recordsRecv uint64
 }
 
-// metricSet is an agent's registry and what feeds it. Safe for concurrent use.
+// metricSet is an agent's registry and what feeds it. It also knows the
+// live sessions by peer, which a reload that removes a key needs. Safe for
+// concurrent use.
 type metricSet struct {
 	reg   *prometheus.Registry
 	role  string
@@ -284,6 +286,20 @@ func (m *metricSet) sessionUp(mux *yamux.Session, conn *frame.Conn, fingerprint 
 		<-mux.CloseChan()
 		m.sessionDown(mux)
 	}()
+}
+
+// sessionsExcept lists the live sessions of the peers not in keep (by
+// fingerprint): for a reload that removed their keys.
+func (m *metricSet) sessionsExcept(keep map[string]bool) []*yamux.Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []*yamux.Session
+	for mux, s := range m.live {
+		if !keep[s.fingerprint] {
+			out = append(out, mux)
+		}
+	}
+	return out
 }
 
 // sessionDown moves a closed session from the live set into its peer's

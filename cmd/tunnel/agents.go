@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,8 +67,33 @@ func (c *exitCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	// reload re-reads --key and --authorized-keys (on SIGHUP; one goroutine).
+	reload := func(log zerolog.Logger) {
+		newKey, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
+		if err != nil {
+			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		newAuth, err := handshake.LoadAuthorizedKeys(s.AuthorizedKeys)
+		if err != nil {
+			log.Error().Err(fmt.Errorf("--authorized-keys %w", err)).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		closing, err := x.Reload(newKey, newAuth)
+		if err != nil {
+			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		added, removed := keyDiff(auth.Fingerprints(), newAuth.Fingerprints())
+		ev := keyChange(log.Info(), key, newKey).Strs("authorized_added", added).Strs("authorized_removed", removed)
+		if closing > 0 {
+			ev = ev.Int("sessions_closing", closing).Str("drain_timeout", s.DrainTimeout.String())
+		}
+		ev.Msg("keys reloaded")
+		key, auth = newKey, newAuth
+	}
 	return serve(e, agent{
-		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr,
+		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr, reload: reload,
 		serve: x.Serve, stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
@@ -80,7 +106,7 @@ type entryCmd struct {
 	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one). This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." default:"${entry_listen}" placeholder:"ADDR"`
 	Peer                  string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
 	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
-	PeerKey               string        `help:"The exit's public key file (.pub); the exit must prove it holds the matching private key. Required." placeholder:"FILE"`
+	PeerKey               string        `help:"The exit's public keys: a file of one or more PUBLIC KEY blocks, or a directory of .pub/.pem files; the exit must prove it holds the private key of one of them (two while its key is rotated). Required." placeholder:"FILE|DIR"`
 	DialTimeout           time.Duration `help:"Give up dialing the exit agent after this long." default:"${dial_timeout}"`
 	HandshakeTimeout      time.Duration `help:"Give up on a handshake with the exit after this long." default:"${handshake_timeout}"`
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
@@ -110,20 +136,41 @@ func (c *entryCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	peerKey, err := handshake.LoadPublicKey(s.PeerKey)
+	pinned, err := handshake.LoadAuthorizedKeys(s.PeerKey)
 	if err != nil {
 		return usagef("--peer-key %v", err)
 	}
-	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKey: peerKey, Version: e.build.Version}, e.log)
+	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKeys: pinned, Version: e.build.Version}, e.log)
 	if err != nil {
 		return err
 	}
+	// reload re-reads --key and --peer-key (on SIGHUP; one goroutine).
+	reload := func(log zerolog.Logger) {
+		newKey, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
+		if err != nil {
+			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		newPinned, err := handshake.LoadAuthorizedKeys(s.PeerKey)
+		if err != nil {
+			log.Error().Err(fmt.Errorf("--peer-key %w", err)).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		if err := n.Reload(newKey, newPinned); err != nil {
+			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		added, removed := keyDiff(pinned.Fingerprints(), newPinned.Fingerprints())
+		keyChange(log.Info(), key, newKey).Strs("pinned_added", added).Strs("pinned_removed", removed).
+			Msg("keys reloaded")
+		key, pinned = newKey, newPinned
+	}
 	return serve(e, agent{
-		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true,
+		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true, reload: reload,
 		serve: n.Serve, stats: n.Stats, readiness: n.Ready, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
-				Str("peer", s.Peer).Str("peer_fingerprint", handshake.Fingerprint(peerKey))
+				Str("peer", s.Peer).Strs("peer_fingerprints", pinned.Fingerprints())
 		},
 	})
 }
@@ -169,6 +216,7 @@ type agent struct {
 	serve              func(context.Context, net.Listener) error
 	stats              func() tunnel.Stats
 	readiness          func(context.Context) error // nil: ready for traffic
+	reload             func(zerolog.Logger)        // re-reads the key files and logs what changed
 	metrics            prometheus.Gatherer
 	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
@@ -216,7 +264,7 @@ func serve(e *env, a agent) error {
 		defer stop()
 	}
 	a.ready(log.Info()).Msg(a.role + " ready")
-	// Until agents can reload, a SIGHUP is logged and changes nothing.
+	// SIGHUP reloads the keys (the ready line above may then be out of date).
 	stopReload, reloadDone := make(chan struct{}), make(chan struct{})
 	defer func() { close(stopReload); <-reloadDone }()
 	go func() {
@@ -224,7 +272,7 @@ func serve(e *env, a agent) error {
 		for {
 			select {
 			case <-e.reload:
-				log.Warn().Msg("reload is not supported yet; ignoring SIGHUP")
+				a.reload(log)
 			case <-stopReload:
 				return
 			}
@@ -255,6 +303,33 @@ func statusListenAddr(addr string) string {
 func isLoopback(a net.Addr) bool {
 	ta, ok := a.(*net.TCPAddr)
 	return ok && ta.IP.IsLoopback()
+}
+
+// keyDiff returns the fingerprints in after and not in before, and those in before and not in
+// after.
+func keyDiff(before, after []string) (added, removed []string) {
+	added, removed = []string{}, []string{}
+	for _, fp := range after {
+		if !slices.Contains(before, fp) {
+			added = append(added, fp)
+		}
+	}
+	for _, fp := range before {
+		if !slices.Contains(after, fp) {
+			removed = append(removed, fp)
+		}
+	}
+	return added, removed
+}
+
+// keyChange adds to ev the agent's own fingerprint after a reload, and the one before when the
+// key changed.
+func keyChange(ev *zerolog.Event, before, after *rsa.PrivateKey) *zerolog.Event {
+	ev = ev.Str("fingerprint", handshake.Fingerprint(&after.PublicKey))
+	if !before.PublicKey.Equal(&after.PublicKey) {
+		ev = ev.Str("previous_fingerprint", handshake.Fingerprint(&before.PublicKey))
+	}
+	return ev
 }
 
 type demoCmd struct {

@@ -376,7 +376,7 @@ func TestSignals(t *testing.T) {
 	n.log.waitJSON(t, "stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	// A SIGHUP during the drain is not a second stop signal.
 	n.cmd.Process.Signal(syscall.SIGHUP)
-	n.log.waitJSON(t, "reload is not supported yet; ignoring SIGHUP")
+	n.log.waitJSON(t, "keys reloaded")
 	select {
 	case <-n.done:
 		t.Fatalf("entry exited on the first signal with a stream open; log:\n%s", n.log.String())
@@ -431,7 +431,7 @@ func TestSIGHUP(t *testing.T) {
 
 	for _, c := range []*child{x, n} {
 		c.cmd.Process.Signal(syscall.SIGHUP)
-		for !strings.Contains(c.log.String(), `"message":"reload is not supported yet; ignoring SIGHUP"`) {
+		for !strings.Contains(c.log.String(), `"message":"keys reloaded"`) {
 			select {
 			case <-c.done:
 				t.Fatalf("%v ended on SIGHUP: %v; log:\n%s", c.cmd.Args[1:], c.err, c.log.String())

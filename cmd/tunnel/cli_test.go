@@ -90,7 +90,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".key"}, "--authorized-keys"},
 		{[]string{"exit", "--forward", "h:1", "--key", junk, "--authorized-keys", pub + ".pub"}, "--key " + junk},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
-		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: this is a private key"},
+		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: key 1: this is a private key"},
 		{[]string{"entry", "--peer", "nohost", "--key", pub + ".key", "--peer-key", pub + ".pub"}, "--peer \"nohost\""},
 		{[]string{"entry", "--listen", "256.1.1.1:15040", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".pub"},
 			`--listen "256.1.1.1:15040": "256.1.1.1" is neither an IP address nor a name that resolves`},

@@ -1,0 +1,68 @@
+package tunnel
+
+// Reloading keys while an agent runs. The caller loads and checks every
+// file first, so that a file that does not parse, or holds a weak key,
+// changes nothing; Reload then swaps the new keys in with one atomic store,
+// so that a half-read state never takes effect. Handshakes in progress
+// finish with the keys they began with, and sessions that are up keep
+// running, except, on the exit, the sessions of an entry key that is no
+// longer authorized: they get GoAway at once (their entry makes a new
+// session for new streams, with the key it has now) and are closed after
+// the drain timeout.
+
+import (
+	"crypto/rsa"
+	"errors"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// Reload makes the entry use key and pin peerKeys (any of which the exit
+// may present) from its next handshake on.
+func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet) error {
+	if key == nil || peerKeys == nil || peerKeys.Len() == 0 {
+		return errors.New("tunnel: reload needs the entry's private key and at least one exit key")
+	}
+	cfg := *e.hs.Load()
+	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
+	e.hs.Store(&cfg)
+	return nil
+}
+
+// Reload makes the exit answer with key and accept the entry keys in
+// authorized from its next handshake on, and winds down the sessions of
+// keys authorized no more; it returns how many.
+func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closing int, err error) {
+	resp, err := e.resp.Load().WithKeys(key, authorized)
+	if err != nil {
+		return 0, err
+	}
+	// authorized first, then the sessions: a handshake that completes
+	// meanwhile either sees the new set (closeIfRevoked) or has its session
+	// listed here.
+	e.authorized.Store(authorized)
+	e.resp.Store(resp)
+	keep := make(map[string]bool)
+	for _, fp := range authorized.Fingerprints() {
+		keep[fp] = true
+	}
+	revoked := e.met.sessionsExcept(keep)
+	for _, s := range revoked {
+		s.GoAway()
+		time.AfterFunc(e.cfg.DrainTimeout, func() { s.Close() })
+	}
+	return len(revoked), nil
+}
+
+// closeIfRevoked closes sess, just established with an entry whose key is
+// peer, if a reload removed that key while the handshake ran.
+func (e *Exit) closeIfRevoked(log zerolog.Logger, sess *yamux.Session, peer *rsa.PublicKey) {
+	if _, ok := e.authorized.Load().Lookup(handshake.KeyID(peer)); !ok {
+		log.Warn().Msg("closing the session: its key was removed from the authorized keys while the handshake ran")
+		sess.Close()
+	}
+}
