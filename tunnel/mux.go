@@ -52,7 +52,7 @@ var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (pi
 // yamux prepares the next. The writer is woken only at frame boundaries, so
 // a frame's header and body are sealed together. reset queues a RST frame
 // at the next boundary. A failure of the record layer is sticky: Write
-// returns it and the connection is closed, which ends the session.
+// returns it, and yamux ends the session.
 //
 // Read side: muxConn follows yamux's framing too, before yamux sees the
 // bytes: it limits the peer's pings (see pingRate), records which streams
@@ -328,9 +328,12 @@ func (m *muxConn) writer() {
 		m.mu.Lock()
 		m.spare = out
 		if err != nil {
+			// The connection is broken (no write deadline is set on it):
+			// the read side fails too, with the reason the peer gave (a
+			// reset, a cut, a record that failed), which closing it here
+			// would hide behind "use of closed network connection".
 			m.err = err
 			m.wake.Broadcast()
-			m.Conn.Close() // the session ends: yamux's reader fails
 			return
 		}
 		m.wake.Broadcast()
