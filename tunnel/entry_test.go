@@ -122,30 +122,14 @@ func appsWaiting(t *testing.T, addr string) (stop func()) {
 	return func() { close(quit); wg.Wait() }
 }
 
-// acceptCounter accepts connections on a loopback port and hands each to
-// handle, counting them; it stops in t.Cleanup.
+// acceptCounter is backend with a count of the connections accepted.
 func acceptCounter(t *testing.T, handle func(net.Conn)) (addr string, accepted *atomic.Int64) {
-	ln := listen(t)
 	accepted = new(atomic.Int64)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-			}()
-		}
-	}()
-	return ln.Addr().String(), accepted
+	addr = backend(t, func(c *net.TCPConn) {
+		accepted.Add(1)
+		handle(c)
+	})
+	return addr, accepted
 }
 
 // eventually polls cond for up to 10s.
