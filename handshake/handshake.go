@@ -250,6 +250,7 @@ func deriveSchedule(m1, m2, m3, secret, x25519Shared, mlkemShared []byte) (*sche
 	s := &schedule{th: [32]byte(digest(m1, m2, m3))}
 	ikm := make([]byte, 0, 96)
 	ikm = append(append(append(ikm, secret...), x25519Shared...), mlkemShared...)
+	defer clear(ikm)
 	var err error
 	if s.prk, err = hkdf.Extract(sha256.New, ikm, s.th[:]); err != nil {
 		return nil, err
@@ -258,12 +259,26 @@ func deriveSchedule(m1, m2, m3, secret, x25519Shared, mlkemShared []byte) (*sche
 	if err != nil {
 		return nil, err
 	}
+	defer clear(i2r)
 	r2i, err := hkdf.Expand(sha256.New, s.prk, "tunnel/1 r2i", 32)
 	if err != nil {
 		return nil, err
 	}
+	defer clear(r2i)
 	s.i2r, s.r2i = [32]byte(i2r), [32]byte(r2i)
 	return s, nil
+}
+
+// wipeSecrets clears what a handshake no longer needs once the record
+// layer holds its traffic secrets: the schedule's PRK and secrets, the
+// secret KEY_I transported and both shared secrets.
+func (s *schedule) wipeSecrets(secret, x25519Shared, mlkemShared []byte) {
+	clear(s.prk)
+	clear(s.i2r[:])
+	clear(s.r2i[:])
+	clear(secret)
+	clear(x25519Shared)
+	clear(mlkemShared)
 }
 
 func (s *schedule) initiatorKeys() frame.Keys {

@@ -530,3 +530,22 @@ func TestParsersAreStrict(t *testing.T) {
 		t.Error("HELLO_R with a short ML-KEM ciphertext parsed")
 	}
 }
+
+// TestWipeSecrets: once the record layer holds the traffic secrets, the
+// handshake's intermediate secrets are cleared.
+func TestWipeSecrets(t *testing.T) {
+	secret, xs, ms := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32), bytes.Repeat([]byte{3}, 32)
+	s, err := deriveSchedule([]byte("m1"), []byte("m2"), []byte("m3"), secret, xs, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.i2r == [32]byte{} || s.r2i == [32]byte{} || len(s.prk) == 0 {
+		t.Fatal("deriveSchedule produced empty secrets")
+	}
+	s.wipeSecrets(secret, xs, ms)
+	for name, b := range map[string][]byte{"prk": s.prk, "i2r": s.i2r[:], "r2i": s.r2i[:], "secret": secret, "x25519": xs, "ML-KEM": ms} {
+		if !bytes.Equal(b, make([]byte, len(b))) {
+			t.Errorf("%s not wiped", name)
+		}
+	}
+}

@@ -111,6 +111,7 @@ func (st *initiator) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 		return nil, err
 	}
 	fc := frame.New(&alertConn{Conn: conn}, sched.initiatorKeys(), st.cfg.Frame)
+	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
 	if err := fc.SendFinished(); err != nil {
 		return nil, ioError(ctx, "sending FINISHED", err)
 	}

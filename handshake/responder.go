@@ -189,6 +189,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 		return nil, err
 	}
 	fc := frame.New(conn, sched.responderKeys(), st.cfg.Frame)
+	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
 	if err := fc.ReadFinished(); err != nil {
 		return nil, fmt.Errorf("handshake: initiator's FINISHED: %w", err)
 	}
