@@ -41,6 +41,28 @@ func (e *Entry) Ready(context.Context) error {
 	return errNoSession
 }
 
+// Attempted waits until the entry's first attempt to reach the exit has
+// ended, with a session or a failure (Ready then tells which), and returns
+// nil; or until ctx ends, and returns its error. Serve makes the attempts.
+// Safe for concurrent use.
+func (e *Entry) Attempted(ctx context.Context) error {
+	for {
+		e.mu.Lock()
+		// Every attempt that ends sets one of them; neither is cleared
+		// without setting the other.
+		done, changed := e.cur != nil || e.lastErr != nil, e.changed
+		e.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Ready returns nil while the exit's backend accepts TCP connections (see
 // above), and otherwise the dial error. A probe honours ctx. Safe for
 // concurrent use.

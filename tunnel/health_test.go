@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
 )
 
 // TestBackendProbe: however often readiness is asked, the backend sees at most one probe per
@@ -131,5 +133,43 @@ func TestReadyz(t *testing.T) {
 				t.Errorf("%s: %s/healthz = %d, want 200 always", tc.name, u, code)
 			}
 		}
+	}
+}
+
+// TestAttempted: Attempted waits for the entry's first attempt to reach the exit, which only
+// Serve makes, and returns once it has ended, with a session or a failure.
+func TestAttempted(t *testing.T) {
+	ks := testKeys()
+	ns := config.DefaultEntry()
+	ns.Key, ns.PeerKey, ns.Peer = "unused", "unused", "127.0.0.1:1"
+	idle, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := idle.Attempted(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Attempted before Serve = %v, want the context's deadline (no attempt is made)", err)
+	}
+
+	gone := listen(t)
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	failing, _ := runEntry(t, goneAddr, nil, nil, nil)
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := failing.Attempted(ctx); err != nil {
+		t.Fatalf("Attempted with the exit gone = %v, want nil once the dial has failed", err)
+	}
+	if err := failing.Ready(ctx); err == nil || !strings.Contains(err.Error(), "no session with the exit: ") {
+		t.Errorf("Ready after the failed attempt = %v, want the dial's error", err)
+	}
+
+	a := start(t, echoBackend(t))
+	if err := a.entry.Attempted(ctx); err != nil {
+		t.Fatalf("Attempted with the exit up = %v, want nil once the session is up", err)
+	}
+	if err := a.entry.Ready(ctx); err != nil {
+		t.Errorf("Ready after the first attempt, exit up: %v", err)
 	}
 }

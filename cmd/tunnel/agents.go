@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"time"
@@ -167,7 +168,7 @@ func (c *entryCmd) Run(e *env) error {
 	}
 	return serve(e, agent{
 		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true, reload: reload,
-		serve: n.Serve, stats: n.Stats, readiness: n.Ready, metrics: n.Metrics(),
+		serve: n.Serve, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Str("peer", s.Peer).Strs("peer_fingerprints", pinned.Fingerprints())
@@ -175,19 +176,37 @@ func (c *entryCmd) Run(e *env) error {
 	})
 }
 
-// loadPrivateKey loads an agent's --key and, unless allowInsecure, refuses a file that group or
-// others may access.
+// loadPrivateKey loads an agent's --key and refuses a file that group or others may access,
+// unless allowInsecure, or the file is a credential that systemd passed the service
+// (LoadCredential=, in $CREDENTIALS_DIRECTORY). systemd writes a credential with mode 0400 and,
+// for a service that runs as another user (User=, DynamicUser=), lets that user read it through
+// an ACL entry, which makes the mode show the group bits as 0440; the directory is a read-only
+// mount that only the service can enter.
 func loadPrivateKey(path string, allowInsecure bool) (*rsa.PrivateKey, error) {
 	key, err := handshake.LoadPrivateKey(path)
 	if err != nil {
 		return nil, usagef("--key %v", err)
 	}
-	if !allowInsecure {
+	if !allowInsecure && !systemdCredential(path, os.Getenv("CREDENTIALS_DIRECTORY")) {
 		if err := handshake.CheckPrivateKeyMode(path); err != nil {
-			return nil, usagef("--key %v (or, where a mounted Secret sets the mode, pass --allow-insecure-key-perms)", err)
+			return nil, usagef("--key %v (or, where a mounted Secret sets the mode, pass --allow-insecure-key-perms; under systemd, pass the key with LoadCredential=)", err)
 		}
 	}
 	return key, nil
+}
+
+// systemdCredential reports whether path names a file in credDir, the service's credentials
+// directory (empty: not a service that has one).
+func systemdCredential(path, credDir string) bool {
+	if credDir == "" || !filepath.IsAbs(credDir) {
+		return false
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return false
+	}
+	rel, err := filepath.Rel(filepath.Clean(credDir), abs)
+	return err == nil && filepath.IsLocal(rel)
 }
 
 // agentProcs is how many threads an agent runs Go code on (GOMAXPROCS),
@@ -216,23 +235,33 @@ type agent struct {
 	serve              func(context.Context, net.Listener) error
 	stats              func() tunnel.Stats
 	readiness          func(context.Context) error // nil: ready for traffic
+	attempted          func(context.Context) error // the entry's: waits for its first attempt to reach the exit
 	reload             func(zerolog.Logger)        // re-reads the key files and logs what changed
 	metrics            prometheus.Gatherer
 	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
 
-// serve binds the agent's address and the status address (a port alone meaning loopback), logs
-// "listening" for each, then
-// "<role> ready" once every listener is bound, and runs the agent until e.ctx is done. If an
+// serve binds the agent's address and the status address (a port alone meaning loopback), or
+// takes the sockets systemd passed for them (socket activation), logs "listening" for each,
+// then "<role> ready" once every listener is bound, and runs the agent until e.ctx is done. If an
 // address cannot be bound, nothing has started and nothing claims to be ready. Serve owns and
-// closes the agent's listener; the status endpoint stops after it.
+// closes the agent's listener; the status endpoint stops after it. Under systemd it notifies
+// READY=1 once the listeners are bound and, on the entry, the first attempt to reach the exit
+// has ended; RELOADING=1 and READY=1 around each reload; STOPPING=1 as the drain starts.
 func serve(e *env, a agent) error {
-	ln, err := net.Listen("tcp", a.listen)
+	sd, err := activatedSockets()
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", a.listen, err)
+		return err
 	}
-	var statusLn net.Listener
-	if a.statusAddr != "" {
+	ln := sd.listen
+	if ln == nil {
+		if ln, err = net.Listen("tcp", a.listen); err != nil {
+			sd.close()
+			return fmt.Errorf("--listen %s: %w", a.listen, err)
+		}
+	}
+	statusLn := sd.status
+	if statusLn == nil && a.statusAddr != "" {
 		if statusLn, err = net.Listen("tcp", statusListenAddr(a.statusAddr)); err != nil {
 			ln.Close()
 			return fmt.Errorf("--status-addr %s: %w", a.statusAddr, err)
@@ -242,14 +271,22 @@ func serve(e *env, a agent) error {
 	runtime.GOMAXPROCS(procs)
 	log := e.log.With().Str("role", a.role).Logger()
 	// The first line says which build runs.
-	log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Int("procs", procs).Msg("listening")
+	listening := log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Int("procs", procs)
+	if sd.listen != nil {
+		listening = listening.Bool("systemd_socket", true)
+	}
+	listening.Msg("listening")
 	tunnel.WarnLowFileLimit(log)
 	if a.plaintext && !isLoopback(ln.Addr()) {
 		log.Warn().Str("addr", ln.Addr().String()).Msg("the plaintext side is reachable from the network: " +
 			"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
 	}
 	if statusLn != nil {
-		log.Info().Str("addr", statusLn.Addr().String()).Msg("status endpoint listening")
+		ev := log.Info().Str("addr", statusLn.Addr().String())
+		if sd.status != nil {
+			ev = ev.Bool("systemd_socket", true)
+		}
+		ev.Msg("status endpoint listening")
 		stop := tunnel.StartStatus(statusLn, log, tunnel.StatusConfig{
 			Stats:   a.stats,
 			Metrics: a.metrics,
@@ -264,6 +301,28 @@ func serve(e *env, a agent) error {
 		defer stop()
 	}
 	a.ready(log.Info()).Msg(a.role + " ready")
+	sdn := &notifier{log: log}
+	stopSystemd, systemdDone := make(chan struct{}), make(chan struct{})
+	defer func() { close(stopSystemd); <-systemdDone }()
+	go func() {
+		defer close(systemdDone)
+		done := make(chan struct{})
+		go func() { defer close(done); sdn.watchdog(stopSystemd) }()
+		defer func() { <-done }()
+		state := fmt.Sprintf("%s listening on %s", a.role, ln.Addr())
+		if a.attempted != nil {
+			// The entry: READY=1 once its first attempt to reach the exit has ended.
+			if a.attempted(e.ctx) != nil {
+				return // stopping before that
+			}
+			if err := a.readiness(e.ctx); err != nil {
+				state += "; " + err.Error() + "; retrying"
+			} else {
+				state += "; session with the exit up"
+			}
+		}
+		sdn.readyNow(state)
+	}()
 	// SIGHUP reloads the keys (the ready line above may then be out of date).
 	stopReload, reloadDone := make(chan struct{}), make(chan struct{})
 	defer func() { close(stopReload); <-reloadDone }()
@@ -272,13 +331,14 @@ func serve(e *env, a agent) error {
 		for {
 			select {
 			case <-e.reload:
-				a.reload(log)
+				sdn.reloading(func() { a.reload(log) })
 			case <-stopReload:
 				return
 			}
 		}
 	}()
 	stop := context.AfterFunc(e.ctx, func() {
+		sdn.stopping("draining open connections")
 		log.Info().Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	})
 	defer stop()

@@ -304,12 +304,21 @@ type child struct {
 
 func startChild(t *testing.T, args ...string) *child {
 	t.Helper()
+	return startChildWith(t, nil, args...)
+}
+
+// startChildWith is startChild with prep, when not nil, to change the command before it starts.
+func startChildWith(t *testing.T, prep func(*exec.Cmd), args ...string) *child {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &child{cmd: exec.Command(self, args...), done: make(chan struct{})}
 	c.cmd.Env = append(os.Environ(), "TUNNEL_TEST_AS_MAIN=1")
+	if prep != nil {
+		prep(c.cmd)
+	}
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,331 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// notifySocket plays the service manager's end of the notify protocol: a unixgram socket (the
+// agent's NOTIFY_SOCKET) that keeps every state the agent sends. Safe for concurrent use.
+type notifySocket struct {
+	path string
+
+	mu     sync.Mutex
+	states []string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	// A short directory: a socket's path must fit in 108 bytes.
+	dir, err := os.MkdirTemp("", "sd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &notifySocket{path: filepath.Join(dir, "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { conn.Close(); <-done; os.RemoveAll(dir) })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.states = append(s.states, string(buf[:n]))
+			s.mu.Unlock()
+		}
+	}()
+	return s
+}
+
+// count is how many states have arrived.
+func (s *notifySocket) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.states)
+}
+
+// wait waits for the first state from the from-th on that has the line want (such as
+// READY=1), and returns its index and its lines as a map. It fails the test if c ends first.
+func (s *notifySocket) wait(t *testing.T, c *child, from int, want string) (int, map[string]string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		s.mu.Lock()
+		states := s.states
+		s.mu.Unlock()
+		for i := from; i < len(states); i++ {
+			lines := strings.Split(states[i], "\n")
+			for _, l := range lines {
+				if l != want {
+					continue
+				}
+				m := map[string]string{}
+				for _, l := range lines {
+					k, v, _ := strings.Cut(l, "=")
+					m[k] = v
+				}
+				return i, m
+			}
+		}
+		select {
+		case <-c.done:
+			t.Fatalf("%v ended before notifying %s: %v; states %q; log:\n%s", c.cmd.Args[1:], want, c.err, states, c.log.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v: no %s within 20s; states %q; log:\n%s", c.cmd.Args[1:], want, states, c.log.String())
+		}
+	}
+}
+
+// socketFile returns a descriptor of ln (a *net.TCPListener or *net.UnixListener) to pass on.
+func socketFile(t *testing.T, ln any) *os.File {
+	t.Helper()
+	f, err := ln.(interface{ File() (*os.File, error) }).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// underSystemd makes cmd run as systemd runs a service: NOTIFY_SOCKET is notify's path (none if
+// nil), with the environment env added, and files passed as socket activation passes them,
+// from descriptor 3 on, named by names. systemd sets LISTEN_PID to the service's pid between
+// fork and exec; here a shell does, and execs the command in its own place, which keeps both
+// its pid and the descriptors.
+func underSystemd(notify *notifySocket, names []string, files []*os.File, env ...string) func(*exec.Cmd) {
+	return func(cmd *exec.Cmd) {
+		cmd.Args = append([]string{"/bin/sh", "-c", `export LISTEN_PID=$$; exec "$0" "$@"`, cmd.Path}, cmd.Args[1:]...)
+		cmd.Path = "/bin/sh"
+		cmd.Env = append(cmd.Env, env...)
+		if notify != nil {
+			cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+notify.path)
+		}
+		if len(files) > 0 {
+			cmd.ExtraFiles = files
+			cmd.Env = append(cmd.Env, "LISTEN_FDS="+strconv.Itoa(len(files)), "LISTEN_FDNAMES="+strings.Join(names, ":"))
+		}
+	}
+}
+
+// TestSystemd runs both agents as systemd would run them, with the real binary and no
+// systemd: each gets its sockets by socket activation (the flags name addresses that are
+// taken, so that binding them would fail) and notifies a socket of the test's. READY=1 comes
+// once every listener is bound and, on the entry, once the session is up (its /readyz answers
+// 200 then); data flows through the passed sockets; a SIGHUP is bracketed by RELOADING=1 (with
+// MONOTONIC_USEC) and READY=1; SIGTERM notifies STOPPING=1; WatchdogSec= gets WATCHDOG=1.
+func TestSystemd(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "exit")
+	keyPair(t, dir, "entry")
+	back, _ := backend(t, false)
+	listen := func(network string) net.Listener {
+		ln, err := net.Listen(network, "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+
+	exitLn := listen("tcp")
+	exitAddr := exitLn.Addr().String()
+	exitNotify := listenNotify(t)
+	x := startChildWith(t, underSystemd(exitNotify, []string{"listen"}, []*os.File{socketFile(t, exitLn)}, "WATCHDOG_USEC=100000"),
+		"--log-format", "json", "exit", "--listen", exitAddr, "--forward", back,
+		"--key", filepath.Join(dir, "exit.key"), "--authorized-keys", filepath.Join(dir, "entry.pub"))
+	_, ready := exitNotify.wait(t, x, 0, "READY=1")
+	if want := "exit listening on " + exitAddr; ready["STATUS"] != want {
+		t.Errorf("exit: READY=1 with STATUS=%q, want %q", ready["STATUS"], want)
+	}
+	if l := x.waitLine(t, "listening", 1); l["addr"] != exitAddr || l["systemd_socket"] != true {
+		t.Errorf("exit: listening line %v, want addr %s and systemd_socket true", l, exitAddr)
+	}
+	exitNotify.wait(t, x, 0, "WATCHDOG=1")
+
+	entryLn, statusLn := listen("tcp"), listen("tcp")
+	entryAddr, statusAddr := entryLn.Addr().String(), statusLn.Addr().String()
+	entryNotify := listenNotify(t)
+	n := startChildWith(t, underSystemd(entryNotify, []string{"listen", "status"}, []*os.File{socketFile(t, entryLn), socketFile(t, statusLn)}),
+		"--log-format", "json", "entry", "--listen", entryAddr, "--peer", exitAddr,
+		"--key", filepath.Join(dir, "entry.key"), "--peer-key", filepath.Join(dir, "exit.pub"))
+	_, ready = entryNotify.wait(t, n, 0, "READY=1")
+	if want := "entry listening on " + entryAddr + "; session with the exit up"; ready["STATUS"] != want {
+		t.Errorf("entry: READY=1 with STATUS=%q, want %q", ready["STATUS"], want)
+	}
+	resp, err := http.Get("http://" + statusAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("entry /readyz on the passed status socket, once READY=1: %d, want 200", resp.StatusCode)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	if err := echoOnce(entryAddr, 64<<10); err != nil {
+		t.Fatalf("through the passed sockets: %v; entry log:\n%s\nexit log:\n%s", err, n.log.String(), x.log.String())
+	}
+
+	from := entryNotify.count()
+	n.cmd.Process.Signal(syscall.SIGHUP)
+	i, reloading := entryNotify.wait(t, n, from, "RELOADING=1")
+	if usec, err := strconv.ParseInt(reloading["MONOTONIC_USEC"], 10, 64); err != nil || usec <= 0 {
+		t.Errorf("RELOADING=1 with MONOTONIC_USEC=%q, want the monotonic clock in microseconds", reloading["MONOTONIC_USEC"])
+	}
+	entryNotify.wait(t, n, i+1, "READY=1")
+	n.waitLine(t, reloaded, 1)
+
+	for _, a := range []struct {
+		c      *child
+		notify *notifySocket
+	}{{n, entryNotify}, {x, exitNotify}} {
+		from := a.notify.count()
+		a.c.cmd.Process.Signal(syscall.SIGTERM)
+		a.notify.wait(t, a.c, from, "STOPPING=1")
+		if code := a.c.exitCode(t, 15*time.Second); code != 0 {
+			t.Errorf("%v after SIGTERM: exit code %d, want 0; log:\n%s", a.c.cmd.Args[1:], code, a.c.log.String())
+		}
+	}
+}
+
+// TestSystemdNoExit: an entry whose exit cannot be reached notifies READY=1 once the first
+// attempt has failed, saying so, rather than keeping systemd waiting; it binds its own
+// listener when no socket is passed.
+func TestSystemdNoExit(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "exit")
+	keyPair(t, dir, "entry")
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goneAddr := gone.Addr().String()
+	gone.Close()
+	notify := listenNotify(t)
+	n := startChildWith(t, underSystemd(notify, nil, nil),
+		"--log-format", "json", "entry", "--listen", "127.0.0.1:0", "--peer", goneAddr,
+		"--key", filepath.Join(dir, "entry.key"), "--peer-key", filepath.Join(dir, "exit.pub"))
+	_, ready := notify.wait(t, n, 0, "READY=1")
+	addr := n.waitLine(t, "listening", 1)["addr"]
+	if want := "entry listening on " + addr.(string) + "; no session with the exit: "; !strings.HasPrefix(ready["STATUS"], want) || !strings.HasSuffix(ready["STATUS"], "; retrying") {
+		t.Errorf("READY=1 with STATUS=%q, want it to start %q and end with retrying", ready["STATUS"], want)
+	}
+}
+
+// TestSocketActivationErrors: every socket passed must be used, so a socket the agent has no
+// use for, or one it cannot use, stops it with exit status 2 and what to change in the unit.
+func TestSocketActivationErrors(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	tcp := func() *os.File {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return socketFile(t, ln)
+	}
+	unixSock := func() *os.File {
+		ln, err := net.Listen("unix", filepath.Join(dir, "app.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return socketFile(t, ln)
+	}
+	udp := func() *os.File {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return socketFile(t, c)
+	}
+	for _, tc := range []struct {
+		name  string
+		names []string
+		files []*os.File
+		want  string
+	}{
+		{"systemd's default name", []string{"tunnel-entry.socket"}, []*os.File{tcp()},
+			`tunnel: socket activation: fd 3 is named "tunnel-entry.socket": the agent takes sockets named listen (for --listen) and status (for --status-addr): set FileDescriptorName=listen or FileDescriptorName=status on each ListenStream= of the .socket unit`},
+		{"an unnamed extra socket", []string{"listen"}, []*os.File{tcp(), tcp()},
+			`tunnel: socket activation: fd 4 is named "LISTEN_FD_4": the agent takes sockets named listen`},
+		{"two listen sockets", []string{"listen", "listen"}, []*os.File{tcp(), tcp()},
+			"tunnel: socket activation: socket listen (fd 4): a second socket named listen: the agent serves one; give the .socket unit one ListenStream= per name"},
+		{"a unix listen socket", []string{"listen"}, []*os.File{unixSock()},
+			"tunnel: socket activation: socket listen (fd 3): it is a unix socket (" + filepath.Join(dir, "app.sock") + "), and the agent forwards TCP: give ListenStream= an address and port, such as 127.0.0.1:5000"},
+		{"a datagram status socket", []string{"status"}, []*os.File{udp()},
+			"tunnel: socket activation: socket status (fd 3): not a listening stream socket ("},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startChildWith(t, underSystemd(nil, tc.names, tc.files),
+				"--log-format", "console", "entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9",
+				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub"))
+			if code := c.exitCode(t, 15*time.Second); code != exitUsage || !strings.Contains(c.log.String(), tc.want) {
+				t.Errorf("exit code %d, stderr:\n%s\nwant %d and %q", code, c.log.String(), exitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestSystemdCredential: a private key that systemd passes as a credential (LoadCredential=)
+// is accepted with the mode systemd gives it when the service runs as another user (0440: an
+// ACL entry lets that user read it); the same mode elsewhere is refused, as is a path that only
+// starts in the credentials directory.
+func TestSystemdCredential(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	if err := os.Mkdir(creds, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keyPair(t, creds, "k")
+	keyPair(t, dir, "k")
+	for _, p := range []string{filepath.Join(creds, "k.key"), filepath.Join(dir, "k.key")} {
+		if err := os.Chmod(p, 0o440); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	if _, err := loadPrivateKey(filepath.Join(creds, "k.key"), false); err != nil {
+		t.Errorf("a credential with mode 0440: %v", err)
+	}
+	for _, p := range []string{filepath.Join(dir, "k.key"), filepath.Join(creds, "..", "k.key")} {
+		if _, err := loadPrivateKey(p, false); err == nil || !strings.Contains(err.Error(), "mode 0440 lets group or others access this private key") {
+			t.Errorf("%s, mode 0440, outside $CREDENTIALS_DIRECTORY: %v, want refused", p, err)
+		}
+	}
+
+	for _, tc := range []struct {
+		path, credDir string
+		want          bool
+	}{
+		{"/run/credentials/tunnel-exit.service/exit.key", "/run/credentials/tunnel-exit.service", true},
+		{"/run/credentials/tunnel-exit.service/exit.key", "/run/credentials/tunnel-exit.service/", true},
+		{"/run/credentials/tunnel-exit.service/../other.service/exit.key", "/run/credentials/tunnel-exit.service", false},
+		{"/run/credentials/tunnel-exit.service2/exit.key", "/run/credentials/tunnel-exit.service", false},
+		{"/etc/tunnel/exit.key", "/run/credentials/tunnel-exit.service", false},
+		{"/etc/tunnel/exit.key", "", false},
+		{"exit.key", "relative", false},
+	} {
+		if got := systemdCredential(tc.path, tc.credDir); got != tc.want {
+			t.Errorf("systemdCredential(%q, %q) = %v, want %v", tc.path, tc.credDir, got, tc.want)
+		}
+	}
+}
