@@ -607,7 +607,6 @@ func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error)
 		st, err := s.open()
 		switch {
 		case err == nil:
-			s.mc.fins.watch(st.StreamID())
 			if s.opened.Add(1) == e.recycleAfter {
 				close(s.full)
 			}
@@ -622,17 +621,55 @@ func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error)
 	}
 }
 
-// serveApp carries one application connection as a stream.
+// maxCarries bounds how often one application connection is offered to
+// an exit: a stream refused before it was accepted (see unacked) is carried
+// again on the next session.
+const maxCarries = 3
+
+// serveApp carries one application connection as a stream. When the exit
+// resets the stream without accepting it (it is going away, and the stream
+// crossed its GoAway), the connection is carried on the next session, with
+// what the application sent so far: no byte reached a backend, and the
+// application notices nothing.
 func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	origin := app.RemoteAddr().String()
 	log := e.log.With().Str("origin", origin).Logger()
+	var sent unacked
+	for carries := 1; ; carries++ {
+		f, status, ok := e.carry(ctx, log, app, origin, &sent)
+		if !ok {
+			return
+		}
+		if f.notAccepted && !sent.done && carries < maxCarries {
+			log.Info().Int("bytes", len(sent.buf)).
+				Msg("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")
+			continue
+		}
+		if f.notAccepted {
+			log.Warn().Int("attempts", carries).
+				Msg("closing application connection: every exit tried refused the stream before accepting it")
+			f.aborted = true
+			app.SetLinger(0)
+			app.Close()
+		}
+		e.met.streamDone(status, f)
+		return
+	}
+}
+
+// carry opens a stream for app, sends the header and what sent holds, and
+// forwards. ok is false when it could not (it has closed app, and logged
+// and counted why); else the flow, with the exit's status, is for the
+// caller to count, unless the stream was not accepted (f.notAccepted, app
+// still open), which it has neither logged nor counted.
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn, origin string, sent *unacked) (f flow, status Status, ok bool) {
 	s, st, err := e.openStream(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
 		e.met.streamNoSession()
 		app.SetLinger(0)
 		app.Close()
-		return
+		return f, 0, false
 	}
 	id := st.StreamID()
 	defer s.mc.fins.forget(id)
@@ -643,16 +680,16 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	start := time.Now()
 	// The header goes out at once; application bytes follow without waiting
 	// for the exit's status.
-	if _, err := st.Write(streamHeader{origin: origin}.marshal()); err != nil {
+	if _, err := st.Write(append(streamHeader{origin: origin}.marshal(), sent.buf...)); err != nil {
 		log.Warn().Err(err).Msg("closing application connection: stream lost")
 		app.SetLinger(0)
 		app.Close()
 		st.Close()
-		return
+		return f, 0, false
 	}
-	var status Status
+	resent := int64(len(sent.buf))
 	var msg string
-	f := forward(app, st, s.mc, e.pool, e.writeStall, func() error {
+	f = forward(app, st, s.mc, e.pool, e.writeStall, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {
@@ -662,8 +699,11 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 			return fmt.Errorf("exit refused the stream: %s: %s", status, msg)
 		}
 		return nil
-	})
-	e.met.streamDone(status, f)
+	}, sent)
+	if f.notAccepted {
+		return f, status, true
+	}
+	f.toStream += resent
 	ev := log.Info()
 	if f.aborted || status != StatusOK {
 		ev = log.Warn().Bool("aborted", true)
@@ -676,6 +716,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 	}
 	ev.Int64("bytes_to_backend", f.toStream).Int64("bytes_to_app", f.fromStream).
 		Str("duration", logDuration(time.Since(start))).Msg("connection closed")
+	return f, status, true
 }
 
 // sessionEnd describes how a closed session ended: from its record stream,

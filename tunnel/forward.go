@@ -96,16 +96,51 @@ type flow struct {
 	toStream, fromStream int64 // bytes
 	aborted              bool  // the tunnel side ended the stream abnormally: conn was reset, not closed cleanly
 	err                  error // the first error that ended a direction early, if any
+	// notAccepted: the peer's multiplexer reset the stream without ever
+	// acknowledging it, so nothing on the peer's side saw it; conn is left
+	// open, and what was read from it is in the unacked given to forward.
+	notAccepted bool
+}
+
+// maxUnacked bounds what unacked keeps. yamux lets a stream send one
+// initial window (256 KiB) before the peer's first window update, which
+// carries its ACK, so it is never reached unless the peer misbehaves.
+const maxUnacked = 1 << 20
+
+// unacked keeps what an entry sends into a stream until the exit accepts
+// it (its yamux ACK). An exit that is going away refuses streams whose SYN
+// crossed its GoAway with a RST and no ACK, before anything in it sees the
+// stream, so its application bytes can be sent again on another session.
+// Owned by forward's conn -> stream goroutine while forward runs, then by
+// forward's caller.
+type unacked struct {
+	buf  []byte
+	done bool // the stream was acknowledged, or too much was sent: keep nothing
+}
+
+// keep records p, about to be written to the stream id of mc, while the
+// peer has not acknowledged the stream.
+func (u *unacked) keep(mc *muxConn, id uint32, p []byte) {
+	if u == nil || u.done {
+		return
+	}
+	if !mc.fins.pending(id) || len(u.buf)+len(p) > maxUnacked {
+		u.done, u.buf = true, nil
+		return
+	}
+	u.buf = append(u.buf, p...)
 }
 
 // forward carries conn and st both ways until both directions end, then
 // closes both. st is a stream of the session under mc. before, if not
 // nil, runs in the stream-to-conn direction before copying (the entry reads
-// the exit's status there); an error from it aborts both directions. A
+// the exit's status there); an error from it aborts both directions. With
+// u (the entry), a stream that the peer resets before acknowledging it
+// returns notAccepted instead, with conn open and not read from. A
 // write that stalls for longer than stall (a reader that stopped reading)
 // aborts the connection, so nothing waits, or buffers, without bound; a
 // direction left half-open is bounded by yamux's StreamCloseTimeout.
-func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, before func() error) flow {
+func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, before func() error, u *unacked) flow {
 	id := st.StreamID()
 	var (
 		f       flow // the byte counts; err and aborted are filled in at the end
@@ -114,6 +149,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		first   error
 		once    sync.Once
 		stopped atomic.Bool // abort has begun: st's read deadline is ours no more
+		refused atomic.Bool // the stream was never accepted: conn goes to another
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -135,6 +171,19 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 			st.SetReadDeadline(time.Now())
 		})
 	}
+	// notAccepted reports, after err, whether the stream was reset without
+	// the peer's ACK; then it stops conn's reader without touching conn.
+	notAccepted := func(err error) bool {
+		if u == nil || !errors.Is(err, yamux.ErrConnectionReset) || !mc.fins.pending(id) {
+			return false
+		}
+		once.Do(func() {
+			refused.Store(true)
+			stopped.Store(true)
+			conn.SetReadDeadline(time.Now())
+		})
+		return refused.Load()
+	}
 	// lost: the session died before the peer's FIN. Its end is unknown.
 	lost := func() {
 		aborted.Store(true)
@@ -151,9 +200,10 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 	done := make(chan struct{})
 	go func() { // conn -> stream
 		defer close(done)
-		n, readErr, writeErr := copyFromConn(st, conn, pool, stall)
+		n, readErr, writeErr := copyFromConn(st, conn, pool, stall, u, mc)
 		f.toStream = n
 		switch {
+		case refused.Load() || notAccepted(writeErr):
 		case readErr == nil && writeErr == nil: // EOF
 		case readErr != nil && isClosed(readErr): // the other direction aborted
 		case readErr != nil: // the application or the backend reset or failed
@@ -176,8 +226,10 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 	ok := true
 	if before != nil {
 		if err := before(); err != nil {
-			fail(err)
-			abort(false)
+			if !notAccepted(err) {
+				fail(err)
+				abort(false)
+			}
 			ok = false
 		}
 	}
@@ -208,8 +260,12 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		}
 	}
 	<-done
-	conn.Close()
 	st.Close()
+	if refused.Load() {
+		conn.SetReadDeadline(time.Time{})
+		return flow{notAccepted: true}
+	}
+	conn.Close()
 	f.err, f.aborted = first, aborted.Load()
 	return f
 }
@@ -221,9 +277,10 @@ var errSessionLost = errors.New("tunnel session lost")
 const defaultWriteStall = 2 * time.Minute
 
 // copyFromConn copies conn to st until conn's EOF. It waits for conn to be
-// readable without holding a buffer. readErr is conn's failure, writeErr
-// the stream's; both are nil after EOF.
-func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration) (total int64, readErr, writeErr error) {
+// readable without holding a buffer. What it writes before the peer
+// acknowledges st (on mc) goes to u too, if u is not nil. readErr is
+// conn's failure, writeErr the stream's; both are nil after EOF.
+func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration, u *unacked, mc *muxConn) (total int64, readErr, writeErr error) {
 	r, err := newRawReader(conn, pool)
 	if err != nil {
 		return 0, err, nil
@@ -233,6 +290,7 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 		buf, n, err := r.read()
 		if n > 0 {
 			buf = pool.shrink(buf, n) // the write may wait for yamux's send loop
+			u.keep(mc, st.StreamID(), (*buf)[:n])
 			wd.arm(st, stall)
 			w, werr := st.Write((*buf)[:n])
 			pool.put(buf)

@@ -185,8 +185,8 @@ func (s *frameScanner) scan(p []byte, header func([]byte) error) error {
 
 // finWatch records, for the streams being watched, whether the peer's FIN
 // has arrived, and whether the stream is acknowledged (for a stream this
-// side opened, the peer's ACK came). Streams the peer opens are watched
-// from their SYN, streams this side opens from watch; forget ends it. Past
+// side opened, the peer's ACK came). Streams are watched from their SYN,
+// the peer's (Read) or this side's (Write); forget ends it. Past
 // maxWatched streams new ones go unwatched, which errs on the side of
 // treating their end as an abort. Safe for concurrent use.
 type finWatch struct {
@@ -234,6 +234,15 @@ func (w *finWatch) isAcked(id uint32) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.fin[id]&finAcked != 0
+}
+
+// pending reports whether id is watched and not acknowledged (an unwatched
+// stream's state is unknown).
+func (w *finWatch) pending(id uint32) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	v, ok := w.fin[id]
+	return ok && v&finAcked == 0
 }
 
 func (w *finWatch) forget(id uint32) {
@@ -285,6 +294,11 @@ func (m *muxConn) Write(p []byte) (int, error) {
 			m.have = 0
 			if m.hdr[1] == yamuxTypeData {
 				m.bodyLeft = int(binary.BigEndian.Uint32(m.hdr[8:]))
+			}
+			if binary.BigEndian.Uint16(m.hdr[2:])&yamuxFlagSYN != 0 {
+				// A stream this side opens is watched from its SYN, before
+				// the peer's ACK can come back.
+				m.fins.watch(binary.BigEndian.Uint32(m.hdr[4:]))
 			}
 		}
 		if m.have == 0 && m.bodyLeft == 0 {

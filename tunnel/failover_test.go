@@ -1,0 +1,239 @@
+package tunnel
+
+import (
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
+)
+
+// gateRelay forwards each connection to the address it holds at accept
+// time, record by record, and can hold back what the exits send: a link
+// whose latency the test controls.
+type gateRelay struct {
+	ln     net.Listener
+	target atomic.Value // string
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	paused bool
+	held   int // records from an exit that arrived while paused
+}
+
+func newGateRelay(t *testing.T, target string) *gateRelay {
+	r := &gateRelay{ln: listen(t)}
+	r.cond = sync.NewCond(&r.mu)
+	r.target.Store(target)
+	var wg sync.WaitGroup
+	var conns sync.Map
+	t.Cleanup(func() {
+		r.ln.Close()
+		r.resume()
+		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := r.ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", r.target.Load().(string))
+			if err != nil {
+				c.Close()
+				continue
+			}
+			conns.Store(c, nil)
+			conns.Store(up, nil)
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				io.Copy(up, c)
+				up.Close()
+				c.Close()
+			}()
+			go func() {
+				defer wg.Done()
+				r.back(c, up)
+				c.Close()
+				up.Close()
+			}()
+		}
+	}()
+	return r
+}
+
+// back copies the exit's records to the entry, holding them while paused.
+func (r *gateRelay) back(entry, exit net.Conn) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(exit, hdr[:]); err != nil {
+		return
+	}
+	// The first bytes are the handshake (type u8 | length u24 | body),
+	// never held; records follow.
+	body := make([]byte, int(binary.BigEndian.Uint32(hdr[:])&0xffffff))
+	if _, err := io.ReadFull(exit, body); err != nil {
+		return
+	}
+	if _, err := entry.Write(append(hdr[:], body...)); err != nil {
+		return
+	}
+	var queue [][]byte
+	ended := false
+	done := make(chan struct{})
+	go func() { // the entry's side: sends what is queued unless paused
+		defer close(done)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for {
+			for !ended && (r.paused || len(queue) == 0) {
+				r.cond.Wait()
+			}
+			if len(queue) == 0 {
+				return
+			}
+			rec := queue[0]
+			queue = queue[1:]
+			r.mu.Unlock()
+			_, err := entry.Write(rec)
+			r.mu.Lock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		if _, err := io.ReadFull(exit, hdr[:]); err != nil {
+			break
+		}
+		rec := make([]byte, 4+binary.BigEndian.Uint32(hdr[:]))
+		copy(rec, hdr[:])
+		if _, err := io.ReadFull(exit, rec[4:]); err != nil {
+			break
+		}
+		r.mu.Lock()
+		if r.paused {
+			r.held++
+		}
+		queue = append(queue, rec)
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	ended = true
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	<-done
+}
+
+func (r *gateRelay) pause() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused, r.held = true, 0
+}
+
+func (r *gateRelay) resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paused = false
+	r.cond.Broadcast()
+}
+
+// waitHeld waits until n records are held, for up to 10 s.
+func (r *gateRelay) waitHeld(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.AfterFunc(10*time.Second, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.cond.Broadcast()
+	})
+	defer deadline.Stop()
+	start := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.held < n {
+		if time.Since(start) >= 10*time.Second {
+			t.Fatalf("%d records held after 10s, want %d", r.held, n)
+		}
+		r.cond.Wait()
+	}
+}
+
+// stoppableExit runs an exit with the test keys forwarding to backend, until
+// stop (or the end of the test); stop returns once Serve has.
+func stoppableExit(t *testing.T, backend string, drain time.Duration) (addr string, stop func()) {
+	ks := testKeys()
+	xs := config.DefaultExit()
+	xs.Forward, xs.DrainTimeout = backend, drain
+	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Serve(ctx, ln); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+// TestStreamCrossingGoAwayMovesOn: a connection whose stream the entry
+// opens while the exit's GoAway is on its way is refused by the exit's
+// yamux (a RST, no ACK); the entry carries it on the next session, to
+// another exit, with the bytes the application sent meanwhile, and the
+// application sees a complete exchange.
+func TestStreamCrossingGoAwayMovesOn(t *testing.T) {
+	oldAddr, stopOld := stoppableExit(t, echoBackend(t), 10*time.Second)
+	newAddr, _ := stoppableExit(t, echoBackend(t), time.Second)
+	relay := newGateRelay(t, oldAddr)
+	lines := &logLines{}
+	_, entryAddr := runEntry(t, relay.ln.Addr().String(), lines, nil, nil)
+	roundTrip(t, entryAddr, []byte("a session with the old exit"))
+
+	relay.pause()
+	relay.target.Store(newAddr)
+	stopped := make(chan struct{})
+	go func() { stopOld(); close(stopped) }()
+	relay.waitHeld(t, 1) // the GoAway: the old exit refuses new streams now
+
+	app, err := net.Dial("tcp", entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	msg := []byte("sent before the entry knew")
+	if _, err := app.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	relay.waitHeld(t, 2) // the exit's RST for the stream
+	relay.resume()
+
+	app.SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(app, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+	more := []byte(" and after")
+	app.Write(more)
+	app.(*net.TCPConn).CloseWrite()
+	rest, err := io.ReadAll(app)
+	if err != nil || string(rest) != string(more) {
+		t.Fatalf("rest of the echo: %q, %v", rest, err)
+	}
+	if n := len(lines.with("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")); n != 1 {
+		t.Errorf("%d lines about carrying the stream again, want 1", n)
+	}
+	<-stopped
+}
