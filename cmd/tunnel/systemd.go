@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
@@ -49,10 +51,14 @@ func activatedSockets() (activated, error) {
 	for i, f := range activation.Files(true) {
 		fd := i + 3 // SD_LISTEN_FDS_START
 		name := f.Name()
-		ln, err := net.FileListener(f) // a duplicate of the descriptor
+		var ln net.Listener
+		err := listening(f)
+		if err == nil {
+			ln, err = net.FileListener(f) // a duplicate of the descriptor
+		}
 		f.Close()
 		if err != nil {
-			err = fmt.Errorf("not a listening stream socket (%w): the .socket unit must bind it with ListenStream=", err)
+			err = fmt.Errorf("not a listening stream socket (%w): the .socket unit must bind it with ListenStream=, and Accept=no", err)
 		}
 		if err == nil && name == socketListen {
 			if _, ok := ln.(*net.TCPListener); !ok {
@@ -84,6 +90,28 @@ func activatedSockets() (activated, error) {
 		*slot = ln
 	}
 	return a, nil
+}
+
+// listening returns nil if f is a socket that listens (SO_ACCEPTCONN): not a datagram socket,
+// and not a connection that systemd accepted (Accept=yes).
+func listening(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var on int
+	if cerr := rc.Control(func(fd uintptr) {
+		on, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+	}); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	if on == 0 {
+		return errors.New("it does not listen")
+	}
+	return nil
 }
 
 // notifier tells the service manager how the agent is doing, if it asked (NOTIFY_SOCKET).

@@ -1,17 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
 // notifySocket plays the service manager's end of the notify protocol: a unixgram socket (the
@@ -257,12 +261,32 @@ func TestSocketActivationErrors(t *testing.T) {
 		defer c.Close()
 		return socketFile(t, c)
 	}
+	accepted := func() *os.File { // what Accept=yes passes
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		return socketFile(t, s)
+	}
 	for _, tc := range []struct {
 		name  string
 		names []string
 		files []*os.File
 		want  string
 	}{
+		{"an accepted connection", []string{"listen"}, []*os.File{accepted()},
+			"tunnel: socket activation: socket listen (fd 3): not a listening stream socket (it does not listen): the .socket unit must bind it with ListenStream=, and Accept=no"},
 		{"systemd's default name", []string{"tunnel-entry.socket"}, []*os.File{tcp()},
 			`tunnel: socket activation: fd 3 is named "tunnel-entry.socket": the agent takes sockets named listen (for --listen) and status (for --status-addr): set FileDescriptorName=listen or FileDescriptorName=status on each ListenStream= of the .socket unit`},
 		{"an unnamed extra socket", []string{"listen"}, []*os.File{tcp(), tcp()},
@@ -327,5 +351,122 @@ func TestSystemdCredential(t *testing.T) {
 		if got := systemdCredential(tc.path, tc.credDir); got != tc.want {
 			t.Errorf("systemdCredential(%q, %q) = %v, want %v", tc.path, tc.credDir, got, tc.want)
 		}
+	}
+}
+
+// unitFile is a systemd unit file's settings: key to values, in order, continuation lines
+// joined.
+type unitFile map[string][]string
+
+func readUnit(t *testing.T, path string) unitFile {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := unitFile{}
+	text := strings.ReplaceAll(string(data), "\\\n", " ")
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' || line[0] == '[' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: %q is not KEY=VALUE", path, line)
+		}
+		u[k] = append(u[k], strings.TrimSpace(v))
+	}
+	return u
+}
+
+// TestSystemdUnits checks the example units in examples/systemd against the command: each
+// service's ExecStart parses as tunnel's flags, its key is the credential it loads, the sockets
+// it takes exist and carry names the agent takes, and the sandbox is there. systemd-analyze
+// verify, where installed, must find nothing to say about them.
+func TestSystemdUnits(t *testing.T) {
+	const dir = "../../examples/systemd"
+	services, _ := filepath.Glob(filepath.Join(dir, "*.service"))
+	sockets, _ := filepath.Glob(filepath.Join(dir, "*.socket"))
+	if len(services) != 2 || len(sockets) == 0 {
+		t.Fatalf("examples/systemd: services %q, sockets %q; want the exit's and the entry's", services, sockets)
+	}
+	for _, path := range sockets {
+		u := readUnit(t, path)
+		if names := u["FileDescriptorName"]; len(names) != 1 || (names[0] != socketListen && names[0] != socketStatus) {
+			t.Errorf("%s: FileDescriptorName=%q, want one of listen, status", path, names)
+		}
+		if acc := u["Accept"]; len(acc) > 0 && acc[0] != "no" {
+			t.Errorf("%s: Accept=%s: the agent takes a listening socket (Accept=no)", path, acc[0])
+		}
+	}
+	for _, path := range services {
+		u := readUnit(t, path)
+		role := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "tunnel-"), ".service")
+		creds := t.TempDir()
+		cmdline := strings.Fields(strings.Join(u["ExecStart"], " "))
+		if len(cmdline) < 2 || cmdline[0] != "/usr/local/bin/tunnel" || cmdline[1] != role {
+			t.Fatalf("%s: ExecStart=%q, want /usr/local/bin/tunnel %s ...", path, cmdline, role)
+		}
+		args := strings.Fields(strings.ReplaceAll(strings.Join(cmdline[1:], " "), "%d", creds))
+		c, _, err := parse(args, new(strings.Builder), new(strings.Builder))
+		if err != nil {
+			t.Errorf("%s: ExecStart: %v", path, err)
+			continue
+		}
+		key := c.Exit.Key
+		if role == "entry" {
+			key = c.Entry.Key
+		}
+		loaded := u["LoadCredential"]
+		if len(loaded) != 1 || filepath.Join(creds, strings.SplitN(loaded[0], ":", 2)[0]) != key {
+			t.Errorf("%s: --key %s is not the credential of LoadCredential=%q", path, key, loaded)
+		}
+		want := []string{"tunnel-" + role + ".socket"}
+		if s := u["Sockets"]; len(s) > 0 {
+			want = strings.Fields(s[0])
+		}
+		for _, s := range want {
+			if _, err := os.Stat(filepath.Join(dir, s)); err != nil {
+				t.Errorf("%s takes the sockets of %s: %v", path, s, err)
+			}
+		}
+		for k, v := range map[string]string{
+			"Type": "notify", "ExecReload": "/bin/kill -HUP $MAINPID", "DynamicUser": "yes",
+			"NoNewPrivileges": "yes", "CapabilityBoundingSet": "", "ProtectSystem": "strict",
+			"ProtectHome": "yes", "PrivateTmp": "yes", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+		} {
+			if got := u[k]; len(got) != 1 || got[0] != v {
+				t.Errorf("%s: %s=%q, want %q", path, k, got, v)
+			}
+		}
+		if !slices.Contains(u["SystemCallFilter"], "@system-service") {
+			t.Errorf("%s: SystemCallFilter=%q, want @system-service among them", path, u["SystemCallFilter"])
+		}
+	}
+
+	analyze, err := exec.LookPath("systemd-analyze")
+	harness.RequireOrSkip(t, "systemd-analyze (Debian package systemd)", err == nil)
+	// verify wants the program of ExecStart to exist: this test's binary stands in.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	var units []string
+	for _, path := range append(services, sockets...) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(tmp, filepath.Base(path))
+		if err := os.WriteFile(dst, bytes.ReplaceAll(data, []byte("/usr/local/bin/tunnel"), []byte(self)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		units = append(units, dst)
+	}
+	out, err := exec.Command(analyze, append([]string{"verify"}, units...)...).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
