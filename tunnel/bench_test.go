@@ -182,3 +182,60 @@ func benchRoundTrip(b *testing.B, addr string) {
 	}
 	cpu.report(b, float64(b.N)/1e6, "cpu-µs/op")
 }
+
+// BenchmarkConnRate connects, echoes 64 bytes and closes, 8 connections at
+// a time, directly and through entry and exit, and reports the CPU time of
+// the whole process (clients, agents and backend) per connection.
+func BenchmarkConnRate(b *testing.B) {
+	b.Run("direct", func(b *testing.B) { benchConnRate(b, echoBackend(b)) })
+	b.Run("tunnel", func(b *testing.B) {
+		a := start(b, echoBackend(b))
+		if err := echoOnce(a.entryAddr, make([]byte, 64), make([]byte, 64)); err != nil {
+			b.Fatal(err)
+		}
+		sess := waitSession(b, a.entry)
+		before := sess.Stats()
+		benchConnRate(b, a.entryAddr)
+		after := sess.Stats()
+		b.ReportMetric(float64(after.RecordsSent-before.RecordsSent)/float64(b.N), "sent-records/op")
+		b.ReportMetric(float64(after.RecordsReceived-before.RecordsReceived)/float64(b.N), "received-records/op")
+	})
+}
+
+func benchConnRate(b *testing.B, addr string) {
+	var next atomic.Int64
+	cpu := startCPU()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := make([]byte, 64)
+			buf := make([]byte, 64)
+			for next.Add(1) <= int64(b.N) {
+				if err := echoOnce(addr, msg, buf); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	cpu.report(b, float64(b.N)/1e6, "cpu-µs/op")
+}
+
+// echoOnce connects to addr, sends msg, reads its echo into buf and closes.
+func echoOnce(addr string, msg, buf []byte) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	_, err = io.ReadFull(c, buf)
+	return err
+}

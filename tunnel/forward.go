@@ -238,11 +238,12 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		f.fromStream = n
 		switch {
 		case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
-			if st.Session().IsClosed() && !mc.fins.seen(id) {
+			switch {
+			case st.Session().IsClosed() && !mc.fins.seen(id):
 				lost()
-			} else {
+			case !closed(done):
 				conn.CloseWrite()
-			}
+			} // else both directions are done: the Close below sends the FIN
 		case writeErr != nil: // the application or the backend is gone, or stalled
 			if !isClosed(writeErr) {
 				fail(writeErr)
@@ -271,6 +272,16 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 }
 
 var errSessionLost = errors.New("tunnel session lost")
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
 
 // defaultWriteStall is how long one write may block on a peer that does
 // not read before the connection is aborted.

@@ -255,7 +255,7 @@ func serve(e *env, a agent) error {
 	}
 	ln := sd.listen
 	if ln == nil {
-		if ln, err = net.Listen("tcp", a.listen); err != nil {
+		if ln, err = tunnel.Listen(e.ctx, a.listen); err != nil {
 			sd.close()
 			return fmt.Errorf("--listen %s: %w", a.listen, err)
 		}

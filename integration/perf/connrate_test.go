@@ -24,12 +24,16 @@ func (r *rig) benchConnRate(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
 	a := r.startAgents(b, backend.Addr(), false, false)
 	for _, p := range []route{{col: direct, addr: backend.Addr()}, {tunnel, a.Entry.Addr, a.pids()}} {
+		cpu := cpuSeconds(b, p.pids...)
 		n, d, err := connRate(p.addr, r.set.connRateTime)
 		if err != nil {
 			b.Fatalf("connect, echo and close, %s, after %d connections: %v", p.col, n, err)
 		}
 		perSec := float64(n) / d.Seconds()
 		b.ReportMetric(perSec, p.col.String()+"-conns/s")
+		if p.pids != nil {
+			b.ReportMetric((cpuSeconds(b, p.pids...)-cpu)*1e6/float64(n), "agents-cpu-µs/conn")
+		}
 		r.res.set("connrate", p.col, perSec)
 	}
 	b.ReportMetric(0, "ns/op")
