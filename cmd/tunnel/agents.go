@@ -302,8 +302,11 @@ func serve(e *env, a agent) error {
 	}
 	a.ready(log.Info()).Msg(a.role + " ready")
 	sdn := &notifier{log: log}
+	// The watchdog runs until serve returns, drain included; the wait for READY=1 ends with
+	// e.ctx or when serve returns, whichever comes first.
 	stopSystemd, systemdDone := make(chan struct{}), make(chan struct{})
-	defer func() { close(stopSystemd); <-systemdDone }()
+	waitCtx, stopWaiting := context.WithCancel(e.ctx)
+	defer func() { stopWaiting(); close(stopSystemd); <-systemdDone }()
 	go func() {
 		defer close(systemdDone)
 		done := make(chan struct{})
@@ -312,10 +315,10 @@ func serve(e *env, a agent) error {
 		state := fmt.Sprintf("%s listening on %s", a.role, ln.Addr())
 		if a.attempted != nil {
 			// The entry: READY=1 once its first attempt to reach the exit has ended.
-			if a.attempted(e.ctx) != nil {
+			if a.attempted(waitCtx) != nil {
 				return // stopping before that
 			}
-			if err := a.readiness(e.ctx); err != nil {
+			if err := a.readiness(waitCtx); err != nil {
 				state += "; " + err.Error() + "; retrying"
 			} else {
 				state += "; session with the exit up"

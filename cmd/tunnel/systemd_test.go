@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/integration/harness"
 )
@@ -468,5 +472,31 @@ func TestSystemdUnits(t *testing.T) {
 	out, err := exec.Command(analyze, append([]string{"verify"}, units...)...).CombinedOutput()
 	if err != nil || len(out) > 0 {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestServeEndsBeforeReady: an agent whose serving ends with an error while the entry still
+// waits for its first attempt to reach the exit returns that error; the wait for READY=1 does
+// not hold it.
+func TestServeEndsBeforeReady(t *testing.T) {
+	failed := errors.New("accept: too many open files")
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(&env{ctx: context.Background(), log: zerolog.Nop()}, agent{
+			role: "entry", listen: "127.0.0.1:0",
+			serve: func(_ context.Context, ln net.Listener) error { ln.Close(); return failed },
+			// No attempt ever ends.
+			attempted: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+			readiness: func(context.Context) error { return nil },
+			ready:     func(ev *zerolog.Event) *zerolog.Event { return ev },
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, failed) {
+			t.Errorf("serve = %v, want %v", err, failed)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not return within 20s of its agent's error: the wait for READY=1 holds it")
 	}
 }
