@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -46,9 +47,9 @@ type Exit struct {
 // Entry holds the entry agent's settings (no loaded keys: paths only).
 type Entry struct {
 	Listen           string        // address to accept apps on, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise)
-	Peer             string        // required, host:port of the exit
+	Peers            []string      // required, the exits: host:port, or host:port=keys for an exit with its own pinned keys (see ParsePeer)
 	Key              string        // required, path of the entry's private key
-	PeerKey          string        // required, the exit's public keys (pinned): a file of PUBLIC KEY blocks, or a directory of them
+	PeerKey          string        // the exits' public keys (pinned): a file of PUBLIC KEY blocks, or a directory of them; required unless every peer has its own
 	DialTimeout      time.Duration // dial timeout to the exit, default 5s
 	HandshakeTimeout time.Duration // default 10s
 	KeepAlive        time.Duration // yamux keepalive interval, default 15s
@@ -91,7 +92,7 @@ func DefaultExit() Exit {
 }
 
 // DefaultEntry returns the entry settings with every optional field at its default; the required
-// fields (Peer, Key, PeerKey) are empty.
+// fields (Peers, Key, PeerKey) are empty.
 func DefaultEntry() Entry {
 	return Entry{
 		Listen:           DefaultEntryListen,
@@ -132,11 +133,9 @@ func (c Exit) Validate() error {
 func (c Entry) Validate() error {
 	checks := []error{
 		listenAddr("--listen", c.Listen),
-		required("--peer", c.Peer, "give the exit agent's host:port, e.g. --peer exit.example.com:7000"),
-		dialAddr("--peer", c.Peer, "the exit agent"),
+		peers(c.Peers, c.PeerKey),
 		required("--key", c.Key, "give the entry's private key file made by tunnel keygen"),
 		readableFile("--key", c.Key),
-		required("--peer-key", c.PeerKey, "give the exit's public key file (.pub) to pin"),
 		readablePath("--peer-key", c.PeerKey),
 		positiveDuration("--dial-timeout", c.DialTimeout),
 		positiveDuration("--handshake-timeout", c.HandshakeTimeout),
@@ -146,6 +145,44 @@ func (c Entry) Validate() error {
 		optionalListenAddr("--status-addr", c.StatusAddr),
 	}
 	return first(checks)
+}
+
+// ParsePeer splits a --peer value, HOST:PORT or HOST:PORT=KEYS, into the exit's address and the
+// path of its own pinned keys (empty: the exit may present any key of --peer-key).
+func ParsePeer(spec string) (addr, keys string) {
+	addr, keys, _ = strings.Cut(spec, "=")
+	return addr, keys
+}
+
+// peers checks the --peer values, and that every exit has keys to pin: its own, or --peer-key.
+func peers(specs []string, peerKey string) error {
+	if len(specs) == 0 {
+		return errors.New("--peer is required: give the exit agent's host:port, e.g. --peer exit.example.com:7000 (repeat it for several exits)")
+	}
+	seen := map[string]bool{}
+	for _, spec := range specs {
+		addr, keys := ParsePeer(spec)
+		if addr == "" {
+			return fmt.Errorf("--peer %q has no address: give HOST:PORT or HOST:PORT=KEYS", spec)
+		}
+		if err := dialAddr("--peer", addr, "the exit agent"); err != nil {
+			return err
+		}
+		if seen[addr] {
+			return fmt.Errorf("--peer %s is given twice: give each exit once", addr)
+		}
+		seen[addr] = true
+		if strings.Contains(spec, "=") && keys == "" {
+			return fmt.Errorf("--peer %q names no key file after '=': give the exit's public keys, e.g. --peer %s=exit.pub, or leave out '=' to pin --peer-key", spec, addr)
+		}
+		if keys == "" && peerKey == "" {
+			return fmt.Errorf("--peer-key is required: give the exit's public key file (.pub) to pin, or give %s its own as --peer %s=exit.pub", addr, addr)
+		}
+		if err := readablePath("--peer "+addr+"=", keys); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func first(errs []error) error {

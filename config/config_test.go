@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestDefaults(t *testing.T) {
 	n := DefaultEntry()
 	wantN := Entry{Listen: "127.0.0.1:5000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
 		KeepAlive: 15 * time.Second, Window: 1 << 20, DrainTimeout: 30 * time.Second}
-	if n != wantN {
+	if !reflect.DeepEqual(n, wantN) {
 		t.Errorf("DefaultEntry() = %+v, want %+v", n, wantN)
 	}
 	// The defaults alone lack the required fields.
@@ -121,7 +122,7 @@ func TestEntryValidate(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope.pub")
 	good := func() Entry {
 		c := DefaultEntry()
-		c.Peer = "exit.example.com:7000"
+		c.Peers = []string{"exit.example.com:7000"}
 		c.Key = key
 		c.PeerKey = pub
 		return c
@@ -137,10 +138,15 @@ func TestEntryValidate(t *testing.T) {
 		{"no listen", func(c *Entry) { c.Listen = "" }, []string{"--listen", "required"}},
 		{"listen garbage", func(c *Entry) { c.Listen = "a:b:c" }, []string{"--listen", "host:port"}},
 		{"listen not an address", func(c *Entry) { c.Listen = "256.1.1.1:15040" }, []string{"--listen", "256.1.1.1", ":15040 for all"}},
-		{"no peer", func(c *Entry) { c.Peer = "" }, []string{"--peer", "required"}},
-		{"peer no host", func(c *Entry) { c.Peer = ":7000" }, []string{"--peer", "no host"}},
-		{"peer no port", func(c *Entry) { c.Peer = "exit" }, []string{"--peer", "host:port"}},
-		{"peer bad port", func(c *Entry) { c.Peer = "exit:99999" }, []string{"--peer", "1..65535"}},
+		{"no peer", func(c *Entry) { c.Peers = nil }, []string{"--peer", "required"}},
+		{"peer no host", func(c *Entry) { c.Peers = []string{":7000"} }, []string{"--peer", "no host"}},
+		{"peer no port", func(c *Entry) { c.Peers = []string{"exit"} }, []string{"--peer", "host:port"}},
+		{"peer bad port", func(c *Entry) { c.Peers = []string{"exit:99999"} }, []string{"--peer", "1..65535"}},
+		{"second peer bad", func(c *Entry) { c.Peers = append(c.Peers, "exit2") }, []string{"--peer", `"exit2"`, "host:port"}},
+		{"peer twice", func(c *Entry) { c.Peers = append(c.Peers, c.Peers[0]) }, []string{"--peer exit.example.com:7000", "twice"}},
+		{"peer empty key", func(c *Entry) { c.Peers = []string{"exit:7000="} }, []string{"--peer", "no key file"}},
+		{"peer key missing", func(c *Entry) { c.Peers = []string{"exit:7000=" + missing} }, []string{"--peer exit:7000=", "no such file"}},
+		{"peer without keys", func(c *Entry) { c.PeerKey, c.Peers = "", []string{"a:1=" + pub, "b:1"} }, []string{"--peer-key is required", "b:1=exit.pub"}},
 		{"no key", func(c *Entry) { c.Key = "" }, []string{"--key", "required"}},
 		{"key missing", func(c *Entry) { c.Key = missing }, []string{"--key", "no such file"}},
 		{"no peer key", func(c *Entry) { c.PeerKey = "" }, []string{"--peer-key", "required"}},
@@ -155,6 +161,12 @@ func TestEntryValidate(t *testing.T) {
 		c := good()
 		tc.mod(&c)
 		checkErr(t, tc.name, c.Validate(), tc.want)
+	}
+	// Every exit with its own keys needs no --peer-key.
+	c0 := good()
+	c0.PeerKey, c0.Peers = "", []string{"a:1=" + pub, "b:1=" + dir}
+	if err := c0.Validate(); err != nil {
+		t.Errorf("every peer with its own keys: %v", err)
 	}
 	// A directory of the exit's keys (several during a rotation) is valid.
 	c := good()
@@ -173,7 +185,7 @@ func TestUnreadableKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := DefaultEntry()
-	c.Peer, c.Key, c.PeerKey = "h:1", key, pub
+	c.Peers, c.Key, c.PeerKey = []string{"h:1"}, key, pub
 	checkErr(t, "unreadable", c.Validate(), []string{"--key", "permission denied"})
 }
 

@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +33,43 @@ type EntryConfig struct {
 	// PeerKeys, when set, are the exit's keys, any of which it may present
 	// (two while its key is rotated); PeerKey is then unused.
 	PeerKeys *handshake.KeySet
+	// ExitKeys are the pinned keys of the exits that have their own (a
+	// peer given as HOST:PORT=KEYS), by address (HOST:PORT); any other
+	// exit may present any of PeerKey or PeerKeys.
+	ExitKeys map[string]*handshake.KeySet
 	Version  string // this build's, for the build-info metric
+}
+
+// Several exits. Settings.Peers lists them, in order of preference; a
+// name stands for every address it resolves to, looked up again for every
+// attempt. The entry keeps one session, to one exit. An attempt to reach
+// one tries every address in turn, starting after the one whose session
+// just ended (so a dead or draining exit is tried last), and the first
+// handshake that succeeds wins; a failed TCP dial moves on at once. The
+// entry does not move back to an exit it left while its session lives.
+
+// exitAddr is one address of an exit, for one attempt.
+type exitAddr struct {
+	peer string // as configured (HOST:PORT): names the exit in logs, and its pinned keys
+	addr string // IP:PORT
+}
+
+// pins are the entry's own key and the exits' keys it pins, swapped
+// together by Reload.
+type pins struct {
+	hs    *handshake.Config            // the entry's key; the keys of exits without their own
+	exits map[string]*handshake.KeySet // by peer address: an exit's own keys
+}
+
+// forExit returns the handshake settings for an exit at peer.
+func (p *pins) forExit(peer string) *handshake.Config {
+	ks, ok := p.exits[peer]
+	if !ok {
+		return p.hs
+	}
+	cfg := *p.hs
+	cfg.PeerKey, cfg.PeerKeys = nil, ks
+	return &cfg
 }
 
 // Reconnection. After a failed attempt to reach the exit, or a session
@@ -63,8 +101,9 @@ const (
 // handshake per 32768 connections.
 const maxSessionStreams = 1 << 15
 
-// session is one authenticated session with the exit.
+// session is one authenticated session with an exit.
 type session struct {
+	exit exitAddr
 	mux  *yamux.Session
 	conn *frame.Conn // the record layer under mux
 	mc   *muxConn
@@ -95,7 +134,9 @@ func (s *session) open() (*yamux.Stream, error) {
 // one long-lived, authenticated session to the exit.
 type Entry struct {
 	cfg        config.Entry
-	hs         atomic.Pointer[handshake.Config] // swapped by Reload
+	peers      []string             // the exits' addresses (HOST:PORT), from cfg.Peers
+	keys       atomic.Pointer[pins] // swapped by Reload
+	lookup     func(ctx context.Context, host string) ([]string, error)
 	log        zerolog.Logger
 	pool       *bufPool
 	writeStall time.Duration
@@ -114,23 +155,39 @@ type Entry struct {
 
 // NewEntry checks cfg and returns an entry agent. It starts nothing.
 func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
-	if cfg.Key == nil || (cfg.PeerKey == nil && cfg.PeerKeys == nil) {
-		return nil, errors.New("tunnel: entry needs its private key and the exit's public key")
+	if cfg.Key == nil {
+		return nil, errors.New("tunnel: entry needs its private key")
+	}
+	var peers []string
+	for _, spec := range cfg.Settings.Peers {
+		addr, _ := config.ParsePeer(spec)
+		if cfg.PeerKey == nil && cfg.PeerKeys == nil && cfg.ExitKeys[addr] == nil {
+			return nil, fmt.Errorf("tunnel: entry needs the public keys of the exit at %s", addr)
+		}
+		peers = append(peers, addr)
+	}
+	if len(peers) == 0 {
+		return nil, errors.New("tunnel: entry needs at least one exit")
 	}
 	n := &Entry{
 		cfg:          cfg.Settings,
-		log:          log.With().Str("role", "entry").Str("peer", cfg.Settings.Peer).Logger(),
+		peers:        peers,
+		lookup:       net.DefaultResolver.LookupHost,
+		log:          log.With().Str("role", "entry").Logger(),
 		pool:         newBufPool(),
 		writeStall:   defaultWriteStall,
 		recycleAfter: maxSessionStreams,
 		kick:         make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 	}
-	n.hs.Store(&handshake.Config{
-		PrivateKey: cfg.Key,
-		PeerKey:    cfg.PeerKey,
-		PeerKeys:   cfg.PeerKeys,
-		Timeout:    cfg.Settings.HandshakeTimeout,
+	n.keys.Store(&pins{
+		hs: &handshake.Config{
+			PrivateKey: cfg.Key,
+			PeerKey:    cfg.PeerKey,
+			PeerKeys:   cfg.PeerKeys,
+			Timeout:    cfg.Settings.HandshakeTimeout,
+		},
+		exits: cfg.ExitKeys,
 	})
 	n.met = newMetrics("entry", cfg.Version, &n.count)
 	return n, nil
@@ -248,9 +305,11 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			select {
 			case <-s.mc.goAway:
 				e.clearSession(s, errors.New("the exit is going away"))
-				e.log.Info().Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
+				e.log.Info().Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+					Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
 				handOver(s)
 				r.reset()
+				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
 				break watch
 			case <-full:
 			case <-retry:
@@ -262,9 +321,18 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 					return
 				}
 				lived := time.Since(born)
-				ev := e.log.Warn().Err(reason).Str("duration", logDuration(lived))
+				r.left, r.leftWhy = s.exit, fmt.Sprintf("session lost: %v", reason)
+				ev := e.log.Warn().Err(reason).Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+					Str("duration", logDuration(lived))
 				if lived >= stableSession {
 					r.reset()
+					ev.Msg("session with the exit lost; reconnecting")
+					break watch
+				}
+				if r.choices > 1 && r.youngLosses == 0 {
+					// Another exit is tried first, at once; a second
+					// young loss in a row backs off.
+					r.youngLosses++
 					ev.Msg("session with the exit lost; reconnecting")
 					break watch
 				}
@@ -286,7 +354,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			e.log.Info().Int64("streams", s.opened.Load()).
 				Str("reason", "yamux keeps a few bytes per stream until its session ends (hashicorp/yamux#148)").
 				Msg("replacing the session after its share of streams; its open connections stay on it")
-			next, err := e.connect(ctx, e.log)
+			next, err := e.connect(ctx, e.log, s.exit)
 			if err != nil {
 				if ctx.Err() == nil {
 					e.countFailure(err)
@@ -316,10 +384,16 @@ type redial struct {
 	logged    string    // the failure last logged (see establish)
 	nextLog   time.Time // no line for the same failure before this
 	unlogged  int       // failures since the last line
+
+	choices     int      // addresses of exits the last attempt had
+	left        exitAddr // the exit whose session just ended: tried last
+	leftWhy     string   // why it ended
+	youngLosses int      // sessions lost young in a row, not backed off
 }
 
-// reset starts the backoff over: a session proved stable.
-func (r *redial) reset() { r.backoff = minBackoff }
+// reset starts the backoff over: a session proved stable, or the exit
+// said it was going away.
+func (r *redial) reset() { r.backoff, r.youngLosses = minBackoff, 0 }
 
 // step returns the next wait, with jitter, and doubles the backoff.
 func (r *redial) step() time.Duration {
@@ -328,8 +402,8 @@ func (r *redial) step() time.Duration {
 	return w
 }
 
-// establish dials the exit and runs the handshake until a session is up,
-// which it makes current and returns, or ctx ends (nil).
+// establish reaches an exit (see exitAddr) until a session is up, which
+// it makes current and returns, or ctx ends (nil).
 func (e *Entry) establish(ctx context.Context, r *redial) *session {
 	for {
 		if !sleep(ctx, minBackoff-time.Since(r.last), nil) {
@@ -341,18 +415,37 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 			log = log.With().Int("failed_attempts", r.failures).
 				Str("failing_for", logDuration(time.Since(r.firstFail))).Logger()
 		}
-		s, err := e.connect(ctx, log)
-		if err == nil {
-			r.failures, r.logged = 0, ""
-			e.setSession(s)
-			e.count.sessions.Add(1)
-			e.met.connected.Add(1)
-			return s
+		exits, errs := e.resolve(ctx)
+		exits = rotateAfter(exits, r.left.addr)
+		r.choices = len(exits)
+		for _, x := range exits {
+			s, err := e.connect(ctx, log, x)
+			if err == nil {
+				if r.left.addr != "" && r.left.addr != x.addr {
+					e.log.Info().Str("peer", x.peer).Str("addr", x.addr).
+						Str("previous_peer", r.left.peer).Str("previous_addr", r.left.addr).
+						Str("reason", r.leftWhy).AnErr("skipped", attemptsError(errs).orNil()).
+						Msg("failed over to another exit")
+				}
+				r.failures, r.logged, r.left = 0, "", exitAddr{}
+				e.setSession(s)
+				e.count.sessions.Add(1)
+				e.met.connected.Add(1)
+				return s
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			errs = append(errs, &exitError{x, err})
 		}
-		if ctx.Err() != nil {
-			return nil
+		var err error = attemptsError(errs)
+		if len(errs) == 1 {
+			err = errs[0].(*exitError).err // one exit: its error, as it is
 		}
-		kind := e.countFailure(err)
+		kind := failure(0)
+		for _, xe := range errs {
+			kind = max(kind, e.countFailure(xe))
+		}
 		e.setFailure(err)
 		now := time.Now()
 		if r.failures == 0 {
@@ -374,7 +467,7 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 			same += err.Error()
 		}
 		if same != r.logged || !now.Before(r.nextLog) {
-			e.log.Error().Err(err).Int("failed_attempts", r.unlogged).
+			e.log.Error().Err(err).Strs("peers", e.peers).Int("failed_attempts", r.unlogged).
 				Str("failing_for", logDuration(now.Sub(r.firstFail))).
 				Str("retry_in", logDuration(wait)).
 				Msg("cannot establish a session with the exit")
@@ -384,6 +477,86 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 			return nil
 		}
 	}
+}
+
+// resolve returns the addresses of the exits in the order of Peers, a name
+// looked up again, and a failure to resolve one (an *exitError).
+func (e *Entry) resolve(ctx context.Context) ([]exitAddr, []error) {
+	var exits []exitAddr
+	var errs []error
+	seen := map[string]bool{}
+	add := func(x exitAddr) {
+		if !seen[x.addr] {
+			seen[x.addr] = true
+			exits = append(exits, x)
+		}
+	}
+	for _, peer := range e.peers {
+		host, port, err := net.SplitHostPort(peer)
+		if err != nil { // Validate has seen it
+			errs = append(errs, &exitError{exitAddr{peer, peer}, &dialError{err}})
+			continue
+		}
+		if _, err := netip.ParseAddr(host); err == nil {
+			add(exitAddr{peer, peer})
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
+		ips, err := e.lookup(lctx, host)
+		cancel()
+		if err == nil && len(ips) == 0 {
+			err = fmt.Errorf("%s has no address", host)
+		}
+		if err != nil {
+			errs = append(errs, &exitError{exitAddr{peer, peer}, &dialError{err}})
+			continue
+		}
+		for _, ip := range ips {
+			add(exitAddr{peer, net.JoinHostPort(ip, port)})
+		}
+	}
+	return exits, errs
+}
+
+// rotateAfter returns exits starting after the one at addr, which comes
+// last; exits as they are if none is at addr.
+func rotateAfter(exits []exitAddr, addr string) []exitAddr {
+	for i, x := range exits {
+		if x.addr == addr {
+			return append(exits[i+1:], exits[:i+1]...)
+		}
+	}
+	return exits
+}
+
+// exitError is a failed attempt to reach one exit.
+type exitError struct {
+	exit exitAddr
+	err  error
+}
+
+func (e *exitError) Error() string { return e.exit.addr + ": " + e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// attemptsError is what failed in one attempt on every exit: *exitErrors.
+type attemptsError []error
+
+func (a attemptsError) Error() string {
+	msgs := make([]string, len(a))
+	for i, err := range a {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (a attemptsError) Unwrap() []error { return a }
+
+// orNil returns a, or nil when it holds nothing.
+func (a attemptsError) orNil() error {
+	if len(a) == 0 {
+		return nil
+	}
+	return a
 }
 
 // failure is why an attempt to reach the exit failed.
@@ -493,15 +666,15 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	return ctx.Err() == nil
 }
 
-// connect dials the exit, runs the handshake and starts the multiplexer;
-// it logs the new session to log.
-func (e *Entry) connect(ctx context.Context, log zerolog.Logger) (*session, error) {
+// connect dials the exit at x, runs the handshake and starts the
+// multiplexer; it logs the new session to log.
+func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exitAddr) (*session, error) {
 	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
-	c, err := d.DialContext(ctx, "tcp", e.cfg.Peer)
+	c, err := d.DialContext(ctx, "tcp", x.addr)
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	res, err := handshake.Initiate(ctx, c, e.hs.Load())
+	res, err := handshake.Initiate(ctx, c, e.keys.Load().forExit(x.peer))
 	if err != nil {
 		return nil, err
 	}
@@ -513,8 +686,9 @@ func (e *Entry) connect(ctx context.Context, log zerolog.Logger) (*session, erro
 	}
 	go mc.supervise(mux)
 	e.met.sessionUp(mux, res.Conn, res.PeerFingerprint, res.Duration)
-	log.Info().Str("peer_fingerprint", res.PeerFingerprint).Str("handshake", logDuration(res.Duration)).Msg("session established")
-	return &session{mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
+	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
+		Str("handshake", logDuration(res.Duration)).Msg("session established")
+	return &session{exit: x, mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
 }
 
 // notify wakes the waiters of session. Callers hold mu.
@@ -548,8 +722,17 @@ func (e *Entry) setFailure(err error) {
 }
 
 // lasting reports errors that retrying soon will not cure: the exit
-// rejected our key, or is not the exit we pin, or not a tunnel agent.
+// rejected our key, or is not the exit we pin, or not a tunnel agent; for
+// several exits, that is so of every one.
 func lasting(err error) bool {
+	if a := (attemptsError)(nil); errors.As(err, &a) {
+		for _, err := range a {
+			if !lasting(err) {
+				return false
+			}
+		}
+		return len(a) > 0
+	}
 	for _, target := range []error{
 		handshake.ErrUnknownKey, handshake.ErrBadSignature, handshake.ErrDecrypt,
 		handshake.ErrNotTunnel, handshake.ErrUnsupportedVersion, handshake.ErrNoCommonSuite,
@@ -673,7 +856,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	}
 	id := st.StreamID()
 	defer s.mc.fins.forget(id)
-	log = log.With().Uint32("stream", id).Logger()
+	log = log.With().Str("peer", s.exit.peer).Uint32("stream", id).Logger()
 	e.count.streams.Add(1)
 	e.count.streamsTotal.Add(1)
 	defer e.count.streams.Add(-1)

@@ -56,7 +56,7 @@ func runEntry(t *testing.T, peer string, lines *logLines, adjust func(*config.En
 	t.Helper()
 	ks := testKeys()
 	ns := config.DefaultEntry()
-	ns.Key, ns.PeerKey, ns.Peer = "unused", "unused", peer
+	ns.Key, ns.PeerKey, ns.Peers = "unused", "unused", []string{peer}
 	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
 	if adjust != nil {
 		adjust(&ns)

@@ -172,6 +172,11 @@ func (r *gateRelay) waitHeld(t *testing.T, n int) {
 // stoppableExit runs an exit with the test keys forwarding to backend, until
 // stop (or the end of the test); stop returns once Serve has.
 func stoppableExit(t *testing.T, backend string, drain time.Duration) (addr string, stop func()) {
+	return stoppableExitOn(t, listen(t), backend, drain)
+}
+
+// stoppableExitOn is stoppableExit on ln.
+func stoppableExitOn(t *testing.T, ln net.Listener, backend string, drain time.Duration) (addr string, stop func()) {
 	ks := testKeys()
 	xs := config.DefaultExit()
 	xs.Forward, xs.DrainTimeout = backend, drain
@@ -179,7 +184,6 @@ func stoppableExit(t *testing.T, backend string, drain time.Duration) (addr stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()
@@ -236,4 +240,81 @@ func TestStreamCrossingGoAwayMovesOn(t *testing.T) {
 		t.Errorf("%d lines about carrying the stream again, want 1", n)
 	}
 	<-stopped
+}
+
+// TestFailoverToNextExit: with two exits, the entry keeps one session, to
+// the first; when that exit goes away, new connections go to the second,
+// and the entry says so, with the reason. When the second goes too, the
+// first, back up at the same address, takes over.
+func TestFailoverToNextExit(t *testing.T) {
+	ln1 := listen(t)
+	addr1 := ln1.Addr().String()
+	_, stop1 := stoppableExitOn(t, ln1, echoBackend(t), time.Second)
+	addr2, stop2 := stoppableExit(t, echoBackend(t), time.Second)
+	lines := &logLines{}
+	n, entryAddr := runEntry(t, addr1, lines, func(c *config.Entry) { c.Peers = append(c.Peers, addr2) }, nil)
+	roundTrip(t, entryAddr, []byte("to the first exit"))
+	if est := lines.with("session established"); len(est) != 1 || est[0]["peer"] != addr1 {
+		t.Fatalf("session established lines %v, want one with peer %s", est, addr1)
+	}
+
+	stop1()
+	roundTrip(t, entryAddr, []byte("to the second exit"))
+	fo := lines.with("failed over to another exit")
+	if len(fo) != 1 || fo[0]["peer"] != addr2 || fo[0]["previous_peer"] != addr1 || fo[0]["reason"] != "the exit is going away (GoAway)" {
+		t.Fatalf("failover lines %v, want one from %s to %s because of GoAway", fo, addr1, addr2)
+	}
+
+	// The first exit comes back at its address; the second goes away.
+	ln1b, err := net.Listen("tcp", addr1)
+	if err != nil {
+		t.Skipf("cannot listen at %s again: %v", addr1, err)
+	}
+	stoppableExitOn(t, ln1b, echoBackend(t), time.Second)
+	stop2()
+	roundTrip(t, entryAddr, []byte("back to the first exit"))
+	if fo := lines.with("failed over to another exit"); len(fo) != 2 || fo[1]["peer"] != addr1 {
+		t.Fatalf("failover lines %v, want a second one to %s", fo, addr1)
+	}
+	if got := n.met.connected.Load(); got != 3 {
+		t.Errorf("%d sessions made after none was up, want 3 (two reconnects)", got)
+	}
+}
+
+// TestPeerNameResolvedAgain: a peer given by name stands for each of its
+// addresses, and is looked up again when the entry reconnects.
+func TestPeerNameResolvedAgain(t *testing.T) {
+	ln2, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 here: %v", err)
+	}
+	_, port, _ := net.SplitHostPort(ln2.Addr().String())
+	ln1, err := net.Listen("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		ln2.Close()
+		t.Skipf("port %s taken on 127.0.0.1: %v", port, err)
+	}
+	_, stop1 := stoppableExitOn(t, ln1, echoBackend(t), time.Second)
+	stoppableExitOn(t, ln2, echoBackend(t), time.Second)
+	var lookups atomic.Int64
+	lines := &logLines{}
+	_, entryAddr := runEntry(t, "exits.test:"+port, lines, nil, func(n *Entry) {
+		n.lookup = func(_ context.Context, host string) ([]string, error) {
+			if host != "exits.test" {
+				t.Errorf("looked up %q", host)
+			}
+			lookups.Add(1)
+			return []string{"127.0.0.1", "127.0.0.2"}, nil
+		}
+	})
+	roundTrip(t, entryAddr, []byte("to the first address"))
+	stop1()
+	roundTrip(t, entryAddr, []byte("to the second address"))
+	est := lines.with("session established")
+	if len(est) != 2 || est[0]["addr"] != "127.0.0.1:"+port || est[1]["addr"] != "127.0.0.2:"+port || est[1]["peer"] != "exits.test:"+port {
+		t.Fatalf("session established lines %v, want 127.0.0.1 then 127.0.0.2, both for exits.test", est)
+	}
+	if got := lookups.Load(); got != 2 {
+		t.Errorf("%d lookups, want 2 (one per session)", got)
+	}
 }

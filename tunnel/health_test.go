@@ -141,7 +141,7 @@ func TestReadyz(t *testing.T) {
 func TestAttempted(t *testing.T) {
 	ks := testKeys()
 	ns := config.DefaultEntry()
-	ns.Key, ns.PeerKey, ns.Peer = "unused", "unused", "127.0.0.1:1"
+	ns.Key, ns.PeerKey, ns.Peers = "unused", "unused", []string{"127.0.0.1:1"}
 	idle, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func TestLogFields(t *testing.T) {
 	}
 	exitLn := listen(t)
 	ns := config.DefaultEntry()
-	ns.Peer, ns.DrainTimeout = exitLn.Addr().String(), time.Second
+	ns.Peers, ns.DrainTimeout = []string{exitLn.Addr().String()}, time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.New(&entryLog))
 	if err != nil {
 		t.Fatal(err)

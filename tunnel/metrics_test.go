@@ -242,7 +242,7 @@ func TestMetricsRefusals(t *testing.T) {
 	ks := testKeys()
 	other := func(key *rsa.PrivateKey, peer *rsa.PublicKey) scraper {
 		s := config.DefaultEntry()
-		s.Peer, s.Key, s.PeerKey = a.exitAddr, "unused", "unused"
+		s.Peers, s.Key, s.PeerKey = []string{a.exitAddr}, "unused", "unused"
 		e, err := NewEntry(EntryConfig{Settings: s, Key: key, PeerKey: peer}, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)

@@ -13,6 +13,7 @@ package tunnel
 import (
 	"crypto/rsa"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -21,15 +22,25 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
-// Reload makes the entry use key and pin peerKeys (any of which the exit
-// may present) from its next handshake on.
-func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet) error {
-	if key == nil || peerKeys == nil || peerKeys.Len() == 0 {
-		return errors.New("tunnel: reload needs the entry's private key and at least one exit key")
+// Reload makes the entry use key and pin peerKeys (any of which an exit
+// may present) and, for the exits with their own, exitKeys (by address,
+// as in EntryConfig) from its next handshake on.
+func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
+	if key == nil {
+		return errors.New("tunnel: reload needs the entry's private key")
 	}
-	cfg := *e.hs.Load()
+	for _, peer := range e.peers {
+		ks := exitKeys[peer]
+		if ks == nil {
+			ks = peerKeys
+		}
+		if ks == nil || ks.Len() == 0 {
+			return fmt.Errorf("tunnel: reload needs at least one key for the exit at %s", peer)
+		}
+	}
+	cfg := *e.keys.Load().hs
 	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
-	e.hs.Store(&cfg)
+	e.keys.Store(&pins{hs: &cfg, exits: exitKeys})
 	return nil
 }
 

@@ -131,7 +131,7 @@ func startTuned(t testing.TB, backend string, adjust func(*config.Exit, *config.
 	a := &agents{}
 	exitLn := listen(t)
 	a.exitAddr = exitLn.Addr().String()
-	ns.Peer = a.exitAddr
+	ns.Peers = []string{a.exitAddr}
 	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +350,7 @@ func TestRejectedKeyFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := config.DefaultEntry()
-	ns.Peer, ns.DialTimeout = a.exitAddr, 5*time.Second
+	ns.Peers, ns.DialTimeout = []string{a.exitAddr}, 5*time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: other, PeerKey: &testKeys()[1].PublicKey}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +445,7 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 	relay := newSwitchRelay(t, oldAddr)
 
 	ns := config.DefaultEntry()
-	ns.Peer = relay.ln.Addr().String()
+	ns.Peers = []string{relay.ln.Addr().String()}
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -105,9 +105,9 @@ func (c *exitCmd) Run(e *env) error {
 
 type entryCmd struct {
 	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one). This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." default:"${entry_listen}" placeholder:"ADDR"`
-	Peer                  string        `help:"The exit agent to connect to (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Peer                  []string      `help:"An exit agent to connect to (HOST:PORT), or HOST:PORT=FILE|DIR to pin that exit's own public keys instead of --peer-key. Repeat it (or separate with commas) for several exits, in order of preference: the entry keeps a session to one and fails over to the next. A name is looked up again on every reconnect, and each of its addresses counts as an exit. Required." placeholder:"HOST:PORT[=KEYS]"`
 	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
-	PeerKey               string        `help:"The exit's public keys: a file of one or more PUBLIC KEY blocks, or a directory of .pub/.pem files; the exit must prove it holds the private key of one of them (two while its key is rotated). Required." placeholder:"FILE|DIR"`
+	PeerKey               string        `help:"The exit's public keys: a file of one or more PUBLIC KEY blocks, or a directory of .pub/.pem files; the exit must prove it holds the private key of one of them (two while its key is rotated). Required, unless every --peer names its own." placeholder:"FILE|DIR"`
 	DialTimeout           time.Duration `help:"Give up dialing the exit agent after this long." default:"${dial_timeout}"`
 	HandshakeTimeout      time.Duration `help:"Give up on a handshake with the exit after this long." default:"${handshake_timeout}"`
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
@@ -119,7 +119,7 @@ type entryCmd struct {
 
 func (c *entryCmd) settings() config.Entry {
 	return config.Entry{
-		Listen: c.Listen, Peer: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
+		Listen: c.Listen, Peers: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
@@ -137,11 +137,11 @@ func (c *entryCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	pinned, err := handshake.LoadAuthorizedKeys(s.PeerKey)
+	pinned, exitKeys, err := loadPinned(s)
 	if err != nil {
-		return usagef("--peer-key %v", err)
+		return usageError{err}
 	}
-	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKeys: pinned, Version: e.build.Version}, e.log)
+	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKeys: pinned, ExitKeys: exitKeys, Version: e.build.Version}, e.log)
 	if err != nil {
 		return err
 	}
@@ -152,28 +152,67 @@ func (c *entryCmd) Run(e *env) error {
 			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
 			return
 		}
-		newPinned, err := handshake.LoadAuthorizedKeys(s.PeerKey)
+		newPinned, newExitKeys, err := loadPinned(s)
 		if err != nil {
-			log.Error().Err(fmt.Errorf("--peer-key %w", err)).Msg("reload failed; the previous keys stay in force")
-			return
-		}
-		if err := n.Reload(newKey, newPinned); err != nil {
 			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
 			return
 		}
-		added, removed := keyDiff(pinned.Fingerprints(), newPinned.Fingerprints())
+		if err := n.Reload(newKey, newPinned, newExitKeys); err != nil {
+			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
+			return
+		}
+		added, removed := keyDiff(pinnedFingerprints(pinned, exitKeys), pinnedFingerprints(newPinned, newExitKeys))
 		keyChange(log.Info(), key, newKey).Strs("pinned_added", added).Strs("pinned_removed", removed).
 			Msg("keys reloaded")
-		key, pinned = newKey, newPinned
+		key, pinned, exitKeys = newKey, newPinned, newExitKeys
 	}
 	return serve(e, agent{
 		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true, reload: reload,
 		serve: n.Serve, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
-				Str("peer", s.Peer).Strs("peer_fingerprints", pinned.Fingerprints())
+				Strs("peers", s.Peers).Strs("peer_fingerprints", pinnedFingerprints(pinned, exitKeys))
 		},
 	})
+}
+
+// loadPinned loads the exits' keys the entry pins: --peer-key (nil if it is not given), and the
+// keys of each --peer HOST:PORT=KEYS, by address.
+func loadPinned(s config.Entry) (*handshake.KeySet, map[string]*handshake.KeySet, error) {
+	var shared *handshake.KeySet
+	if s.PeerKey != "" {
+		ks, err := handshake.LoadAuthorizedKeys(s.PeerKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--peer-key %w", err)
+		}
+		shared = ks
+	}
+	exits := map[string]*handshake.KeySet{}
+	for _, spec := range s.Peers {
+		addr, path := config.ParsePeer(spec)
+		if path == "" {
+			continue
+		}
+		ks, err := handshake.LoadAuthorizedKeys(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--peer %s=%w", addr, err)
+		}
+		exits[addr] = ks
+	}
+	return shared, exits, nil
+}
+
+// pinnedFingerprints lists every key the entry pins, once each, in order.
+func pinnedFingerprints(shared *handshake.KeySet, exits map[string]*handshake.KeySet) []string {
+	var fps []string
+	if shared != nil {
+		fps = append(fps, shared.Fingerprints()...)
+	}
+	for _, ks := range exits {
+		fps = append(fps, ks.Fingerprints()...)
+	}
+	slices.Sort(fps)
+	return slices.Compact(fps)
 }
 
 // loadPrivateKey loads an agent's --key and refuses a file that group or others may access,

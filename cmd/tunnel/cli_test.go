@@ -172,6 +172,13 @@ exit:
   listen: 127.0.0.1:4444
   max-streams: 9
 `)
+	peers := writeFile(t, filepath.Join(dir, "peers.yaml"), `
+entry:
+  peer:
+    - exit1.example.net:7000=exit1.pub
+    - exit2.example.net:7000
+  peer-key: exits.pub
+`)
 	type want struct {
 		logLevel, listen, peer, peerKey string
 		window                          uint32
@@ -200,6 +207,12 @@ exit:
 			want{"error", "127.0.0.1:3333", "nested:1", "flag.pub", 300000, 9 * time.Second}},
 		{"env only", map[string]string{"TUNNEL_DIAL_TIMEOUT": "250ms", "TUNNEL_PEER": "env:2"}, []string{"entry"},
 			want{"info", "127.0.0.1:5000", "env:2", "", 1 << 20, 250 * time.Millisecond}},
+		{"several peers from flags", nil, []string{"entry", "--peer", "a:1", "--peer", "b:2=b.pub"},
+			want{"info", "127.0.0.1:5000", "a:1 b:2=b.pub", "", 1 << 20, 5 * time.Second}},
+		{"several peers from env", map[string]string{"TUNNEL_PEER": "a:1,b:2=b.pub"}, []string{"entry"},
+			want{"info", "127.0.0.1:5000", "a:1 b:2=b.pub", "", 1 << 20, 5 * time.Second}},
+		{"several peers from config", nil, []string{"--config", peers, "entry"},
+			want{"info", "127.0.0.1:5000", "exit1.example.net:7000=exit1.pub exit2.example.net:7000", "exits.pub", 1 << 20, 5 * time.Second}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -211,7 +224,7 @@ exit:
 				t.Fatal(err)
 			}
 			n := c.Entry.settings()
-			got := want{c.LogLevel, n.Listen, n.Peer, n.PeerKey, n.Window, n.DialTimeout}
+			got := want{c.LogLevel, n.Listen, strings.Join(n.Peers, " "), n.PeerKey, n.Window, n.DialTimeout}
 			if got != tc.want {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
 			}

@@ -178,7 +178,7 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	}
 	ns := config.DefaultEntry()
 	ns.Listen = entryLn.Addr().String()
-	ns.Peer = relayLn.Addr().String()
+	ns.Peers = []string{relayLn.Addr().String()}
 	ns.DrainTimeout = 2 * time.Second
 	entry, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
 	if err != nil {
