@@ -69,9 +69,12 @@ func (s *notifySocket) count() int {
 }
 
 // wait waits for the first state from the from-th on that has the line want (such as
-// READY=1), and returns its index and its lines as a map. It fails the test if c ends first.
+// READY=1), and returns its index and its lines as a map. It fails the test if c ends
+// without it: a state c sent just before it ended may still be on its way to the reader, so
+// that is judged a second after c ended.
 func (s *notifySocket) wait(t *testing.T, c *child, from int, want string) (int, map[string]string) {
 	t.Helper()
+	var ended time.Time
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		s.mu.Lock()
 		states := s.states
@@ -92,7 +95,12 @@ func (s *notifySocket) wait(t *testing.T, c *child, from int, want string) (int,
 		}
 		select {
 		case <-c.done:
-			t.Fatalf("%v ended before notifying %s: %v; states %q; log:\n%s", c.cmd.Args[1:], want, c.err, states, c.log.String())
+			if ended.IsZero() {
+				ended = time.Now()
+			} else if time.Since(ended) > time.Second {
+				t.Fatalf("%v ended before notifying %s: %v; states %q; log:\n%s", c.cmd.Args[1:], want, c.err, states, c.log.String())
+			}
+			time.Sleep(10 * time.Millisecond)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
