@@ -66,6 +66,7 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"required flag missing", "exit.yaml", "            - --forward=postgres:5432\n", "", "--forward is required"},
 		{"unknown environment variable", "exit.yaml", "TUNNEL_STATUS_ADDR", "TUNNEL_STATUS_ADDRESS", "TUNNEL_STATUS_ADDRESS is not a variable"},
 		{"container port", "exit.yaml", "containerPort: 7000", "containerPort: 7001", "no container port 7000 (--listen=:7000)"},
+		{"listen not given", "exit.yaml", "            - --listen=:7000\n", "", "give --listen"},
 		{"listen port", "exit.yaml", "--listen=:7000", "--listen=:7002", "no container port 7002"},
 		{"exit on loopback", "exit.yaml", "--listen=:7000", "--listen=127.0.0.1:7000", "listens on loopback"},
 		{"entry off loopback", "app.yaml", "--listen=127.0.0.1:5000", "--listen=:5000", "not loopback"},
@@ -403,7 +404,11 @@ var (
 	// A flag's first line: "  -h, --help   Show ...", "      --listen=ADDR   Address ...".
 	helpFlagLine = regexp.MustCompile(`^\s+(?:-\w, )?--([a-z][a-z0-9-]*)(?:=(\S+))?`)
 	helpEnv      = regexp.MustCompile(`\$(TUNNEL_[A-Z0-9_]+)`)
-	placeholder  = regexp.MustCompile(`^[A-Z][A-Z:|_]*$`)
+	// "Required ($TUNNEL_KEY)." or "Required.", not "Required, unless …".
+	helpRequired = regexp.MustCompile(`\bRequired(\.|\s*\(|\s*$)`)
+	// A placeholder (ADDR, FILE|DIR, HOST:PORT[=KEYS],...) has no lower-case
+	// letter, digit or quote, which a default (5s, 64, "info") has.
+	placeholder = regexp.MustCompile(`^[^a-z0-9"]+$`)
 )
 
 func parseHelp(name, help string) *command {
@@ -415,7 +420,7 @@ func parseHelp(name, help string) *command {
 			return
 		}
 		f := c.flags[cur]
-		f.required = strings.Contains(text.String(), "Required")
+		f.required = helpRequired.MatchString(text.String())
 		c.flags[cur] = f
 		for _, m := range helpEnv.FindAllStringSubmatch(text.String(), -1) {
 			c.env[m[1]] = cur
@@ -768,7 +773,12 @@ func (c *checker) checkContainer(what string, ctr *corev1.Container) {
 // checkAgent checks a tunnel container's flags against its pod: ports,
 // keys, probes, the grace period.
 func (c *checker) checkAgent(a *agent) {
-	listen, _ := a.inv.setting("listen")
+	listen, ok := a.inv.setting("listen")
+	if !ok {
+		// Its help shows a placeholder, not the default.
+		c.addf("%s: give --listen: these checks match its port with the pod's", a.what)
+		return
+	}
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		c.addf("%s: --listen=%s: %v", a.what, listen, err)
