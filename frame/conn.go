@@ -172,15 +172,23 @@ func (c *Conn) ReadError() error {
 	return nil
 }
 
-// Stats counts records, FINISHED, CLOSE and KEY_UPDATE included.
+// Stats counts records, FINISHED, CLOSE and KEY_UPDATE included, and of
+// them the KEY_UPDATE records, each direction.
 type Stats struct {
-	RecordsSent     uint64
-	RecordsReceived uint64
+	RecordsSent        uint64
+	RecordsReceived    uint64
+	KeyUpdatesSent     uint64
+	KeyUpdatesReceived uint64
 }
 
 // Stats returns the record counters. It never blocks.
 func (c *Conn) Stats() Stats {
-	return Stats{RecordsSent: c.out.sent.Load(), RecordsReceived: c.in.recv.Load()}
+	return Stats{
+		RecordsSent:        c.out.sent.Load(),
+		RecordsReceived:    c.in.recv.Load(),
+		KeyUpdatesSent:     c.out.updates.Load(),
+		KeyUpdatesReceived: c.in.updates.Load(),
+	}
 }
 
 // NetConn returns the underlying transport. Writing to it or reading from

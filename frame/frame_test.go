@@ -258,12 +258,20 @@ func TestKeyUpdate(t *testing.T) {
 	}
 	w.CloseWrite()
 	// FINISHED + 10 DATA + CLOSE, and a KEY_UPDATE before DATA records 3, 5, 7, 9 ...
-	if got := w.Stats().RecordsSent; got < 12+3 {
-		t.Fatalf("sent %d records, expected KEY_UPDATEs among them", got)
+	ws := w.Stats()
+	if ws.RecordsSent < 12+3 {
+		t.Fatalf("sent %d records, expected KEY_UPDATEs among them", ws.RecordsSent)
 	}
-	got, err := readAll(New(&memConn{r: bytes.NewReader(mc.w.Bytes())}, b, nil))
+	if ws.KeyUpdatesSent != ws.RecordsSent-12 {
+		t.Fatalf("Stats counts %d KEY_UPDATEs sent among %d records, want %d", ws.KeyUpdatesSent, ws.RecordsSent, ws.RecordsSent-12)
+	}
+	r := New(&memConn{r: bytes.NewReader(mc.w.Bytes())}, b, nil)
+	got, err := readAll(r)
 	if err != io.EOF || !bytes.Equal(got, want) {
 		t.Fatalf("got %q, %v", got, err)
+	}
+	if rs := r.Stats(); rs.KeyUpdatesReceived != ws.KeyUpdatesSent || rs.KeyUpdatesSent != 0 {
+		t.Fatalf("reader's Stats: %d KEY_UPDATEs received, %d sent; want %d and 0", rs.KeyUpdatesReceived, rs.KeyUpdatesSent, ws.KeyUpdatesSent)
 	}
 
 	// Time-based update.
@@ -273,8 +281,8 @@ func TestKeyUpdate(t *testing.T) {
 	time.Sleep(time.Millisecond)
 	w.Write([]byte("b"))
 	w.CloseWrite()
-	if got := w.Stats().RecordsSent; got != 6 { // FINISHED, KU, a, KU, b, CLOSE
-		t.Fatalf("sent %d records with a 1ns key lifetime, want 6", got)
+	if ws := w.Stats(); ws.RecordsSent != 6 || ws.KeyUpdatesSent != 2 { // FINISHED, KU, a, KU, b, CLOSE
+		t.Fatalf("sent %d records, %d of them KEY_UPDATE, with a 1ns key lifetime; want 6 and 2", ws.RecordsSent, ws.KeyUpdatesSent)
 	}
 	got, err = readAll(New(&memConn{r: bytes.NewReader(mc.w.Bytes())}, b, nil))
 	if err != io.EOF || string(got) != "ab" {

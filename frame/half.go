@@ -31,8 +31,9 @@ type outHalf struct {
 	closed       bool  // CLOSE sent (or Close called): no more records
 	err          error // sticky: the first transport failure
 
-	iv   ivSource
-	sent atomic.Uint64 // records sent, for Stats
+	iv      ivSource
+	sent    atomic.Uint64 // records sent, for Stats
+	updates atomic.Uint64 // KEY_UPDATE records sent, for Stats
 
 	seqBuf [seqLen]byte
 	// batch is the records laid out in buf and not yet sent: their regions
@@ -143,6 +144,7 @@ func (h *outHalf) maybeUpdateKey() error {
 	h.c = h.c.next()
 	h.sinceUpdate = 0
 	h.keyStart = time.Now()
+	h.updates.Add(1)
 	return nil
 }
 
@@ -248,11 +250,12 @@ type inHalf struct {
 	finished bool   // the peer's FINISHED has been verified
 	err      error  // sticky: io.EOF after CLOSE, or the failure that closed the connection
 
-	raw   []byte
-	r, w  int
-	plain []byte
-	recv  atomic.Uint64 // records received, for Stats
-	ended atomic.Value  // errBox: the sticky error, readable without mu
+	raw     []byte
+	r, w    int
+	plain   []byte
+	recv    atomic.Uint64 // records received, for Stats
+	updates atomic.Uint64 // KEY_UPDATE records received, for Stats
+	ended   atomic.Value  // errBox: the sticky error, readable without mu
 
 	seqBuf [seqLen]byte
 	tag    [tagLen]byte
@@ -343,6 +346,7 @@ func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
 		}
 		if typ == typeKeyUpdate {
 			h.c = h.c.next()
+			h.updates.Add(1)
 		}
 	default: // FINISHED after seq 0, or an unknown type
 		return 0, nil, h.fail(ErrProtocol)

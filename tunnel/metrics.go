@@ -126,8 +126,16 @@ type liveSession struct {
 
 // peerTotals are what the sessions of one peer that have ended add up to.
 type peerTotals struct {
-	outcomes                 [numOutcomes]int64
-	recordsSent, recordsRecv uint64
+	outcomes [numOutcomes]int64
+	records  frame.Stats
+}
+
+// addStats adds the counts of b to a.
+func addStats(a *frame.Stats, b frame.Stats) {
+	a.RecordsSent += b.RecordsSent
+	a.RecordsReceived += b.RecordsReceived
+	a.KeyUpdatesSent += b.KeyUpdatesSent
+	a.KeyUpdatesReceived += b.KeyUpdatesReceived
 }
 
 // metricSet is an agent's registry and what feeds it. It also knows the
@@ -183,6 +191,7 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		"streamsEnd": desc("tunnel_streams_total", "Streams that have ended, by status: the exit's answer (ok, unknown_service, unreachable, refused, busy), aborted (cut after it was carried), no_session (entry: nothing to open it on), other.", "status"),
 		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams that have ended, by direction (to_backend, to_app).", "direction"),
 		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
+		"keyUpdates": desc("tunnel_key_updates_total", "KEY_UPDATE records sent and received on every session: each is a change of one direction's traffic key.", "direction"),
 	}
 	if role == "exit" {
 		m.dialTime = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -241,11 +250,10 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	up := make(map[string]int)
-	var sent, recvd uint64
+	var rec frame.Stats
 	for _, s := range m.live {
 		up[s.fingerprint]++
-		st := s.conn.Stats()
-		sent, recvd = sent+st.RecordsSent, recvd+st.RecordsReceived
+		addStats(&rec, s.conn.Stats())
 	}
 	for fp, n := range up {
 		g("sessions", float64(n), fp)
@@ -257,10 +265,12 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 		for o, n := range t.outcomes {
 			c("closed", float64(n), fp, outcomeNames[o])
 		}
-		sent, recvd = sent+t.recordsSent, recvd+t.recordsRecv
+		addStats(&rec, t.records)
 	}
-	c("records", float64(sent), "sent")
-	c("records", float64(recvd), "received")
+	c("records", float64(rec.RecordsSent), "sent")
+	c("records", float64(rec.RecordsReceived), "received")
+	c("keyUpdates", float64(rec.KeyUpdatesSent), "sent")
+	c("keyUpdates", float64(rec.KeyUpdatesReceived), "received")
 }
 
 // handshakeRateLimited counts a handshake refused before it began: over
@@ -315,9 +325,7 @@ func (m *metricSet) sessionDown(mux *yamux.Session) {
 		m.ended[s.fingerprint] = t
 	}
 	t.outcomes[sessionOutcome(s.conn)]++
-	st := s.conn.Stats()
-	t.recordsSent += st.RecordsSent
-	t.recordsRecv += st.RecordsReceived
+	addStats(&t.records, s.conn.Stats())
 }
 
 // streamEnded counts a stream that was carried and has ended with f. On

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -207,6 +208,72 @@ func TestMetrics(t *testing.T) {
 	}
 	if xm[`tunnel_records_total{direction="sent"}`] < lastRecords["exitsent"] {
 		t.Errorf("exit: records sent went down when the session ended: %v, was %v", xm[`tunnel_records_total{direction="sent"}`], lastRecords["exitsent"])
+	}
+}
+
+// TestMetricsKeyUpdates: with a key that lives for 8 records, both agents
+// count the KEY_UPDATEs they send and receive while a stream carries data,
+// and each side receives what the other sent.
+func TestMetricsKeyUpdates(t *testing.T) {
+	defer http.DefaultClient.CloseIdleConnections()
+	fc := &frame.Config{KeyUpdateRecords: 8}
+	a := startTuned(t, echoBackend(t), nil, func(x *Exit, n *Entry) {
+		n.keys.Load().hs.Frame = fc
+		ks := testKeys()
+		auth, err := handshake.NewKeySet(&ks[0].PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := handshake.NewResponder(handshake.Config{PrivateKey: ks[1], Authorized: auth, Frame: fc}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.resp.Store(resp)
+	})
+	x, n := serveMetrics(t, a.exit.Metrics()), serveMetrics(t, a.entry.Metrics())
+
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const step = 1 << 20 // 16 records of 64 KiB or more each way: two key updates at least
+	chunk := bytes.Repeat([]byte("rekey..."), step/8)
+	last := map[string]float64{}
+	for i := range 3 {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, step)); err != nil {
+			t.Fatal(err)
+		}
+		for name, s := range map[string]scraper{"exit": x, "entry": n} {
+			m := s.scrape()
+			for _, dir := range []string{"sent", "received"} {
+				k := `tunnel_key_updates_total{direction="` + dir + `"}`
+				if m[k] <= last[name+dir] {
+					t.Errorf("%s after step %d: %s = %v, not more than before (%v)", name, i+1, k, m[k], last[name+dir])
+				}
+				last[name+dir] = m[k]
+			}
+		}
+	}
+	// Once the stream is done and the session quiet, what one side sent the
+	// other has received.
+	c.(*net.TCPConn).CloseWrite()
+	io.Copy(io.Discard, c)
+	c.Close()
+	a.stopExit()
+	n.waitFor("entry: session ended", func(m map[string]float64) bool {
+		return sum(m, "tunnel_sessions_closed_total", "") == 1
+	})
+	xm, nm := x.scrape(), n.scrape()
+	for _, d := range [][2]string{{"sent", "received"}, {"received", "sent"}} {
+		xk := `tunnel_key_updates_total{direction="` + d[0] + `"}`
+		nk := `tunnel_key_updates_total{direction="` + d[1] + `"}`
+		if xm[xk] != nm[nk] {
+			t.Errorf("exit %s = %v, but entry %s = %v", xk, xm[xk], nk, nm[nk])
+		}
 	}
 }
 
