@@ -49,7 +49,8 @@ func TestManifests(t *testing.T) {
 }
 
 // TestChecksCatchMistakes breaks the manifests one way at a time and expects
-// a problem that says so: each check can fail.
+// a problem that says so: each check can fail. A few changes that are as
+// good (want "") must pass.
 func TestChecksCatchMistakes(t *testing.T) {
 	help := tunnelHelp(t)
 	for _, tc := range []struct {
@@ -92,8 +93,15 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"public keys not a directory of .pub", "kustomization.yaml", "app.pub=keys/entry.pub", "app.pem.txt=keys/entry.pub", "no .pub or .pem"},
 		{"secretKeyRef key", "postgres.yaml", "key: password", "key: passwd", `no key "passwd"`},
 		{"Service targetPort", "exit.yaml", "targetPort: tunnel", "targetPort: tunnels", `targetPort "tunnels"`},
+		{"headless Service port", "exit.yaml", "  clusterIP: None\n  selector:\n    app.kubernetes.io/name: tunnel-exit\n  ports:\n    - name: tunnel\n      port: 7000\n",
+			"  clusterIP: None\n  selector:\n    app.kubernetes.io/name: tunnel-exit\n  ports:\n    - name: tunnel\n      port: 7001\n", "headless, so clients dial the pods on port 7001 itself"},
+		{"entry's peer headless", "app.yaml", "--peer=tunnel-exit:7000", "--peer=tunnel-exit-pods:7000", ""},
+		{"entry's peers, one with its own keys", "app.yaml", "- --peer=tunnel-exit:7000", "- --peer=tunnel-exit:7000\n            - --peer=tunnel-exit-pods:7000=/etc/tunnel/peer-keys", ""},
 		{"Service selector", "postgres.yaml", "    app.kubernetes.io/name: postgres\n  ports:", "    app.kubernetes.io/name: postgresql\n  ports:", "Service postgres selects no pod"},
 		{"entry's peer port", "app.yaml", "--peer=tunnel-exit:7000", "--peer=tunnel-exit:7001", "has no port 7001"},
+		{"entry's second peer", "app.yaml", "- --peer=tunnel-exit:7000", "- --peer=tunnel-exit:7000\n            - --peer=tunnel-exit:7001", "has no port 7001"},
+		{"entry's peer's own keys", "app.yaml", "- --peer=tunnel-exit:7000", "- --peer=tunnel-exit:7000=/etc/tunnel/exit.pub", "--peer=tunnel-exit:7000=/etc/tunnel/exit.pub is not a volume"},
+		{"entry without keys to pin", "app.yaml", "            - --peer-key=/etc/tunnel/peer-keys\n", "", "no keys of its own"},
 		{"entry's peer service", "app.yaml", "--peer=tunnel-exit:7000", "--peer=exit:7000", `no Service "exit"`},
 		{"exit's backend port", "exit.yaml", "--forward=postgres:5432", "--forward=postgres:5433", "has no port 5433"},
 		{"policy port", "networkpolicy.yaml", "port: 7000", "port: 7001", "admits port 7001"},
@@ -138,6 +146,12 @@ func TestChecksCatchMistakes(t *testing.T) {
 			}
 			f.Data = bytes.Replace(f.Data, []byte(tc.old), []byte(tc.new), 1)
 			got := problems(fsys, help)
+			if tc.want == "" { // a change that is as good
+				for _, p := range got {
+					t.Error(p)
+				}
+				return
+			}
 			for _, p := range got {
 				if strings.Contains(p, tc.want) {
 					return
@@ -455,7 +469,7 @@ func parseHelp(name, help string) *command {
 // invocation is a tunnel command line with its environment.
 type invocation struct {
 	cmd  *command
-	args map[string]string // flag: value ("true" for a boolean given alone)
+	args map[string][]string // flag: its values in order ("true" for a boolean given alone)
 	env  []corev1.EnvVar
 }
 
@@ -464,7 +478,7 @@ type invocation struct {
 // taken for a flag or the other way round. Arguments that are not flags are
 // returned apart.
 func parseInvocation(cmd *command, args []string, env []corev1.EnvVar) (inv invocation, positional []string, problems []string) {
-	inv = invocation{cmd: cmd, args: map[string]string{}, env: env}
+	inv = invocation{cmd: cmd, args: map[string][]string{}, env: env}
 	for _, a := range args {
 		if !strings.HasPrefix(a, "--") {
 			positional = append(positional, a)
@@ -480,7 +494,7 @@ func parseInvocation(cmd *command, args []string, env []corev1.EnvVar) (inv invo
 		case !hasValue:
 			value = "true"
 		}
-		inv.args[name] = value
+		inv.args[name] = append(inv.args[name], value)
 	}
 	for _, e := range env {
 		if strings.HasPrefix(e.Name, "TUNNEL_") {
@@ -498,10 +512,11 @@ func parseInvocation(cmd *command, args []string, env []corev1.EnvVar) (inv invo
 }
 
 // setting is the value of a flag as the command sees it: from its
-// arguments, else from its environment, else the default in its help.
+// arguments (the last one given), else from its environment, else the
+// default in its help.
 func (inv invocation) setting(name string) (string, bool) {
 	if v, ok := inv.args[name]; ok {
-		return v, true
+		return v[len(v)-1], true
 	}
 	for _, e := range inv.env {
 		if inv.cmd.env[e.Name] == name && e.ValueFrom == nil {
@@ -510,6 +525,25 @@ func (inv invocation) setting(name string) (string, bool) {
 	}
 	f := inv.cmd.flags[name]
 	return f.def, f.def != ""
+}
+
+// list is the values of a flag that may be repeated or hold several values
+// separated by commas (--peer): from its arguments, else from its
+// environment.
+func (inv invocation) list(name string) []string {
+	vs, ok := inv.args[name]
+	if !ok {
+		v, ok := inv.setting(name)
+		if !ok {
+			return nil
+		}
+		vs = []string{v}
+	}
+	var list []string
+	for _, v := range vs {
+		list = append(list, strings.Split(v, ",")...)
+	}
+	return list
 }
 
 // podTemplate is the pod template of a workload.
@@ -812,9 +846,12 @@ func (c *checker) checkAgent(a *agent) {
 				}
 			}
 		}
-		peer, _ := a.inv.setting("peer")
-		if svc, target := c.service(a.what, "--peer", peer); svc != nil && !c.exitListensOn(svc, target) {
-			c.addf("%s: --peer=%s: Service %s sends it to no exit that listens on that port", a.what, peer, svc.Name)
+		for _, peer := range a.inv.list("peer") {
+			// HOST:PORT, or HOST:PORT=KEYS with that exit's own keys.
+			hostport, _, _ := strings.Cut(peer, "=")
+			if svc, target := c.service(a.what, "--peer", hostport); svc != nil && !c.exitListensOn(svc, target) {
+				c.addf("%s: --peer=%s: Service %s sends it to no exit that listens on that port", a.what, peer, svc.Name)
+			}
 		}
 	}
 	c.checkKeys(a)
@@ -842,10 +879,7 @@ func (c *checker) service(what, flagName, hostport string) (*corev1.Service, int
 		}
 		for _, sp := range s.Spec.Ports {
 			if strconv.Itoa(int(sp.Port)) == port {
-				if sp.TargetPort == (intstr.IntOrString{}) {
-					return s, intstr.FromInt32(sp.Port)
-				}
-				return s, sp.TargetPort
+				return s, serviceTarget(s, sp)
 			}
 		}
 		c.addf("%s: %s=%s: Service %s has no port %s", what, flagName, hostport, s.Name, port)
@@ -921,11 +955,32 @@ func (c *checker) checkKeys(a *agent) {
 		}
 		c.checkKeyMode(a, keyPath, os.FileMode(mode))
 	}
-	pubFlag := map[string]string{"entry": "peer-key", "exit": "authorized-keys"}[a.role]
-	pubPath, _ := a.inv.setting(pubFlag)
-	vm, vol, rel = a.mount(pubPath)
+	if a.role == "exit" {
+		keys, _ := a.inv.setting("authorized-keys")
+		c.checkPublicKeys(a, "--authorized-keys=", keys)
+		return
+	}
+	peerKey, shared := a.inv.setting("peer-key")
+	if shared {
+		c.checkPublicKeys(a, "--peer-key=", peerKey)
+	}
+	for _, peer := range a.inv.list("peer") {
+		hostport, keys, own := strings.Cut(peer, "=")
+		switch {
+		case own:
+			c.checkPublicKeys(a, "--peer="+hostport+"=", keys)
+		case !shared:
+			c.addf("%s: --peer=%s names no keys of its own (HOST:PORT=KEYS), and there is no --peer-key", a.what, peer)
+		}
+	}
+}
+
+// checkPublicKeys checks that pubPath, given as what, is a mounted
+// directory of .pub or .pem files.
+func (c *checker) checkPublicKeys(a *agent, what, pubPath string) {
+	vm, vol, rel := a.mount(pubPath)
 	if vm == nil || vol == nil || rel != "" || vm.SubPath != "" {
-		c.addf("%s: --%s=%s is not a volume mounted in the container (a directory of one .pub file per key)", a.what, pubFlag, pubPath)
+		c.addf("%s: %s%s is not a volume mounted in the container (a directory of one .pub file per key)", a.what, what, pubPath)
 		return
 	}
 	var keys []string
@@ -935,11 +990,11 @@ func (c *checker) checkKeys(a *agent) {
 	case vol.Secret != nil && len(vol.Secret.Items) == 0:
 		keys = c.m.secrets[vol.Secret.SecretName]
 	default:
-		c.addf("%s: --%s=%s: mount a whole ConfigMap or Secret, without items, so that a key added to it appears as a file", a.what, pubFlag, pubPath)
+		c.addf("%s: %s%s: mount a whole ConfigMap or Secret, without items, so that a key added to it appears as a file", a.what, what, pubPath)
 		return
 	}
 	if !slices.ContainsFunc(keys, func(k string) bool { return strings.HasSuffix(k, ".pub") || strings.HasSuffix(k, ".pem") }) {
-		c.addf("%s: --%s=%s: its volume has no .pub or .pem file (keys %q), which the agent reads from a directory", a.what, pubFlag, pubPath, keys)
+		c.addf("%s: %s%s: its volume has no .pub or .pem file (keys %q), which the agent reads from a directory", a.what, what, pubPath, keys)
 	}
 }
 
@@ -1108,16 +1163,26 @@ func (c *checker) checkService(s *corev1.Service) {
 		c.addf("Service %s selects no pod", s.Name)
 	}
 	for _, sp := range s.Spec.Ports {
-		target := sp.TargetPort
-		if target == (intstr.IntOrString{}) {
-			target = intstr.FromInt32(sp.Port)
-		}
 		for _, p := range pods {
+			target := serviceTarget(s, sp)
 			if _, ok := p.containerPort(target); !ok {
 				c.addf("Service %s port %d: targetPort %q is no container port of %s", s.Name, sp.Port, target.String(), p.what)
 			}
+			if n, ok := p.containerPort(sp.TargetPort); ok && s.Spec.ClusterIP == corev1.ClusterIPNone && n != sp.Port {
+				c.addf("Service %s port %d: it is headless, so clients dial the pods on port %d itself, but its targetPort is %d", s.Name, sp.Port, sp.Port, n)
+			}
 		}
 	}
+}
+
+// serviceTarget is the pod port that a client of port sp of Service s
+// reaches: its targetPort (its port if none), or for a headless Service,
+// whose name resolves to the pods' own addresses, the port itself.
+func serviceTarget(s *corev1.Service, sp corev1.ServicePort) intstr.IntOrString {
+	if s.Spec.ClusterIP == corev1.ClusterIPNone || sp.TargetPort == (intstr.IntOrString{}) {
+		return intstr.FromInt32(sp.Port)
+	}
+	return sp.TargetPort
 }
 
 // selected are the pods a label selector selects.
@@ -1147,8 +1212,10 @@ func (c *checker) checkPolicies() {
 		_, port, _ := net.SplitHostPort(listen)
 		var entries []*podTemplate
 		for _, e := range c.agents {
-			peer, _ := e.inv.setting("peer")
-			if e.role == "entry" && c.reaches(peer, x.pod) {
+			if e.role == "entry" && slices.ContainsFunc(e.inv.list("peer"), func(peer string) bool {
+				hostport, _, _ := strings.Cut(peer, "=")
+				return c.reaches(hostport, x.pod)
+			}) {
 				entries = append(entries, e.pod)
 			}
 		}
@@ -1180,11 +1247,7 @@ func (c *checker) targetPort(hostport string, pod *podTemplate) (int32, bool) {
 		}
 		for _, sp := range s.Spec.Ports {
 			if strconv.Itoa(int(sp.Port)) == port {
-				target := sp.TargetPort
-				if target == (intstr.IntOrString{}) {
-					target = intstr.FromInt32(sp.Port)
-				}
-				return pod.containerPort(target)
+				return pod.containerPort(serviceTarget(s, sp))
 			}
 		}
 	}
