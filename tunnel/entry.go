@@ -872,7 +872,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	}
 	resent := int64(len(sent.buf))
 	var msg string
-	f = forward(app, st, s.mc, e.pool, e.writeStall, func() error {
+	f = forward(app, st, s.mc, e.pool, e.writeStall, e.met.moved, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {

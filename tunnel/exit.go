@@ -318,7 +318,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
 		return StatusOK, ""
 	}
-	f := forward(backend, st, mc, e.pool, e.writeStall, nil, nil)
+	f := forward(backend, st, mc, e.pool, e.writeStall, e.met.moved, nil, nil)
 	e.met.streamEnded(f)
 	ev := log.Info()
 	if f.aborted {

@@ -91,6 +91,12 @@ func (p *bufPool) put(b *[]byte) {
 	p.large.Put(b)
 }
 
+// tally is where forward adds the bytes it copies, once per chunk, as they
+// move: fromConn counts what conn sends into the stream, toConn what the
+// stream delivers to conn. The counters are an agent's, shared by all its
+// streams.
+type tally struct{ fromConn, toConn *atomic.Int64 }
+
 // flow is what forward reports when both directions are done.
 type flow struct {
 	toStream, fromStream int64 // bytes
@@ -136,11 +142,11 @@ func (u *unacked) keep(mc *muxConn, id uint32, p []byte) {
 // nil, runs in the stream-to-conn direction before copying (the entry reads
 // the exit's status there); an error from it aborts both directions. With
 // u (the entry), a stream that the peer resets before acknowledging it
-// returns notAccepted instead, with conn open and not read from. A
-// write that stalls for longer than stall (a reader that stopped reading)
+// returns notAccepted instead, with conn open and not read from. The
+// bytes also go to moved as they are copied. A write that stalls for longer than stall (a reader that stopped reading)
 // aborts the connection, so nothing waits, or buffers, without bound; a
 // direction left half-open is bounded by yamux's StreamCloseTimeout.
-func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, before func() error, u *unacked) flow {
+func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked) flow {
 	id := st.StreamID()
 	var (
 		f       flow // the byte counts; err and aborted are filled in at the end
@@ -200,7 +206,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 	done := make(chan struct{})
 	go func() { // conn -> stream
 		defer close(done)
-		n, readErr, writeErr := copyFromConn(st, conn, pool, stall, u, mc)
+		n, readErr, writeErr := copyFromConn(st, conn, pool, stall, moved.fromConn, u, mc)
 		f.toStream = n
 		switch {
 		case refused.Load() || notAccepted(writeErr):
@@ -234,7 +240,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 		}
 	}
 	if ok {
-		n, readErr, writeErr := copyToConn(conn, st, pool, stall, cs, &stopped)
+		n, readErr, writeErr := copyToConn(conn, st, pool, stall, moved.toConn, cs, &stopped)
 		f.fromStream = n
 		switch {
 		case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
@@ -288,10 +294,12 @@ func closed(ch <-chan struct{}) bool {
 const defaultWriteStall = 2 * time.Minute
 
 // copyFromConn copies conn to st until conn's EOF. It waits for conn to be
-// readable without holding a buffer. What it writes before the peer
-// acknowledges st (on mc) goes to u too, if u is not nil. readErr is
-// conn's failure, writeErr the stream's; both are nil after EOF.
-func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration, u *unacked, mc *muxConn) (total int64, readErr, writeErr error) {
+// readable without holding a buffer. Each chunk read is added to moved
+// once, even if it is sent again later (from u, on another session). What
+// it writes before the peer acknowledges st (on mc) goes to u too, if u is
+// not nil. total is what st took; readErr is conn's failure, writeErr the
+// stream's; both are nil after EOF.
+func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration, moved *atomic.Int64, u *unacked, mc *muxConn) (total int64, readErr, writeErr error) {
 	r, err := newRawReader(conn, pool)
 	if err != nil {
 		return 0, err, nil
@@ -300,6 +308,7 @@ func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time
 	for {
 		buf, n, err := r.read()
 		if n > 0 {
+			moved.Add(int64(n))
 			buf = pool.shrink(buf, n) // the write may wait for yamux's send loop
 			u.keep(mc, st.StreamID(), (*buf)[:n])
 			wd.arm(st, stall)
@@ -345,11 +354,12 @@ const (
 )
 
 // copyToConn copies st to conn until st's EOF. A zero-length Read waits for
-// data without holding a copy buffer; cs is marked active on every chunk.
+// data without holding a copy buffer; cs is marked active on every chunk,
+// and what conn took of it is added to moved.
 // stopped is set by forward's abort before it sets st's read deadline, so
 // that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
-func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
+func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, moved *atomic.Int64, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
 	large := false // the last read was large and drained the stream's buffer
 	var wd writeDeadline
 	for {
@@ -379,6 +389,7 @@ func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.D
 			wd.arm(conn, stall)
 			w, werr := conn.Write((*buf)[:n])
 			total += int64(w)
+			moved.Add(int64(w))
 			if werr != nil {
 				pool.put(buf)
 				return total, nil, werr

@@ -4,11 +4,13 @@ package tunnel
 // constructor (never the default registry) and served by the status
 // endpoint at /metrics.
 //
-// Nothing here runs per chunk. What changes often is counted in atomics
-// (an agent's counters, the arrays below, the record layer's own counts)
-// and read by metrics.Collect at scrape time; the two histograms are
-// observed once per handshake and once per backend dial. Byte counts are
-// added when a stream ends.
+// What changes often is counted in atomics (an agent's counters, the
+// arrays below, the record layer's own counts) and read by metrics.Collect
+// at scrape time; the two histograms are observed once per handshake and
+// once per backend dial. The one count made per chunk is of application
+// bytes: forward adds each chunk it copies to the agent's counter of its
+// direction (one atomic add, see tally; nothing that locks or allocates),
+// so a stream that lives for hours shows its traffic as it flows.
 //
 // Labels come from small, known sets: results, statuses, outcomes and
 // directions named below, and peer_fingerprint, which is only ever an
@@ -143,15 +145,15 @@ func addStats(a *frame.Stats, b frame.Stats) {
 // concurrent use.
 type metricSet struct {
 	reg   *prometheus.Registry
-	role  string
 	count *counters // the agent's
 
 	handshakes [numHSResults]atomic.Int64
 	hsDuration prometheus.Histogram // completed handshakes
 
 	streams    [numStreamLabels]atomic.Int64 // ended streams by status
-	toBackend  atomic.Int64                  // bytes, application to backend
-	toApp      atomic.Int64                  // bytes, backend to application
+	toBackend  atomic.Int64                  // bytes, application to backend, as they move
+	toApp      atomic.Int64                  // bytes, backend to application, as they move
+	moved      tally                         // toBackend and toApp, as forward sees them in this role
 	dialErrors atomic.Int64                  // exit: backend dials that failed
 	dialTime   prometheus.Histogram          // exit: backend dials, failed or not
 	connected  atomic.Int64                  // entry: sessions made after none was up
@@ -169,7 +171,6 @@ type metricSet struct {
 func newMetrics(role, version string, count *counters) *metricSet {
 	m := &metricSet{
 		reg:   prometheus.NewRegistry(),
-		role:  role,
 		count: count,
 		hsDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tunnel_handshake_duration_seconds",
@@ -189,7 +190,7 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		"handshakes": desc("tunnel_handshakes_total", "Handshakes by result (ok, unknown_key, pinned_key_mismatch, bad_signature, busy, rate_limited, timeout, protocol_error, other).", "result"),
 		"streams":    desc("tunnel_streams", "Streams open now."),
 		"streamsEnd": desc("tunnel_streams_total", "Streams that have ended, by status: the exit's answer (ok, unknown_service, unreachable, refused, busy), aborted (cut after it was carried), no_session (entry: nothing to open it on), other.", "status"),
-		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams that have ended, by direction (to_backend, to_app).", "direction"),
+		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams, by direction (to_backend, to_app), counted as they move.", "direction"),
 		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
 		"keyUpdates": desc("tunnel_key_updates_total", "KEY_UPDATE records sent and received on every session: each is a change of one direction's traffic key.", "direction"),
 	}
@@ -201,7 +202,9 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		})
 		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
 		m.reg.MustRegister(m.dialTime)
+		m.moved = tally{fromConn: &m.toApp, toConn: &m.toBackend} // conn is the backend's
 	} else {
+		m.moved = tally{fromConn: &m.toBackend, toConn: &m.toApp} // conn is the application's
 		m.descs["reconnects"] = desc("tunnel_entry_reconnects_total", "Sessions the entry made again after it had none (lost, or the exit went away); planned replacements are not counted.")
 	}
 	m.reg.MustRegister(m, m.hsDuration,
@@ -328,16 +331,10 @@ func (m *metricSet) sessionDown(mux *yamux.Session) {
 	addStats(&t.records, s.conn.Stats())
 }
 
-// streamEnded counts a stream that was carried and has ended with f. On
-// the entry f's toStream goes to the backend, on the exit to the app.
+// streamEnded counts a stream that was carried and has ended with f. Its
+// bytes were counted as forward copied them, so a scrape that sees the
+// stream ended sees its bytes.
 func (m *metricSet) streamEnded(f flow) {
-	toBackend, toApp := f.toStream, f.fromStream
-	if m.role == "exit" {
-		toBackend, toApp = toApp, toBackend
-	}
-	m.toBackend.Add(toBackend)
-	m.toApp.Add(toApp)
-	// The status last: a scrape that sees the stream ended sees its bytes.
 	label := int(StatusOK)
 	if f.aborted {
 		label = streamAborted

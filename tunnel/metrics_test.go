@@ -111,8 +111,8 @@ func sum(m map[string]float64, name, label string) float64 {
 
 // TestMetrics scrapes both agents' /metrics while a stream carries data, and
 // checks that the values move as they should: sessions and handshakes, the
-// open stream, records during the transfer, then bytes, statuses and backend
-// dials when the stream ends, and how the session ended.
+// open stream, records and bytes during the transfer, then statuses and
+// backend dials when the stream ends, and how the session ended.
 func TestMetrics(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
 	a := start(t, echoBackend(t))
@@ -156,9 +156,15 @@ func TestMetrics(t *testing.T) {
 		if _, err := io.ReadFull(c, make([]byte, step)); err != nil {
 			t.Fatal(err)
 		}
+		// The bytes count as they move: the stream is still open. The
+		// last chunk's may be counted a moment after it was delivered.
+		moved := float64((i + 1) * step)
 		for name, s := range map[string]scraper{"exit": x, "entry": n} {
-			m := s.scrape()
-			want(t, name, m, map[string]float64{`tunnel_streams`: 1})
+			m := s.waitFor(name+": bytes of step "+strconv.Itoa(i+1), func(m map[string]float64) bool {
+				return m[`tunnel_bytes_total{direction="to_backend"}`] == moved &&
+					m[`tunnel_bytes_total{direction="to_app"}`] == moved
+			})
+			want(t, name, m, map[string]float64{`tunnel_streams`: 1, `tunnel_streams_total{status="ok"}`: 0})
 			for _, dir := range []string{"sent", "received"} {
 				k := `tunnel_records_total{direction="` + dir + `"}`
 				if m[k] <= lastRecords[name+dir] {
