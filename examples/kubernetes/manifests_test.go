@@ -363,42 +363,70 @@ type flag struct {
 	required bool
 }
 
+// binDir holds the tunnel binary, built once for all tests (tunnelBinary);
+// TestMain removes it.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tunnel-kubernetes-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 var (
+	buildOnce  sync.Once
+	buildErr   error
 	helpOnce   sync.Once
 	helpResult map[string]*command
 	helpErr    error
 )
 
-// tunnelHelp builds the tunnel binary from the repository root (the module
-// two directories up) and reads the flags of the commands the manifests run.
+// tunnelBinary builds the tunnel binary from the repository root (the
+// module two directories up), once, and returns its path.
+func tunnelBinary(t *testing.T) string {
+	bin := filepath.Join(binDir, "tunnel")
+	buildOnce.Do(func() { buildErr = buildTunnel(bin) })
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return bin
+}
+
+func buildTunnel(bin string) error {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		return err
+	}
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil || !bytes.HasPrefix(gomod, []byte("module github.com/tunnel-dev/tunnel\n")) {
+		return fmt.Errorf("%s is not the tunnel module's root (go.mod: %v)", root, err)
+	}
+	build := exec.Command("go", "build", "-o", bin, "./cmd/tunnel")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/tunnel in %s: %v\n%s", root, err, out)
+	}
+	return nil
+}
+
+// tunnelHelp reads the flags of the commands the manifests run from the
+// binary's --help.
 func tunnelHelp(t *testing.T) map[string]*command {
-	helpOnce.Do(func() { helpResult, helpErr = readHelp() })
+	bin := tunnelBinary(t)
+	helpOnce.Do(func() { helpResult, helpErr = readHelp(bin) })
 	if helpErr != nil {
 		t.Fatal(helpErr)
 	}
 	return helpResult
 }
 
-func readHelp() (map[string]*command, error) {
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		return nil, err
-	}
-	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
-	if err != nil || !bytes.HasPrefix(gomod, []byte("module github.com/tunnel-dev/tunnel\n")) {
-		return nil, fmt.Errorf("%s is not the tunnel module's root (go.mod: %v)", root, err)
-	}
-	dir, err := os.MkdirTemp("", "tunnel-kubernetes-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "tunnel")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/tunnel")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/tunnel in %s: %v\n%s", root, err, out)
-	}
+func readHelp(bin string) (map[string]*command, error) {
 	cmds := map[string]*command{}
 	for _, name := range []string{"entry", "exit", "healthcheck"} {
 		out, err := exec.Command(bin, name, "--help").Output()
