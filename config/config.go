@@ -27,7 +27,7 @@ const (
 // Exit holds the exit agent's settings (no loaded keys: paths only).
 type Exit struct {
 	Listen           string        // address to accept entry agents on, default ":7000"
-	Forward          string        // required, host:port of the backend
+	Forward          string        // host:port of the default service's backend; required unless Services names some
 	Key              string        // required, path of the exit's private key
 	AuthorizedKeys   string        // required, file of PUBLIC KEY PEM blocks, or a directory of them
 	DialTimeout      time.Duration // backend dial timeout, default 5s
@@ -42,11 +42,15 @@ type Exit struct {
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
+	// Services are the named services, each with its backend (services.go).
+	Services []ExitService
+	// Access restricts services to some authorized keys; a service no rule names admits every key.
+	Access []Access
 }
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).
 type Entry struct {
-	Listen           string        // address to accept apps on, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise)
+	Listen           string        // address to accept apps on for the default service, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise); "" when only Listeners are given
 	Peers            []string      // required, the exits: host:port, or host:port=keys for an exit with its own pinned keys (see ParsePeer)
 	Key              string        // required, path of the entry's private key
 	PeerKey          string        // the exits' public keys (pinned): a file of PUBLIC KEY blocks, or a directory of them; required unless every peer has its own
@@ -59,6 +63,8 @@ type Entry struct {
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
+	// Listeners are addresses to accept apps on for named services (services.go).
+	Listeners []EntryListener
 }
 
 // Defaults shared by both agents.
@@ -109,8 +115,7 @@ func DefaultEntry() Entry {
 func (c Exit) Validate() error {
 	checks := []error{
 		listenAddr("--listen", c.Listen),
-		required("--forward", c.Forward, "give the backend's host:port, e.g. --forward 127.0.0.1:8080"),
-		dialAddr("--forward", c.Forward, "the backend"),
+		c.validateServices(),
 		required("--key", c.Key, "give the exit's private key file made by tunnel keygen"),
 		readableFile("--key", c.Key),
 		required("--authorized-keys", c.AuthorizedKeys, "give a file of the entries' public keys (PUBLIC KEY PEM blocks) or a directory of .pub files"),
@@ -132,7 +137,7 @@ func (c Exit) Validate() error {
 // are readable, not what they contain.
 func (c Entry) Validate() error {
 	checks := []error{
-		listenAddr("--listen", c.Listen),
+		c.validateListeners(),
 		peers(c.Peers, c.PeerKey),
 		required("--key", c.Key, "give the entry's private key file made by tunnel keygen"),
 		readableFile("--key", c.Key),

@@ -32,7 +32,7 @@ func TestDefaults(t *testing.T) {
 	want := Exit{Listen: ":7000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes: 64, MaxStreams: 4096, KeepAlive: 15 * time.Second, Window: 1 << 20,
 		DrainTimeout: 30 * time.Second, HandshakeRate: 10}
-	if x != want {
+	if !reflect.DeepEqual(x, want) {
 		t.Errorf("DefaultExit() = %+v, want %+v", x, want)
 	}
 	n := DefaultEntry()

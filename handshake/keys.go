@@ -218,6 +218,9 @@ func LoadPublicKey(path string) (*rsa.PublicKey, error) {
 // responder accepts. It is read-only once built and safe for concurrent use.
 type KeySet struct {
 	keys map[[KeyIDLen]byte]*rsa.PublicKey
+	// byName: the ids of the keys each file held, by the file's name
+	// without .pub or .pem (LoadAuthorizedKeys only).
+	byName map[string][][KeyIDLen]byte
 }
 
 // NewKeySet returns a set holding keys. A nil key, or one of a size the
@@ -241,6 +244,17 @@ func (s *KeySet) Lookup(id [KeyIDLen]byte) (*rsa.PublicKey, bool) {
 
 // Len is the number of keys in the set.
 func (s *KeySet) Len() int { return len(s.keys) }
+
+// Named returns the fingerprints of the keys that LoadAuthorizedKeys read
+// from the file called name with .pub or .pem after it ("app1" for
+// app1.pub), or none.
+func (s *KeySet) Named(name string) []string {
+	var out []string
+	for _, id := range s.byName[name] {
+		out = append(out, FingerprintID(id))
+	}
+	return out
+}
 
 // Fingerprints lists the fingerprints of the set, sorted.
 func (s *KeySet) Fingerprints() []string {
@@ -275,8 +289,9 @@ func LoadAuthorizedKeys(path string) (*KeySet, error) {
 			}
 		}
 	}
-	set := &KeySet{keys: map[[KeyIDLen]byte]*rsa.PublicKey{}}
+	set := &KeySet{keys: map[[KeyIDLen]byte]*rsa.PublicKey{}, byName: map[string][][KeyIDLen]byte{}}
 	for _, f := range files {
+		name := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(f), ".pub"), ".pem")
 		data, err := os.ReadFile(f)
 		if err != nil {
 			return nil, err
@@ -293,6 +308,7 @@ func LoadAuthorizedKeys(path string) (*KeySet, error) {
 				return nil, fmt.Errorf("%s: key %d: %w", f, n+1, err)
 			}
 			set.keys[KeyID(k)] = k
+			set.byName[name] = append(set.byName[name], KeyID(k))
 			n++
 		}
 		if n == 0 {

@@ -201,7 +201,14 @@ func (e *Entry) Stats() Stats {
 		rs := c.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
+	st.Services = e.met.serviceStats()
 	return st
+}
+
+// fingerprint is the fingerprint of the entry's own key, the one its next
+// handshake uses.
+func (e *Entry) fingerprint() string {
+	return handshake.Fingerprint(&e.keys.Load().hs.PrivateKey.PublicKey)
 }
 
 // currentConn returns the record layer of the current session, or nil.
@@ -221,10 +228,25 @@ func (e *Entry) Healthy() bool {
 	return e.cur != nil && !e.cur.mux.IsClosed()
 }
 
-// Serve accepts applications on ln until ctx is done, then stops accepting,
-// lets open connections finish for up to the drain timeout, closes
-// everything and returns. It closes ln.
+// ServiceListener is a listener whose application connections go to one
+// service of the exit.
+type ServiceListener struct {
+	Listener net.Listener
+	Service  string // as on the wire: "" for the exit's default service
+}
+
+// Serve accepts applications on ln, for the exit's default service, until
+// ctx is done; see ServeListeners.
 func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
+	return e.ServeListeners(ctx, []ServiceListener{{Listener: ln}})
+}
+
+// ServeListeners accepts applications on every listener of lns, each for
+// its service, until ctx is done, then stops accepting, lets open
+// connections finish for up to the drain timeout, closes everything and
+// returns. Every service's streams share the one session. It closes the
+// listeners.
+func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error {
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
 	var wg, conns sync.WaitGroup
@@ -240,23 +262,37 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 		e.maintain(ctx, hard)
 	}()
 
-	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stopAccept()
+	// One accept loop per listener; the first that fails stops them all.
+	acceptCtx, stopAccepting := context.WithCancel(ctx)
+	defer stopAccepting()
+	var accepting sync.WaitGroup
+	var acceptErrOnce sync.Once
 	var acceptErr error
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() == nil && !isClosed(err) {
-				acceptErr = fmt.Errorf("tunnel: accept: %w", err)
-			}
-			break
-		}
-		conns.Add(1)
+	for _, l := range lns {
+		svc := e.met.service(config.DisplayName(l.Service))
+		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
+		defer stop()
+		accepting.Add(1)
 		go func() {
-			defer conns.Done()
-			e.serveApp(hard, c.(*net.TCPConn))
+			defer accepting.Done()
+			for {
+				c, err := l.Listener.Accept()
+				if err != nil {
+					if ctx.Err() == nil && !isClosed(err) {
+						acceptErrOnce.Do(func() { acceptErr = fmt.Errorf("tunnel: accept: %w", err) })
+					}
+					stopAccepting()
+					return
+				}
+				conns.Add(1)
+				go func() {
+					defer conns.Done()
+					e.serveApp(hard, c.(*net.TCPConn), l.Service, svc)
+				}()
+			}
 		}()
 	}
+	accepting.Wait()
 
 	drained := make(chan struct{})
 	go func() { conns.Wait(); close(drained) }()
@@ -809,17 +845,21 @@ func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error)
 // again on the next session.
 const maxCarries = 3
 
-// serveApp carries one application connection as a stream. When the exit
-// resets the stream without accepting it (it is going away, and the stream
-// crossed its GoAway), the connection is carried on the next session, with
-// what the application sent so far: no byte reached a backend, and the
-// application notices nothing.
-func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
+// serveApp carries one application connection as a stream to service (the
+// wire name), whose counters are svc. When the exit resets the stream
+// without accepting it (it is going away, and the stream crossed its
+// GoAway), the connection is carried on the next session, with what the
+// application sent so far: no byte reached a backend, and the application
+// notices nothing.
+func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn, service string, svc *serviceCounters) {
 	origin := app.RemoteAddr().String()
-	log := e.log.With().Str("origin", origin).Logger()
+	log := e.log.With().Str("service", config.DisplayName(service)).Str("origin", origin).Logger()
+	svc.open.Add(1)
+	svc.total.Add(1)
+	defer svc.open.Add(-1)
 	var sent unacked
 	for carries := 1; ; carries++ {
-		f, status, ok := e.carry(ctx, log, app, origin, &sent)
+		f, status, ok := e.carry(ctx, log, app, origin, service, svc, &sent)
 		if !ok {
 			return
 		}
@@ -835,21 +875,21 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn) {
 			app.SetLinger(0)
 			app.Close()
 		}
-		e.met.streamDone(status, f)
+		e.met.streamDone(svc, status, f)
 		return
 	}
 }
 
-// carry opens a stream for app, sends the header and what sent holds, and
-// forwards. ok is false when it could not (it has closed app, and logged
-// and counted why); else the flow, with the exit's status, is for the
-// caller to count, unless the stream was not accepted (f.notAccepted, app
-// still open), which it has neither logged nor counted.
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn, origin string, sent *unacked) (f flow, status Status, ok bool) {
+// carry opens a stream to service for app, sends the header and what sent
+// holds, and forwards. ok is false when it could not (it has closed app,
+// and logged and counted why under svc); else the flow, with the exit's
+// status, is for the caller to count, unless the stream was not accepted
+// (f.notAccepted, app still open), which it has neither logged nor counted.
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn, origin, service string, svc *serviceCounters, sent *unacked) (f flow, status Status, ok bool) {
 	s, st, err := e.openStream(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
-		e.met.streamNoSession()
+		e.met.streamNoSession(svc)
 		app.SetLinger(0)
 		app.Close()
 		return f, 0, false
@@ -863,7 +903,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	start := time.Now()
 	// The header goes out at once; application bytes follow without waiting
 	// for the exit's status.
-	if _, err := st.Write(append(streamHeader{origin: origin}.marshal(), sent.buf...)); err != nil {
+	if _, err := st.Write(append(streamHeader{service: service, origin: origin}.marshal(), sent.buf...)); err != nil {
 		log.Warn().Err(err).Msg("closing application connection: stream lost")
 		app.SetLinger(0)
 		app.Close()
@@ -872,7 +912,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	}
 	resent := int64(len(sent.buf))
 	var msg string
-	f = forward(app, st, s.mc, e.pool, e.writeStall, e.met.moved, func() error {
+	f = forward(app, st, s.mc, e.pool, e.writeStall, svc.moved, func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {
@@ -890,6 +930,10 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	ev := log.Info()
 	if f.aborted || status != StatusOK {
 		ev = log.Warn().Bool("aborted", true)
+	}
+	if status == StatusRefused {
+		// Which key the exit refused, for the operator who grants access.
+		ev = ev.Str("fingerprint", e.fingerprint())
 	}
 	if f.err != nil && !isClosed(f.err) {
 		ev = ev.AnErr("reason", f.err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +41,9 @@ type Exit struct {
 	limiter    *sourceLimiter
 	pool       *bufPool
 	dialer     net.Dialer
-	probe      *backendProbe // readiness: has the backend accepted a connection lately (health.go)
+	routes     *routeTable            // the services (services.go)
+	access     atomic.Pointer[access] // resolved with authorized; swapped by Reload
+	noService  *serviceCounters       // streams refused before they named one of routes
 	met        *metricSet
 	writeStall time.Duration
 	count      counters
@@ -65,17 +68,27 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
 		pool:       newBufPool(),
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
-		probe:      newBackendProbe(cfg.Settings.Forward, cfg.Settings.DialTimeout),
 		writeStall: defaultWriteStall,
 	}
 	x.resp.Store(resp)
 	x.authorized.Store(cfg.Authorized)
 	x.met = newMetrics("exit", cfg.Version, &x.count)
+	x.noService = x.met.service("")
+	x.routes = newRouteTable(cfg.Settings, x.met)
+	acc, unresolved := resolveAccess(cfg.Settings.Access, cfg.Authorized)
+	if len(unresolved) > 0 {
+		return nil, errUnresolved(unresolved)
+	}
+	x.access.Store(&acc)
 	return x, nil
 }
 
-// Stats returns the exit's counters.
-func (e *Exit) Stats() Stats { return e.count.stats("exit") }
+// Stats returns the exit's counters, with those of each service.
+func (e *Exit) Stats() Stats {
+	st := e.count.stats("exit")
+	st.Services = e.met.serviceStats()
+	return st
+}
 
 // Serve accepts entry agents on ln until ctx is done, then stops accepting,
 // lets open streams finish for up to the drain timeout, closes everything
@@ -183,6 +196,8 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 	go mc.supervise(sess)
 	e.met.sessionUp(sess, res.Conn, res.PeerFingerprint, res.Duration)
 	e.closeIfRevoked(log, sess, res.PeerKey)
+	// The session keeps the access rules in force now.
+	who := streamPeer{fingerprint: res.PeerFingerprint, access: *e.access.Load()}
 	start := time.Now()
 	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
@@ -234,7 +249,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 				log.Warn().Uint32("stream", st.StreamID()).Int("max_streams", e.cfg.MaxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
-			e.met.streamRefused(StatusBusy)
+			e.met.streamRefused(e.noService, StatusBusy)
 			go func() {
 				defer running.Done()
 				refuse(st, StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams))
@@ -247,13 +262,13 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		go func() {
 			defer running.Done()
 			defer mc.fins.forget(st.StreamID())
-			s, msg := e.serveStream(ctx, log, st, mc)
+			svc, s, msg := e.serveStream(ctx, log, st, mc, who)
 			// A refused stream no longer counts as served, nor holds up a drain.
 			active.Add(-1)
 			e.count.streams.Add(-1)
 			streams.Done()
 			if s != StatusOK {
-				e.met.streamRefused(s)
+				e.met.streamRefused(svc, s)
 				refuse(st, s, msg)
 			}
 		}()
@@ -270,10 +285,19 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		Str("duration", logDuration(time.Since(start))).Msg("session closed")
 }
 
-// serveStream reads the stream header, dials the backend, answers the
-// status and forwards. If it refuses the stream instead, it logs why and
-// returns the status and message to answer, and leaves st to the caller.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn) (Status, string) {
+// streamPeer is what the exit knows of the entry that opened a stream.
+type streamPeer struct {
+	fingerprint string
+	access      access // the rules in force when its session began
+}
+
+// serveStream reads the stream header, checks that the peer may reach the
+// service it names, dials the service's backend, answers the status and
+// forwards. If it refuses the stream instead, it logs why and returns the
+// status and message to answer, and leaves st to the caller. svc is the
+// counters of the stream's service.
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn, peer streamPeer) (svc *serviceCounters, _ Status, _ string) {
+	svc = e.noService
 	log = log.With().Uint32("stream", st.StreamID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)
@@ -291,35 +315,49 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		default:
 			msg = fmt.Sprintf("reading the stream header: %v", err)
 		}
-		return e.refusal(log, StatusRefused, msg, nil)
+		return e.refusal(svc, log, StatusRefused, msg, nil)
 	}
 	if !validOrigin(hdr.origin) {
 		log.Warn().Msgf("the entry claims origin %+q, which is neither empty nor ip:port", hdr.origin)
-		return e.refusal(log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil)
+		return e.refusal(svc, log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil)
 	}
 	if hdr.origin != "" {
 		// What the entry says it saw; the exit cannot check it.
 		log = log.With().Str("claimed_origin", hdr.origin).Logger()
 	}
-	if hdr.service != "" {
-		return e.refusal(log, StatusUnknownService, fmt.Sprintf("unknown service %q: this exit forwards only to its default backend", hdr.service), nil)
+	// readStreamHeader let through printable ASCII only: safe to log.
+	log = log.With().Str("service", config.DisplayName(hdr.service)).Logger()
+	r := e.routes.byName[hdr.service]
+	if r == nil {
+		return e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, peer.access.visible(e.routes, peer.fingerprint)), nil)
 	}
+	svc = r.count
+	if !peer.access.allows(r.name, peer.fingerprint) {
+		return e.refusal(svc, log, StatusRefused, fmt.Sprintf("key %s may not reach service %q: the exit's --allow rules do not list it", peer.fingerprint, r.display()), nil)
+	}
+	svc.total.Add(1)
+	svc.open.Add(1)
+	defer svc.open.Add(-1)
 	start := time.Now()
-	c, err := e.dialer.DialContext(ctx, "tcp", e.cfg.Forward)
+	c, err := e.dialer.DialContext(ctx, "tcp", r.addr)
 	e.met.backendDial(time.Since(start), err)
 	if err != nil {
-		return e.refusal(log, StatusUnreachable, fmt.Sprintf("backend %s unreachable: %v", e.cfg.Forward, err), err)
+		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
+		if r.name != "" {
+			msg = fmt.Sprintf("service %q: %s", r.name, msg)
+		}
+		return e.refusal(svc, log, StatusUnreachable, msg, err)
 	}
-	e.probe.accepted(time.Now())
+	r.probe.accepted(time.Now())
 	backend := c.(*net.TCPConn)
 	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
 		backend.Close()
 		st.Close()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		return StatusOK, ""
+		return svc, StatusOK, ""
 	}
-	f := forward(backend, st, mc, e.pool, e.writeStall, e.met.moved, nil, nil)
-	e.met.streamEnded(f)
+	f := forward(backend, st, mc, e.pool, e.writeStall, svc.moved, nil, nil)
+	e.met.streamEnded(svc, f)
 	ev := log.Info()
 	if f.aborted {
 		ev = log.Warn().Bool("aborted", true)
@@ -329,7 +367,17 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	}
 	ev.Int64("bytes_to_backend", f.fromStream).Int64("bytes_to_app", f.toStream).
 		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
-	return StatusOK, ""
+	return svc, StatusOK, ""
+}
+
+// unknownService is the message for a stream naming a service the exit
+// does not have: it lists the services visible, those the peer may reach,
+// and no other.
+func unknownService(name string, visible []string) string {
+	if len(visible) == 0 {
+		return fmt.Sprintf("unknown service %q: this exit has no service for your key", config.DisplayName(name))
+	}
+	return fmt.Sprintf("unknown service %q: this exit has %s", config.DisplayName(name), strings.Join(visible, ", "))
 }
 
 // validOrigin reports whether origin, as an entry reports it in a stream
@@ -349,10 +397,11 @@ func validOrigin(origin string) bool {
 	return err == nil
 }
 
-// refusal logs that the stream is refused with s and msg, and returns them.
-func (e *Exit) refusal(log zerolog.Logger, s Status, msg string, err error) (Status, string) {
+// refusal logs that the stream of service svc is refused with s and msg,
+// and returns them.
+func (e *Exit) refusal(svc *serviceCounters, log zerolog.Logger, s Status, msg string, err error) (*serviceCounters, Status, string) {
 	log.Warn().Int("status", int(s)).Str("status_text", s.String()).AnErr("reason", err).Msg(msg)
-	return s, msg
+	return svc, s, msg
 }
 
 // maxRefused bounds the refused streams of one session that are still open

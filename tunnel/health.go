@@ -63,11 +63,19 @@ func (e *Entry) Attempted(ctx context.Context) error {
 	}
 }
 
-// Ready returns nil while the exit's backend accepts TCP connections (see
-// above), and otherwise the dial error. A probe honours ctx. Safe for
+// Ready returns nil while the backend of every service of the exit accepts
+// TCP connections (see above), and otherwise the first dial error, naming
+// its service unless it is the default one. A probe honours ctx. Safe for
 // concurrent use.
 func (e *Exit) Ready(ctx context.Context) error {
-	return e.probe.check(ctx, time.Now())
+	for _, r := range e.routes.all {
+		if err := r.probe.check(ctx, time.Now()); err != nil && r.name != "" {
+			return fmt.Errorf("service %s: %w", r.name, err)
+		} else if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // backendProbe tells whether the backend accepted a connection recently.

@@ -13,9 +13,11 @@ package tunnel
 // so a stream that lives for hours shows its traffic as it flows.
 //
 // Labels come from small, known sets: results, statuses, outcomes and
-// directions named below, and peer_fingerprint, which is only ever an
-// authenticated peer's (an authorized key on the exit, the pinned key on
-// the entry). No label carries an address.
+// directions named below; service, which is one of the agent's services
+// as its settings name them (services.go), never a name read from the
+// wire; and peer_fingerprint, which is only ever an authenticated peer's
+// (an authorized key on the exit, the pinned key on the entry). No label
+// carries an address.
 
 import (
 	"context"
@@ -150,13 +152,14 @@ type metricSet struct {
 	handshakes [numHSResults]atomic.Int64
 	hsDuration prometheus.Histogram // completed handshakes
 
-	streams    [numStreamLabels]atomic.Int64 // ended streams by status
-	toBackend  atomic.Int64                  // bytes, application to backend, as they move
-	toApp      atomic.Int64                  // bytes, backend to application, as they move
-	moved      tally                         // toBackend and toApp, as forward sees them in this role
-	dialErrors atomic.Int64                  // exit: backend dials that failed
-	dialTime   prometheus.Histogram          // exit: backend dials, failed or not
-	connected  atomic.Int64                  // entry: sessions made after none was up
+	// services: streams and bytes by service, sorted by name
+	// (services.go). A stream keeps its service's pointer.
+	svcMu         sync.Mutex
+	services      []*serviceCounters
+	connIsBackend bool                 // exit: forward's conn is the backend's (else the application's)
+	dialErrors    atomic.Int64         // exit: backend dials that failed
+	dialTime      prometheus.Histogram // exit: backend dials, failed or not
+	connected     atomic.Int64         // entry: sessions made after none was up
 
 	mu    sync.Mutex
 	live  map[*yamux.Session]liveSession
@@ -188,13 +191,15 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		"sessions":   desc("tunnel_sessions", "Sessions up now, by peer.", "peer_fingerprint"),
 		"closed":     desc("tunnel_sessions_closed_total", "Sessions that have ended, by peer and by how: closed_locally (drain, replacement, keepalive timeout, limits), closed_by_peer (CLOSE received), cut (no CLOSE: data may be truncated), error (a record failed).", "peer_fingerprint", "outcome"),
 		"handshakes": desc("tunnel_handshakes_total", "Handshakes by result (ok, unknown_key, pinned_key_mismatch, bad_signature, busy, rate_limited, timeout, protocol_error, other).", "result"),
-		"streams":    desc("tunnel_streams", "Streams open now."),
-		"streamsEnd": desc("tunnel_streams_total", "Streams that have ended, by status: the exit's answer (ok, unknown_service, unreachable, refused, busy), aborted (cut after it was carried), no_session (entry: nothing to open it on), other.", "status"),
-		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams, by direction (to_backend, to_app), counted as they move.", "direction"),
+		"streams":    desc("tunnel_streams", "Streams open now, by service.", "service"),
+		"streamsEnd": desc("tunnel_streams_total", "Streams that have ended, by service and status: the exit's answer (ok, unknown_service, unreachable, refused, busy), aborted (cut after it was carried), no_session (entry: nothing to open it on), other. The exit counts a stream that names none of its services, or that it refused before reading its header, under service \"\".", "service", "status"),
+		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams, by service and direction (to_backend, to_app), counted as they move.", "service", "direction"),
 		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
 		"keyUpdates": desc("tunnel_key_updates_total", "KEY_UPDATE records sent and received on every session: each is a change of one direction's traffic key.", "direction"),
 	}
 	if role == "exit" {
+		m.connIsBackend = true
+		m.service("") // streams naming none of the exit's services
 		m.dialTime = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tunnel_backend_dial_duration_seconds",
 			Help:    "Duration of the exit's dials to its backend, failed or not.",
@@ -202,9 +207,7 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		})
 		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
 		m.reg.MustRegister(m.dialTime)
-		m.moved = tally{fromConn: &m.toApp, toConn: &m.toBackend} // conn is the backend's
 	} else {
-		m.moved = tally{fromConn: &m.toBackend, toConn: &m.toApp} // conn is the application's
 		m.descs["reconnects"] = desc("tunnel_entry_reconnects_total", "Sessions the entry made again after it had none (lost, or the exit went away); planned replacements are not counted.")
 	}
 	m.reg.MustRegister(m, m.hsDuration,
@@ -235,15 +238,17 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.GaugeValue, v, labels...)
 	}
 	g("build", 1)
-	g("streams", float64(m.count.streams.Load()))
 	for i := range m.handshakes {
 		c("handshakes", float64(m.handshakes[i].Load()), hsResultNames[i])
 	}
-	for i := range m.streams {
-		c("streamsEnd", float64(m.streams[i].Load()), streamLabelNames[i])
+	for _, s := range m.serviceList() {
+		g("streams", float64(s.open.Load()), s.name)
+		for i := range s.ended {
+			c("streamsEnd", float64(s.ended[i].Load()), s.name, streamLabelNames[i])
+		}
+		c("bytes", float64(s.toBackend.Load()), s.name, "to_backend")
+		c("bytes", float64(s.toApp.Load()), s.name, "to_app")
 	}
-	c("bytes", float64(m.toBackend.Load()), "to_backend")
-	c("bytes", float64(m.toApp.Load()), "to_app")
 	if m.dialTime != nil {
 		c("dialErrors", float64(m.dialErrors.Load()))
 	} else {
@@ -331,38 +336,39 @@ func (m *metricSet) sessionDown(mux *yamux.Session) {
 	addStats(&t.records, s.conn.Stats())
 }
 
-// streamEnded counts a stream that was carried and has ended with f. Its
-// bytes were counted as forward copied them, so a scrape that sees the
-// stream ended sees its bytes.
-func (m *metricSet) streamEnded(f flow) {
+// streamEnded counts a stream of service svc that was carried and has
+// ended with f. Its bytes were counted as forward copied them, so a scrape
+// that sees the stream ended sees its bytes.
+func (m *metricSet) streamEnded(svc *serviceCounters, f flow) {
 	label := int(StatusOK)
 	if f.aborted {
 		label = streamAborted
 	}
-	m.streams[label].Add(1)
+	svc.ended[label].Add(1)
 }
 
-// streamNoSession counts an application connection the entry could not
-// open a stream for.
-func (m *metricSet) streamNoSession() { m.streams[streamNoSession].Add(1) }
+// streamNoSession counts an application connection for service svc that
+// the entry could not open a stream for.
+func (m *metricSet) streamNoSession(svc *serviceCounters) { svc.ended[streamNoSession].Add(1) }
 
-// streamRefused counts a stream the exit refused with s.
-func (m *metricSet) streamRefused(s Status) {
+// streamRefused counts a stream for service svc that the exit refused with
+// s.
+func (m *metricSet) streamRefused(svc *serviceCounters, s Status) {
 	label := streamOther
 	if s <= StatusBusy {
 		label = int(s)
 	}
-	m.streams[label].Add(1)
+	svc.ended[label].Add(1)
 }
 
-// streamDone counts an entry's stream that has ended with the exit's
-// status s and f.
-func (m *metricSet) streamDone(s Status, f flow) {
+// streamDone counts an entry's stream for service svc that has ended with
+// the exit's status s and f.
+func (m *metricSet) streamDone(svc *serviceCounters, s Status, f flow) {
 	if s != StatusOK {
-		m.streamRefused(s)
+		m.streamRefused(svc, s)
 		return
 	}
-	m.streamEnded(f)
+	m.streamEnded(svc, f)
 }
 
 // backendDial counts one dial to the backend that took d.

@@ -126,17 +126,17 @@ func TestMetrics(t *testing.T) {
 		`tunnel_build_info{role="exit",version=""}`:           1,
 		`tunnel_sessions{peer_fingerprint="` + entryFP + `"}`: 1,
 		`tunnel_handshake_duration_seconds_count`:             1,
-		`tunnel_streams`:                                0,
-		`tunnel_streams_total{status="ok"}`:             0,
-		`tunnel_backend_dial_duration_seconds_count`:    0,
-		`tunnel_handshakes_total{result="unknown_key"}`: 0,
+		`tunnel_streams{service="default"}`:                   0,
+		`tunnel_streams_total{service="default",status="ok"}`: 0,
+		`tunnel_backend_dial_duration_seconds_count`:          0,
+		`tunnel_handshakes_total{result="unknown_key"}`:       0,
 	})
 	want(t, "entry", nm, map[string]float64{
 		`tunnel_build_info{role="entry",version=""}`:         1,
 		`tunnel_sessions{peer_fingerprint="` + exitFP + `"}`: 1,
 		`tunnel_handshake_duration_seconds_count`:            1,
 		`tunnel_entry_reconnects_total`:                      0,
-		`tunnel_streams`:                                     0,
+		`tunnel_streams{service="default"}`:                  0,
 	})
 
 	// One stream echoes 4 MiB in four steps; between them it is open and
@@ -161,10 +161,10 @@ func TestMetrics(t *testing.T) {
 		moved := float64((i + 1) * step)
 		for name, s := range map[string]scraper{"exit": x, "entry": n} {
 			m := s.waitFor(name+": bytes of step "+strconv.Itoa(i+1), func(m map[string]float64) bool {
-				return m[`tunnel_bytes_total{direction="to_backend"}`] == moved &&
-					m[`tunnel_bytes_total{direction="to_app"}`] == moved
+				return m[`tunnel_bytes_total{direction="to_backend",service="default"}`] == moved &&
+					m[`tunnel_bytes_total{direction="to_app",service="default"}`] == moved
 			})
-			want(t, name, m, map[string]float64{`tunnel_streams`: 1, `tunnel_streams_total{status="ok"}`: 0})
+			want(t, name, m, map[string]float64{`tunnel_streams{service="default"}`: 1, `tunnel_streams_total{service="default",status="ok"}`: 0})
 			for _, dir := range []string{"sent", "received"} {
 				k := `tunnel_records_total{direction="` + dir + `"}`
 				if m[k] <= lastRecords[name+dir] {
@@ -182,15 +182,15 @@ func TestMetrics(t *testing.T) {
 	// The exit counts the stream as ended a moment before it stops counting
 	// it as open.
 	streamDone := func(m map[string]float64) bool {
-		return m[`tunnel_streams_total{status="ok"}`] == 1 && m[`tunnel_streams`] == 0
+		return m[`tunnel_streams_total{service="default",status="ok"}`] == 1 && m[`tunnel_streams{service="default"}`] == 0
 	}
 	xm, nm = x.waitFor("exit: stream ended", streamDone), n.waitFor("entry: stream ended", streamDone)
 	for name, m := range map[string]map[string]float64{"exit": xm, "entry": nm} {
 		want(t, name, m, map[string]float64{
-			`tunnel_streams`: 0,
-			`tunnel_bytes_total{direction="to_backend"}`: 4 * step,
-			`tunnel_bytes_total{direction="to_app"}`:     4 * step,
-			`tunnel_streams_total{status="aborted"}`:     0,
+			`tunnel_streams{service="default"}`:                            0,
+			`tunnel_bytes_total{direction="to_backend",service="default"}`: 4 * step,
+			`tunnel_bytes_total{direction="to_app",service="default"}`:     4 * step,
+			`tunnel_streams_total{service="default",status="aborted"}`:     0,
 		})
 	}
 	want(t, "exit", xm, map[string]float64{
@@ -299,13 +299,15 @@ func TestMetricsRefusals(t *testing.T) {
 	}
 	io.Copy(io.Discard, c) // the entry closes it once the exit refuses
 	c.Close()
-	unreachable := func(m map[string]float64) bool { return m[`tunnel_streams_total{status="unreachable"}`] == 1 }
+	unreachable := func(m map[string]float64) bool {
+		return m[`tunnel_streams_total{service="default",status="unreachable"}`] == 1
+	}
 	xm := x.waitFor("exit: stream refused", unreachable)
 	n.waitFor("entry: stream refused", unreachable)
 	want(t, "exit", xm, map[string]float64{
-		`tunnel_backend_dial_errors_total`:           1,
-		`tunnel_backend_dial_duration_seconds_count`: 1,
-		`tunnel_streams_total{status="ok"}`:          0,
+		`tunnel_backend_dial_errors_total`:                    1,
+		`tunnel_backend_dial_duration_seconds_count`:          1,
+		`tunnel_streams_total{service="default",status="ok"}`: 0,
 	})
 
 	stranger, err := handshake.GenerateKey(handshake.MinKeyBits)

@@ -41,6 +41,10 @@ type Stats struct {
 	HandshakeRejections int64 `json:"handshake_rejections"`
 	HandshakeTimeouts   int64 `json:"handshake_timeouts"`
 	SessionsRecycled    int64 `json:"sessions_recycled"`
+
+	// Services are the counters of each service, by name (the default
+	// service is "default").
+	Services map[string]ServiceStats `json:"services"`
 }
 
 // counters are updated by an agent's goroutines.

@@ -23,7 +23,9 @@ import (
 
 type exitCmd struct {
 	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
-	Forward               string        `help:"Backend to dial for each stream (HOST:PORT). Required." placeholder:"HOST:PORT"`
+	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT), for the default service; NAME=HOST:PORT forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
+	Allow                 []string      `help:"Let only these authorized keys reach a service: SERVICE=KEY[,KEY...], where KEY is a fingerprint (SHA256:...) or the name of a key file in --authorized-keys without .pub (app1 for app1.pub); the default service is called default. A service no --allow names admits every authorized key. Repeatable." placeholder:"SERVICE=KEY,..." sep:"none"`
+	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...]}." placeholder:"YAML"`
 	Key                   string        `help:"This exit's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
 	AuthorizedKeys        string        `help:"Entry agents allowed in: a file of PUBLIC KEY PEM blocks, or a directory of .pub/.pem files. Required." placeholder:"FILE|DIR"`
 	DialTimeout           time.Duration `help:"Give up dialing the backend after this long." default:"${dial_timeout}"`
@@ -38,22 +40,27 @@ type exitCmd struct {
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
-func (c *exitCmd) settings() config.Exit {
-	return config.Exit{
-		Listen: c.Listen, Forward: c.Forward, Key: c.Key, AuthorizedKeys: c.AuthorizedKeys,
+func (c *exitCmd) settings() (config.Exit, error) {
+	s := config.Exit{
+		Listen: c.Listen, Key: c.Key, AuthorizedKeys: c.AuthorizedKeys,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout,
 		MaxHandshakes: c.MaxHandshakes, MaxStreams: c.MaxStreams, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout,
 		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
 	}
+	err := exitServiceSettings(&s, c.Forward, c.Allow, c.Services)
+	return s, err
 }
 
 // Run validates the settings, loads the keys, binds, logs "exit ready" and serves until e.ctx
 // is done.
 func (c *exitCmd) Run(e *env) error {
-	s := c.settings()
-	if err := s.Validate(); err != nil {
+	s, err := c.settings()
+	if err == nil {
+		err = s.Validate()
+	}
+	if err != nil {
 		return usageError{err}
 	}
 	key, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
@@ -66,7 +73,7 @@ func (c *exitCmd) Run(e *env) error {
 	}
 	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: s, Key: key, Authorized: auth, Version: e.build.Version}, e.log)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	// reload re-reads --key and --authorized-keys (on SIGHUP; one goroutine).
 	reload := func(log zerolog.Logger) {
@@ -94,17 +101,19 @@ func (c *exitCmd) Run(e *env) error {
 		key, auth = newKey, newAuth
 	}
 	return serve(e, agent{
-		role: "exit", listen: s.Listen, statusAddr: s.StatusAddr, reload: reload,
-		serve: x.Serve, stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
+		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload,
+		serve: func(ctx context.Context, lns []tunnel.ServiceListener) error { return x.Serve(ctx, lns[0].Listener) },
+		stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
-				Strs("authorized", auth.Fingerprints()).Str("forward", s.Forward)
+				Strs("authorized", auth.Fingerprints()).Strs("services", serviceList(s))
 		},
 	})
 }
 
 type entryCmd struct {
-	Listen                string        `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one). This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." default:"${entry_listen}" placeholder:"ADDR"`
+	Listen                []string      `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one), for the exit's default service; HOST:PORT=NAME for the exit's service NAME. Repeat it for several services. Without any (here or under services: in the --config file): ${entry_listen}. This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." placeholder:"ADDR[=NAME]" sep:"none"`
+	Services              entryServices `help:"Listeners for named services as YAML, usually under services: in the --config file: a list of {listen: HOST:PORT, service: NAME}." placeholder:"YAML"`
 	Peer                  []string      `help:"An exit agent to connect to (HOST:PORT), or HOST:PORT=FILE|DIR to pin that exit's own public keys instead of --peer-key. Repeat it (or separate with commas) for several exits, in order of preference: the entry keeps a session to one and fails over to the next. A name is looked up again on every reconnect, and each of its addresses counts as an exit. Required." placeholder:"HOST:PORT[=KEYS]"`
 	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
 	PeerKey               string        `help:"The exit's public keys: a file of one or more PUBLIC KEY blocks, or a directory of .pub/.pem files; the exit must prove it holds the private key of one of them (two while its key is rotated). Required, unless every --peer names its own." placeholder:"FILE|DIR"`
@@ -117,20 +126,25 @@ type entryCmd struct {
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
 
-func (c *entryCmd) settings() config.Entry {
-	return config.Entry{
-		Listen: c.Listen, Peers: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
+func (c *entryCmd) settings() (config.Entry, error) {
+	s := config.Entry{
+		Peers: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
 	}
+	err := entryListenerSettings(&s, c.Listen, c.Services)
+	return s, err
 }
 
 // Run validates the settings, loads the keys, binds, logs "entry ready" and serves until e.ctx
 // is done.
 func (c *entryCmd) Run(e *env) error {
-	s := c.settings()
-	if err := s.Validate(); err != nil {
+	s, err := c.settings()
+	if err == nil {
+		err = s.Validate()
+	}
+	if err != nil {
 		return usageError{err}
 	}
 	key, err := loadPrivateKey(s.Key, s.AllowInsecureKeyPerms)
@@ -167,8 +181,8 @@ func (c *entryCmd) Run(e *env) error {
 		key, pinned, exitKeys = newKey, newPinned, newExitKeys
 	}
 	return serve(e, agent{
-		role: "entry", listen: s.Listen, statusAddr: s.StatusAddr, plaintext: true, reload: reload,
-		serve: n.Serve, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
+		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload,
+		serve: n.ServeListeners, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
 				Strs("peers", s.Peers).Strs("peer_fingerprints", pinnedFingerprints(pinned, exitKeys))
@@ -213,6 +227,16 @@ func pinnedFingerprints(shared *handshake.KeySet, exits map[string]*handshake.Ke
 	}
 	slices.Sort(fps)
 	return slices.Compact(fps)
+}
+
+// serviceList names the exit's services for the "exit ready" line:
+// NAME=HOST:PORT, the default service as default.
+func serviceList(s config.Exit) []string {
+	var out []string
+	for _, svc := range s.AllServices() {
+		out = append(out, config.DisplayName(svc.Name)+"="+svc.Forward)
+	}
+	return out
 }
 
 // loadPrivateKey loads an agent's --key and refuses a file that group or others may access,
@@ -268,16 +292,17 @@ func agentProcs(env string, avail int) int {
 
 // agent is what serve needs of an exit or an entry.
 type agent struct {
-	role               string
-	listen, statusAddr string // statusAddr empty: no status endpoint
-	plaintext          bool   // listen takes plaintext (the entry): warn if it is not loopback
-	serve              func(context.Context, net.Listener) error
-	stats              func() tunnel.Stats
-	readiness          func(context.Context) error // nil: ready for traffic
-	attempted          func(context.Context) error // the entry's: waits for its first attempt to reach the exit
-	reload             func(zerolog.Logger)        // re-reads the key files and logs what changed
-	metrics            prometheus.Gatherer
-	ready              func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
+	role       string
+	listen     []config.EntryListener // the exit has one, for no service
+	statusAddr string                 // empty: no status endpoint
+	plaintext  bool                   // listen takes plaintext (the entry): warn if it is not loopback, log the services
+	serve      func(context.Context, []tunnel.ServiceListener) error
+	stats      func() tunnel.Stats
+	readiness  func(context.Context) error // nil: ready for traffic
+	attempted  func(context.Context) error // the entry's: waits for its first attempt to reach the exit
+	reload     func(zerolog.Logger)        // re-reads the key files and logs what changed
+	metrics    prometheus.Gatherer
+	ready      func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 }
 
 // serve binds the agent's address and the status address (a port alone meaning loopback), or
@@ -292,17 +317,35 @@ func serve(e *env, a agent) error {
 	if err != nil {
 		return err
 	}
-	ln := sd.listen
-	if ln == nil {
-		if ln, err = tunnel.Listen(e.ctx, a.listen); err != nil {
-			sd.close()
-			return fmt.Errorf("--listen %s: %w", a.listen, err)
+	// systemd's listen socket serves the default service (the exit's one
+	// listener); every other listener is bound here.
+	var lns []tunnel.ServiceListener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Listener.Close()
 		}
+		if sd.status != nil {
+			sd.status.Close()
+		}
+	}
+	if sd.listen != nil {
+		lns = append(lns, tunnel.ServiceListener{Listener: sd.listen})
+	}
+	for _, l := range a.listen {
+		if sd.listen != nil && l.Service == "" {
+			continue
+		}
+		ln, err := tunnel.Listen(e.ctx, l.Addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--listen %s: %w", l.Addr, err)
+		}
+		lns = append(lns, tunnel.ServiceListener{Listener: ln, Service: l.Service})
 	}
 	statusLn := sd.status
 	if statusLn == nil && a.statusAddr != "" {
 		if statusLn, err = net.Listen("tcp", statusListenAddr(a.statusAddr)); err != nil {
-			ln.Close()
+			closeAll()
 			return fmt.Errorf("--status-addr %s: %w", a.statusAddr, err)
 		}
 	}
@@ -310,15 +353,22 @@ func serve(e *env, a agent) error {
 	runtime.GOMAXPROCS(procs)
 	log := e.log.With().Str("role", a.role).Logger()
 	// The first line says which build runs.
-	listening := log.Info().Str("addr", ln.Addr().String()).Str("version", e.build.Version).Int("procs", procs)
-	if sd.listen != nil {
-		listening = listening.Bool("systemd_socket", true)
+	for _, l := range lns {
+		ev := log.Info().Str("addr", l.Listener.Addr().String())
+		if a.plaintext {
+			ev = ev.Str("service", config.DisplayName(l.Service))
+		}
+		if sd.listen != nil && l.Listener == sd.listen {
+			ev = ev.Bool("systemd_socket", true)
+		}
+		ev.Str("version", e.build.Version).Int("procs", procs).Msg("listening")
 	}
-	listening.Msg("listening")
 	tunnel.WarnLowFileLimit(log)
-	if a.plaintext && !isLoopback(ln.Addr()) {
-		log.Warn().Str("addr", ln.Addr().String()).Msg("the plaintext side is reachable from the network: " +
-			"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
+	for _, l := range lns {
+		if a.plaintext && !isLoopback(l.Listener.Addr()) {
+			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
+				"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
+		}
 	}
 	if statusLn != nil {
 		ev := log.Info().Str("addr", statusLn.Addr().String())
@@ -351,7 +401,7 @@ func serve(e *env, a agent) error {
 		done := make(chan struct{})
 		go func() { defer close(done); sdn.watchdog(stopSystemd) }()
 		defer func() { <-done }()
-		state := fmt.Sprintf("%s listening on %s", a.role, ln.Addr())
+		state := fmt.Sprintf("%s listening on %s", a.role, lns[0].Listener.Addr())
 		if a.attempted != nil {
 			// The entry: READY=1 once its first attempt to reach the exit has ended.
 			if a.attempted(waitCtx) != nil {
@@ -384,7 +434,7 @@ func serve(e *env, a agent) error {
 		log.Info().Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	})
 	defer stop()
-	if err := a.serve(e.ctx, ln); err != nil {
+	if err := a.serve(e.ctx, lns); err != nil {
 		return err
 	}
 	log.Info().Msg("stopped")

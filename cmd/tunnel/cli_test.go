@@ -223,7 +223,10 @@ entry:
 			if err != nil {
 				t.Fatal(err)
 			}
-			n := c.Entry.settings()
+			n, err := c.Entry.settings()
+			if err != nil {
+				t.Fatal(err)
+			}
 			got := want{c.LogLevel, n.Listen, strings.Join(n.Peers, " "), n.PeerKey, n.Window, n.DialTimeout}
 			if got != tc.want {
 				t.Errorf("got %+v\nwant %+v", got, tc.want)
@@ -236,7 +239,10 @@ entry:
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := c.Exit.settings()
+	x, err := c.Exit.settings()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if x.Listen != "127.0.0.1:4444" || x.MaxStreams != 9 || x.DialTimeout != 7*time.Second || x.MaxHandshakes != 64 {
 		t.Errorf("exit settings from config: %+v", x)
 	}
@@ -351,9 +357,11 @@ func TestInsecureKeyPerms(t *testing.T) {
 					t.Fatal(err)
 				}
 				if args[0] == "exit" {
-					err = c.Exit.settings().Validate()
+					x, serr := c.Exit.settings()
+					err = errors.Join(serr, x.Validate())
 				} else {
-					err = c.Entry.settings().Validate()
+					n, serr := c.Entry.settings()
+					err = errors.Join(serr, n.Validate())
 				}
 				if err != nil {
 					t.Errorf("%s: %v", args[0], err)

@@ -19,7 +19,9 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/integration/harness"
+	"github.com/tunnel-dev/tunnel/tunnel"
 )
 
 // notifySocket plays the service manager's end of the notify protocol: a unixgram socket (the
@@ -491,8 +493,8 @@ func TestServeEndsBeforeReady(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- serve(&env{ctx: context.Background(), log: zerolog.Nop()}, agent{
-			role: "entry", listen: "127.0.0.1:0",
-			serve: func(_ context.Context, ln net.Listener) error { ln.Close(); return failed },
+			role: "entry", listen: []config.EntryListener{{Addr: "127.0.0.1:0"}},
+			serve: func(_ context.Context, lns []tunnel.ServiceListener) error { lns[0].Listener.Close(); return failed },
 			// No attempt ever ends.
 			attempted: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
 			readiness: func(context.Context) error { return nil },

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/tunnel-dev/tunnel/config"
+)
+
+// TestServiceFlags: services from repeated flags and from the config file,
+// with the old single-flag usage unchanged.
+func TestServiceFlags(t *testing.T) {
+	dir := t.TempDir()
+	exitFile := writeFile(t, filepath.Join(dir, "exit.yaml"), `
+exit:
+  forward: fallback:80
+  services:
+    db:
+      forward: db:5432
+      allow: [app1, "SHA256:abc"]
+    cache:
+      forward: redis:6379
+`)
+	entryFile := writeFile(t, filepath.Join(dir, "entry.yaml"), `
+entry:
+  services:
+    - listen: 127.0.0.1:5432
+      service: db
+    - listen: 127.0.0.1:6379
+      service: cache
+`)
+	exit := func(args ...string) (config.Exit, error) {
+		t.Helper()
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		if err != nil {
+			return config.Exit{}, err
+		}
+		return c.Exit.settings()
+	}
+	entry := func(args ...string) (config.Entry, error) {
+		t.Helper()
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		if err != nil {
+			return config.Entry{}, err
+		}
+		return c.Entry.settings()
+	}
+
+	x, err := exit("exit", "--forward", "db:5432")
+	if err != nil || x.Forward != "db:5432" || x.Services != nil || x.Access != nil {
+		t.Errorf("single --forward: %+v, %v", x, err)
+	}
+	x, err = exit("exit", "--forward", "db=db:5432", "--forward", "cache=redis:6379", "--forward", "a:1", "--allow", "db=app1,SHA256:abc")
+	wantServices := []config.ExitService{{Name: "db", Forward: "db:5432"}, {Name: "cache", Forward: "redis:6379"}}
+	if err != nil || x.Forward != "a:1" || !reflect.DeepEqual(x.Services, wantServices) ||
+		!reflect.DeepEqual(x.Access, []config.Access{{Service: "db", Keys: []string{"app1", "SHA256:abc"}}}) {
+		t.Errorf("repeated --forward and --allow: %+v, %v", x, err)
+	}
+	x, err = exit("--config", exitFile, "exit")
+	wantServices = []config.ExitService{{Name: "cache", Forward: "redis:6379"}, {Name: "db", Forward: "db:5432"}}
+	if err != nil || x.Forward != "fallback:80" || !reflect.DeepEqual(x.Services, wantServices) ||
+		!reflect.DeepEqual(x.Access, []config.Access{{Service: "db", Keys: []string{"app1", "SHA256:abc"}}}) {
+		t.Errorf("services from the file: %+v, %v", x, err)
+	}
+
+	n, err := entry("entry")
+	if err != nil || n.Listen != config.DefaultEntryListen || n.Listeners != nil {
+		t.Errorf("no --listen: %+v, %v", n, err)
+	}
+	n, err = entry("entry", "--listen", "127.0.0.1:7")
+	if err != nil || n.Listen != "127.0.0.1:7" || n.Listeners != nil {
+		t.Errorf("single --listen: %+v, %v", n, err)
+	}
+	n, err = entry("entry", "--listen", "127.0.0.1:5432=db", "--listen", "127.0.0.1:6379=cache")
+	wantListeners := []config.EntryListener{{Addr: "127.0.0.1:5432", Service: "db"}, {Addr: "127.0.0.1:6379", Service: "cache"}}
+	if err != nil || n.Listen != "" || !reflect.DeepEqual(n.Listeners, wantListeners) {
+		t.Errorf("named --listen: %+v, %v", n, err)
+	}
+	n, err = entry("--config", entryFile, "entry")
+	if err != nil || n.Listen != "" || !reflect.DeepEqual(n.Listeners, wantListeners) {
+		t.Errorf("services from the file: %+v, %v", n, err)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"exit", "--forward", "a:1", "--forward", "b:2"}, "the default service is given twice"},
+		{[]string{"exit", "--forward", "db=a:1", "--forward", "db=b:2"}, `service "db" is given twice`},
+		{[]string{"exit", "--forward", "d b=a:1"}, "use letters, digits"},
+		{[]string{"exit", "--allow", "db"}, "SERVICE=KEY"},
+		{[]string{"exit", "--services", "{db: {forwrd: a:1}}"}, "field forwrd not found"},
+		{[]string{"entry", "--listen", "=db"}, "no address before '='"},
+		{[]string{"entry", "--services", "[{service: db}]"}, "has no listen"},
+	} {
+		var err error
+		if tc.args[0] == "exit" {
+			_, err = exit(tc.args...)
+		} else {
+			_, err = entry(tc.args...)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one saying %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,201 @@
+package tunnel
+
+// Named services and access control (PROTOCOL.md section 4).
+//
+// The exit has a fixed set of services, each a backend address; the empty
+// name on the wire is the default service, which settings, logs, /status
+// and metrics call config.DefaultService. Its access rules, resolved
+// against the authorized keys when the exit starts and again on every
+// reload, restrict some services to some keys; a service no rule names
+// admits every authorized key. A session keeps the rules that were in
+// force when its handshake completed.
+//
+// Each service has its own counters (serviceCounters), which the status
+// endpoint and the metrics show by service. The set of services is fixed
+// when the agent starts, so a label value never comes from the wire: a
+// stream naming a service the exit does not have is counted under the
+// empty service name.
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// route is one service of the exit.
+type route struct {
+	name  string // as on the wire: "" for the default service
+	addr  string // the backend's host:port
+	probe *backendProbe
+	count *serviceCounters
+}
+
+// display is r's name as logs and settings write it.
+func (r *route) display() string { return config.DisplayName(r.name) }
+
+// routeTable maps the names a stream header may carry to the exit's
+// services; config.DefaultService names the default service too. Read-only
+// once built.
+type routeTable struct {
+	byName map[string]*route
+	all    []*route // in the order of the settings, the default first
+}
+
+func newRouteTable(c config.Exit, met *metricSet) *routeTable {
+	t := &routeTable{byName: map[string]*route{}}
+	for _, s := range c.AllServices() {
+		r := &route{
+			name:  s.Name,
+			addr:  s.Forward,
+			probe: newBackendProbe(s.Forward, c.DialTimeout),
+			count: met.service(config.DisplayName(s.Name)),
+		}
+		t.byName[s.Name] = r
+		t.all = append(t.all, r)
+		if s.Name == "" {
+			t.byName[config.DefaultService] = r
+		}
+	}
+	return t
+}
+
+// access is the exit's access rules, resolved to fingerprints: for each
+// restricted service (by wire name), the keys that may reach it. A service
+// not in the map admits every authorized key. Read-only once built.
+type access map[string]map[string]bool
+
+// allows reports whether the key with fingerprint fp may reach service.
+func (a access) allows(service, fp string) bool {
+	keys, restricted := a[service]
+	return !restricted || keys[fp]
+}
+
+// visible lists the services of t that fp may reach, as settings name them.
+func (a access) visible(t *routeTable, fp string) []string {
+	var out []string
+	for _, r := range t.all {
+		if a.allows(r.name, fp) {
+			out = append(out, r.display())
+		}
+	}
+	return out
+}
+
+// resolveAccess turns the rules into fingerprints with the keys of
+// authorized. A key name that matches no key, or a fingerprint that is not
+// authorized, is listed in unresolved (and admits nobody).
+func resolveAccess(rules []config.Access, authorized *handshake.KeySet) (a access, unresolved []string) {
+	a = access{}
+	known := map[string]bool{}
+	for _, fp := range authorized.Fingerprints() {
+		known[fp] = true
+	}
+	for _, rule := range rules {
+		service := rule.Service
+		if service == config.DefaultService {
+			service = ""
+		}
+		keys := map[string]bool{}
+		for _, k := range rule.Keys {
+			var fps []string
+			if strings.HasPrefix(k, "SHA256:") {
+				if known[k] {
+					fps = []string{k}
+				}
+			} else {
+				fps = authorized.Named(k)
+			}
+			if len(fps) == 0 {
+				unresolved = append(unresolved, rule.Service+"="+k)
+			}
+			for _, fp := range fps {
+				keys[fp] = true
+			}
+		}
+		a[service] = keys
+	}
+	return a, unresolved
+}
+
+// errUnresolved describes the access rules that name no authorized key.
+func errUnresolved(unresolved []string) error {
+	return fmt.Errorf("tunnel: --allow %s: no such key in --authorized-keys: name a key by its fingerprint (tunnel fingerprint FILE prints it) or by its file's name without .pub (app1 for app1.pub), and authorize it",
+		strings.Join(unresolved, ", --allow "))
+}
+
+// serviceCounters count the streams of one service. Updated atomically by
+// stream goroutines, read by /status and /metrics.
+type serviceCounters struct {
+	name      string                        // as settings name it; "" for streams naming no service of the exit
+	open      atomic.Int64                  // streams open now
+	total     atomic.Int64                  // streams opened
+	ended     [numStreamLabels]atomic.Int64 // ended streams by status
+	toBackend atomic.Int64                  // bytes, application to backend, as they move
+	toApp     atomic.Int64                  // bytes, backend to application, as they move
+	moved     tally                         // toBackend and toApp, as forward sees them in the agent's role
+}
+
+// ServiceStats are one service's counters, as /status shows them.
+type ServiceStats struct {
+	Streams        int64 `json:"streams"`       // open now
+	StreamsTotal   int64 `json:"streams_total"` // since start
+	StreamsRefused int64 `json:"streams_refused"`
+	BytesToBackend int64 `json:"bytes_to_backend"` // counted as they move
+	BytesToApp     int64 `json:"bytes_to_app"`
+}
+
+func (c *serviceCounters) stats() ServiceStats {
+	var refused int64
+	for i := range c.ended {
+		if i != int(StatusOK) && i != streamAborted {
+			refused += c.ended[i].Load()
+		}
+	}
+	return ServiceStats{
+		Streams: c.open.Load(), StreamsTotal: c.total.Load(), StreamsRefused: refused,
+		BytesToBackend: c.toBackend.Load(), BytesToApp: c.toApp.Load(),
+	}
+}
+
+// serviceStats returns the counters of every named or default service.
+func (m *metricSet) serviceStats() map[string]ServiceStats {
+	out := map[string]ServiceStats{}
+	for _, c := range m.serviceList() {
+		if c.name != "" {
+			out[c.name] = c.stats()
+		}
+	}
+	return out
+}
+
+// serviceList returns the counters of every service, sorted by name.
+func (m *metricSet) serviceList() []*serviceCounters {
+	m.svcMu.Lock()
+	defer m.svcMu.Unlock()
+	return slices.Clone(m.services)
+}
+
+// service returns the counters of the service called name (as settings
+// name it), made on first use. It is called as listeners and services are
+// set up, never with a name read from the wire.
+func (m *metricSet) service(name string) *serviceCounters {
+	m.svcMu.Lock()
+	defer m.svcMu.Unlock()
+	i := slices.IndexFunc(m.services, func(c *serviceCounters) bool { return c.name == name })
+	if i >= 0 {
+		return m.services[i]
+	}
+	c := &serviceCounters{name: name}
+	c.moved = tally{fromConn: &c.toBackend, toConn: &c.toApp} // conn is the application's
+	if m.connIsBackend {
+		c.moved = tally{fromConn: &c.toApp, toConn: &c.toBackend}
+	}
+	m.services = append(m.services, c)
+	sort.Slice(m.services, func(i, j int) bool { return m.services[i].name < m.services[j].name })
+	return c
+}
