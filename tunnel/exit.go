@@ -262,7 +262,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync
 		go func() {
 			defer running.Done()
 			defer mc.fins.forget(st.StreamID())
-			svc, s, msg := e.serveStream(ctx, log, st, mc, who)
+			svc, s, msg := e.serveStream(hard, log, st, mc, who)
 			// A refused stream no longer counts as served, nor holds up a drain.
 			active.Add(-1)
 			e.count.streams.Add(-1)
@@ -295,7 +295,9 @@ type streamPeer struct {
 // service it names, dials the service's backend, answers the status and
 // forwards. If it refuses the stream instead, it logs why and returns the
 // status and message to answer, and leaves st to the caller. svc is the
-// counters of the stream's service.
+// counters of the stream's service. ctx bounds the dial: it ends with the
+// drain, not as the drain starts, so that a stream accepted before GoAway is
+// served.
 func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn, peer streamPeer) (svc *serviceCounters, _ Status, _ string) {
 	svc = e.noService
 	log = log.With().Uint32("stream", st.StreamID()).Logger()

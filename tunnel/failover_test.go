@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -317,4 +318,43 @@ func TestPeerNameResolvedAgain(t *testing.T) {
 	if got := lookups.Load(); got != 2 {
 		t.Errorf("%d lookups, want 2 (one per session)", got)
 	}
+}
+
+// TestDrainDialsAcceptedStream: a stream the exit accepted before its
+// drain began still gets its backend, even when the dial is under way as
+// the drain begins.
+func TestDrainDialsAcceptedStream(t *testing.T) {
+	dialing := make(chan struct{})
+	var once sync.Once
+	a := startTuned(t, echoBackend(t), func(x *config.Exit, _ *config.Entry) { x.DrainTimeout = 10 * time.Second },
+		func(x *Exit, _ *Entry) {
+			x.dialer.ControlContext = func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
+				once.Do(func() { close(dialing) })
+				select { // hold the dial until the drain cancels it, or 500 ms
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+				return nil
+			}
+		})
+	app, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	msg := []byte("accepted before the drain")
+	app.Write(msg)
+	<-dialing
+	stopped := make(chan struct{})
+	go func() { a.stopExit(); close(stopped) }()
+	app.SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(app, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo during the drain: %q, %v", got, err)
+	}
+	app.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(app); err != nil || len(rest) != 0 {
+		t.Fatalf("end of the echo: %q, %v", rest, err)
+	}
+	<-stopped
 }
