@@ -103,7 +103,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 		defer close(released)
 		releaseWhenQuiet(hard, releaseCheck)
 	}()
-	var streams sync.WaitGroup
+	var streams openStreams
 
 	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopAccept()
@@ -126,8 +126,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	// Drain: open streams may finish until the deadline. Then entries,
 	// which got GoAway, close their sessions themselves (so that nothing
 	// yamux still has queued is lost); what is left at the deadline is cut.
-	drained := make(chan struct{})
-	go func() { streams.Wait(); close(drained) }()
+	drained := streams.drained()
 	sessionsDone := make(chan struct{})
 	go func() { wg.Wait(); close(sessionsDone) }()
 	if acceptErr == nil {
@@ -146,13 +145,46 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	stopAll()
 	<-released
-	<-sessionsDone
-	<-drained
+	<-sessionsDone // every stream has ended with its session
 	return acceptErr
 }
 
+// openStreams counts the streams being served, for the drain. A session
+// may accept a stream after the drain has begun (its SYN came before the
+// GoAway), which a sync.WaitGroup does not allow while Wait runs.
+type openStreams struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil when nobody waits
+}
+
+func (o *openStreams) Add(delta int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n += delta
+	if o.n == 0 && o.idle != nil {
+		close(o.idle)
+		o.idle = nil
+	}
+}
+
+func (o *openStreams) Done() { o.Add(-1) }
+
+// drained returns a channel that is closed once no stream is open.
+func (o *openStreams) drained() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ch := make(chan struct{})
+	if o.n == 0 {
+		close(ch)
+	} else {
+		o.idle = ch
+	}
+	return ch
+}
+
 // serveConn authenticates one peer connection and serves its session.
-func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *sync.WaitGroup) {
+func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *openStreams) {
 	peer := conn.RemoteAddr().String()
 	log := e.log.With().Str("peer", peer).Logger()
 	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
