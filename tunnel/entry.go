@@ -137,6 +137,7 @@ type Entry struct {
 	peers      []string             // the exits' addresses (HOST:PORT), from cfg.Peers
 	keys       atomic.Pointer[pins] // swapped by Reload
 	lookup     func(ctx context.Context, host string) ([]string, error)
+	dial       func(ctx context.Context, addr string) (net.Conn, error) // dialTCP; tests replace it
 	log        zerolog.Logger
 	pool       *bufPool
 	writeStall time.Duration
@@ -180,6 +181,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		kick:         make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 	}
+	n.dial = n.dialTCP
 	n.keys.Store(&pins{
 		hs: &handshake.Config{
 			PrivateKey: cfg.Key,
@@ -454,25 +456,23 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 		exits, errs := e.resolve(ctx)
 		exits = rotateAfter(exits, r.left.addr)
 		r.choices = len(exits)
-		for _, x := range exits {
-			s, err := e.connect(ctx, log, x)
-			if err == nil {
-				if r.left.addr != "" && r.left.addr != x.addr {
-					e.log.Info().Str("peer", x.peer).Str("addr", x.addr).
-						Str("previous_peer", r.left.peer).Str("previous_addr", r.left.addr).
-						Str("reason", r.leftWhy).AnErr("skipped", attemptsError(errs).orNil()).
-						Msg("failed over to another exit")
-				}
-				r.failures, r.logged, r.left = 0, "", exitAddr{}
-				e.setSession(s)
-				e.count.sessions.Add(1)
-				e.met.connected.Add(1)
-				return s
+		s, failed := e.reach(ctx, log, exits)
+		errs = append(errs, failed...)
+		if s != nil {
+			if r.left.addr != "" && r.left.addr != s.exit.addr {
+				e.log.Info().Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+					Str("previous_peer", r.left.peer).Str("previous_addr", r.left.addr).
+					Str("reason", r.leftWhy).AnErr("skipped", attemptsError(errs).orNil()).
+					Msg("failed over to another exit")
 			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			errs = append(errs, &exitError{x, err})
+			r.failures, r.logged, r.left = 0, "", exitAddr{}
+			e.setSession(s)
+			e.count.sessions.Add(1)
+			e.met.connected.Add(1)
+			return s
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		var err error = attemptsError(errs)
 		if len(errs) == 1 {
@@ -513,6 +513,100 @@ func (e *Entry) establish(ctx context.Context, r *redial) *session {
 			return nil
 		}
 	}
+}
+
+// dialStagger is how long the entry waits for a TCP dial to an exit to
+// connect before it dials the next one as well.
+const dialStagger = 250 * time.Millisecond
+
+// dialed is the outcome of a dial to an exit.
+type dialed struct {
+	exit exitAddr
+	conn net.Conn
+	err  error
+}
+
+// reach tries exits in order until a handshake succeeds, and returns the
+// session, with the failures before it (*exitErrors). The dials overlap:
+// the next exit is dialed when the dial before has failed or has not
+// connected within dialStagger, so an exit that does not answer at all
+// delays the others by dialStagger, not by the dial timeout. No dial
+// starts while a handshake runs; a handshake that fails lets the next
+// exit be dialed at once. The dials that remain are abandoned, and the
+// connections they make closed, once a session is up.
+func (e *Entry) reach(ctx context.Context, log zerolog.Logger, exits []exitAddr) (*session, []error) {
+	var errs []error
+	if len(exits) == 0 {
+		return nil, nil
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan dialed, len(exits))
+	next, pending := 0, 0
+	var stagger *time.Timer
+	var staggered <-chan time.Time
+	start := func() {
+		x := exits[next]
+		next, pending = next+1, pending+1
+		go func() {
+			c, err := e.dial(dctx, x.addr)
+			results <- dialed{x, c, err}
+		}()
+		if stagger != nil {
+			stagger.Stop()
+		}
+		staggered = nil
+		if next < len(exits) {
+			stagger = time.NewTimer(dialStagger)
+			staggered = stagger.C
+		}
+	}
+	defer func() {
+		if stagger != nil {
+			stagger.Stop()
+		}
+		cancel()
+		go func(pending int) { // close what the abandoned dials connect
+			for ; pending > 0; pending-- {
+				if r := <-results; r.conn != nil {
+					r.conn.Close()
+				}
+			}
+		}(pending)
+	}()
+	start()
+	for pending > 0 {
+		select {
+		case <-staggered:
+			start()
+			continue
+		case <-ctx.Done():
+			return nil, errs
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				if stagger != nil {
+					stagger.Stop()
+				}
+				staggered = nil
+				s, err := e.start(ctx, log, r.exit, r.conn)
+				if err == nil {
+					return s, errs
+				}
+				r.err = err
+			} else {
+				r.err = &dialError{r.err}
+			}
+			if ctx.Err() != nil {
+				return nil, errs
+			}
+			errs = append(errs, &exitError{r.exit, r.err})
+			if next < len(exits) {
+				start()
+			}
+		}
+	}
+	return nil, errs
 }
 
 // resolve returns the addresses of the exits in the order of Peers, a name
@@ -705,11 +799,22 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 // connect dials the exit at x, runs the handshake and starts the
 // multiplexer; it logs the new session to log.
 func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exitAddr) (*session, error) {
-	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
-	c, err := d.DialContext(ctx, "tcp", x.addr)
+	c, err := e.dial(ctx, x.addr)
 	if err != nil {
 		return nil, &dialError{err}
 	}
+	return e.start(ctx, log, x, c)
+}
+
+// dialTCP is Entry.dial: a TCP dial to an exit, within the dial timeout.
+func (e *Entry) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// start runs the handshake on c, connected to the exit at x, and starts
+// the multiplexer; it logs the new session to log.
+func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net.Conn) (*session, error) {
 	res, err := handshake.Initiate(ctx, c, e.keys.Load().forExit(x.peer))
 	if err != nil {
 		return nil, err

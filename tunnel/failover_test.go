@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -357,4 +358,44 @@ func TestDrainDialsAcceptedStream(t *testing.T) {
 		t.Fatalf("end of the echo: %q, %v", rest, err)
 	}
 	<-stopped
+}
+
+// TestSilentExitDelaysNoSession: an exit whose dial never answers (a host
+// that is down, packets dropped) does not hold up the next one: the entry
+// dials it while the first dial still waits, and abandons that dial once
+// it has its session.
+func TestSilentExitDelaysNoSession(t *testing.T) {
+	addr, _ := stoppableExit(t, echoBackend(t), time.Second)
+	const silent = "192.0.2.1:7000" // TEST-NET-1: never dialed, see dial below
+	abandoned := make(chan error, 1)
+	lines := &logLines{}
+	_, entryAddr := runEntry(t, silent, lines, func(c *config.Entry) {
+		c.Peers = append(c.Peers, addr)
+		c.DialTimeout = time.Minute
+	}, func(n *Entry) {
+		dial := n.dial
+		n.dial = func(ctx context.Context, a string) (net.Conn, error) {
+			if a != silent {
+				return dial(ctx, a)
+			}
+			<-ctx.Done() // no answer, until the entry gives up on it
+			select {
+			case abandoned <- ctx.Err():
+			default:
+			}
+			return nil, ctx.Err()
+		}
+	})
+	roundTrip(t, entryAddr, []byte("through the exit that answers"))
+	if est := lines.with("session established"); len(est) != 1 || est[0]["addr"] != addr {
+		t.Fatalf("session established lines %v, want one with %s", est, addr)
+	}
+	select {
+	case err := <-abandoned:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the silent exit's dial ended with %v, want it abandoned (context canceled)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the silent exit's dial still runs 10s after the session is up")
+	}
 }
