@@ -968,7 +968,7 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn, service string, 
 		if !ok {
 			return
 		}
-		if f.notAccepted && !sent.done && carries < maxCarries {
+		if f.notAccepted && !sent.done.Load() && carries < maxCarries {
 			log.Info().Int("bytes", len(sent.buf)).
 				Msg("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")
 			continue

@@ -117,24 +117,43 @@ const maxUnacked = 1 << 20
 // it (its yamux ACK). An exit that is going away refuses streams whose SYN
 // crossed its GoAway with a RST and no ACK, before anything in it sees the
 // stream, so its application bytes can be sent again on another session.
-// Owned by forward's conn -> stream goroutine while forward runs, then by
-// forward's caller.
+// What it keeps goes once the stream is acknowledged, at the next chunk
+// sent or when the exit's status arrives (release), so that a connection
+// that goes quiet keeps nothing. Safe for concurrent use; forward's caller
+// reads buf after forward has returned.
 type unacked struct {
+	mu   sync.Mutex
 	buf  []byte
-	done bool // the stream was acknowledged, or too much was sent: keep nothing
+	done atomic.Bool // the stream was acknowledged, or too much was sent: keep nothing
 }
 
 // keep records p, about to be written to the stream id of mc, while the
 // peer has not acknowledged the stream.
 func (u *unacked) keep(mc *muxConn, id uint32, p []byte) {
-	if u == nil || u.done {
+	if u == nil || u.done.Load() {
 		return
 	}
 	if !mc.fins.pending(id) || len(u.buf)+len(p) > maxUnacked {
-		u.done, u.buf = true, nil
+		u.release()
 		return
 	}
-	u.buf = append(u.buf, p...)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.done.Load() {
+		u.buf = append(u.buf, p...)
+	}
+}
+
+// release drops what u keeps, and keeps nothing more: the stream was
+// accepted.
+func (u *unacked) release() {
+	if u == nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.done.Store(true)
+	u.buf = nil
 }
 
 // forward carries conn and st both ways until both directions end, then
@@ -237,6 +256,8 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 				abort(false)
 			}
 			ok = false
+		} else {
+			u.release() // the status came: the peer accepted the stream
 		}
 	}
 	if ok {
