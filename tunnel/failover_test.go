@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
 )
 
 // gateRelay forwards each connection to the address it holds at accept
@@ -431,5 +432,33 @@ func TestUnackedKeepsUntilAccepted(t *testing.T) {
 	w.keep(m, 5, []byte("abc"))
 	if w.buf != nil || !w.done.Load() {
 		t.Fatalf("unwatched stream: kept %q, done %v; want nothing, done", w.buf, w.done.Load())
+	}
+}
+
+// TestReloadExitKeys: a reload must leave every exit a key to pin, its
+// own or the shared set; an exit's own keys then pin it alone.
+func TestReloadExitKeys(t *testing.T) {
+	ks := testKeys()
+	n, _ := runEntry(t, "127.0.0.1:1", nil, func(c *config.Entry) { c.Peers = append(c.Peers, "127.0.0.1:2") }, nil)
+	own, err := handshake.NewKeySet(&ks[0].PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Reload(ks[0], nil, map[string]*handshake.KeySet{"127.0.0.1:1": own}); err == nil {
+		t.Error("reload left the exit at 127.0.0.1:2 without a key")
+	}
+	shared, err := handshake.NewKeySet(&ks[1].PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Reload(ks[0], shared, map[string]*handshake.KeySet{"127.0.0.1:1": own}); err != nil {
+		t.Fatal(err)
+	}
+	p := n.keys.Load()
+	if got := p.forExit("127.0.0.1:1"); got.PeerKeys != own || got.PeerKey != nil {
+		t.Errorf("exit with its own keys pins %v, want its own", got.PeerKeys.Fingerprints())
+	}
+	if got := p.forExit("127.0.0.1:2"); got.PeerKeys != shared {
+		t.Errorf("exit without its own keys pins %v, want the shared set", got.PeerKeys.Fingerprints())
 	}
 }
