@@ -46,6 +46,9 @@ type Exit struct {
 	Services []ExitService
 	// Access restricts services to some authorized keys; a service no rule names admits every key.
 	Access []Access
+	// ProxyProtocol names the services (DefaultService for the default one) whose backend
+	// connections start with a PROXY protocol v2 header.
+	ProxyProtocol []string
 }
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).

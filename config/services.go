@@ -170,6 +170,16 @@ func (c Exit) validateServices() error {
 			return err
 		}
 	}
+	proxied := map[string]bool{}
+	for _, name := range c.ProxyProtocol {
+		if name != DefaultService && !seen[name] || name == DefaultService && c.Forward == "" {
+			return fmt.Errorf("--proxy-protocol %s: the exit has no service %q: name one of %s (the default service is called %s)", name, name, strings.Join(c.serviceNames(), ", "), DefaultService)
+		}
+		if proxied[name] {
+			return fmt.Errorf("--proxy-protocol names service %q twice: name it once", name)
+		}
+		proxied[name] = true
+	}
 	restricted := map[string]bool{}
 	for _, a := range c.Access {
 		name := a.Service

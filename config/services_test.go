@@ -88,6 +88,19 @@ func TestValidateServices(t *testing.T) {
 			c.Services = []ExitService{{"db", "a:1"}}
 			c.Access = []Access{{"db", []string{"app1"}}, {"db", []string{"app2"}}}
 		}, "restricted twice"},
+		{"proxy protocol", func(c *Exit) {
+			c.Forward = "a:1"
+			c.Services = []ExitService{{"db", "a:1"}}
+			c.ProxyProtocol = []string{"db", "default"}
+		}, ""},
+		{"proxy protocol unknown service", func(c *Exit) {
+			c.Services = []ExitService{{"db", "a:1"}}
+			c.ProxyProtocol = []string{"dbx"}
+		}, `--proxy-protocol dbx: the exit has no service "dbx": name one of db`},
+		{"proxy protocol twice", func(c *Exit) {
+			c.Services = []ExitService{{"db", "a:1"}}
+			c.ProxyProtocol = []string{"db", "db"}
+		}, "twice"},
 		{"allow empty key", func(c *Exit) {
 			c.Services = []ExitService{{"db", "a:1"}}
 			c.Access = []Access{{"db", []string{"app1", ""}}}

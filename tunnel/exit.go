@@ -384,6 +384,12 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	}
 	r.probe.accepted(time.Now())
 	backend := c.(*net.TCPConn)
+	if r.proxyProtocol {
+		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
+			backend.Close()
+			return e.refusal(svc, log, StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err)
+		}
+	}
 	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
 		backend.Close()
 		st.Close()
@@ -412,6 +418,19 @@ func unknownService(name string, visible []string) string {
 		return fmt.Sprintf("unknown service %q: this exit has no service for your key", config.DisplayName(name))
 	}
 	return fmt.Sprintf("unknown service %q: this exit has %s", config.DisplayName(name), strings.Join(visible, ", "))
+}
+
+// writeProxyHeader sends backend the PROXY protocol v2 header of a stream
+// from origin through the entry key fp (proxyproto.go), within timeout.
+func writeProxyHeader(backend *net.TCPConn, origin, fp string, timeout time.Duration) error {
+	b, err := proxyHeader(origin, backend.RemoteAddr(), fp)
+	if err != nil {
+		return err
+	}
+	backend.SetWriteDeadline(time.Now().Add(timeout))
+	_, err = backend.Write(b)
+	backend.SetWriteDeadline(time.Time{})
+	return err
 }
 
 // validOrigin reports whether origin, as an entry reports it in a stream

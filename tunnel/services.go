@@ -29,10 +29,13 @@ import (
 
 // route is one service of the exit.
 type route struct {
-	name  string // as on the wire: "" for the default service
-	addr  string // the backend's host:port
-	probe *backendProbe
-	count *serviceCounters
+	name string // as on the wire: "" for the default service
+	addr string // the backend's host:port
+	// proxyProtocol: the backend connection starts with a PROXY protocol
+	// v2 header (proxyproto.go).
+	proxyProtocol bool
+	probe         *backendProbe
+	count         *serviceCounters
 }
 
 // display is r's name as logs and settings write it.
@@ -50,10 +53,11 @@ func newRouteTable(c config.Exit, met *metricSet) *routeTable {
 	t := &routeTable{byName: map[string]*route{}}
 	for _, s := range c.AllServices() {
 		r := &route{
-			name:  s.Name,
-			addr:  s.Forward,
-			probe: newBackendProbe(s.Forward, c.DialTimeout),
-			count: met.service(config.DisplayName(s.Name)),
+			name:          s.Name,
+			addr:          s.Forward,
+			proxyProtocol: slices.Contains(c.ProxyProtocol, config.DisplayName(s.Name)),
+			probe:         newBackendProbe(s.Forward, c.DialTimeout),
+			count:         met.service(config.DisplayName(s.Name)),
 		}
 		t.byName[s.Name] = r
 		t.all = append(t.all, r)

@@ -25,7 +25,8 @@ type exitCmd struct {
 	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
 	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT), for the default service; NAME=HOST:PORT forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
 	Allow                 []string      `help:"Let only these authorized keys reach a service: SERVICE=KEY[,KEY...], where KEY is a fingerprint (SHA256:...) or the name of a key file in --authorized-keys without .pub (app1 for app1.pub); the default service is called default. A service no --allow names admits every authorized key. Repeatable." placeholder:"SERVICE=KEY,..." sep:"none"`
-	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...]}." placeholder:"YAML"`
+	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...], proxy-protocol: true}." placeholder:"YAML"`
+	ProxyProtocol         []string      `help:"Start each backend connection of these services (the default service is called default) with a PROXY protocol v2 header: the application's address as the entry saw it, and a TLV (type 0xE0) with the entry key's fingerprint. Only for a backend that expects it." placeholder:"SERVICE,..."`
 	Key                   string        `help:"This exit's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
 	AuthorizedKeys        string        `help:"Entry agents allowed in: a file of PUBLIC KEY PEM blocks, or a directory of .pub/.pem files. Required." placeholder:"FILE|DIR"`
 	DialTimeout           time.Duration `help:"Give up dialing the backend after this long." default:"${dial_timeout}"`
@@ -49,6 +50,7 @@ func (c *exitCmd) settings() (config.Exit, error) {
 		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
 	}
+	s.ProxyProtocol = c.ProxyProtocol
 	err := exitServiceSettings(&s, c.Forward, c.Allow, c.Services)
 	return s, err
 }

@@ -2,12 +2,13 @@ package main
 
 // Named services on the command line and in the --config file.
 //
-// Flags: the exit takes --forward [NAME=]HOST:PORT and --allow
-// SERVICE=KEY[,KEY...], the entry --listen HOST:PORT[=NAME], each as often
-// as needed. In the file, besides those keys (a list for a repeated flag),
-// "services:" describes the services in one place: on the exit a map of
-// service name to {forward, allow}, on the entry a list of {listen,
-// service}. The --services flag takes the same YAML inline.
+// Flags: the exit takes --forward [NAME=]HOST:PORT, --allow
+// SERVICE=KEY[,KEY...] and --proxy-protocol SERVICE, the entry --listen
+// HOST:PORT[=NAME], each as often as needed. In the file, besides those
+// keys (a list for a repeated flag), "services:" describes the services in
+// one place: on the exit a map of service name to {forward, allow,
+// proxy-protocol}, on the entry a list of {listen, service}. The
+// --services flag takes the same YAML inline.
 
 import (
 	"bytes"
@@ -22,8 +23,9 @@ import (
 
 // exitServiceSpec is one service under an exit's "services:".
 type exitServiceSpec struct {
-	Forward string   `yaml:"forward"`
-	Allow   []string `yaml:"allow"`
+	Forward       string   `yaml:"forward"`
+	Allow         []string `yaml:"allow"`
+	ProxyProtocol bool     `yaml:"proxy-protocol"`
 }
 
 // exitServices is the exit's "services:" map, by service name.
@@ -103,6 +105,9 @@ func exitServiceSettings(c *config.Exit, forward, allow []string, services exitS
 		}
 		if len(spec.Allow) > 0 {
 			c.Access = append(c.Access, config.Access{Service: name, Keys: spec.Allow})
+		}
+		if spec.ProxyProtocol {
+			c.ProxyProtocol = append(c.ProxyProtocol, name)
 		}
 	}
 	for _, v := range allow {

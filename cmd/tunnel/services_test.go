@@ -21,6 +21,7 @@ exit:
     db:
       forward: db:5432
       allow: [app1, "SHA256:abc"]
+      proxy-protocol: true
     cache:
       forward: redis:6379
 `)
@@ -64,6 +65,13 @@ entry:
 	if err != nil || x.Forward != "fallback:80" || !reflect.DeepEqual(x.Services, wantServices) ||
 		!reflect.DeepEqual(x.Access, []config.Access{{Service: "db", Keys: []string{"app1", "SHA256:abc"}}}) {
 		t.Errorf("services from the file: %+v, %v", x, err)
+	}
+	if !reflect.DeepEqual(x.ProxyProtocol, []string{"db"}) {
+		t.Errorf("proxy-protocol from the file: %q, want db", x.ProxyProtocol)
+	}
+	x, err = exit("exit", "--forward", "a:1", "--forward", "db=b:2", "--proxy-protocol", "db,default")
+	if err != nil || !reflect.DeepEqual(x.ProxyProtocol, []string{"db", "default"}) {
+		t.Errorf("--proxy-protocol db,default: %q, %v", x.ProxyProtocol, err)
 	}
 
 	n, err := entry("entry")

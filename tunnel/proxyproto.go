@@ -1,0 +1,42 @@
+package tunnel
+
+// PROXY protocol v2 towards the backend (per service, --proxy-protocol).
+// A backend that speaks it (nginx, HAProxy, PostgreSQL poolers, ...) learns
+// the application's address as the entry saw it, instead of the exit's, and
+// which entry key the stream came through.
+//
+// The header is encoded by github.com/pires/go-proxyproto, a maintained
+// implementation of the specification, rather than by hand. It carries:
+//
+//   - command PROXY, TCP over IPv4 or IPv6: the source is the origin of the
+//     stream header (the application's address as the entry saw it; the exit
+//     cannot check it, and trusts it as it trusts the entry's key), the
+//     destination the backend's address as the exit dialed it. Without an
+//     origin, command LOCAL and no addresses;
+//   - a TLV of type proxyTLVFingerprint (0xE0, the first of the range the
+//     specification leaves to applications) whose value is the entry key's
+//     fingerprint in ASCII, "SHA256:...".
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// proxyTLVFingerprint is the TLV type of the entry key's fingerprint.
+const proxyTLVFingerprint = proxyproto.PP2_TYPE_MIN_CUSTOM
+
+// proxyHeader returns the PROXY protocol v2 header for a stream from origin
+// ("ip:port", or empty), through the entry key with fingerprint fp, to the
+// backend at backend.
+func proxyHeader(origin string, backend net.Addr, fp string) ([]byte, error) {
+	h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	if ap, err := netip.ParseAddrPort(origin); err == nil {
+		h = proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(ap), backend)
+	}
+	if err := h.SetTLVs([]proxyproto.TLV{{Type: proxyTLVFingerprint, Value: []byte(fp)}}); err != nil {
+		return nil, err
+	}
+	return h.Format()
+}

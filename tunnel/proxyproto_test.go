@@ -1,0 +1,150 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/handshake"
+)
+
+// recordingBackend keeps everything each connection sent until EOF.
+type recordingBackend struct {
+	mu   sync.Mutex
+	got  [][]byte
+	addr string
+	done chan struct{} // a value per connection recorded
+}
+
+func newRecordingBackend(t *testing.T) *recordingBackend {
+	b := &recordingBackend{done: make(chan struct{}, 16)}
+	b.addr = backend(t, func(c *net.TCPConn) {
+		data, _ := io.ReadAll(c)
+		c.Close()
+		b.mu.Lock()
+		b.got = append(b.got, data)
+		b.mu.Unlock()
+		b.done <- struct{}{}
+	})
+	return b
+}
+
+// next waits for the next recorded connection and returns its bytes.
+func (b *recordingBackend) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case <-b.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the backend recorded no connection within 10 s")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.got[len(b.got)-1]
+}
+
+// TestProxyProtocol: a service with the option gets a PROXY v2 header
+// with the application's address as the entry saw it and the entry key's
+// fingerprint, then the application's bytes; a service without it gets
+// the application's bytes and nothing else.
+func TestProxyProtocol(t *testing.T) {
+	ks := testKeys()
+	entryKey, exitKey := ks[0], ks[1]
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	plain, proxied := newRecordingBackend(t), newRecordingBackend(t)
+	xs := config.DefaultExit()
+	xs.Forward = plain.addr
+	xs.Services = []config.ExitService{{Name: "pp", Forward: proxied.addr}}
+	xs.ProxyProtocol = []string{"pp"}
+	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
+	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitLn := listen(t)
+	ns := config.DefaultEntry()
+	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
+	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	xdone, ndone := make(chan struct{}), make(chan struct{})
+	go func() { x.Serve(ctx, exitLn); close(xdone) }()
+	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "pp"}}
+	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
+	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+
+	payload := []byte("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nnot a header, the application's bytes")
+	send := func(addr string) net.Addr {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(payload)
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, c)
+		return c.LocalAddr()
+	}
+
+	send(lns[0].Listener.Addr().String())
+	if got := plain.next(t); !bytes.Equal(got, payload) {
+		t.Errorf("service without PROXY protocol: backend got %q, want the application's bytes unchanged, %q", got, payload)
+	}
+
+	app := send(lns[1].Listener.Addr().String())
+	got := proxied.next(t)
+	r := bufio.NewReader(bytes.NewReader(got))
+	h, err := proxyproto.Read(r)
+	if err != nil {
+		t.Fatalf("backend got no PROXY header: %v: %q", err, got)
+	}
+	if h.Version != 2 || !h.Command.IsProxy() || h.SourceAddr.String() != app.String() {
+		t.Errorf("header: version %d, command %v, source %v; want 2, PROXY, the application's %v", h.Version, h.Command, h.SourceAddr, app)
+	}
+	if h.DestinationAddr.String() != proxied.addr {
+		t.Errorf("header destination %v, want the backend %s", h.DestinationAddr, proxied.addr)
+	}
+	tlvs, err := h.TLVs()
+	if err != nil || len(tlvs) != 1 || tlvs[0].Type != 0xE0 || string(tlvs[0].Value) != handshake.Fingerprint(&entryKey.PublicKey) {
+		t.Errorf("TLVs %+v, %v; want one of type 0xE0 with the entry key's fingerprint", tlvs, err)
+	}
+	if rest, _ := io.ReadAll(r); !bytes.Equal(rest, payload) {
+		t.Errorf("after the header the backend got %q, want %q", rest, payload)
+	}
+}
+
+// TestProxyHeaderLocal: without an origin the header says LOCAL, with no
+// addresses, and still names the key.
+func TestProxyHeaderLocal(t *testing.T) {
+	b, err := proxyHeader("", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5432}, "SHA256:x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlvs, _ := h.TLVs()
+	if !h.Command.IsLocal() || len(tlvs) != 1 || string(tlvs[0].Value) != "SHA256:x" {
+		t.Errorf("header %+v, TLVs %+v: want LOCAL with the fingerprint", h, tlvs)
+	}
+	// An IPv6 application and an IPv4 backend still make a PROXY header.
+	b, err = proxyHeader("[2001:db8::1]:40000", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5432}, "SHA256:x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err = proxyproto.Read(bufio.NewReader(bytes.NewReader(b))); err != nil || h.SourceAddr.String() != "[2001:db8::1]:40000" {
+		t.Errorf("IPv6 origin: %+v, %v", h, err)
+	}
+}
