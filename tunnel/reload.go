@@ -45,16 +45,24 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 }
 
 // Reload makes the exit answer with key and accept the entry keys in
-// authorized from its next handshake on, and winds down the sessions of
-// keys authorized no more; it returns how many.
+// authorized from its next handshake on, resolves its access rules against
+// them for the sessions that begin from then on, and winds down the
+// sessions of keys authorized no more; it returns how many. A rule naming a
+// key that authorized does not hold admits nobody, and is logged.
 func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closing int, err error) {
 	resp, err := e.resp.Load().WithKeys(key, authorized)
 	if err != nil {
 		return 0, err
 	}
+	acc, unresolved := resolveAccess(e.cfg.Access, authorized)
+	if len(unresolved) > 0 {
+		e.log.Warn().Strs("rules", unresolved).
+			Msg("access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them")
+	}
 	// authorized first, then the sessions: a handshake that completes
 	// meanwhile either sees the new set (closeIfRevoked) or has its session
 	// listed here.
+	e.access.Store(&acc)
 	e.authorized.Store(authorized)
 	e.resp.Store(resp)
 	keep := make(map[string]bool)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rsa"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
@@ -231,5 +233,81 @@ func TestResolveAccess(t *testing.T) {
 	}
 	if err := errUnresolved(unresolved); !strings.Contains(err.Error(), "--allow db=app3") || !strings.Contains(err.Error(), "tunnel fingerprint") {
 		t.Errorf("error %q does not say which rule and what to do", err)
+	}
+}
+
+// TestAccessReload: a reload resolves the rules against the new keys for
+// the sessions that begin afterwards; a session keeps the rules it began
+// with; a rule whose key file is gone admits nobody and is logged.
+func TestAccessReload(t *testing.T) {
+	ks := testKeys()
+	other, err := handshake.GenerateKey(handshake.MinKeyBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDir := func(files map[string]*rsa.PublicKey) *handshake.KeySet {
+		dir := t.TempDir()
+		for name, k := range files {
+			p, err := handshake.MarshalPublicKeyPEM(k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, name), p, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		set, err := handshake.LoadAuthorizedKeys(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	xs := config.DefaultExit()
+	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
+	xs.Access = []config.Access{{Service: "db", Keys: []string{"app1"}}}
+	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
+	logs := &logBuffer{}
+	x, err := NewExit(ExitConfig{Settings: xs, Key: ks[1], Authorized: keyDir(map[string]*rsa.PublicKey{"app1.pub": &ks[0].PublicKey})}, zerolog.New(logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	status := func(sess *yamux.Session, service string) Status {
+		t.Helper()
+		st := openRaw(t, sess, streamHeader{service: service}.marshal())
+		defer st.Close()
+		s, _ := answer(t, st)
+		return s
+	}
+
+	before := dialSession(t, ln.Addr().String(), "")
+	if s := status(before, "db"); s != StatusOK {
+		t.Fatalf("db for app1: status %d, want 0", s)
+	}
+	// app1.pub now holds another key; the entry's key is app2.pub.
+	if _, err := x.Reload(ks[1], keyDir(map[string]*rsa.PublicKey{"app1.pub": &other.PublicKey, "app2.pub": &ks[0].PublicKey})); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(before, "db"); s != StatusOK {
+		t.Errorf("db on the session made before the reload: status %d, want 0 (it keeps its rules)", s)
+	}
+	after := dialSession(t, ln.Addr().String(), "")
+	if s := status(after, "db"); s != StatusRefused {
+		t.Errorf("db for a key that is app2 now: status %d, want 3", s)
+	}
+	// No app1 at all: the rule admits nobody, and says so.
+	if _, err := x.Reload(ks[1], keyDir(map[string]*rsa.PublicKey{"app2.pub": &ks[0].PublicKey})); err != nil {
+		t.Fatal(err)
+	}
+	if l := logs.wait(t, "access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them"); !strings.Contains(fmt.Sprint(l["rules"]), "db=app1") {
+		t.Errorf("the reload's warning does not name the rule: %v", l)
+	}
+	last := dialSession(t, ln.Addr().String(), "")
+	if s, c := status(last, "db"), status(last, "cache"); s != StatusRefused || c != StatusOK {
+		t.Errorf("after the rule's key went: db %d, cache %d; want 3 and 0", s, c)
 	}
 }
