@@ -1024,7 +1024,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 			return fmt.Errorf("no status from the exit: %w", err)
 		}
 		if status != StatusOK {
-			return fmt.Errorf("exit refused the stream: %s: %s", status, msg)
+			return fmt.Errorf("exit refused the stream (%s): %s", status, msg)
 		}
 		return nil
 	}, sent)
