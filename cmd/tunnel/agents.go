@@ -431,12 +431,19 @@ func serve(e *env, a agent) error {
 			}
 		}
 	}()
+	// The stop line and STOPPING=1 are out before this returns: a drain with nothing to wait
+	// for ends at once, and the process with it.
+	stopSaid := make(chan struct{})
 	stop := context.AfterFunc(e.ctx, func() {
+		defer close(stopSaid)
 		sdn.stopping("draining open connections")
 		log.Info().Msg("stop requested (a second SIGINT/SIGTERM exits at once, without draining)")
 	})
-	defer stop()
-	if err := a.serve(e.ctx, lns); err != nil {
+	err = a.serve(e.ctx, lns)
+	if !stop() {
+		<-stopSaid
+	}
+	if err != nil {
 		return err
 	}
 	log.Info().Msg("stopped")
