@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"strconv"
@@ -27,7 +28,7 @@ const (
 // Exit holds the exit agent's settings (no loaded keys: paths only).
 type Exit struct {
 	Listen           string        // address to accept entry agents on, default ":7000"
-	Forward          string        // host:port of the default service's backend; required unless Services names some
+	Forward          string        // the default service's backend, host:port or unix:PATH; required unless Services names some
 	Key              string        // required, path of the exit's private key
 	AuthorizedKeys   string        // required, file of PUBLIC KEY PEM blocks, or a directory of them
 	DialTimeout      time.Duration // backend dial timeout, default 5s
@@ -53,7 +54,8 @@ type Exit struct {
 
 // Entry holds the entry agent's settings (no loaded keys: paths only).
 type Entry struct {
-	Listen           string        // address to accept apps on for the default service, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise); "" when only Listeners are given
+	Listen           string        // address to accept apps on for the default service, host:port or unix:PATH, default "127.0.0.1:5000" (plaintext: loopback unless told otherwise); "" when only Listeners are given
+	ListenMode       fs.FileMode   // permission bits of the socket files of unix:PATH listeners that set none of their own; 0: what the umask leaves
 	Peers            []string      // required, the exits: host:port, or host:port=keys for an exit with its own pinned keys (see ParsePeer)
 	Key              string        // required, path of the entry's private key
 	PeerKey          string        // the exits' public keys (pinned): a file of PUBLIC KEY blocks, or a directory of them; required unless every peer has its own
@@ -117,7 +119,7 @@ func DefaultEntry() Entry {
 // are readable, not what they contain.
 func (c Exit) Validate() error {
 	checks := []error{
-		listenAddr("--listen", c.Listen),
+		exitListenAddr(c.Listen),
 		c.validateServices(),
 		required("--key", c.Key, "give the exit's private key file made by tunnel keygen"),
 		readableFile("--key", c.Key),
@@ -229,6 +231,14 @@ func listenAddr(flag, addr string) error {
 		}
 	}
 	return nil
+}
+
+// exitListenAddr checks the exit's --listen: entry agents connect over TCP.
+func exitListenAddr(addr string) error {
+	if IsUnix(addr) {
+		return fmt.Errorf("--listen %q: the exit accepts entry agents over TCP only: give HOST:PORT or :PORT, e.g. :7000", addr)
+	}
+	return listenAddr("--listen", addr)
 }
 
 // dialAddr needs a host and a port in 1..65535. An empty address is left to required.

@@ -11,6 +11,7 @@ package config
 
 import (
 	"fmt"
+	"io/fs"
 	"net"
 	"slices"
 	"strings"
@@ -26,7 +27,7 @@ const maxServiceName = 64
 // ExitService is one named backend of the exit.
 type ExitService struct {
 	Name    string // a service name (ValidServiceName); never DefaultService: that one is Exit.Forward
-	Forward string // the backend's host:port
+	Forward string // the backend: host:port, or unix:PATH
 }
 
 // Access restricts a service to some authorized keys.
@@ -38,8 +39,11 @@ type Access struct {
 // EntryListener is one address on which the entry accepts applications for
 // a named service.
 type EntryListener struct {
-	Addr    string // host:port to listen on
+	Addr    string // host:port or unix:PATH to listen on
 	Service string // the exit's service name (ValidServiceName), or "" for its default service
+	// Mode is the permission bits of the socket file of a unix:PATH
+	// listener (0: Entry.ListenMode); not for a TCP listener.
+	Mode fs.FileMode
 }
 
 // ValidServiceName returns nil if name can name a service: 1 to 64
@@ -125,12 +129,19 @@ func (c Exit) AllServices() []ExitService {
 
 // AllListeners lists the entry's listeners: the default service's first
 // (Service "") when Listen is set, then the named ones in the order given.
+// A UNIX socket listener without a Mode of its own has ListenMode.
 func (c Entry) AllListeners() []EntryListener {
 	var out []EntryListener
 	if c.Listen != "" {
 		out = append(out, EntryListener{Addr: c.Listen})
 	}
-	return append(out, c.Listeners...)
+	out = append(out, c.Listeners...)
+	for i := range out {
+		if IsUnix(out[i].Addr) && out[i].Mode == 0 {
+			out[i].Mode = c.ListenMode
+		}
+	}
+	return out
 }
 
 // DisplayName is how settings and logs write a service name: the default
@@ -147,7 +158,7 @@ func (c Exit) validateServices() error {
 	if c.Forward == "" && len(c.Services) == 0 {
 		return fmt.Errorf("--forward is required: give the backend's host:port, e.g. --forward 127.0.0.1:8080, or name services with --forward db=db:5432 --forward cache=redis:6379")
 	}
-	if err := dialAddr("--forward", c.Forward, "the backend"); err != nil {
+	if err := forwardAddr("--forward", c.Forward, "the backend"); err != nil {
 		return err
 	}
 	seen := map[string]bool{}
@@ -166,7 +177,7 @@ func (c Exit) validateServices() error {
 		if s.Forward == "" {
 			return fmt.Errorf("service %q has no backend: give --forward %s=HOST:PORT (in the file, forward: under the service)", s.Name, s.Name)
 		}
-		if err := dialAddr("--forward", s.Forward, "service "+s.Name+"'s backend"); err != nil {
+		if err := forwardAddr("--forward", s.Forward, "service "+s.Name+"'s backend"); err != nil {
 			return err
 		}
 	}
@@ -217,9 +228,12 @@ func (c Entry) validateListeners() error {
 		return listenAddr("--listen", "")
 	}
 	if c.Listen != "" {
-		if err := listenAddr("--listen", c.Listen); err != nil {
+		if err := entryListenAddr(c.Listen); err != nil {
 			return err
 		}
+	}
+	if c.ListenMode > 0o777 {
+		return fmt.Errorf("--listen-mode %04o: give permission bits, 0 to 0777, e.g. 0660", c.ListenMode)
 	}
 	var addrs []string
 	for _, l := range c.Listeners {
@@ -231,9 +245,18 @@ func (c Entry) validateListeners() error {
 				return fmt.Errorf("--listen %s=%s: %q is the default service: give it as --listen %s without a name", l.Addr, l.Service, DefaultService, l.Addr)
 			}
 		}
-		if err := listenAddr("--listen", l.Addr); err != nil {
+		if err := entryListenAddr(l.Addr); err != nil {
 			return fmt.Errorf("%v (service %s)", err, DisplayName(l.Service))
 		}
+		if l.Mode != 0 && !IsUnix(l.Addr) {
+			return fmt.Errorf("service %s listens on %s with mode %04o: a mode is for a UNIX socket (unix:PATH) only", DisplayName(l.Service), l.Addr, l.Mode)
+		}
+		if l.Mode > 0o777 {
+			return fmt.Errorf("service %s: mode %04o: give permission bits, 0 to 0777, e.g. 0660", DisplayName(l.Service), l.Mode)
+		}
+	}
+	if c.ListenMode != 0 && !slices.ContainsFunc(c.AllListeners(), func(l EntryListener) bool { return IsUnix(l.Addr) }) {
+		return fmt.Errorf("--listen-mode %04o applies to no listener: it sets the mode of UNIX sockets, --listen unix:PATH", c.ListenMode)
 	}
 	for _, l := range c.AllListeners() {
 		if _, port, _ := net.SplitHostPort(l.Addr); port != "0" && slices.Contains(addrs, l.Addr) {

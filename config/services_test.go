@@ -118,16 +118,16 @@ func TestValidateServices(t *testing.T) {
 		c.Listen, c.Listeners = listen, ls
 		return c.Validate()
 	}
-	if err := entry("", EntryListener{"127.0.0.1:0", "db"}, EntryListener{"127.0.0.1:0", "cache"}); err != nil {
+	if err := entry("", EntryListener{Addr: "127.0.0.1:0", Service: "db"}, EntryListener{Addr: "127.0.0.1:0", Service: "cache"}); err != nil {
 		t.Errorf("two named listeners: %v", err)
 	}
 	if err := entry(""); err == nil || !strings.Contains(err.Error(), "--listen is required") {
 		t.Errorf("no listener: %v", err)
 	}
-	if err := entry("127.0.0.1:5000", EntryListener{"127.0.0.1:5000", "db"}); err == nil || !strings.Contains(err.Error(), "given twice") {
+	if err := entry("127.0.0.1:5000", EntryListener{Addr: "127.0.0.1:5000", Service: "db"}); err == nil || !strings.Contains(err.Error(), "given twice") {
 		t.Errorf("one address twice: %v", err)
 	}
-	if err := entry("", EntryListener{"nohost", "db"}); err == nil || !strings.Contains(err.Error(), "service db") {
+	if err := entry("", EntryListener{Addr: "nohost", Service: "db"}); err == nil || !strings.Contains(err.Error(), "service db") {
 		t.Errorf("bad named address: %v", err)
 	}
 }

@@ -289,7 +289,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 				conns.Add(1)
 				go func() {
 					defer conns.Done()
-					e.serveApp(hard, c.(*net.TCPConn), l.Service, svc)
+					e.serveApp(hard, c.(carriedConn), l.Service, svc)
 				}()
 			}
 		}()
@@ -956,9 +956,13 @@ const maxCarries = 3
 // GoAway), the connection is carried on the next session, with what the
 // application sent so far: no byte reached a backend, and the application
 // notices nothing.
-func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn, service string, svc *serviceCounters) {
-	origin := app.RemoteAddr().String()
-	log := e.log.With().Str("service", config.DisplayName(service)).Str("origin", origin).Logger()
+func (e *Entry) serveApp(ctx context.Context, app carriedConn, service string, svc *serviceCounters) {
+	origin := appOrigin(app)
+	lc := e.log.With().Str("service", config.DisplayName(service))
+	if origin != "" {
+		lc = lc.Str("origin", origin)
+	}
+	log := lc.Logger()
 	svc.open.Add(1)
 	svc.total.Add(1)
 	defer svc.open.Add(-1)
@@ -977,12 +981,21 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn, service string, 
 			log.Warn().Int("attempts", carries).
 				Msg("closing application connection: every exit tried refused the stream before accepting it")
 			f.aborted = true
-			app.SetLinger(0)
-			app.Close()
+			resetConn(app)
 		}
 		e.met.streamDone(svc, status, f)
 		return
 	}
+}
+
+// appOrigin is the origin of app's streams (PROTOCOL.md section 4): its
+// address "ip:port" over TCP; empty over a UNIX socket, whose peer has no
+// address of that form (and usually no name at all).
+func appOrigin(app carriedConn) string {
+	if a, ok := app.RemoteAddr().(*net.TCPAddr); ok {
+		return a.String()
+	}
+	return ""
 }
 
 // carry opens a stream to service for app, sends the header and what sent
@@ -990,13 +1003,12 @@ func (e *Entry) serveApp(ctx context.Context, app *net.TCPConn, service string, 
 // and logged and counted why under svc); else the flow, with the exit's
 // status, is for the caller to count, unless the stream was not accepted
 // (f.notAccepted, app still open), which it has neither logged nor counted.
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn, origin, service string, svc *serviceCounters, sent *unacked) (f flow, status Status, ok bool) {
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app carriedConn, origin, service string, svc *serviceCounters, sent *unacked) (f flow, status Status, ok bool) {
 	s, st, err := e.openStream(ctx)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
 		e.met.streamNoSession(svc)
-		app.SetLinger(0)
-		app.Close()
+		resetConn(app)
 		return f, 0, false
 	}
 	id := st.StreamID()
@@ -1010,8 +1022,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app *net.TCPConn,
 	// for the exit's status.
 	if _, err := st.Write(append(streamHeader{service: service, origin: origin}.marshal(), sent.buf...)); err != nil {
 		log.Warn().Err(err).Msg("closing application connection: stream lost")
-		app.SetLinger(0)
-		app.Close()
+		resetConn(app)
 		st.Close()
 		return f, 0, false
 	}

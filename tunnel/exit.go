@@ -373,7 +373,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	svc.open.Add(1)
 	defer svc.open.Add(-1)
 	start := time.Now()
-	c, err := e.dialer.DialContext(ctx, "tcp", r.addr)
+	c, err := e.dialer.DialContext(ctx, r.network, r.dialAddr)
 	e.met.backendDial(time.Since(start), err)
 	if err != nil {
 		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
@@ -383,7 +383,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		return e.refusal(svc, log, StatusUnreachable, msg, err)
 	}
 	r.probe.accepted(time.Now())
-	backend := c.(*net.TCPConn)
+	backend := c.(carriedConn)
 	if r.proxyProtocol {
 		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
 			backend.Close()
@@ -422,7 +422,7 @@ func unknownService(name string, visible []string) string {
 
 // writeProxyHeader sends backend the PROXY protocol v2 header of a stream
 // from origin through the entry key fp (proxyproto.go), within timeout.
-func writeProxyHeader(backend *net.TCPConn, origin, fp string, timeout time.Duration) error {
+func writeProxyHeader(backend net.Conn, origin, fp string, timeout time.Duration) error {
 	b, err := proxyHeader(origin, backend.RemoteAddr(), fp)
 	if err != nil {
 		return err

@@ -1,8 +1,8 @@
 package tunnel
 
-// Forwarding: one carried connection is a TCP connection (the application's
-// at the entry, the backend's at the exit) and a yamux stream, with one
-// goroutine per direction.
+// Forwarding: one carried connection is a TCP or UNIX stream connection
+// (the application's at the entry, the backend's at the exit) and a yamux
+// stream, with one goroutine per direction.
 //
 //	conn -> stream: wait until conn is readable, holding no buffer (rawReader);
 //	                borrow a pooled buffer, read what is there, write it to the
@@ -32,6 +32,25 @@ import (
 
 	"github.com/tunnel-dev/tunnel/frame"
 )
+
+// carriedConn is a connection forward carries: a *net.TCPConn or a
+// *net.UnixConn. Both are pointers, so holding one in this interface
+// allocates nothing; a reset (resetConn) is a TCP RST for TCP and a plain
+// close for UNIX, which has no such thing.
+type carriedConn interface {
+	net.Conn
+	CloseWrite() error
+	SyscallConn() (syscall.RawConn, error)
+}
+
+// resetConn closes c abortively: a TCP connection with a RST (linger 0), so
+// that its peer sees an abort and not an end; a UNIX one just closed.
+func resetConn(c carriedConn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
 
 // copyBufSize makes one read from a connection one yamux frame and one
 // batch of records: the frame's header and body fill a batch exactly.
@@ -165,7 +184,7 @@ func (u *unacked) release() {
 // bytes also go to moved as they are copied. A write that stalls for longer than stall (a reader that stopped reading)
 // aborts the connection, so nothing waits, or buffers, without bound; a
 // direction left half-open is bounded by yamux's StreamCloseTimeout.
-func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked) flow {
+func forward(conn carriedConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked) flow {
 	id := st.StreamID()
 	var (
 		f       flow // the byte counts; err and aborted are filled in at the end
@@ -190,8 +209,7 @@ func forward(conn *net.TCPConn, st *yamux.Stream, mc *muxConn, pool *bufPool, st
 			if tellPeer {
 				mc.reset(id)
 			}
-			conn.SetLinger(0)
-			conn.Close()
+			resetConn(conn)
 			stopped.Store(true) // before the deadline: see copyToConn
 			st.SetReadDeadline(time.Now())
 		})
@@ -320,7 +338,7 @@ const defaultWriteStall = 2 * time.Minute
 // it writes before the peer acknowledges st (on mc) goes to u too, if u is
 // not nil. total is what st took; readErr is conn's failure, writeErr the
 // stream's; both are nil after EOF.
-func copyFromConn(st *yamux.Stream, conn *net.TCPConn, pool *bufPool, stall time.Duration, moved *atomic.Int64, u *unacked, mc *muxConn) (total int64, readErr, writeErr error) {
+func copyFromConn(st *yamux.Stream, conn carriedConn, pool *bufPool, stall time.Duration, moved *atomic.Int64, u *unacked, mc *muxConn) (total int64, readErr, writeErr error) {
 	r, err := newRawReader(conn, pool)
 	if err != nil {
 		return 0, err, nil
@@ -380,7 +398,7 @@ const (
 // stopped is set by forward's abort before it sets st's read deadline, so
 // that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
-func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.Duration, moved *atomic.Int64, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
+func copyToConn(conn carriedConn, st *yamux.Stream, pool *bufPool, stall time.Duration, moved *atomic.Int64, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
 	large := false // the last read was large and drained the stream's buffer
 	var wd writeDeadline
 	for {
@@ -426,7 +444,7 @@ func copyToConn(conn *net.TCPConn, st *yamux.Stream, pool *bufPool, stall time.D
 	}
 }
 
-// rawReader reads a TCP connection without holding a buffer while it
+// rawReader reads a connection without holding a buffer while it
 // waits: it borrows one from the pool only once the socket is readable, and
 // reads in the same system call. Not safe for concurrent use.
 type rawReader struct {
@@ -439,7 +457,7 @@ type rawReader struct {
 	err error
 }
 
-func newRawReader(conn *net.TCPConn, pool *bufPool) (*rawReader, error) {
+func newRawReader(conn carriedConn, pool *bufPool) (*rawReader, error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, err

@@ -8,12 +8,14 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/config"
 )
 
 // Readiness, as the status endpoint's /readyz reports it.
 //
 // The entry is ready while it has a session with the exit. The exit is
-// ready while its backend accepts TCP connections: a stream's dial that
+// ready while its backend accepts connections: a stream's dial that
 // succeeded within probeEvery says so for free; otherwise a probe dial
 // does, at most one per probeEvery, and its result is kept until then, so
 // that however often /readyz is asked the backend sees at most one probe
@@ -80,8 +82,9 @@ func (e *Exit) Ready(ctx context.Context) error {
 
 // backendProbe tells whether the backend accepted a connection recently.
 type backendProbe struct {
-	addr string
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	addr              string // as the settings give it, for messages
+	network, dialAddr string // what to dial (config.Network)
+	dial              func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	lastOK atomic.Int64 // UnixNano of the last connection the backend accepted; 0: none yet
 
@@ -92,7 +95,8 @@ type backendProbe struct {
 
 func newBackendProbe(addr string, timeout time.Duration) *backendProbe {
 	d := &net.Dialer{Timeout: timeout}
-	return &backendProbe{addr: addr, dial: d.DialContext}
+	network, dialAddr := config.Network(addr)
+	return &backendProbe{addr: addr, network: network, dialAddr: dialAddr, dial: d.DialContext}
 }
 
 // accepted records that the backend accepted a connection at now. It costs
@@ -120,7 +124,7 @@ func (p *backendProbe) check(ctx context.Context, now time.Time) error {
 		return p.lastErr
 	}
 	p.lastTry = now
-	c, err := p.dial(ctx, "tcp", p.addr)
+	c, err := p.dial(ctx, p.network, p.dialAddr)
 	if err != nil {
 		p.lastErr = fmt.Errorf("backend %s does not accept connections: %w", p.addr, err)
 		return p.lastErr

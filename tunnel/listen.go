@@ -2,7 +2,11 @@ package tunnel
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"net"
+	"os"
 	"syscall"
 	"time"
 )
@@ -45,4 +49,79 @@ func setKeepAlive(fd int) error {
 		}
 	}
 	return nil
+}
+
+// ListenUnix announces on the UNIX socket path. A socket file left at path
+// by an agent that did not stop cleanly is replaced, and only that: if a
+// process accepts connections on it, or path is not a socket, ListenUnix
+// refuses and removes nothing. mode, if not 0, is set on the socket file
+// after it is bound (connecting takes write permission on it); until then
+// it has the mode the process's umask leaves, as PostgreSQL's does. Closing
+// the listener removes the socket file.
+func ListenUnix(ctx context.Context, path string, mode os.FileMode) (net.Listener, error) {
+	if err := removeStaleSocket(ctx, path); err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if mode != 0 {
+		if err := os.Chmod(path, mode); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("setting the mode of %s to %04o: %w", path, mode, err)
+		}
+	}
+	return ln, nil
+}
+
+// removeStaleSocket removes the socket file at path if no process accepts
+// connections on it: a connection attempt refused means that the process
+// that bound it is gone. It leaves path alone, and says why, if it is
+// anything but a socket, or if a process answers there.
+func removeStaleSocket(ctx context.Context, path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket (%s): refusing to replace it; remove it yourself or listen on another path", path, fileKind(fi.Mode()))
+	}
+	d := net.Dialer{Timeout: staleProbeTimeout}
+	c, err := d.DialContext(ctx, "unix", path)
+	switch {
+	case err == nil:
+		c.Close()
+		return fmt.Errorf("another process is listening on %s: stop it, or listen on another path", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		// Nobody listens: a socket left by a process that is gone.
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing the stale socket %s: %w", path, err)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%s exists and cannot be checked for a listener (%v): refusing to replace it; remove it yourself if no process uses it", path, err)
+	}
+}
+
+// staleProbeTimeout bounds the connection attempt that tells a live socket
+// from a stale one.
+const staleProbeTimeout = 2 * time.Second
+
+// fileKind names the type of a file of mode m for a message.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	default:
+		return "type " + m.Type().String()
+	}
 }

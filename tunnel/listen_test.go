@@ -2,7 +2,13 @@ package tunnel
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -49,4 +55,125 @@ func TestListenAcceptedKeepAlive(t *testing.T) {
 			}
 		}
 	})
+}
+
+// unixListener binds path without removing it on Close, as an agent that
+// was killed leaves it.
+func unixListener(t *testing.T, path string) *net.UnixListener {
+	t.Helper()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	return ln
+}
+
+// TestListenUnixStale: a socket file nobody listens on is replaced; one a
+// process listens on is left to it, and so is any file that is not a
+// socket; the socket file goes when the listener closes.
+func TestListenUnixStale(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+
+	t.Run("stale socket replaced", func(t *testing.T) {
+		path := filepath.Join(dir, "stale.sock")
+		unixListener(t, path).Close() // the file stays, nobody listens
+		if _, err := os.Lstat(path); err != nil {
+			t.Fatalf("the stale socket file should exist: %v", err)
+		}
+		ln, err := ListenUnix(ctx, path, 0)
+		if err != nil {
+			t.Fatalf("ListenUnix over a stale socket: %v", err)
+		}
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("connecting to the new listener: %v", err)
+		}
+		c.Close()
+		ln.Close()
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("after Close the socket file is still there: %v", err)
+		}
+	})
+
+	t.Run("live listener refused", func(t *testing.T) {
+		path := filepath.Join(dir, "live.sock")
+		live := unixListener(t, path)
+		defer live.Close()
+		ln, err := ListenUnix(ctx, path, 0)
+		if err == nil {
+			ln.Close()
+			t.Fatal("ListenUnix took over the socket of a live listener")
+		}
+		if !strings.Contains(err.Error(), "another process is listening on "+path) {
+			t.Errorf("error %q, want one saying another process is listening on %s", err, path)
+		}
+		// The live listener still has its socket.
+		go func() {
+			if c, err := live.Accept(); err == nil {
+				c.Close()
+			}
+		}()
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("the live listener lost its socket: %v", err)
+		}
+		c.Close()
+	})
+
+	for _, tc := range []struct {
+		name, kind string
+		make       func(path string) error
+	}{
+		{"regular file refused", "a regular file", func(p string) error { return os.WriteFile(p, []byte("precious"), 0o644) }},
+		{"directory refused", "a directory", func(p string) error { return os.Mkdir(p, 0o755) }},
+		{"symbolic link refused", "a symbolic link", func(p string) error { return os.Symlink(filepath.Join(dir, "elsewhere"), p) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			if err := tc.make(path); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := os.Lstat(path)
+			ln, err := ListenUnix(ctx, path, 0)
+			if err == nil {
+				ln.Close()
+				t.Fatalf("ListenUnix replaced %s", tc.kind)
+			}
+			if want := "exists and is not a socket (" + tc.kind + ")"; !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q, want one saying %q", err, want)
+			}
+			after, err := os.Lstat(path)
+			if err != nil || !os.SameFile(before, after) {
+				t.Fatalf("%s at the path was touched: %v", tc.kind, err)
+			}
+			if tc.kind == "a regular file" {
+				if b, _ := os.ReadFile(path); string(b) != "precious" {
+					t.Errorf("the regular file now holds %q", b)
+				}
+			}
+		})
+	}
+}
+
+// TestListenUnixMode: the socket file gets the mode asked for, whatever
+// the umask left.
+func TestListenUnixMode(t *testing.T) {
+	dir := t.TempDir()
+	for _, mode := range []fs.FileMode{0o600, 0o660, 0o666} {
+		path := filepath.Join(dir, fmt.Sprintf("m%o.sock", mode))
+		ln, err := ListenUnix(context.Background(), path, mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path)
+		ln.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != mode {
+			t.Errorf("ListenUnix(mode %04o): the file's mode is %v, want a socket with %v", mode, fi.Mode(), mode)
+		}
+	}
 }

@@ -11,8 +11,11 @@ package tunnel
 //   - command PROXY, TCP over IPv4 or IPv6: the source is the origin of the
 //     stream header (the application's address as the entry saw it; the exit
 //     cannot check it, and trusts it as it trusts the entry's key), the
-//     destination the backend's address as the exit dialed it. Without an
-//     origin, command LOCAL and no addresses;
+//     destination the backend's address as the exit dialed it, or, for a
+//     backend on a UNIX socket, the unspecified address of the source's
+//     family with port 0. Without an origin (an application that came over
+//     the entry's UNIX socket has none), command LOCAL, family UNSPEC and
+//     no addresses;
 //   - a TLV of type proxyTLVFingerprint (0xE0, the first of the range the
 //     specification leaves to applications) whose value is the entry key's
 //     fingerprint in ASCII, "SHA256:...".
@@ -33,7 +36,14 @@ const proxyTLVFingerprint = proxyproto.PP2_TYPE_MIN_CUSTOM
 func proxyHeader(origin string, backend net.Addr, fp string) ([]byte, error) {
 	h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	if ap, err := netip.ParseAddrPort(origin); err == nil {
-		h = proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(ap), backend)
+		dst, ok := backend.(*net.TCPAddr)
+		if !ok { // a UNIX socket: no address of the source's kind
+			dst = &net.TCPAddr{IP: net.IPv4zero}
+			if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+				dst.IP = net.IPv6unspecified
+			}
+		}
+		h = proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(ap), dst)
 	}
 	if err := h.SetTLVs([]proxyproto.TLV{{Type: proxyTLVFingerprint, Value: []byte(fp)}}); err != nil {
 		return nil, err

@@ -30,7 +30,10 @@ import (
 // route is one service of the exit.
 type route struct {
 	name string // as on the wire: "" for the default service
-	addr string // the backend's host:port
+	addr string // the backend as the settings give it: host:port or unix:PATH
+	// network and dialAddr are what the exit dials for addr: "tcp" and
+	// host:port, or "unix" and PATH.
+	network, dialAddr string
 	// proxyProtocol: the backend connection starts with a PROXY protocol
 	// v2 header (proxyproto.go).
 	proxyProtocol bool
@@ -52,9 +55,12 @@ type routeTable struct {
 func newRouteTable(c config.Exit, met *metricSet) *routeTable {
 	t := &routeTable{byName: map[string]*route{}}
 	for _, s := range c.AllServices() {
+		network, dialAddr := config.Network(s.Forward)
 		r := &route{
 			name:          s.Name,
 			addr:          s.Forward,
+			network:       network,
+			dialAddr:      dialAddr,
 			proxyProtocol: slices.Contains(c.ProxyProtocol, config.DisplayName(s.Name)),
 			probe:         newBackendProbe(s.Forward, c.DialTimeout),
 			count:         met.service(config.DisplayName(s.Name)),

@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,7 +24,7 @@ import (
 
 type exitCmd struct {
 	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
-	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT), for the default service; NAME=HOST:PORT forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
+	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT, or a UNIX socket, unix:PATH), for the default service; NAME=HOST:PORT (NAME=unix:PATH) forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
 	Allow                 []string      `help:"Let only these authorized keys reach a service: SERVICE=KEY[,KEY...], where KEY is a fingerprint (SHA256:...) or the name of a key file in --authorized-keys without .pub (app1 for app1.pub); the default service is called default. A service no --allow names admits every authorized key. Repeatable." placeholder:"SERVICE=KEY,..." sep:"none"`
 	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...], proxy-protocol: true}." placeholder:"YAML"`
 	ProxyProtocol         []string      `help:"Start each backend connection of these services (the default service is called default) with a PROXY protocol v2 header: the application's address as the entry saw it, and a TLV (type 0xE0) with the entry key's fingerprint. Only for a backend that expects it." placeholder:"SERVICE,..."`
@@ -114,8 +115,9 @@ func (c *exitCmd) Run(e *env) error {
 }
 
 type entryCmd struct {
-	Listen                []string      `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one), for the exit's default service; HOST:PORT=NAME for the exit's service NAME. Repeat it for several services. Without any (here or under services: in the --config file): ${entry_listen}. This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." placeholder:"ADDR[=NAME]" sep:"none"`
-	Services              entryServices `help:"Listeners for named services as YAML, usually under services: in the --config file: a list of {listen: HOST:PORT, service: NAME}." placeholder:"YAML"`
+	Listen                []string      `help:"Address to accept apps on (HOST:PORT or :PORT; port 0 picks a free one; or a UNIX socket, unix:PATH), for the exit's default service; HOST:PORT=NAME (unix:PATH=NAME) for the exit's service NAME. Repeat it for several services. Without any (here or under services: in the --config file): ${entry_listen}. This side is plaintext: an address other hosts can reach (:5000 is every interface) is logged as a warning." placeholder:"ADDR[=NAME]" sep:"none"`
+	ListenMode            socketMode    `help:"Permission bits, in octal, of the socket file of each --listen unix:PATH (one under services: may set its own mode:), e.g. 0660 to let the owner and the group connect. Without it the umask decides." placeholder:"MODE"`
+	Services              entryServices `help:"Listeners for named services as YAML, usually under services: in the --config file: a list of {listen: HOST:PORT or unix:PATH, service: NAME, mode: \"0660\"}." placeholder:"YAML"`
 	Peer                  []string      `help:"An exit agent to connect to (HOST:PORT), or HOST:PORT=FILE|DIR to pin that exit's own public keys instead of --peer-key. Repeat it (or separate with commas) for several exits, in order of preference: the entry keeps a session to one and fails over to the next. A name is looked up again on every reconnect, and each of its addresses counts as an exit. Required." placeholder:"HOST:PORT[=KEYS]"`
 	Key                   string        `help:"This entry's private key file (.key from tunnel keygen). Required." placeholder:"FILE"`
 	PeerKey               string        `help:"The exit's public keys: a file of one or more PUBLIC KEY blocks, or a directory of .pub/.pem files; the exit must prove it holds the private key of one of them (two while its key is rotated). Required, unless every --peer names its own." placeholder:"FILE|DIR"`
@@ -133,7 +135,7 @@ func (c *entryCmd) settings() (config.Entry, error) {
 		Peers: c.Peer, Key: c.Key, PeerKey: c.PeerKey,
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
-		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
+		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms, ListenMode: fs.FileMode(c.ListenMode),
 	}
 	err := entryListenerSettings(&s, c.Listen, c.Services)
 	return s, err
@@ -337,7 +339,12 @@ func serve(e *env, a agent) error {
 		if sd.listen != nil && l.Service == "" {
 			continue
 		}
-		ln, err := tunnel.Listen(e.ctx, l.Addr)
+		var ln net.Listener
+		if network, path := config.Network(l.Addr); network == "unix" {
+			ln, err = tunnel.ListenUnix(e.ctx, path, l.Mode)
+		} else {
+			ln, err = tunnel.Listen(e.ctx, l.Addr)
+		}
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("--listen %s: %w", l.Addr, err)
@@ -460,10 +467,16 @@ func statusListenAddr(addr string) string {
 	return net.JoinHostPort("127.0.0.1", port)
 }
 
-// isLoopback reports whether a is a TCP address on a loopback interface.
+// isLoopback reports whether a is a TCP address on a loopback interface,
+// or a UNIX socket (which only this host reaches).
 func isLoopback(a net.Addr) bool {
-	ta, ok := a.(*net.TCPAddr)
-	return ok && ta.IP.IsLoopback()
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return true
+	}
+	return false
 }
 
 // keyDiff returns the fingerprints in after and not in before, and those in before and not in

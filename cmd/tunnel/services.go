@@ -4,15 +4,17 @@ package main
 //
 // Flags: the exit takes --forward [NAME=]HOST:PORT, --allow
 // SERVICE=KEY[,KEY...] and --proxy-protocol SERVICE, the entry --listen
-// HOST:PORT[=NAME], each as often as needed. In the file, besides those
-// keys (a list for a repeated flag), "services:" describes the services in
-// one place: on the exit a map of service name to {forward, allow,
-// proxy-protocol}, on the entry a list of {listen, service}. The
+// HOST:PORT[=NAME], each as often as needed; an address may be a UNIX
+// socket, unix:PATH. In the file, besides those keys (a list for a repeated
+// flag), "services:" describes the services in one place: on the exit a
+// map of service name to {forward, allow, proxy-protocol}, on the entry a
+// list of {listen, service, mode}. The
 // --services flag takes the same YAML inline.
 
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
 	"slices"
 
 	"github.com/alecthomas/kong"
@@ -33,8 +35,59 @@ type exitServices map[string]exitServiceSpec
 
 // entryServiceSpec is one listener under an entry's "services:".
 type entryServiceSpec struct {
-	Listen  string `yaml:"listen"`
-	Service string `yaml:"service"`
+	Listen  string     `yaml:"listen"`
+	Service string     `yaml:"service"`
+	Mode    socketMode `yaml:"mode"` // a UNIX socket's permission bits
+}
+
+// socketMode is the permission bits of a UNIX socket file, written in
+// octal: "0660" on the command line or quoted in YAML. YAML reads an
+// unquoted 0660 as the octal number it is (432), which is taken as is; an
+// unquoted 660 is decimal, out of range, and refused.
+type socketMode fs.FileMode
+
+// UnmarshalYAML reads a mode from the file or from --services.
+func (m *socketMode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Tag == "!!int" {
+		var v int64
+		if err := n.Decode(&v); err != nil {
+			return err
+		}
+		return m.set(v)
+	}
+	return m.parse(n.Value)
+}
+
+// Decode reads --listen-mode from the command line or the environment
+// (octal text), or from the config file (what YAML made of it).
+func (m *socketMode) Decode(ctx *kong.DecodeContext) error {
+	t := ctx.Scan.Pop()
+	switch v := t.Value.(type) {
+	case string:
+		return m.parse(v)
+	case int:
+		return m.set(int64(v))
+	case int64:
+		return m.set(v)
+	case uint64:
+		return m.set(int64(min(v, 1<<32)))
+	}
+	return fmt.Errorf("--listen-mode %v: give permission bits in octal, e.g. 0660", t.Value)
+}
+
+func (m *socketMode) parse(s string) error {
+	mode, err := config.ParseMode(s)
+	*m = socketMode(mode)
+	return err
+}
+
+// set takes v, the mode as a number (YAML's reading of 0660 is 432).
+func (m *socketMode) set(v int64) error {
+	if v <= 0 || v > 0o777 {
+		return fmt.Errorf("mode %d is not permission bits: write them in octal with a leading 0, e.g. 0660 (owner and group may connect)", v)
+	}
+	*m = socketMode(v)
+	return nil
 }
 
 // entryServices is the entry's "services:" list.
@@ -49,7 +102,7 @@ func (s *exitServices) Decode(ctx *kong.DecodeContext) error {
 // Decode reads the entry's services from the config file (a YAML list) or
 // from the flag or environment (the same list as YAML text).
 func (s *entryServices) Decode(ctx *kong.DecodeContext) error {
-	return decodeYAML(ctx, s, "a list of {listen: HOST:PORT, service: NAME}, e.g. [{listen: 127.0.0.1:5432, service: db}]")
+	return decodeYAML(ctx, s, "a list of {listen: HOST:PORT or unix:PATH, service: NAME, mode: \"0660\"}, e.g. [{listen: 127.0.0.1:5432, service: db}]")
 }
 
 // decodeYAML decodes the next value, YAML text or what the YAML file held
@@ -157,7 +210,7 @@ func entryListenerSettings(c *config.Entry, listen []string, services entryServi
 	}
 	for i, s := range services {
 		if s.Listen == "" {
-			return fmt.Errorf("services: listener %d (service %q) has no listen: give listen: HOST:PORT", i+1, s.Service)
+			return fmt.Errorf("services: listener %d (service %q) has no listen: give listen: HOST:PORT or listen: unix:PATH", i+1, s.Service)
 		}
 		name := s.Service
 		if name != "" {
@@ -168,7 +221,7 @@ func entryListenerSettings(c *config.Entry, listen []string, services entryServi
 		if name == config.DefaultService {
 			name = ""
 		}
-		all = append(all, config.EntryListener{Addr: s.Listen, Service: name})
+		all = append(all, config.EntryListener{Addr: s.Listen, Service: name, Mode: fs.FileMode(s.Mode)})
 	}
 	if len(all) == 0 {
 		all = []config.EntryListener{{Addr: config.DefaultEntryListen}}

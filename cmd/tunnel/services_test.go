@@ -115,3 +115,60 @@ entry:
 		}
 	}
 }
+
+// TestUnixSocketFlags: UNIX socket listeners and their modes from flags,
+// the environment and the config file, where YAML reads an unquoted 0660
+// as octal.
+func TestUnixSocketFlags(t *testing.T) {
+	dir := t.TempDir()
+	entry := func(args ...string) (config.Entry, error) {
+		t.Helper()
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		if err != nil {
+			return config.Entry{}, err
+		}
+		return c.Entry.settings()
+	}
+	n, err := entry("entry", "--listen", "unix:/run/app/a.sock", "--listen", "unix:/run/app/db.sock=db", "--listen-mode", "0660")
+	want := []config.EntryListener{{Addr: "unix:/run/app/a.sock", Mode: 0o660}, {Addr: "unix:/run/app/db.sock", Service: "db", Mode: 0o660}}
+	if err != nil || !reflect.DeepEqual(n.AllListeners(), want) {
+		t.Errorf("--listen unix:... --listen-mode 0660: %+v, %v; want %+v", n.AllListeners(), err, want)
+	}
+	file := writeFile(t, filepath.Join(dir, "entry.yaml"), `
+entry:
+  listen-mode: 0600
+  services:
+    - listen: unix:/run/app/db.sock
+      service: db
+      mode: 0660
+    - listen: unix:/run/app/cache.sock
+      service: cache
+      mode: "0640"
+    - listen: unix:/run/app/other.sock
+      service: other
+`)
+	n, err = entry("--config", file, "entry")
+	want = []config.EntryListener{
+		{Addr: "unix:/run/app/db.sock", Service: "db", Mode: 0o660},
+		{Addr: "unix:/run/app/cache.sock", Service: "cache", Mode: 0o640},
+		{Addr: "unix:/run/app/other.sock", Service: "other", Mode: 0o600},
+	}
+	if err != nil || !reflect.DeepEqual(n.AllListeners(), want) {
+		t.Errorf("modes from the file: %+v, %v; want %+v", n.AllListeners(), err, want)
+	}
+	t.Setenv("TUNNEL_LISTEN_MODE", "0606")
+	if n, err = entry("entry", "--listen", "unix:/run/a.sock"); err != nil || n.ListenMode != 0o606 {
+		t.Errorf("TUNNEL_LISTEN_MODE=0606: mode %04o, %v", n.ListenMode, err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"entry", "--listen", "unix:/a.sock", "--listen-mode", "rw"}, "not permission bits in octal"},
+		{[]string{"entry", "--services", "[{listen: unix:/a.sock, service: db, mode: 660}]"}, "write them in octal with a leading 0"},
+	} {
+		if _, err := entry(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one saying %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,152 @@
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/config"
+)
+
+// unixBackend serves every connection on a UNIX socket in dir with handle,
+// which must close it, and returns the socket's unix:PATH address; it stops
+// in t.Cleanup.
+func unixBackend(t *testing.T, dir string, handle func(*net.UnixConn)) string {
+	t.Helper()
+	path := filepath.Join(dir, "backend.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { handle(c.(*net.UnixConn)) })
+		}
+	})
+	return config.UnixPrefix + path
+}
+
+// TestUnixSockets: applications on the entry's UNIX socket and on its TCP
+// port reach a backend on a UNIX socket; both directions and the
+// half-close go through. The backend, with PROXY protocol on, learns the
+// TCP application's address, and, for the application on the UNIX socket,
+// which has none, gets a LOCAL header; the entry key's fingerprint comes
+// with both.
+func TestUnixSockets(t *testing.T) {
+	ks := testKeys()
+	entryKey, exitKey := ks[0], ks[1]
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	dir := t.TempDir()
+	// The backend reads a PROXY header, then everything to EOF, and answers
+	// with the header's source and what it read.
+	type got struct {
+		header *proxyproto.Header
+		data   []byte
+	}
+	headers := make(chan got, 4)
+	addr := unixBackend(t, dir, func(c *net.UnixConn) {
+		defer c.Close()
+		r := bufio.NewReader(c)
+		h, err := proxyproto.Read(r)
+		if err != nil {
+			t.Errorf("backend: no PROXY header: %v", err)
+			return
+		}
+		data, _ := io.ReadAll(r)
+		headers <- got{h, data}
+		c.Write(data)
+	})
+	xs := config.DefaultExit()
+	xs.Services = []config.ExitService{{Name: "db", Forward: addr}}
+	xs.ProxyProtocol = []string{"db"}
+	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
+	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitLn := listen(t)
+	ns := config.DefaultEntry()
+	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
+	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appSock := filepath.Join(dir, "app.sock")
+	unixLn, err := ListenUnix(context.Background(), appSock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	xdone, ndone := make(chan struct{}), make(chan struct{})
+	go func() { x.Serve(ctx, exitLn); close(xdone) }()
+	tcpLn := listen(t)
+	lns := []ServiceListener{{Listener: unixLn, Service: "db"}, {Listener: tcpLn, Service: "db"}}
+	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
+	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+
+	payload := bytes.Repeat([]byte("through the unix socket "), 20000) // about 470 KiB
+	exchange := func(network, addr string) (local net.Addr, h *proxyproto.Header) {
+		t.Helper()
+		c, err := net.DialTimeout(network, addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		go func() {
+			c.Write(payload)
+			c.(interface{ CloseWrite() error }).CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		back, err := io.ReadAll(c)
+		if err != nil || !bytes.Equal(back, payload) {
+			t.Fatalf("over %s: %d bytes back (%v), want the %d sent", network, len(back), err, len(payload))
+		}
+		select {
+		case g := <-headers:
+			if !bytes.Equal(g.data, payload) {
+				t.Errorf("over %s: the backend got %d bytes after the header, want %d", network, len(g.data), len(payload))
+			}
+			return c.LocalAddr(), g.header
+		case <-time.After(10 * time.Second):
+			t.Fatal("the backend recorded no connection")
+		}
+		return nil, nil
+	}
+	checkKey := func(h *proxyproto.Header) {
+		t.Helper()
+		tlvs, err := h.TLVs()
+		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.authorized.Load().Fingerprints()[0] {
+			t.Errorf("TLVs %+v, %v; want the entry key's fingerprint", tlvs, err)
+		}
+	}
+
+	_, h := exchange("unix", appSock)
+	if !h.Command.IsLocal() || h.TransportProtocol != proxyproto.UNSPEC || h.SourceAddr != nil {
+		t.Errorf("application on a UNIX socket: header command %v, family %v, source %v; want LOCAL, UNSPEC, none", h.Command, h.TransportProtocol, h.SourceAddr)
+	}
+	checkKey(h)
+
+	app, h := exchange("tcp", tcpLn.Addr().String())
+	if !h.Command.IsProxy() || h.SourceAddr.String() != app.String() {
+		t.Errorf("application over TCP: header command %v, source %v; want PROXY, the application's %v", h.Command, h.SourceAddr, app)
+	}
+	if d, ok := h.DestinationAddr.(*net.TCPAddr); !ok || !d.IP.IsUnspecified() || d.Port != 0 {
+		t.Errorf("application over TCP to a UNIX backend: destination %v, want the unspecified address, port 0", h.DestinationAddr)
+	}
+	checkKey(h)
+}
