@@ -120,7 +120,12 @@ func TestMetrics(t *testing.T) {
 	entryFP := handshake.Fingerprint(&testKeys()[0].PublicKey)
 	exitFP := handshake.Fingerprint(&testKeys()[1].PublicKey)
 
-	sessionUp := func(m map[string]float64) bool { return m[`tunnel_handshakes_total{result="ok"}`] == 1 }
+	// The handshake's result, its duration and the session gauge are three
+	// updates: a scrape may fall between them.
+	sessionUp := func(m map[string]float64) bool {
+		return m[`tunnel_handshakes_total{result="ok"}`] == 1 && m[`tunnel_handshake_duration_seconds_count`] == 1 &&
+			sum(m, "tunnel_sessions", "") == 1
+	}
 	xm, nm := x.waitFor("exit session", sessionUp), n.waitFor("entry session", sessionUp)
 	want(t, "exit", xm, map[string]float64{
 		`tunnel_build_info{role="exit",version=""}`:           1,
