@@ -29,6 +29,15 @@ import (
 // RequireOrSkip).
 func StartPostgres(t testing.TB) string {
 	t.Helper()
+	addr, _ := StartPostgresUnix(t)
+	return addr
+}
+
+// StartPostgresUnix is StartPostgres, and also returns the path of the
+// server's UNIX socket, in a directory that only the server's user (and
+// root) may enter.
+func StartPostgresUnix(t testing.TB) (addr, socket string) {
+	t.Helper()
 	bindir := postgresBinDir()
 	RequireOrSkip(t, "PostgreSQL server (initdb and pg_ctl, Debian package postgresql)", bindir != "")
 	root := os.Geteuid() == 0
@@ -87,10 +96,10 @@ func StartPostgres(t testing.TB) string {
 				t.Errorf("pg_ctl stop: %v\n%s", err, out)
 			}
 		})
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), filepath.Join(dir, ".s.PGSQL."+strconv.Itoa(port))
 	}
 	t.Fatalf("starting PostgreSQL: %v", lastErr)
-	return ""
+	return "", ""
 }
 
 // postgresBinDir returns the directory of the newest installed PostgreSQL
