@@ -7,6 +7,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"hash"
 	"math"
 )
@@ -115,8 +116,7 @@ func (c *recordCipher) cfbEncrypt(regions [][]byte) {
 				c.block.Encrypt(ks[i*bs:(i+1)*bs], r[off:off+bs])
 			}
 			for i, r := range act {
-				body := r[off+bs : off+2*bs]
-				subtle.XORBytes(body, body, ks[i*bs:(i+1)*bs])
+				xorBlock(r[off+bs:off+2*bs], ks[i*bs:(i+1)*bs])
 			}
 		}
 	}
@@ -130,6 +130,14 @@ func (c *recordCipher) cfbEncrypt(regions [][]byte) {
 	}
 	clear(c.ks[:])
 	clear(c.active[:])
+}
+
+// xorBlock XORs the block k into the block b. Inlined, it costs a small
+// part of subtle.XORBytes's call for one block.
+func xorBlock(b, k []byte) {
+	b, k = b[:aes.BlockSize], k[:aes.BlockSize]
+	binary.LittleEndian.PutUint64(b, binary.LittleEndian.Uint64(b)^binary.LittleEndian.Uint64(k))
+	binary.LittleEndian.PutUint64(b[8:], binary.LittleEndian.Uint64(b[8:])^binary.LittleEndian.Uint64(k[8:]))
 }
 
 // cfbDecrypt decrypts the body of region in place.
