@@ -317,7 +317,7 @@ type agent struct {
 // READY=1 once the listeners are bound and, on the entry, the first attempt to reach the exit
 // has ended; RELOADING=1 and READY=1 around each reload; STOPPING=1 as the drain starts.
 func serve(e *env, a agent) error {
-	sd, err := activatedSockets()
+	sd, err := activatedSockets(a.plaintext)
 	if err != nil {
 		return err
 	}

@@ -44,9 +44,10 @@ func (a activated) close() {
 
 // activatedSockets takes the sockets that systemd passed to this process, by name. Every socket
 // passed must be used, so each must be a listening stream socket named listen or status, at
-// most one of each; the listen socket must be TCP, as the agent forwards TCP. It unsets the
-// LISTEN_* variables.
-func activatedSockets() (activated, error) {
+// most one of each; the listen socket must be TCP unless unixListen (the entry, which accepts
+// applications on a UNIX socket too; the exit accepts entry agents over TCP only). It unsets
+// the LISTEN_* variables.
+func activatedSockets(unixListen bool) (activated, error) {
 	var a activated
 	for i, f := range activation.Files(true) {
 		fd := i + 3 // SD_LISTEN_FDS_START
@@ -61,8 +62,8 @@ func activatedSockets() (activated, error) {
 			err = fmt.Errorf("not a listening stream socket (%w): the .socket unit must bind it with ListenStream=, and Accept=no", err)
 		}
 		if err == nil && name == socketListen {
-			if _, ok := ln.(*net.TCPListener); !ok {
-				err = fmt.Errorf("it is a %s socket (%s), and the agent forwards TCP: give ListenStream= an address and port, such as 127.0.0.1:5000", ln.Addr().Network(), ln.Addr())
+			if _, ok := ln.(*net.TCPListener); !ok && !unixListen {
+				err = fmt.Errorf("it is a %s socket (%s), and the exit accepts entry agents over TCP only: give ListenStream= an address and port, such as 0.0.0.0:7000", ln.Addr().Network(), ln.Addr())
 			}
 		}
 		var slot *net.Listener

@@ -298,28 +298,77 @@ func TestSocketActivationErrors(t *testing.T) {
 		names []string
 		files []*os.File
 		want  string
+		exit  bool // run the exit, not the entry
 	}{
 		{"an accepted connection", []string{"listen"}, []*os.File{accepted()},
-			"tunnel: socket activation: socket listen (fd 3): not a listening stream socket (it does not listen): the .socket unit must bind it with ListenStream=, and Accept=no"},
+			"tunnel: socket activation: socket listen (fd 3): not a listening stream socket (it does not listen): the .socket unit must bind it with ListenStream=, and Accept=no", false},
 		{"systemd's default name", []string{"tunnel-entry.socket"}, []*os.File{tcp()},
-			`tunnel: socket activation: fd 3 is named "tunnel-entry.socket": the agent takes sockets named listen (for --listen) and status (for --status-addr): set FileDescriptorName=listen or FileDescriptorName=status on each ListenStream= of the .socket unit`},
+			`tunnel: socket activation: fd 3 is named "tunnel-entry.socket": the agent takes sockets named listen (for --listen) and status (for --status-addr): set FileDescriptorName=listen or FileDescriptorName=status on each ListenStream= of the .socket unit`, false},
 		{"an unnamed extra socket", []string{"listen"}, []*os.File{tcp(), tcp()},
-			`tunnel: socket activation: fd 4 is named "LISTEN_FD_4": the agent takes sockets named listen`},
+			`tunnel: socket activation: fd 4 is named "LISTEN_FD_4": the agent takes sockets named listen`, false},
 		{"two listen sockets", []string{"listen", "listen"}, []*os.File{tcp(), tcp()},
-			"tunnel: socket activation: socket listen (fd 4): a second socket named listen: the agent serves one; give the .socket unit one ListenStream= per name"},
-		{"a unix listen socket", []string{"listen"}, []*os.File{unixSock()},
-			"tunnel: socket activation: socket listen (fd 3): it is a unix socket (" + filepath.Join(dir, "app.sock") + "), and the agent forwards TCP: give ListenStream= an address and port, such as 127.0.0.1:5000"},
+			"tunnel: socket activation: socket listen (fd 4): a second socket named listen: the agent serves one; give the .socket unit one ListenStream= per name", false},
+		{"a unix listen socket for the exit", []string{"listen"}, []*os.File{unixSock()},
+			"tunnel: socket activation: socket listen (fd 3): it is a unix socket (" + filepath.Join(dir, "app.sock") + "), and the exit accepts entry agents over TCP only: give ListenStream= an address and port, such as 0.0.0.0:7000", true},
 		{"a datagram status socket", []string{"status"}, []*os.File{udp()},
-			"tunnel: socket activation: socket status (fd 3): not a listening stream socket ("},
+			"tunnel: socket activation: socket status (fd 3): not a listening stream socket (", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startChildWith(t, underSystemd(nil, tc.names, tc.files),
-				"--log-format", "console", "entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9",
-				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub"))
+			args := []string{"--log-format", "console", "entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9",
+				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")}
+			if tc.exit {
+				args = []string{"--log-format", "console", "exit", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9",
+					"--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")}
+			}
+			c := startChildWith(t, underSystemd(nil, tc.names, tc.files), args...)
 			if code := c.exitCode(t, 15*time.Second); code != exitUsage || !strings.Contains(c.log.String(), tc.want) {
 				t.Errorf("exit code %d, stderr:\n%s\nwant %d and %q", code, c.log.String(), exitUsage, tc.want)
 			}
 		})
+	}
+}
+
+// TestSocketActivationUnix: the entry serves applications on a UNIX socket that systemd
+// passes (ListenStream=/path), without a warning that it is reachable from the network, and
+// leaves the socket file to systemd when it stops.
+func TestSocketActivationUnix(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	path := filepath.Join(dir, "app.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false) // the file is systemd's
+	f := socketFile(t, ln)
+	ln.Close()
+	n := startChildWith(t, underSystemd(nil, []string{"listen"}, []*os.File{f}),
+		"--log-format", "json", "entry", "--peer", "127.0.0.1:9", "--dial-timeout", "1s",
+		"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub"))
+	l := n.waitLine(t, "listening", 1)
+	if l["addr"] != path || l["systemd_socket"] != true {
+		t.Errorf("listening line %v, want addr %s from systemd", l, path)
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// No exit answers at 127.0.0.1:9: the entry closes the connection, and says why.
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the entry sent bytes without an exit")
+	}
+	n.waitLine(t, "closing application connection: no session with the exit", 1)
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	if code := n.exitCode(t, 15*time.Second); code != 0 {
+		t.Errorf("exit code %d after SIGTERM; log:\n%s", code, n.log.String())
+	}
+	if strings.Contains(n.log.String(), "reachable from the network") {
+		t.Errorf("the entry warned that its UNIX socket is reachable from the network:\n%s", n.log.String())
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Errorf("the entry removed systemd's socket file: %v", err)
 	}
 }
 
