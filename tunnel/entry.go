@@ -103,10 +103,11 @@ const maxSessionStreams = 1 << 15
 
 // session is one authenticated session with an exit.
 type session struct {
-	exit exitAddr
-	mux  *yamux.Session
-	conn *frame.Conn // the record layer under mux
-	mc   *muxConn
+	exit        exitAddr
+	fingerprint string // the exit's key, as the handshake proved it
+	mux         *yamux.Session
+	conn        *frame.Conn // the record layer under mux
+	mc          *muxConn
 
 	opened   atomic.Int64  // streams opened on it
 	full     chan struct{} // closed when opened reaches the entry's recycleAfter
@@ -146,7 +147,8 @@ type Entry struct {
 	// recycleAfter is maxSessionStreams; tests make it small.
 	recycleAfter int64
 
-	kick chan struct{} // an application waits: retry now (buffered, 1)
+	kick    chan struct{}            // an application waits: retry now (buffered, 1)
+	running atomic.Pointer[entryRun] // while Run or ServeListeners runs (dial.go)
 
 	mu      sync.Mutex
 	cur     *session      // nil while there is none
@@ -245,10 +247,15 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 
 // ServeListeners accepts applications on every listener of lns, each for
 // its service, until ctx is done, then stops accepting, lets open
-// connections finish for up to the drain timeout, closes everything and
-// returns. Every service's streams share the one session. It closes the
-// listeners.
+// connections (and those of DialContext) finish for up to the drain
+// timeout, closes everything and returns. Every service's streams share the
+// one session. It closes the listeners. With no listener it is Run.
 func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error {
+	run, endRun, err := e.beginRun(ctx)
+	if err != nil {
+		return err
+	}
+	defer endRun()
 	hard, stopAll := context.WithCancel(context.Background())
 	defer stopAll()
 	var wg, conns sync.WaitGroup
@@ -295,15 +302,24 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 		}()
 	}
 	accepting.Wait()
+	if len(lns) == 0 {
+		<-ctx.Done() // Run: the session serves DialContext until then
+	}
 
 	drained := make(chan struct{})
 	go func() { conns.Wait(); close(drained) }()
 	if acceptErr == nil {
 		e.log.Info().Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).Msg("shutting down: draining open connections")
-		select {
-		case <-drained:
-		case <-time.After(e.cfg.DrainTimeout):
-			e.log.Warn().Msg("drain timeout: closing the connections still open")
+		deadline := time.NewTimer(e.cfg.DrainTimeout)
+		defer deadline.Stop()
+	drain:
+		for _, ch := range []<-chan struct{}{drained, run.dialed.drained()} {
+			select {
+			case <-ch:
+			case <-deadline.C:
+				e.log.Warn().Msg("drain timeout: closing the connections still open")
+				break drain
+			}
 		}
 	}
 	stopAll()
@@ -829,7 +845,7 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net
 	e.met.sessionUp(mux, res.Conn, res.PeerFingerprint, res.Duration)
 	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logDuration(res.Duration)).Msg("session established")
-	return &session{exit: x, mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
+	return &session{exit: x, fingerprint: res.PeerFingerprint, mux: mux, conn: res.Conn, mc: mc, full: make(chan struct{})}, nil
 }
 
 // notify wakes the waiters of session. Callers hold mu.

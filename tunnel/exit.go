@@ -42,6 +42,8 @@ type Exit struct {
 	pool       *bufPool
 	dialer     net.Dialer
 	routes     *routeTable            // the services (services.go)
+	local      localServices          // the services the program serves (listener.go)
+	backlog    int                    // of each Listener: acceptBacklog; tests make it small
 	access     atomic.Pointer[access] // resolved with authorized; swapped by Reload
 	noService  *serviceCounters       // streams refused before they named one of routes
 	met        *metricSet
@@ -69,6 +71,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		pool:       newBufPool(),
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
 		writeStall: defaultWriteStall,
+		backlog:    acceptBacklog,
 	}
 	x.resp.Store(resp)
 	x.authorized.Store(cfg.Authorized)
@@ -363,11 +366,14 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	log = log.With().Str("service", config.DisplayName(hdr.service)).Logger()
 	r := e.routes.byName[hdr.service]
 	if r == nil {
-		return e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, peer.access.visible(e.routes, peer.fingerprint)), nil)
+		if l := e.local.get(hdr.service); l != nil {
+			return e.serveLocal(ctx.Done(), log, st, mc, peer, hdr.origin, l)
+		}
+		return e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil)
 	}
 	svc = r.count
 	if !peer.access.allows(r.name, peer.fingerprint) {
-		return e.refusal(svc, log, StatusRefused, fmt.Sprintf("key %s may not reach service %q: the exit's --allow rules do not list it", peer.fingerprint, r.display()), nil)
+		return e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil)
 	}
 	svc.total.Add(1)
 	svc.open.Add(1)
@@ -418,6 +424,11 @@ func unknownService(name string, visible []string) string {
 		return fmt.Sprintf("unknown service %q: this exit has no service for your key", config.DisplayName(name))
 	}
 	return fmt.Sprintf("unknown service %q: this exit has %s", config.DisplayName(name), strings.Join(visible, ", "))
+}
+
+// policyRefusal is the message for a stream the access rules refuse.
+func policyRefusal(fp, service string) string {
+	return fmt.Sprintf("key %s may not reach service %q: the exit's --allow rules do not list it", fp, service)
 }
 
 // writeProxyHeader sends backend the PROXY protocol v2 header of a stream

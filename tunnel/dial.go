@@ -1,0 +1,220 @@
+package tunnel
+
+// The Go API, entry side: a program that embeds an entry dials streams
+// itself (DialContext) instead of, or as well as, accepting applications on
+// listeners. The session is kept by Run or ServeListeners, whichever runs;
+// DialContext only uses it. The exit side is in listener.go, the
+// connection both hand out in conn.go.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnel-dev/tunnel/config"
+)
+
+// Errors of the Go API. An exit's refusal of a stream is a *StatusError.
+var (
+	// ErrNoSession: the entry has no session with an exit to open a stream
+	// on. It is not running (see Entry.Run), it is shutting down, or it
+	// could not reach an exit within its dial timeout; the error wrapping
+	// it says which, and why (errors.Is finds the handshake's error too,
+	// such as handshake.ErrUnknownKey).
+	ErrNoSession = errors.New("tunnel: no session with the exit")
+)
+
+// StatusError is an exit's refusal of a stream: the status it answered,
+// never StatusOK, and its message.
+type StatusError struct {
+	Service string // the service dialed, as on the wire: "" for the default one
+	Status  Status
+	Message string // the exit's words, made safe to print
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("tunnel: the exit refused a stream to service %s: %s: %s",
+		config.DisplayName(e.Service), e.Status, e.Message)
+}
+
+// entryRun is an entry's state while Run or ServeListeners runs.
+type entryRun struct {
+	ctx    context.Context // done once the drain begins: no more dials
+	dialed openStreams     // the Conns of DialContext not yet over, for the drain
+}
+
+// Run keeps a session with an exit up, for DialContext, until ctx is done,
+// as ServeListeners does, but with no listener. Then it lets the
+// connections DialContext returned finish for up to the drain timeout,
+// closes the session, which cuts those still open, and returns.
+//
+// DialContext works while Run, Serve or ServeListeners runs; only one of
+// them may run at a time.
+func (e *Entry) Run(ctx context.Context) error { return e.ServeListeners(ctx, nil) }
+
+// beginRun marks e as running until the returned function is called.
+func (e *Entry) beginRun(ctx context.Context) (*entryRun, func(), error) {
+	r := &entryRun{ctx: ctx}
+	if !e.running.CompareAndSwap(nil, r) {
+		return nil, nil, errors.New("tunnel: the entry is running already: call one of Run, Serve and ServeListeners at a time")
+	}
+	e.mu.Lock()
+	e.notify() // wakes DialContext calls waiting for it (awaitRun)
+	e.mu.Unlock()
+	return r, func() { e.running.Store(nil) }, nil
+}
+
+// awaitRun returns the state of the entry's Run, waiting up to the dial
+// timeout for it to start, so that a program may dial right after it
+// started Run in a goroutine.
+func (e *Entry) awaitRun(ctx context.Context) (*entryRun, error) {
+	timer := time.NewTimer(e.cfg.DialTimeout)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		changed := e.changed
+		e.mu.Unlock()
+		if r := e.running.Load(); r != nil {
+			return r, nil
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return nil, fmt.Errorf("%w: the entry is not running: call its Run (or Serve)", ErrNoSession)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: the entry is not running: %w", ErrNoSession, ctx.Err())
+		}
+	}
+}
+
+// DialContext opens a stream to the exit's service (its name; "" or
+// config.DefaultService for the default service) and returns it once the
+// exit has accepted it, as a *Conn. network must be "tcp". Use it as the
+// dial function of a program's client, for example an http.Transport's
+// DialContext, wrapped to ignore the address the client asks for.
+//
+// Run (or Serve, or ServeListeners) must be running, or start soon: it
+// keeps the session that DialContext opens streams on. While there is
+// none, DialContext waits for one for up to the dial timeout, or until ctx
+// is done, and then returns an error wrapping ErrNoSession. If the exit refuses the stream,
+// the error is a *StatusError. ctx bounds the dial only, not the returned
+// connection. Each connection must be closed; until it is, the entry's
+// drain waits for it.
+func (e *Entry) DialContext(ctx context.Context, network, service string) (net.Conn, error) {
+	if network != "tcp" {
+		return nil, fmt.Errorf("tunnel: dial %s: network %q: a stream to a service is a \"tcp\" connection", config.DisplayName(service), network)
+	}
+	if service == config.DefaultService {
+		service = ""
+	}
+	if service != "" {
+		if err := config.ValidServiceName(service); err != nil {
+			return nil, fmt.Errorf("tunnel: dial: %w", err)
+		}
+	}
+	run, err := e.awaitRun(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if run.ctx.Err() != nil {
+		return nil, fmt.Errorf("%w: the entry is shutting down", ErrNoSession)
+	}
+	svc := e.met.service(config.DisplayName(service))
+	svc.open.Add(1)
+	svc.total.Add(1)
+	run.dialed.Add(1)
+	c, err := e.dialStream(ctx, run, service, svc)
+	if err != nil {
+		svc.open.Add(-1)
+		run.dialed.Done()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dialStream is DialContext once it is counted; on error it has counted the
+// stream's end under svc.
+func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, svc *serviceCounters) (*Conn, error) {
+	log := e.log.With().Str("service", config.DisplayName(service)).Logger()
+	for carries := 1; ; carries++ {
+		s, st, err := e.openStream(ctx)
+		if err != nil {
+			e.met.streamNoSession(svc)
+			return nil, fmt.Errorf("%w: %w", ErrNoSession, err)
+		}
+		id := st.StreamID()
+		log := log.With().Str("peer", s.exit.peer).Uint32("stream", id).Logger()
+		e.count.streams.Add(1)
+		e.count.streamsTotal.Add(1)
+		start := time.Now()
+		// fail ends the stream: with reset, as an abort (once the exit has
+		// accepted it; until then as a FIN).
+		fail := func(reset bool) {
+			if reset {
+				s.mc.reset(id)
+			}
+			st.Close()
+			s.mc.fins.forget(id)
+			e.count.streams.Add(-1)
+		}
+		status, msg, err := exchange(ctx, st, service)
+		switch {
+		case err != nil && errors.Is(err, yamux.ErrConnectionReset) && s.mc.fins.pending(id) && carries < maxCarries:
+			// The exit refused the stream before accepting it: it is going
+			// away. Nothing reached it; try the next session.
+			fail(false)
+			continue
+		case err != nil:
+			fail(true)
+			e.met.streamEnded(svc, flow{aborted: true})
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("tunnel: dial %s: %w", config.DisplayName(service), ctx.Err())
+			}
+			if st.Session().IsClosed() {
+				return nil, fmt.Errorf("%w: the session was lost before the exit answered", ErrNoSession)
+			}
+			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", config.DisplayName(service), err)
+		case status != StatusOK:
+			fail(false)
+			e.met.streamRefused(svc, status)
+			ev := log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
+			if status == StatusRefused {
+				ev = ev.Str("fingerprint", e.fingerprint()) // for the operator who grants access
+			}
+			ev.Msg("the exit refused a stream dialed by the program")
+			return nil, &StatusError{Service: service, Status: status, Message: msg}
+		}
+		return newConn(st, s.mc, service, s.fingerprint, "", svc.moved, func(c *Conn) {
+			s.mc.fins.forget(id)
+			e.count.streams.Add(-1)
+			svc.open.Add(-1)
+			aborted := c.aborted.Load()
+			e.met.streamEnded(svc, flow{aborted: aborted})
+			run.dialed.Done()
+			ev := log.Info()
+			if aborted {
+				ev = log.Warn().Bool("aborted", true)
+			}
+			ev.Int64("bytes_to_backend", c.written.Load()).Int64("bytes_to_app", c.read.Load()).
+				Str("duration", logDuration(time.Since(start))).Msg("connection closed")
+		}), nil
+	}
+}
+
+// exchange sends the stream header for service on st and reads the exit's
+// answer, until ctx is done.
+func exchange(ctx context.Context, st *yamux.Stream, service string) (Status, string, error) {
+	if _, err := st.Write(streamHeader{service: service}.marshal()); err != nil {
+		return 0, "", err
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
+	status, msg, err := readStatus(st)
+	if !stop() {
+		return 0, "", ctx.Err() // the deadline is set, or about to be
+	}
+	return status, msg, err
+}
