@@ -1,6 +1,6 @@
 package tunnel
 
-// The Go API (api.go) hands a program one stream as a *Conn: the entry's
+// The Go API (dial.go, listener.go) hands a program one stream as a *Conn: the entry's
 // DialContext returns one whose exit answered status 0, an exit's Listener
 // accepts one after the exit has answered status 0 for it. A Conn behaves
 // as a TCP connection does:
@@ -10,10 +10,10 @@ package tunnel
 //	            before the peer's FIN with errSessionLost.
 //	Write:      into the stream; ECONNRESET once the peer reset it.
 //	CloseWrite: FIN; the peer reads EOF, this side may go on reading.
-//	Close:      FIN, and blocked calls return net.ErrClosed. As TCP answers
-//	            data that arrives after close() with RST, the stream is reset
-//	            if the peer's data is left unread or comes after Close; once
-//	            the peer's FIN has come, the stream is done.
+//	Close:      blocked calls return net.ErrClosed, and the peer reads EOF
+//	            after what was written. As TCP answers with RST, the stream
+//	            is reset instead if the peer's data is left unread, or comes
+//	            after Close; once the peer's FIN has come, the stream is done.
 //
 // After Close one goroutine waits for the peer's FIN (a zero-length Read,
 // holding no buffer), at most yamux's StreamCloseTimeout; the agent learns
@@ -141,19 +141,28 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// finish sends the FIN, waits for the peer's end, resetting the stream if
-// data comes first, and then releases the stream.
+// finish ends the stream after Close: a reset if data is left unread,
+// else the FIN; then it waits for the peer's end, resetting the stream if
+// data comes first, and releases the stream.
 func (c *Conn) finish() {
-	c.st.Close()
+	id := c.st.StreamID()
 	c.rmu.Lock()
-	c.st.SetReadDeadline(time.Time{})
-	_, err := c.st.Read(nil) // returns when data is there, or at the stream's end
+	// Close's deadline has passed: this Read only looks for unread data.
+	_, err := c.st.Read(nil)
+	switch {
+	case errors.Is(err, yamux.ErrTimeout): // nothing unread: FIN, and wait
+		c.st.Close()
+		c.st.SetReadDeadline(time.Time{})
+		_, err = c.st.Read(nil) // returns when data comes, or at the stream's end
+	case err == io.EOF: // the peer is done too
+		c.st.Close()
+	}
 	c.rmu.Unlock()
 	switch {
-	case err == nil: // unread data: reset, as TCP does
+	case err == nil: // data unread, or sent after Close: reset, as TCP does
 		c.aborted.Store(true)
-		c.mc.reset(c.st.StreamID())
-	case err != io.EOF, !c.mc.fins.seen(c.st.StreamID()):
+		c.mc.reset(id)
+	case err != io.EOF, !c.mc.fins.seen(id):
 		// A reset, a lost session, or yamux's StreamCloseTimeout (it
 		// resets the stream).
 		c.aborted.Store(true)

@@ -103,7 +103,8 @@ func (e *Entry) awaitRun(ctx context.Context) (*entryRun, error) {
 // is done, and then returns an error wrapping ErrNoSession. If the exit refuses the stream,
 // the error is a *StatusError. ctx bounds the dial only, not the returned
 // connection. Each connection must be closed; until it is, the entry's
-// drain waits for it.
+// drain waits for it. Each service dialed has its own counters in Stats
+// and the metrics, as each listener's service does.
 func (e *Entry) DialContext(ctx context.Context, network, service string) (net.Conn, error) {
 	if network != "tcp" {
 		return nil, fmt.Errorf("tunnel: dial %s: network %q: a stream to a service is a \"tcp\" connection", config.DisplayName(service), network)
