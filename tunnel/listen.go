@@ -98,7 +98,11 @@ func removeStaleSocket(ctx context.Context, path string) error {
 		c.Close()
 		return fmt.Errorf("another process is listening on %s: stop it, or listen on another path", path)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		// Nobody listens: a socket left by a process that is gone.
+		// Nobody listens: a socket left by a process that is gone. Remove
+		// it only if it is still the file that was checked.
+		if now, err := os.Lstat(path); err != nil || !os.SameFile(fi, now) {
+			return fmt.Errorf("%s changed while it was checked for a listener: refusing to replace it; start again, or listen on another path", path)
+		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("removing the stale socket %s: %w", path, err)
 		}

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -46,7 +48,7 @@ func unixBackend(t *testing.T, dir string, handle func(*net.UnixConn)) string {
 // half-close go through. The backend, with PROXY protocol on, learns the
 // TCP application's address, and, for the application on the UNIX socket,
 // which has none, gets a LOCAL header; the entry key's fingerprint comes
-// with both.
+// with both. A backend's reset closes the application's UNIX connection.
 func TestUnixSockets(t *testing.T) {
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
@@ -72,7 +74,13 @@ func TestUnixSockets(t *testing.T) {
 		c.Write(data)
 	})
 	xs := config.DefaultExit()
-	xs.Services = []config.ExitService{{Name: "db", Forward: addr}}
+	// A backend that resets every connection once it has read something.
+	resets := backend(t, func(c *net.TCPConn) {
+		c.Read(make([]byte, 1))
+		c.SetLinger(0)
+		c.Close()
+	})
+	xs.Services = []config.ExitService{{Name: "db", Forward: addr}, {Name: "resets", Forward: resets}}
 	xs.ProxyProtocol = []string{"db"}
 	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
 	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
@@ -95,7 +103,12 @@ func TestUnixSockets(t *testing.T) {
 	xdone, ndone := make(chan struct{}), make(chan struct{})
 	go func() { x.Serve(ctx, exitLn); close(xdone) }()
 	tcpLn := listen(t)
-	lns := []ServiceListener{{Listener: unixLn, Service: "db"}, {Listener: tcpLn, Service: "db"}}
+	resetSock := filepath.Join(dir, "resets.sock")
+	resetLn, err := ListenUnix(context.Background(), resetSock, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lns := []ServiceListener{{Listener: unixLn, Service: "db"}, {Listener: tcpLn, Service: "db"}, {Listener: resetLn, Service: "resets"}}
 	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
 	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
 
@@ -149,4 +162,17 @@ func TestUnixSockets(t *testing.T) {
 		t.Errorf("application over TCP to a UNIX backend: destination %v, want the unspecified address, port 0", h.DestinationAddr)
 	}
 	checkKey(h)
+
+	// A backend's reset reaches an application on a UNIX socket as a close
+	// (a UNIX socket has no reset), without waiting.
+	c, err := net.Dial("unix", resetSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 16)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("after the backend's reset the application read %d bytes, %v; want its connection closed", n, err)
+	}
 }
