@@ -539,3 +539,28 @@ func TestConnEnds(t *testing.T) {
 		t.Errorf("exit side, session lost: %v; want errSessionLost", err)
 	}
 }
+
+// TestDialWhileServing: DialContext uses the session that Serve keeps for
+// its listener's applications, and Run cannot start beside Serve.
+func TestDialWhileServing(t *testing.T) {
+	a := start(t, echoBackend(t))
+	roundTrip(t, a.entryAddr, []byte("through the listener"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := a.entry.DialContext(ctx, "tcp", config.DefaultService)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "dialed")
+	c.(*Conn).CloseWrite()
+	if b, err := io.ReadAll(c); string(b) != "dialed" || err != nil {
+		t.Errorf("dialed while Serve runs: read %q, %v", b, err)
+	}
+	c.Close()
+	if got := a.exit.Stats().Sessions; got != 1 {
+		t.Errorf("exit has %d sessions; want the 1 both share", got)
+	}
+	if err := a.entry.Run(ctx); err == nil || !strings.Contains(err.Error(), "running already") {
+		t.Errorf("Run beside Serve: %v; want an error", err)
+	}
+}
