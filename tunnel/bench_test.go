@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -184,25 +185,39 @@ func benchRoundTrip(b *testing.B, addr string) {
 }
 
 // BenchmarkConnRate connects, echoes 64 bytes and closes, 8 connections at
-// a time, directly and through entry and exit, and reports the CPU time of
-// the whole process (clients, agents and backend) per connection.
+// a time, directly, through entry and exit, and with the entry's
+// DialContext (no application socket), and reports the CPU time of the
+// whole process (clients, agents and backend) per connection.
 func BenchmarkConnRate(b *testing.B) {
-	b.Run("direct", func(b *testing.B) { benchConnRate(b, echoBackend(b)) })
-	b.Run("tunnel", func(b *testing.B) {
+	b.Run("direct", func(b *testing.B) { benchConnRate(b, tcpDialer(echoBackend(b))) })
+	tunnel := func(b *testing.B, dial func(*agents) func() (net.Conn, error)) {
 		a := start(b, echoBackend(b))
-		if err := echoOnce(a.entryAddr, make([]byte, 64), make([]byte, 64)); err != nil {
+		if err := echoOnce(dial(a), make([]byte, 64), make([]byte, 64)); err != nil {
 			b.Fatal(err)
 		}
 		sess := waitSession(b, a.entry)
 		before := sess.Stats()
-		benchConnRate(b, a.entryAddr)
+		benchConnRate(b, dial(a))
 		after := sess.Stats()
 		b.ReportMetric(float64(after.RecordsSent-before.RecordsSent)/float64(b.N), "sent-records/op")
 		b.ReportMetric(float64(after.RecordsReceived-before.RecordsReceived)/float64(b.N), "received-records/op")
+	}
+	b.Run("tunnel", func(b *testing.B) {
+		tunnel(b, func(a *agents) func() (net.Conn, error) { return tcpDialer(a.entryAddr) })
+	})
+	b.Run("dialcontext", func(b *testing.B) {
+		tunnel(b, func(a *agents) func() (net.Conn, error) {
+			return func() (net.Conn, error) { return a.entry.DialContext(context.Background(), "tcp", "") }
+		})
 	})
 }
 
-func benchConnRate(b *testing.B, addr string) {
+// tcpDialer returns a function that dials addr.
+func tcpDialer(addr string) func() (net.Conn, error) {
+	return func() (net.Conn, error) { return net.Dial("tcp", addr) }
+}
+
+func benchConnRate(b *testing.B, dial func() (net.Conn, error)) {
 	var next atomic.Int64
 	cpu := startCPU()
 	b.ResetTimer()
@@ -214,7 +229,7 @@ func benchConnRate(b *testing.B, addr string) {
 			msg := make([]byte, 64)
 			buf := make([]byte, 64)
 			for next.Add(1) <= int64(b.N) {
-				if err := echoOnce(addr, msg, buf); err != nil {
+				if err := echoOnce(dial, msg, buf); err != nil {
 					b.Error(err)
 					return
 				}
@@ -226,9 +241,9 @@ func benchConnRate(b *testing.B, addr string) {
 	cpu.report(b, float64(b.N)/1e6, "cpu-µs/op")
 }
 
-// echoOnce connects to addr, sends msg, reads its echo into buf and closes.
-func echoOnce(addr string, msg, buf []byte) error {
-	c, err := net.Dial("tcp", addr)
+// echoOnce connects with dial, sends msg, reads its echo into buf and closes.
+func echoOnce(dial func() (net.Conn, error), msg, buf []byte) error {
+	c, err := dial()
 	if err != nil {
 		return err
 	}
