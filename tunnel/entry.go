@@ -831,7 +831,7 @@ func (e *Entry) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 // start runs the handshake on c, connected to the exit at x, and starts
 // the multiplexer; it logs the new session to log.
 func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net.Conn) (*session, error) {
-	res, err := handshake.Initiate(ctx, c, e.keys.Load().forExit(x.peer))
+	res, err := handshake.Initiate(ctx, withRawIO(c), e.keys.Load().forExit(x.peer))
 	if err != nil {
 		return nil, err
 	}

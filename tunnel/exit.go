@@ -202,7 +202,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		e.resp.Load().Refuse(conn, reason)
 		return
 	}
-	res, err := e.resp.Load().Handshake(hard, conn)
+	res, err := e.resp.Load().Handshake(hard, withRawIO(conn))
 	admitted()
 	if err != nil {
 		e.met.handshakeFailed(err, false)

@@ -401,6 +401,10 @@ const (
 func copyToConn(conn carriedConn, st *yamux.Stream, pool *bufPool, stall time.Duration, moved *atomic.Int64, cs *carriedStream, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
 	large := false // the last read was large and drained the stream's buffer
 	var wd writeDeadline
+	out, err := newRawConn(conn)
+	if err != nil {
+		return 0, nil, err
+	}
 	for {
 		if large {
 			st.SetReadDeadline(time.Now().Add(shrinkAfter))
@@ -426,7 +430,7 @@ func copyToConn(conn carriedConn, st *yamux.Stream, pool *bufPool, stall time.Du
 		large = n >= largeRead && n < len(*buf)
 		if n > 0 {
 			wd.arm(conn, stall)
-			w, werr := conn.Write((*buf)[:n])
+			w, werr := out.Write((*buf)[:n])
 			total += int64(w)
 			moved.Add(int64(w))
 			if werr != nil {
@@ -472,15 +476,13 @@ func (r *rawReader) readFD(fd uintptr) bool {
 	b := r.pool.get()
 	var n int
 	var err error
-	for {
-		n, err = syscall.Read(int(fd), *b)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	if err == syscall.EAGAIN {
+	n, errno := sysRead(fd, *b)
+	if errno == syscall.EAGAIN {
 		r.pool.put(b)
 		return false
+	}
+	if errno != 0 {
+		err = errno
 	}
 	r.buf, r.n, r.err = b, n, err
 	return true

@@ -1,0 +1,157 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// The per-message reads and writes of a connection an agent carries, and
+// of its session, are made with raw system calls (syscall.RawSyscall) on
+// the socket's non-blocking descriptor, waiting for readiness through
+// syscall.RawConn as the net package does.
+//
+// A system call made through package net tells the Go scheduler that it is
+// entering and leaving one. With one processor (GOMAXPROCS=1, as the
+// agents run), that wakes the runtime's monitor thread (sysmon) whenever
+// every goroutine was idle before, which for an agent carrying one message
+// at a time is every message; and a call that lasts over 20 µs (a loopback
+// write delivers to the reader within the call) has the monitor hand the
+// processor to another thread and take it back after. perf put the monitor
+// alone at a third of each agent's CPU under 64-byte round trips. A read
+// or write on a non-blocking socket does not block (it returns EAGAIN when
+// the socket is not ready), so the scheduler needs no notice; the price is
+// that the processor stays with the call while it runs.
+//
+// unsafe is used only to pass a buffer's address to the kernel, in the
+// call expression, as package syscall does.
+
+// sysRead is read(2) on the non-blocking descriptor fd.
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
+
+// sysWrite is write(2) on the non-blocking descriptor fd.
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(n), e
+		}
+	}
+}
+
+// rawConn is a connection whose Read and Write are sysRead and sysWrite;
+// everything else (deadlines, Close, addresses) is the wrapped one's. One
+// Read and one Write may run at once, not two of either. Neither allocates.
+type rawConn struct {
+	carriedConn
+	rc syscall.RawConn
+
+	rp      []byte // the Read in progress
+	rn      int
+	rerr    syscall.Errno
+	readFn  func(fd uintptr) bool
+	wp      []byte // the Write in progress
+	wn      int
+	werr    syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+func newRawConn(c carriedConn) (*rawConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &rawConn{carriedConn: c, rc: rc}
+	r.readFn, r.writeFn = r.readFD, r.writeFD
+	return r, nil
+}
+
+// readFD is RawConn.Read's callback: false means "not readable yet, wait".
+func (c *rawConn) readFD(fd uintptr) bool {
+	c.rn, c.rerr = sysRead(fd, c.rp)
+	return c.rerr != syscall.EAGAIN
+}
+
+// writeFD is RawConn.Write's callback: false means "wait until writable".
+func (c *rawConn) writeFD(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		n, e := sysWrite(fd, c.wp[c.wn:])
+		if e == syscall.EAGAIN {
+			return false
+		}
+		if e != 0 {
+			c.werr = e
+			return true
+		}
+		c.wn += n
+	}
+	return true
+}
+
+// Read reads into p once the connection is readable.
+func (c *rawConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rp, c.rn, c.rerr = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	n, errno := c.rn, c.rerr
+	c.rp = nil
+	switch {
+	case err != nil:
+		return 0, err // a *net.OpError already
+	case errno != 0:
+		return 0, c.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p, waiting for the connection to be writable as
+// needed.
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wp, c.wn, c.werr = p, 0, 0
+	err := c.rc.Write(c.writeFn)
+	n, errno := c.wn, c.werr
+	c.wp = nil
+	switch {
+	case err != nil:
+		return n, err
+	case errno != 0:
+		return n, c.opError("write", errno)
+	}
+	return n, nil
+}
+
+func (c *rawConn) opError(op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// withRawIO returns c with raw reads and writes (a rawConn) when it is a
+// TCP or UNIX connection, and c itself otherwise. The caller makes at most
+// one Read and one Write at a time, as the handshake and the record layer
+// do.
+func withRawIO(c net.Conn) net.Conn {
+	if cc, ok := c.(carriedConn); ok {
+		if r, err := newRawConn(cc); err == nil {
+			return r
+		}
+	}
+	return c
+}

@@ -1,0 +1,116 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rawPair returns a rawConn over one end of a loopback TCP connection, and
+// the other end.
+func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRawConn(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); peer.Close() })
+	return r, peer.(*net.TCPConn)
+}
+
+// TestRawConnWriteAll: a Write larger than the socket buffers returns only
+// once all of it is written, the peer reading late; Read gets it all back.
+func TestRawConnWriteAll(t *testing.T) {
+	r, peer := rawPair(t)
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond) // the writer meets a full buffer first
+		b, _ := io.ReadAll(io.LimitReader(peer, int64(len(data))))
+		got <- b
+		peer.Write(b) // and back
+	}()
+	if n, err := r.Write(data); n != len(data) || err != nil {
+		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(data))
+	}
+	back := make([]byte, len(data))
+	if _, err := io.ReadFull(r, back); err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("reading it back: %v", err)
+	}
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatal("the peer received other bytes than were written")
+	}
+}
+
+// TestRawConnEnds: the peer's FIN reads as io.EOF, a reset as ECONNRESET,
+// and a Read after Close as net.ErrClosed.
+func TestRawConnEnds(t *testing.T) {
+	r, peer := rawPair(t)
+	peer.CloseWrite()
+	if n, err := r.Read(make([]byte, 10)); n != 0 || err != io.EOF {
+		t.Errorf("after the peer's FIN: %d, %v; want 0, io.EOF", n, err)
+	}
+
+	r, peer = rawPair(t)
+	peer.SetLinger(0)
+	peer.Close()
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("after the peer's reset: %v; want ECONNRESET", err)
+	}
+
+	r, _ = rawPair(t)
+	r.Close()
+	if _, err := r.Read(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("after Close: %v; want net.ErrClosed", err)
+	}
+}
+
+// TestRawConnDeadline: a read deadline ends a waiting Read with a timeout,
+// and the connection reads on afterwards.
+func TestRawConnDeadline(t *testing.T) {
+	r, peer := rawPair(t)
+	r.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	var ne net.Error
+	if _, err := r.Read(make([]byte, 10)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past its deadline: %v; want a timeout", err)
+	}
+	r.SetReadDeadline(time.Time{})
+	peer.Write([]byte("later"))
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(r, b); err != nil || string(b) != "later" {
+		t.Fatalf("after the timeout: %q, %v", b, err)
+	}
+}
+
+// TestRawConnAllocs: a Read and a Write allocate nothing.
+func TestRawConnAllocs(t *testing.T) {
+	r, peer := rawPair(t)
+	go io.Copy(peer, peer)
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	if n := testing.AllocsPerRun(100, func() {
+		r.Write(msg)
+		io.ReadFull(r, buf)
+	}); n != 0 {
+		t.Errorf("%v allocations per write and read, want 0", n)
+	}
+}
