@@ -152,13 +152,18 @@ func (u *unacked) keep(mc *muxConn, id uint32, p []byte) {
 	if u == nil || u.done.Load() {
 		return
 	}
-	if !mc.fins.pending(id) || len(u.buf)+len(p) > maxUnacked {
+	if !mc.fins.pending(id) {
 		u.release()
 		return
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if !u.done.Load() {
+	switch {
+	case u.done.Load():
+	case len(u.buf)+len(p) > maxUnacked:
+		u.done.Store(true)
+		u.buf = nil
+	default:
 		u.buf = append(u.buf, p...)
 	}
 }
@@ -181,9 +186,10 @@ func (u *unacked) release() {
 // the exit's status there); an error from it aborts both directions. With
 // u (the entry), a stream that the peer resets before acknowledging it
 // returns notAccepted instead, with conn open and not read from. The
-// bytes also go to moved as they are copied. A write that stalls for longer than stall (a reader that stopped reading)
-// aborts the connection, so nothing waits, or buffers, without bound; a
-// direction left half-open is bounded by yamux's StreamCloseTimeout.
+// bytes also go to moved as they are copied. A write that stalls for
+// longer than stall (a reader that stopped reading) aborts the connection,
+// so nothing waits, or buffers, without bound; a direction left half-open
+// is bounded by yamux's StreamCloseTimeout.
 func forward(conn carriedConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked) flow {
 	id := st.StreamID()
 	var (

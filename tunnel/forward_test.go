@@ -173,3 +173,26 @@ func TestBufPoolShrink(t *testing.T) {
 		t.Fatalf("%d buffers still lent", n)
 	}
 }
+
+// TestUnackedKeepRelease: the conn -> stream goroutine keeps chunks while
+// the other direction releases on the exit's status; under -race, the two
+// must not touch what is kept unlocked.
+func TestUnackedKeepRelease(t *testing.T) {
+	mc := &muxConn{}
+	mc.fins.watch(1)
+	for range 3000 {
+		var u unacked
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 50 {
+				u.keep(mc, 1, []byte("chunk"))
+			}
+		}()
+		u.release()
+		<-done
+		if u.buf != nil {
+			t.Fatalf("kept %d bytes after release", len(u.buf))
+		}
+	}
+}

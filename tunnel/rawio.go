@@ -28,28 +28,37 @@ import (
 // unsafe is used only to pass a buffer's address to the kernel, in the
 // call expression, as package syscall does.
 
-// sysRead is read(2) on the non-blocking descriptor fd.
+// sysRead is read(2) on the non-blocking descriptor fd; n is 0 on an error.
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	if len(p) == 0 {
 		return 0, 0
 	}
 	for {
 		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e != syscall.EINTR {
-			return int(n), e
+		switch e {
+		case 0:
+			return int(n), 0
+		case syscall.EINTR:
+		default:
+			return 0, e
 		}
 	}
 }
 
-// sysWrite is write(2) on the non-blocking descriptor fd.
+// sysWrite is write(2) on the non-blocking descriptor fd; n is 0 on an
+// error.
 func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	if len(p) == 0 {
 		return 0, 0
 	}
 	for {
 		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e != syscall.EINTR {
-			return int(n), e
+		switch e {
+		case 0:
+			return int(n), 0
+		case syscall.EINTR:
+		default:
+			return 0, e
 		}
 	}
 }
