@@ -14,24 +14,27 @@ import (
 	"time"
 )
 
-// endsChildEnv makes TestEndsChild the application and the backend of
-// BenchmarkAgentsRoundTrip.
+// endsChildEnv makes the test binary, run by BenchmarkAgentsRoundTrip, the
+// application and the backend instead of running tests (see TestMain).
 const endsChildEnv = "TUNNEL_TEST_ENDS_CHILD"
 
-// TestEndsChild is not a test: run by BenchmarkAgentsRoundTrip as a child
-// process (endsChildEnv set to a number of clients), it serves an echo,
-// prints its address, reads the entry's address from stdin, and has that
-// many clients send 64-byte messages through it, each after the echo of
-// the one before. At the next line on stdin it starts counting round
-// trips, at the one after it prints the count, and at the third it ends.
-func TestEndsChild(t *testing.T) {
+// runEndsChild is the child process of BenchmarkAgentsRoundTrip, with
+// endsChildEnv set to a number of clients: it serves an echo, prints its
+// address, reads the entry's address from stdin, and has that many clients
+// send 64-byte messages through it, each after the echo of the one before.
+// At the next line on stdin it starts counting round trips, at the one
+// after it prints the count, and at the third it ends. It returns the
+// process's exit code.
+func runEndsChild() int {
 	clients, err := strconv.Atoi(os.Getenv(endsChildEnv))
 	if err != nil {
-		t.Skip("the child process of BenchmarkAgentsRoundTrip")
+		fmt.Fprintf(os.Stderr, "%s: %v\n", endsChildEnv, err)
+		return 2
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	go func() {
 		for {
@@ -46,7 +49,8 @@ func TestEndsChild(t *testing.T) {
 	in := bufio.NewReader(os.Stdin)
 	entry, err := in.ReadString('\n')
 	if err != nil {
-		t.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	var done atomic.Int64
 	for range clients {
@@ -72,6 +76,7 @@ func TestEndsChild(t *testing.T) {
 	in.ReadString('\n')
 	fmt.Println(done.Load() - from)
 	in.ReadString('\n')
+	return 0
 }
 
 // BenchmarkAgentsRoundTrip runs an entry and an exit in this process and
@@ -83,7 +88,7 @@ func TestEndsChild(t *testing.T) {
 func BenchmarkAgentsRoundTrip(b *testing.B) {
 	for _, clients := range []int{1, 8} {
 		b.Run(strconv.Itoa(clients), func(b *testing.B) {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestEndsChild$")
+			cmd := exec.Command(os.Args[0])
 			cmd.Env = append(os.Environ(), endsChildEnv+"="+strconv.Itoa(clients))
 			stdin, err := cmd.StdinPipe()
 			if err != nil {

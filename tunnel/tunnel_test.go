@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,7 +24,12 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(endsChildEnv) != "" {
+		os.Exit(runEndsChild())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var testKeys = sync.OnceValue(func() [2]*rsa.PrivateKey {
 	var ks [2]*rsa.PrivateKey
