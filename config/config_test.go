@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -178,7 +179,8 @@ func TestEntryValidate(t *testing.T) {
 
 func TestUnreadableKey(t *testing.T) {
 	if os.Geteuid() == 0 {
-		t.Skip("root reads files regardless of mode")
+		asNobody(t, "TestUnreadableKey") // root reads files regardless of mode
+		return
 	}
 	key, pub, _ := keyFiles(t)
 	if err := os.Chmod(key, 0); err != nil {
@@ -187,6 +189,39 @@ func TestUnreadableKey(t *testing.T) {
 	c := DefaultEntry()
 	c.Peers, c.Key, c.PeerKey = []string{"h:1"}, key, pub
 	checkErr(t, "unreadable", c.Validate(), []string{"--key", "permission denied"})
+}
+
+// asNobody runs the test named name again in a copy of this test binary as
+// the user nobody (runuser, from util-linux), and fails t if it fails.
+func asNobody(t *testing.T, name string) {
+	t.Helper()
+	runuser, err := exec.LookPath("runuser")
+	if err != nil {
+		t.Fatalf("running as root: %s needs runuser (util-linux) to run as nobody: %v", name, err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "asnobody") // t.TempDir's parent is not open to nobody
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "config.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(runuser, "-u", "nobody", "--", bin, "-test.run=^"+name+"$", "-test.count=1", "-test.v")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "TMPDIR=/tmp")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+name) {
+		t.Fatalf("%s as nobody: %v\n%s", name, err, out)
+	}
 }
 
 func checkErr(t *testing.T, name string, err error, want []string) {
