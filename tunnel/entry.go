@@ -294,10 +294,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 					return
 				}
 				conns.Add(1)
-				go func() {
-					defer conns.Done()
-					e.serveApp(hard, c.(carriedConn), l.Service, svc)
-				}()
+				go e.serveApp(hard, c.(carriedConn), l.Service, svc, conns.Done)
 			}
 		}()
 	}
@@ -966,42 +963,61 @@ func (e *Entry) openStream(ctx context.Context) (*session, *yamux.Stream, error)
 // again on the next session.
 const maxCarries = 3
 
+// appConn is one application connection the entry carries.
+type appConn struct {
+	conn    carriedConn
+	log     zerolog.Logger
+	origin  string
+	service string // the wire name
+	svc     *serviceCounters
+	sent    unacked // what the application sent while no exit had accepted it
+	carries int     // streams offered so far
+	ended   func()  // the caller's, once the connection is done
+}
+
 // serveApp carries one application connection as a stream to service (the
-// wire name), whose counters are svc. When the exit resets the stream
-// without accepting it (it is going away, and the stream crossed its
-// GoAway), the connection is carried on the next session, with what the
-// application sent so far: no byte reached a backend, and the application
-// notices nothing.
-func (e *Entry) serveApp(ctx context.Context, app carriedConn, service string, svc *serviceCounters) {
-	origin := appOrigin(app)
+// wire name), whose counters are svc, and calls ended when it is done. It
+// returns once the forwarding has started; the connection's goroutines are
+// forward's. When the exit resets the stream without accepting it (it is
+// going away, and the stream crossed its GoAway), the connection is carried
+// on the next session, with what the application sent so far: no byte
+// reached a backend, and the application notices nothing.
+func (e *Entry) serveApp(ctx context.Context, app carriedConn, service string, svc *serviceCounters, ended func()) {
+	a := &appConn{conn: app, origin: appOrigin(app), service: service, svc: svc, ended: ended}
 	lc := e.log.With().Str("service", config.DisplayName(service))
-	if origin != "" {
-		lc = lc.Str("origin", origin)
+	if a.origin != "" {
+		lc = lc.Str("origin", a.origin)
 	}
-	log := lc.Logger()
+	a.log = lc.Logger()
 	svc.open.Add(1)
 	svc.total.Add(1)
-	defer svc.open.Add(-1)
-	var sent unacked
-	for carries := 1; ; carries++ {
-		f, status, ok := e.carry(ctx, log, app, origin, service, svc, &sent)
-		if !ok {
-			return
-		}
-		if f.notAccepted && !sent.done.Load() && carries < maxCarries {
-			log.Info().Int("bytes", len(sent.buf)).
-				Msg("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")
-			continue
-		}
-		if f.notAccepted {
-			log.Warn().Int("attempts", carries).
-				Msg("closing application connection: every exit tried refused the stream before accepting it")
-			f.aborted = true
-			resetConn(app)
-		}
-		e.met.streamDone(svc, status, f)
+	e.carry(ctx, a)
+}
+
+// carried is what follows a stream of a that ended with f and the exit's
+// status: a stream that was not accepted is offered again, up to
+// maxCarries in all; anything else ends a.
+func (e *Entry) carried(ctx context.Context, a *appConn, f flow, status Status) {
+	if f.notAccepted && !a.sent.done.Load() && a.carries < maxCarries {
+		a.log.Info().Int("bytes", len(a.sent.buf)).
+			Msg("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")
+		e.carry(ctx, a)
 		return
 	}
+	if f.notAccepted {
+		a.log.Warn().Int("attempts", a.carries).
+			Msg("closing application connection: every exit tried refused the stream before accepting it")
+		f.aborted = true
+		resetConn(a.conn)
+	}
+	e.met.streamDone(a.svc, status, f)
+	a.end()
+}
+
+// end: a is done.
+func (a *appConn) end() {
+	a.svc.open.Add(-1)
+	a.ended()
 }
 
 // appOrigin is the origin of app's streams (PROTOCOL.md section 4): its
@@ -1014,37 +1030,41 @@ func appOrigin(app carriedConn) string {
 	return ""
 }
 
-// carry opens a stream to service for app, sends the header and what sent
-// holds, and forwards. ok is false when it could not (it has closed app,
-// and logged and counted why under svc); else the flow, with the exit's
-// status, is for the caller to count, unless the stream was not accepted
-// (f.notAccepted, app still open), which it has neither logged nor counted.
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app carriedConn, origin, service string, svc *serviceCounters, sent *unacked) (f flow, status Status, ok bool) {
+// carry opens a stream to a's service, sends the header and what a.sent
+// holds, and starts forwarding, which ends in carried. When it cannot, it
+// closes a's connection, logs and counts why, and ends a.
+func (e *Entry) carry(ctx context.Context, a *appConn) {
+	a.carries++
 	s, st, err := e.openStream(ctx)
 	if err != nil {
-		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
-		e.met.streamNoSession(svc)
-		resetConn(app)
-		return f, 0, false
+		a.log.Warn().Err(err).Msg("closing application connection: no session with the exit")
+		e.met.streamNoSession(a.svc)
+		resetConn(a.conn)
+		a.end()
+		return
 	}
 	id := st.StreamID()
-	defer s.mc.fins.forget(id)
-	log = log.With().Str("peer", s.exit.peer).Uint32("stream", id).Logger()
+	log := a.log.With().Str("peer", s.exit.peer).Uint32("stream", id).Logger()
 	e.count.streams.Add(1)
 	e.count.streamsTotal.Add(1)
-	defer e.count.streams.Add(-1)
 	start := time.Now()
 	// The header goes out at once; application bytes follow without waiting
 	// for the exit's status.
-	if _, err := st.Write(append(streamHeader{service: service, origin: origin}.marshal(), sent.buf...)); err != nil {
+	if _, err := st.Write(append(streamHeader{service: a.service, origin: a.origin}.marshal(), a.sent.buf...)); err != nil {
 		log.Warn().Err(err).Msg("closing application connection: stream lost")
-		resetConn(app)
+		resetConn(a.conn)
 		st.Close()
-		return f, 0, false
+		s.mc.fins.forget(id)
+		e.count.streams.Add(-1)
+		a.end()
+		return
 	}
-	resent := int64(len(sent.buf))
-	var msg string
-	f = forward(app, st, s.mc, e.pool, e.writeStall, svc.moved, func() error {
+	resent := int64(len(a.sent.buf))
+	var (
+		status Status
+		msg    string
+	)
+	awaitStatus := func() error {
 		var err error
 		status, msg, err = readStatus(st)
 		if err != nil {
@@ -1054,11 +1074,21 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app carriedConn, 
 			return fmt.Errorf("exit refused the stream (%s): %s", status, msg)
 		}
 		return nil
-	}, sent)
-	if f.notAccepted {
-		return f, status, true
 	}
-	f.toStream += resent
+	forward(a.conn, st, s.mc, e.pool, e.writeStall, a.svc.moved, awaitStatus, &a.sent, func(f flow) {
+		s.mc.fins.forget(id)
+		e.count.streams.Add(-1)
+		if !f.notAccepted {
+			f.toStream += resent
+			e.logCarried(log, f, status, time.Since(start))
+		}
+		e.carried(ctx, a, f, status)
+	})
+}
+
+// logCarried logs the end of a stream that the exit accepted, or refused
+// with status.
+func (e *Entry) logCarried(log zerolog.Logger, f flow, status Status, d time.Duration) {
 	ev := log.Info()
 	if f.aborted || status != StatusOK {
 		ev = log.Warn().Bool("aborted", true)
@@ -1074,8 +1104,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app carriedConn, 
 		ev = ev.Int("status", int(status))
 	}
 	ev.Int64("bytes_to_backend", f.toStream).Int64("bytes_to_app", f.fromStream).
-		Str("duration", logDuration(time.Since(start))).Msg("connection closed")
-	return f, status, true
+		Str("duration", logDuration(d)).Msg("connection closed")
 }
 
 // sessionEnd describes how a closed session ended: from its record stream,

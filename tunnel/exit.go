@@ -294,10 +294,9 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		streams.Add(1)
 		e.count.streams.Add(1)
 		e.count.streamsTotal.Add(1)
-		go func() {
+		ended := func(svc *serviceCounters, s Status, msg string) {
 			defer running.Done()
 			defer mc.fins.forget(st.StreamID())
-			svc, s, msg := e.serveStream(hard, log, st, mc, who)
 			// A refused stream no longer counts as served, nor holds up a drain.
 			active.Add(-1)
 			e.count.streams.Add(-1)
@@ -306,7 +305,8 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 				e.met.streamRefused(svc, s)
 				refuse(st, s, msg)
 			}
-		}()
+		}
+		go e.serveStream(hard, log, st, mc, who, ended)
 	}
 	<-sess.CloseChan()
 	endDrains()
@@ -328,13 +328,14 @@ type streamPeer struct {
 
 // serveStream reads the stream header, checks that the peer may reach the
 // service it names, dials the service's backend, answers the status and
-// forwards. If it refuses the stream instead, it logs why and returns the
-// status and message to answer, and leaves st to the caller. svc is the
-// counters of the stream's service. ctx bounds the dial: it ends with the
+// starts forwarding; ended is called once the stream is done, from
+// forward's goroutine. If it refuses the stream instead, it logs why and
+// calls ended at once with the status and message to answer, and leaves st
+// to ended. svc is the counters of the stream's service. ctx bounds the dial: it ends with the
 // drain, not as the drain starts, so that a stream accepted before GoAway is
 // served.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn, peer streamPeer) (svc *serviceCounters, _ Status, _ string) {
-	svc = e.noService
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.Stream, mc *muxConn, peer streamPeer, ended func(svc *serviceCounters, s Status, msg string)) {
+	svc := e.noService
 	log = log.With().Uint32("stream", st.StreamID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)
@@ -352,11 +353,13 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		default:
 			msg = fmt.Sprintf("reading the stream header: %v", err)
 		}
-		return e.refusal(svc, log, StatusRefused, msg, nil)
+		ended(e.refusal(svc, log, StatusRefused, msg, nil))
+		return
 	}
 	if !validOrigin(hdr.origin) {
 		log.Warn().Msgf("the entry claims origin %+q, which is neither empty nor ip:port", hdr.origin)
-		return e.refusal(svc, log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil)
+		ended(e.refusal(svc, log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil))
+		return
 	}
 	if hdr.origin != "" {
 		// What the entry says it saw; the exit cannot check it.
@@ -367,17 +370,24 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 	r := e.routes.byName[hdr.service]
 	if r == nil {
 		if l := e.local.get(hdr.service); l != nil {
-			return e.serveLocal(ctx.Done(), log, st, mc, peer, hdr.origin, l)
+			ended(e.serveLocal(ctx.Done(), log, st, mc, peer, hdr.origin, l))
+			return
 		}
-		return e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil)
+		ended(e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil))
+		return
 	}
 	svc = r.count
 	if !peer.access.allows(r.name, peer.fingerprint) {
-		return e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil)
+		ended(e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil))
+		return
 	}
 	svc.total.Add(1)
 	svc.open.Add(1)
-	defer svc.open.Add(-1)
+	served := ended // from here on, ending the stream also ends it in svc.open
+	ended = func(svc *serviceCounters, s Status, msg string) {
+		svc.open.Add(-1)
+		served(svc, s, msg)
+	}
 	start := time.Now()
 	c, err := e.dialer.DialContext(ctx, r.network, r.dialAddr)
 	e.met.backendDial(time.Since(start), err)
@@ -386,34 +396,38 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *yamux.St
 		if r.name != "" {
 			msg = fmt.Sprintf("service %q: %s", r.name, msg)
 		}
-		return e.refusal(svc, log, StatusUnreachable, msg, err)
+		ended(e.refusal(svc, log, StatusUnreachable, msg, err))
+		return
 	}
 	r.probe.accepted(time.Now())
 	backend := c.(carriedConn)
 	if r.proxyProtocol {
 		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
 			backend.Close()
-			return e.refusal(svc, log, StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err)
+			ended(e.refusal(svc, log, StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err))
+			return
 		}
 	}
 	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
 		backend.Close()
 		st.Close()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		return svc, StatusOK, ""
+		ended(svc, StatusOK, "")
+		return
 	}
-	f := forward(backend, st, mc, e.pool, e.writeStall, svc.moved, nil, nil)
-	e.met.streamEnded(svc, f)
-	ev := log.Info()
-	if f.aborted {
-		ev = log.Warn().Bool("aborted", true)
-	}
-	if f.err != nil && !isClosed(f.err) {
-		ev = ev.AnErr("reason", f.err)
-	}
-	ev.Int64("bytes_to_backend", f.fromStream).Int64("bytes_to_app", f.toStream).
-		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
-	return svc, StatusOK, ""
+	forward(backend, st, mc, e.pool, e.writeStall, svc.moved, nil, nil, func(f flow) {
+		e.met.streamEnded(svc, f)
+		ev := log.Info()
+		if f.aborted {
+			ev = log.Warn().Bool("aborted", true)
+		}
+		if f.err != nil && !isClosed(f.err) {
+			ev = ev.AnErr("reason", f.err)
+		}
+		ev.Int64("bytes_to_backend", f.fromStream).Int64("bytes_to_app", f.toStream).
+			Str("duration", logDuration(time.Since(start))).Msg("stream closed")
+		ended(svc, StatusOK, "")
+	})
 }
 
 // unknownService is the message for a stream naming a service the exit

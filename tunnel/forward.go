@@ -13,7 +13,8 @@ package tunnel
 //
 // So a connection that waits holds no copy buffer, and yamux's receive
 // buffer of a stream that has gone quiet is dropped by its session's sweep
-// (carried). Ends travel end to end: EOF becomes the stream's FIN and the
+// (carried). The two goroutines are started fresh, so that they park a few
+// frames deep. Ends travel end to end: EOF becomes the stream's FIN and the
 // stream's FIN becomes conn's CloseWrite; a reset of conn becomes a reset
 // of the stream (muxConn.reset) and a reset stream, or a session that died
 // before the peer's FIN, becomes a reset of conn.
@@ -180,146 +181,187 @@ func (u *unacked) release() {
 	u.buf = nil
 }
 
-// forward carries conn and st both ways until both directions end, then
-// closes both. st is a stream of the session under mc. before, if not
-// nil, runs in the stream-to-conn direction before copying (the entry reads
-// the exit's status there); an error from it aborts both directions. With
-// u (the entry), a stream that the peer resets before acknowledging it
-// returns notAccepted instead, with conn open and not read from. The
-// bytes also go to moved as they are copied. A write that stalls for
-// longer than stall (a reader that stopped reading) aborts the connection,
-// so nothing waits, or buffers, without bound; a direction left half-open
-// is bounded by yamux's StreamCloseTimeout.
-func forward(conn carriedConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked) flow {
-	id := st.StreamID()
-	var (
-		f       flow // the byte counts; err and aborted are filled in at the end
-		aborted atomic.Bool
-		mu      sync.Mutex
-		first   error
-		once    sync.Once
-		stopped atomic.Bool // abort has begun: st's read deadline is ours no more
-		refused atomic.Bool // the stream was never accepted: conn goes to another
-	)
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if first == nil {
-			first = err
-		}
-	}
-	// abort ends both directions now: conn is reset and st stops reading.
-	// With tellPeer the peer's stream is reset too.
-	abort := func(tellPeer bool) {
-		once.Do(func() {
-			if tellPeer {
-				mc.reset(id)
-			}
-			resetConn(conn)
-			stopped.Store(true) // before the deadline: see copyToConn
-			st.SetReadDeadline(time.Now())
-		})
-	}
-	// notAccepted reports, after err, whether the stream was reset without
-	// the peer's ACK; then it stops conn's reader without touching conn.
-	notAccepted := func(err error) bool {
-		if u == nil || !errors.Is(err, yamux.ErrConnectionReset) || !mc.fins.pending(id) {
-			return false
-		}
-		once.Do(func() {
-			refused.Store(true)
-			stopped.Store(true)
-			conn.SetReadDeadline(time.Now())
-		})
-		return refused.Load()
-	}
-	// lost: the session died before the peer's FIN. Its end is unknown.
-	lost := func() {
-		aborted.Store(true)
-		fail(errSessionLost)
-		abort(false)
-	}
-	cs := mc.live.add(st, func() {
-		if !mc.fins.seen(id) {
-			lost()
+// forward carries conn and st both ways, one goroutine per direction, and
+// returns at once. When both directions have ended it closes both and
+// calls done with the flow, on one of its goroutines. st is a stream of
+// the session under mc. before, if not nil, runs in the stream-to-conn
+// direction before copying (the entry reads the exit's status there); an
+// error from it aborts both directions. With u (the entry), a stream that
+// the peer resets before acknowledging it ends with flow.notAccepted
+// instead, with conn open and not read from. The bytes also go to moved as
+// they are copied. A write that stalls for longer than stall (a reader
+// that stopped reading) aborts the connection, so nothing waits, or
+// buffers, without bound; a direction left half-open is bounded by yamux's
+// StreamCloseTimeout.
+//
+// The caller's goroutine is free once forward returns: a connection that
+// waits holds two goroutines parked a few frames deep, whose stacks the
+// runtime keeps small, and none under the caller's setup.
+func forward(conn carriedConn, st *yamux.Stream, mc *muxConn, pool *bufPool, stall time.Duration, moved tally, before func() error, u *unacked, done func(flow)) {
+	fw := &forwarding{conn: conn, st: st, id: st.StreamID(), mc: mc, pool: pool, stall: stall, moved: moved, u: u, done: done}
+	fw.left.Store(2)
+	fw.cs = mc.live.add(st, func() {
+		if !mc.fins.seen(fw.id) {
+			fw.lost()
 		}
 	})
-	defer mc.live.remove(st)
+	go fw.fromConn()
+	go fw.toConn(before)
+}
 
-	done := make(chan struct{})
-	go func() { // conn -> stream
-		defer close(done)
-		n, readErr, writeErr := copyFromConn(st, conn, pool, stall, moved.fromConn, u, mc)
-		f.toStream = n
-		switch {
-		case refused.Load() || notAccepted(writeErr):
-		case readErr == nil && writeErr == nil: // EOF
-		case readErr != nil && isClosed(readErr): // the other direction aborted
-		case readErr != nil: // the application or the backend reset or failed
-			fail(readErr)
-			abort(true)
-		case errors.Is(writeErr, yamux.ErrConnectionReset):
-			aborted.Store(true)
-			fail(writeErr)
-			abort(false)
-		case st.Session().IsClosed():
-			lost()
-		default: // stalled: the peer stopped reading
-			fail(writeErr)
-			abort(true)
+// forwarding is the state of one forward call, shared by its two
+// directions.
+type forwarding struct {
+	conn  carriedConn
+	st    *yamux.Stream
+	id    uint32
+	mc    *muxConn
+	pool  *bufPool
+	stall time.Duration
+	moved tally
+	u     *unacked
+	cs    *carriedStream
+	done  func(flow)
+
+	f       flow         // the byte counts; err and aborted are filled in at the end
+	left    atomic.Int32 // directions still running; the last one finishes
+	upDone  atomic.Bool  // the conn -> stream direction has ended
+	aborted atomic.Bool
+	mu      sync.Mutex
+	first   error
+	once    sync.Once
+	stopped atomic.Bool // abort has begun: st's read deadline is ours no more
+	refused atomic.Bool // the stream was never accepted: conn goes to another
+}
+
+func (fw *forwarding) fail(err error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.first == nil {
+		fw.first = err
+	}
+}
+
+// abort ends both directions now: conn is reset and st stops reading.
+// With tellPeer the peer's stream is reset too.
+func (fw *forwarding) abort(tellPeer bool) {
+	fw.once.Do(func() {
+		if tellPeer {
+			fw.mc.reset(fw.id)
 		}
-		st.Close() // FIN: this direction is done (yamux Close is a half-close)
-	}()
+		resetConn(fw.conn)
+		fw.stopped.Store(true) // before the deadline: see copyToConn
+		fw.st.SetReadDeadline(time.Now())
+	})
+}
 
-	// stream -> conn
-	ok := true
+// notAccepted reports, after err, whether the stream was reset without
+// the peer's ACK; then it stops conn's reader without touching conn.
+func (fw *forwarding) notAccepted(err error) bool {
+	if fw.u == nil || !errors.Is(err, yamux.ErrConnectionReset) || !fw.mc.fins.pending(fw.id) {
+		return false
+	}
+	fw.once.Do(func() {
+		fw.refused.Store(true)
+		fw.stopped.Store(true)
+		fw.conn.SetReadDeadline(time.Now())
+	})
+	return fw.refused.Load()
+}
+
+// lost: the session died before the peer's FIN. Its end is unknown.
+func (fw *forwarding) lost() {
+	fw.aborted.Store(true)
+	fw.fail(errSessionLost)
+	fw.abort(false)
+}
+
+// fromConn is the conn -> stream direction.
+func (fw *forwarding) fromConn() {
+	n, readErr, writeErr := copyFromConn(fw.st, fw.conn, fw.pool, fw.stall, fw.moved.fromConn, fw.u, fw.mc)
+	fw.f.toStream = n
+	switch {
+	case fw.refused.Load() || fw.notAccepted(writeErr):
+	case readErr == nil && writeErr == nil: // EOF
+	case readErr != nil && isClosed(readErr): // the other direction aborted
+	case readErr != nil: // the application or the backend reset or failed
+		fw.fail(readErr)
+		fw.abort(true)
+	case errors.Is(writeErr, yamux.ErrConnectionReset):
+		fw.aborted.Store(true)
+		fw.fail(writeErr)
+		fw.abort(false)
+	case fw.st.Session().IsClosed():
+		fw.lost()
+	default: // stalled: the peer stopped reading
+		fw.fail(writeErr)
+		fw.abort(true)
+	}
+	fw.st.Close() // FIN: this direction is done (yamux Close is a half-close)
+	fw.upDone.Store(true)
+	fw.end()
+}
+
+// toConn is the stream -> conn direction, after before.
+func (fw *forwarding) toConn(before func() error) {
+	defer fw.end()
 	if before != nil {
 		if err := before(); err != nil {
-			if !notAccepted(err) {
-				fail(err)
-				abort(false)
+			if !fw.notAccepted(err) {
+				fw.fail(err)
+				fw.abort(false)
 			}
-			ok = false
-		} else {
-			u.release() // the status came: the peer accepted the stream
+			return
 		}
+		fw.u.release() // the status came: the peer accepted the stream
 	}
-	if ok {
-		n, readErr, writeErr := copyToConn(conn, st, pool, stall, moved.toConn, cs, &stopped)
-		f.fromStream = n
+	n, readErr, writeErr := copyToConn(fw.conn, fw.st, fw.pool, fw.stall, fw.moved.toConn, fw.cs, &fw.stopped)
+	fw.f.fromStream = n
+	switch {
+	case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
 		switch {
-		case readErr == nil && writeErr == nil: // the peer's FIN, or a session that died
-			switch {
-			case st.Session().IsClosed() && !mc.fins.seen(id):
-				lost()
-			case !closed(done):
-				conn.CloseWrite()
-			} // else both directions are done: the Close below sends the FIN
-		case writeErr != nil: // the application or the backend is gone, or stalled
-			if !isClosed(writeErr) {
-				fail(writeErr)
-			}
-			abort(true)
-		case errors.Is(readErr, yamux.ErrConnectionReset):
-			aborted.Store(true)
-			fail(readErr)
-			abort(false)
-		case st.Session().IsClosed() && !mc.fins.seen(id):
-			lost()
-		default: // our own read deadline: the other direction aborted
-			fail(readErr)
-			abort(false)
+		case fw.st.Session().IsClosed() && !fw.mc.fins.seen(fw.id):
+			fw.lost()
+		case !fw.upDone.Load():
+			fw.conn.CloseWrite()
+		} // else both directions are done: end closes conn
+	case writeErr != nil: // the application or the backend is gone, or stalled
+		if !isClosed(writeErr) {
+			fw.fail(writeErr)
 		}
+		fw.abort(true)
+	case errors.Is(readErr, yamux.ErrConnectionReset):
+		fw.aborted.Store(true)
+		fw.fail(readErr)
+		fw.abort(false)
+	case fw.st.Session().IsClosed() && !fw.mc.fins.seen(fw.id):
+		fw.lost()
+	default: // our own read deadline: the other direction aborted
+		fw.fail(readErr)
+		fw.abort(false)
 	}
-	<-done
-	st.Close()
-	if refused.Load() {
-		conn.SetReadDeadline(time.Time{})
-		return flow{notAccepted: true}
+}
+
+// end is each direction's last step; the second closes st and conn (or,
+// for a stream never accepted, hands conn back open) and reports.
+func (fw *forwarding) end() {
+	if fw.left.Add(-1) > 0 {
+		return
 	}
-	conn.Close()
-	f.err, f.aborted = first, aborted.Load()
-	return f
+	fw.st.Close()
+	f := fw.f
+	if fw.refused.Load() {
+		fw.conn.SetReadDeadline(time.Time{})
+		f = flow{notAccepted: true}
+	} else {
+		fw.conn.Close()
+		fw.mu.Lock()
+		f.err = fw.first
+		fw.mu.Unlock()
+		f.aborted = fw.aborted.Load()
+	}
+	fw.mc.live.remove(fw.st)
+	fw.done(f)
 }
 
 var errSessionLost = errors.New("tunnel session lost")
