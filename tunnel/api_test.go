@@ -369,7 +369,7 @@ func TestListener(t *testing.T) {
 		_, err := r.dial(t, "svc")
 		waiting <- err
 	}()
-	eventually(t, "a stream waits for Accept", func() bool { return len(l.queue) == 1 })
+	waitFor(t, "a stream waits for Accept", func() bool { return len(l.queue) == 1 })
 	accepting := make(chan error, 1)
 	l.Close()
 	go func() {
@@ -428,7 +428,7 @@ func TestListenerBacklog(t *testing.T) {
 		_, err := r.dial(t, "slow")
 		first <- err
 	}()
-	eventually(t, "a stream waits for Accept", func() bool { return len(l.queue) == 1 })
+	waitFor(t, "a stream waits for Accept", func() bool { return len(l.queue) == 1 })
 	_, err := r.dial(t, "slow")
 	if se := statusOf(t, err); se.Status != StatusBusy || !strings.Contains(se.Message, "waiting for the program") {
 		t.Errorf("backlog full: %v; want status 4", se)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -253,4 +254,51 @@ func echoOnce(dial func() (net.Conn, error), msg, buf []byte) error {
 	}
 	_, err = io.ReadFull(c, buf)
 	return err
+}
+
+// BenchmarkIdleConns holds 1000 connections through entry and exit (both
+// in this process), each idle after one 64-byte echo, and reports the
+// goroutine stacks and the heap in use per connection, after a GC, over
+// what the process held before. The backend's goroutine per connection
+// and the clients' sockets are part of the figures.
+func BenchmarkIdleConns(b *testing.B) {
+	const n = 1000
+	a := start(b, echoBackend(b))
+	msg := make([]byte, 64)
+	inUse := func() (stack, heap uint64) {
+		runtime.GC()
+		runtime.GC() // the first one shrinks the stacks, the second frees what that released
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.StackInuse, ms.HeapInuse
+	}
+	var stacks, heap float64
+	for b.Loop() {
+		stack0, heap0 := inUse()
+		conns := make([]net.Conn, 0, n)
+		for range n {
+			c, err := net.Dial("tcp", a.entryAddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+			if _, err := c.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+		stack1, heap1 := inUse()
+		stacks += float64(stack1) - float64(stack0)
+		heap += float64(heap1) - float64(heap0)
+		for _, c := range conns {
+			c.Close()
+		}
+		waitFor(b, "the agents close the streams", func() bool {
+			return a.entry.count.streams.Load() == 0 && a.exit.count.streams.Load() == 0
+		})
+	}
+	b.ReportMetric(stacks/float64(b.N*n), "stack-B/conn")
+	b.ReportMetric(heap/float64(b.N*n), "heap-B/conn")
 }

@@ -132,16 +132,6 @@ func acceptCounter(t *testing.T, handle func(net.Conn)) (addr string, accepted *
 	return addr, accepted
 }
 
-// eventually polls cond for up to 10s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 10s: %s", what)
-		}
-	}
-}
-
 // TestRefusedDialRetriedQuietly: while the exit is down and an application
 // waits, the entry redials every ~100 ms (a refused dial is cheap) but logs
 // the failure once and then once per backoff step, and counts dial failures
@@ -289,14 +279,14 @@ func TestFailureCounters(t *testing.T) {
 	closed := probe.Addr().String()
 	probe.Close()
 	n, _ := runEntry(t, closed, nil, nil, nil)
-	eventually(t, "a dial failure counted", func() bool { return n.Stats().DialFailures > 0 })
+	waitFor(t, "a dial failure counted", func() bool { return n.Stats().DialFailures > 0 })
 	if st := n.Stats(); st.HandshakeFailures != 0 {
 		t.Errorf("refused dial: %+v, want no handshake failure", st)
 	}
 
 	silent, _ := acceptCounter(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() })
 	n, _ = runEntry(t, silent, nil, func(s *config.Entry) { s.HandshakeTimeout = 100 * time.Millisecond }, nil)
-	eventually(t, "a handshake timeout counted", func() bool { return n.Stats().HandshakeTimeouts > 0 })
+	waitFor(t, "a handshake timeout counted", func() bool { return n.Stats().HandshakeTimeouts > 0 })
 	if st := n.Stats(); st.DialFailures != 0 || st.HandshakeRejections != 0 || st.HandshakeFailures < st.HandshakeTimeouts {
 		t.Errorf("silent peer: %+v, want handshake timeouts only", st)
 	}
@@ -318,7 +308,7 @@ func TestFailureCounters(t *testing.T) {
 	go func() { x.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	n, _ = runEntry(t, ln.Addr().String(), nil, nil, nil)
-	eventually(t, "a handshake rejection counted", func() bool { return n.Stats().HandshakeRejections > 0 })
+	waitFor(t, "a handshake rejection counted", func() bool { return n.Stats().HandshakeRejections > 0 })
 	if st := n.Stats(); st.DialFailures != 0 || st.HandshakeTimeouts != 0 || st.HandshakeFailures < st.HandshakeRejections {
 		t.Errorf("rejected key: %+v, want handshake rejections only", st)
 	}
@@ -373,14 +363,14 @@ func TestSessionRecycled(t *testing.T) {
 	}
 	// The first session still carries the held connection; the others
 	// have ended.
-	eventually(t, "two sessions left at the entry and the exit", func() bool {
+	waitFor(t, "two sessions left at the entry and the exit", func() bool {
 		return a.entry.Stats().Sessions == 2 && a.exit.Stats().Sessions == 2
 	})
 	held.(*net.TCPConn).CloseWrite()
 	if rest, err := io.ReadAll(held); err != nil || len(rest) != 0 {
 		t.Fatalf("held connection at its end: %q, %v", rest, err)
 	}
-	eventually(t, "one session left once the held connection ended", func() bool {
+	waitFor(t, "one session left once the held connection ended", func() bool {
 		return a.entry.Stats().Sessions == 1 && a.exit.Stats().Sessions == 1
 	})
 }
@@ -400,7 +390,7 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 	for i := range 12 {
 		roundTrip(t, addr, []byte(fmt.Sprintf("connection %d on the session that could not be replaced", i)))
 	}
-	eventually(t, "a failed replacement", func() bool { return n.Stats().HandshakeFailures > 0 })
+	waitFor(t, "a failed replacement", func() bool { return n.Stats().HandshakeFailures > 0 })
 	if st := n.Stats(); st.SessionsRecycled != 0 || st.Sessions != 1 {
 		t.Fatalf("replacement never made: %+v, want the first session still in use", st)
 	}
@@ -408,7 +398,7 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 		t.Error("the failed replacement was not logged")
 	}
 	relay.target.Store(a.exitAddr)
-	eventually(t, "the replacement made on a later try", func() bool { return n.Stats().SessionsRecycled == 1 })
+	waitFor(t, "the replacement made on a later try", func() bool { return n.Stats().SessionsRecycled == 1 })
 	roundTrip(t, addr, []byte("on the replacement"))
 }
 
@@ -443,7 +433,7 @@ func TestResetStreamsEndLocally(t *testing.T) {
 	a.entry.mu.Lock()
 	s := a.entry.cur
 	a.entry.mu.Unlock()
-	eventually(t, "the reset streams gone from the entry's session", func() bool {
+	waitFor(t, "the reset streams gone from the entry's session", func() bool {
 		roundTrip(t, a.entryAddr, []byte("traffic")) // the peer's frames carry the local reset in
 		return s.mux.NumStreams() == 0
 	})
