@@ -25,6 +25,12 @@ import (
 // the socket is not ready), so the scheduler needs no notice; the price is
 // that the processor stays with the call while it runs.
 //
+// Each Read tries the socket before it waits, and so makes one read that
+// finds nothing (EAGAIN) per message, as package net does: RawConn.Read
+// starts by forgetting any readiness that came while nobody waited, so a
+// Read that waited first, after a short read, could miss bytes that arrived
+// in between (TestRawConnShortRead).
+//
 // unsafe is used only to pass a buffer's address to the kernel, in the
 // call expression, as package syscall does.
 

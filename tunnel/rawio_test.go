@@ -102,6 +102,86 @@ func TestRawConnDeadline(t *testing.T) {
 	}
 }
 
+// TestRawConnShortRead: bytes that arrive after a short read, while no
+// Read waits, are read by the next Read at once. (A Read must try before
+// it waits: RawConn.Read forgets readiness that came while nobody waited,
+// so skipping the read that finds nothing after a short one would hang
+// here, as an attempt to save that system call did.)
+func TestRawConnShortRead(t *testing.T) {
+	r, peer := rawPair(t)
+	r.SetReadDeadline(time.Now().Add(5 * time.Second)) // a missed wake-up fails, not hangs
+	buf := make([]byte, 10)
+	read := func(want string) {
+		t.Helper()
+		start := time.Now()
+		n, err := r.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("Read = %q, %v; want %q", buf[:n], err, want)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("Read of %q took %v", want, d)
+		}
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the first Read waits, and is woken
+		peer.Write([]byte("abc"))
+	}()
+	read("abc") // short
+	peer.Write([]byte("def"))
+	time.Sleep(50 * time.Millisecond) // the readiness comes while nobody waits
+	read("def")
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		peer.Write([]byte("ghi"))
+	}()
+	read("ghi")
+	peer.Write([]byte("0123456789")) // fills buf
+	read("0123456789")
+	peer.Write([]byte("jkl"))
+	read("jkl")
+	peer.CloseWrite()
+	if n, err := r.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after the peer's FIN: %d, %v; want 0, io.EOF", n, err)
+	}
+}
+
+// TestRawReaderShortRead: the same for the reader of a carried
+// connection, which borrows its buffer from the pool only once readable.
+func TestRawReaderShortRead(t *testing.T) {
+	r, peer := rawPair(t)
+	r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	pool := newBufPool()
+	rr, err := newRawReader(r.carriedConn, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(want string) {
+		t.Helper()
+		b, n, err := rr.read()
+		if err != nil || string((*b)[:n]) != want {
+			t.Fatalf("read = %v; want %q", err, want)
+		}
+		pool.put(b)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		peer.Write([]byte("abc"))
+	}()
+	read("abc")
+	peer.Write([]byte("def"))
+	time.Sleep(50 * time.Millisecond)
+	read("def")
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		peer.Write([]byte("ghi"))
+	}()
+	read("ghi")
+	peer.CloseWrite()
+	if _, _, err := rr.read(); err != io.EOF {
+		t.Fatalf("after the peer's FIN: %v; want io.EOF", err)
+	}
+}
+
 // TestRawConnAllocs: a Read and a Write allocate nothing.
 func TestRawConnAllocs(t *testing.T) {
 	r, peer := rawPair(t)
