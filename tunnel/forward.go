@@ -269,6 +269,13 @@ func (fw *forwarding) notAccepted(err error) bool {
 	return fw.refused.Load()
 }
 
+// peerReset: the peer reset the stream (err).
+func (fw *forwarding) peerReset(err error) {
+	fw.aborted.Store(true)
+	fw.fail(err)
+	fw.abort(false)
+}
+
 // lost: the session died before the peer's FIN. Its end is unknown.
 func (fw *forwarding) lost() {
 	fw.aborted.Store(true)
@@ -288,9 +295,7 @@ func (fw *forwarding) fromConn() {
 		fw.fail(readErr)
 		fw.abort(true)
 	case errors.Is(writeErr, yamux.ErrConnectionReset):
-		fw.aborted.Store(true)
-		fw.fail(writeErr)
-		fw.abort(false)
+		fw.peerReset(writeErr)
 	case fw.st.Session().IsClosed():
 		fw.lost()
 	default: // stalled: the peer stopped reading
@@ -331,9 +336,7 @@ func (fw *forwarding) toConn(before func() error) {
 		}
 		fw.abort(true)
 	case errors.Is(readErr, yamux.ErrConnectionReset):
-		fw.aborted.Store(true)
-		fw.fail(readErr)
-		fw.abort(false)
+		fw.peerReset(readErr)
 	case fw.st.Session().IsClosed() && !fw.mc.fins.seen(fw.id):
 		fw.lost()
 	default: // our own read deadline: the other direction aborted
