@@ -3,7 +3,6 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"sync"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
-	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
@@ -56,32 +54,13 @@ func (b *recordingBackend) next(t *testing.T) []byte {
 // fingerprint, then the application's bytes; a service without it gets
 // the application's bytes and nothing else.
 func TestProxyProtocol(t *testing.T) {
-	ks := testKeys()
-	entryKey, exitKey := ks[0], ks[1]
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	plain, proxied := newRecordingBackend(t), newRecordingBackend(t)
 	xs := config.DefaultExit()
 	xs.Forward = plain.addr
 	xs.Services = []config.ExitService{{Name: "pp", Forward: proxied.addr}}
 	xs.ProxyProtocol = []string{"pp"}
-	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
-	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exitLn := listen(t)
-	ns := config.DefaultEntry()
-	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
-	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	xdone, ndone := make(chan struct{}), make(chan struct{})
-	go func() { x.Serve(ctx, exitLn); close(xdone) }()
 	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "pp"}}
-	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
-	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+	startServices(t, xs, lns)
 
 	payload := []byte("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nnot a header, the application's bytes")
 	send := func(addr string) net.Addr {
@@ -116,7 +95,7 @@ func TestProxyProtocol(t *testing.T) {
 		t.Errorf("header destination %v, want the backend %s", h.DestinationAddr, proxied.addr)
 	}
 	tlvs, err := h.TLVs()
-	if err != nil || len(tlvs) != 1 || tlvs[0].Type != 0xE0 || string(tlvs[0].Value) != handshake.Fingerprint(&entryKey.PublicKey) {
+	if err != nil || len(tlvs) != 1 || tlvs[0].Type != 0xE0 || string(tlvs[0].Value) != handshake.Fingerprint(&testKeys()[0].PublicKey) {
 		t.Errorf("TLVs %+v, %v; want one of type 0xE0 with the entry key's fingerprint", tlvs, err)
 	}
 	if rest, _ := io.ReadAll(r); !bytes.Equal(rest, payload) {

@@ -35,30 +35,19 @@ import (
 // call expression, as package syscall does.
 
 // sysRead is read(2) on the non-blocking descriptor fd; n is 0 on an error.
-func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
-	if len(p) == 0 {
-		return 0, 0
-	}
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(n), 0
-		case syscall.EINTR:
-		default:
-			return 0, e
-		}
-	}
-}
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_READ, fd, p) }
 
 // sysWrite is write(2) on the non-blocking descriptor fd; n is 0 on an
 // error.
-func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_WRITE, fd, p) }
+
+// sysRW makes the read or write call trap on fd with p, again after EINTR.
+func sysRW(trap, fd uintptr, p []byte) (int, syscall.Errno) {
 	if len(p) == 0 {
 		return 0, 0
 	}
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 		switch e {
 		case 0:
 			return int(n), 0

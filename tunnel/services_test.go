@@ -57,30 +57,11 @@ func readAll(t *testing.T, addr string) string {
 // exit with a backend per service; each application reaches its service's
 // backend, over one session, and each service counts its own streams.
 func TestServicesShareSession(t *testing.T) {
-	ks := testKeys()
-	entryKey, exitKey := ks[0], ks[1]
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	xs := config.DefaultExit()
 	xs.Forward = namedBackend(t, "A", nil)
 	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
-	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
-	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exitLn := listen(t)
-	ns := config.DefaultEntry()
-	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
-	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	xdone, ndone := make(chan struct{}), make(chan struct{})
-	go func() { x.Serve(ctx, exitLn); close(xdone) }()
 	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "db"}, {Listener: listen(t), Service: "cache"}, {Listener: listen(t), Service: "nope"}}
-	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
-	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+	x, n := startServices(t, xs, lns)
 
 	for _, tc := range []struct {
 		listener int

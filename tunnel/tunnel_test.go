@@ -165,6 +165,33 @@ func startTuned(t testing.TB, backend string, adjust func(*config.Exit, *config.
 	return a
 }
 
+// startServices runs an exit with the settings xs (its timeouts made
+// short) and an entry that serves lns towards it, with the keys of
+// testKeys (the entry's first); both stop in t.Cleanup.
+func startServices(t *testing.T, xs config.Exit, lns []ServiceListener) (*Exit, *Entry) {
+	t.Helper()
+	ks := testKeys()
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
+	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitLn := listen(t)
+	ns := config.DefaultEntry()
+	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
+	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	xdone, ndone := make(chan struct{}), make(chan struct{})
+	go func() { x.Serve(ctx, exitLn); close(xdone) }()
+	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
+	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+	return x, n
+}
+
 // newExitForTest builds an exit with in-memory keys (Validate wants files).
 func newExitForTest(s config.Exit, key *rsa.PrivateKey, entry *rsa.PublicKey, log zerolog.Logger) (*Exit, error) {
 	auth, err := handshake.NewKeySet(entry)

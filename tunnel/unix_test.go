@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
-	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
 )
@@ -50,9 +49,6 @@ func unixBackend(t *testing.T, dir string, handle func(*net.UnixConn)) string {
 // which has none, gets a LOCAL header; the entry key's fingerprint comes
 // with both. A backend's reset closes the application's UNIX connection.
 func TestUnixSockets(t *testing.T) {
-	ks := testKeys()
-	entryKey, exitKey := ks[0], ks[1]
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	dir := t.TempDir()
 	// The backend reads a PROXY header, then everything to EOF, and answers
 	// with the header's source and what it read.
@@ -82,26 +78,11 @@ func TestUnixSockets(t *testing.T) {
 	})
 	xs.Services = []config.ExitService{{Name: "db", Forward: addr}, {Name: "resets", Forward: resets}}
 	xs.ProxyProtocol = []string{"db"}
-	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
-	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exitLn := listen(t)
-	ns := config.DefaultEntry()
-	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
-	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	appSock := filepath.Join(dir, "app.sock")
 	unixLn, err := ListenUnix(context.Background(), appSock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	xdone, ndone := make(chan struct{}), make(chan struct{})
-	go func() { x.Serve(ctx, exitLn); close(xdone) }()
 	tcpLn := listen(t)
 	resetSock := filepath.Join(dir, "resets.sock")
 	resetLn, err := ListenUnix(context.Background(), resetSock, 0)
@@ -109,8 +90,7 @@ func TestUnixSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	lns := []ServiceListener{{Listener: unixLn, Service: "db"}, {Listener: tcpLn, Service: "db"}, {Listener: resetLn, Service: "resets"}}
-	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
-	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
+	x, _ := startServices(t, xs, lns)
 
 	payload := bytes.Repeat([]byte("through the unix socket "), 20000) // about 470 KiB
 	exchange := func(network, addr string) (local net.Addr, h *proxyproto.Header) {
