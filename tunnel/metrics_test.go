@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rsa"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -342,4 +344,304 @@ func TestMetricsRefusals(t *testing.T) {
 	x.waitFor("exit, facing an unknown key", at("unknown_key"))
 	m := mismatch.waitFor("entry pinning another key", at("pinned_key_mismatch"))
 	want(t, "entry pinning another key", m, map[string]float64{`tunnel_handshakes_total{result="ok"}`: 0})
+}
+
+// tcpPair returns both ends of a loopback TCP connection; they close in
+// t.Cleanup.
+func tcpPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	ln := listen(t)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = <-accepted
+	if server == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+// sigFlipConn flips a bit in the last byte of the first handshake message
+// it reads: on the initiator that is HELLO_R, whose signature ends it
+// (PROTOCOL.md section 2.1: type u8, length u24, body).
+type sigFlipConn struct {
+	net.Conn
+	off int // bytes read so far
+	hdr [4]byte
+}
+
+func (c *sigFlipConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	for i := range p[:n] {
+		if c.off < len(c.hdr) {
+			c.hdr[c.off] = p[i]
+		} else if body := int(c.hdr[1])<<16 | int(c.hdr[2])<<8 | int(c.hdr[3]); c.off == len(c.hdr)+body-1 {
+			p[i] ^= 0x01
+		}
+		c.off++
+	}
+	return n, err
+}
+
+// stallConn holds the initiator's second Write (KEY_I, sent once HELLO_R
+// has come, so the responder holds a slot by then) until release is
+// closed, and then fails it.
+type stallConn struct {
+	net.Conn
+	writes  int
+	stalled chan struct{} // closed when the second Write begins
+	release chan struct{}
+}
+
+func newStallConn(c net.Conn) *stallConn {
+	return &stallConn{Conn: c, stalled: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (c *stallConn) Write(b []byte) (int, error) {
+	if c.writes++; c.writes == 2 {
+		close(c.stalled)
+		<-c.release
+		return 0, net.ErrClosed
+	}
+	return c.Conn.Write(b)
+}
+
+// holdHandshake starts a handshake from the test entry to the responder on
+// the far end of c (a real exit's, or a Responder's) that stops before
+// KEY_I, so that it holds one of the responder's slots; it returns once it
+// does, and the function that ends it and waits for it (t.Cleanup calls it
+// too).
+func holdHandshake(t *testing.T, c net.Conn) (end func()) {
+	t.Helper()
+	ks := testKeys()
+	sc := newStallConn(c)
+	done := make(chan error, 1)
+	go func() {
+		_, err := handshake.Initiate(context.Background(), sc, &handshake.Config{PrivateKey: ks[0], PeerKey: &ks[1].PublicKey})
+		done <- err
+	}()
+	select {
+	case <-sc.stalled:
+	case err := <-done:
+		t.Fatalf("the holding handshake ended before KEY_I: %v", err)
+	}
+	var once sync.Once
+	end = func() { once.Do(func() { close(sc.release); <-done }) }
+	t.Cleanup(end)
+	return end
+}
+
+// TestClassifyHandshake names the errors that the handshake package
+// returns, on each side, for each result of tunnel_handshakes_total that a
+// failed handshake can have.
+func TestClassifyHandshake(t *testing.T) {
+	ks := testKeys()
+	entryKey, exitKey := ks[0], ks[1]
+	stranger, err := handshake.GenerateKey(handshake.MinKeyBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	responder := func(t *testing.T, timeout time.Duration, slots int) *handshake.Responder {
+		auth, err := handshake.NewKeySet(&entryKey.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := handshake.NewResponder(handshake.Config{PrivateKey: exitKey, Authorized: auth, Timeout: timeout}, slots)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// both runs a handshake between an initiator with key and pin, its
+	// connection wrapped by wrap, and r; it returns both sides' errors.
+	both := func(t *testing.T, r *handshake.Responder, key *rsa.PrivateKey, pin *rsa.PublicKey, wrap func(net.Conn) net.Conn) (ini, res error) {
+		a, b := tcpPair(t)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := r.Handshake(context.Background(), b)
+			errc <- err
+		}()
+		if wrap != nil {
+			a = wrap(a)
+		}
+		_, ini = handshake.Initiate(context.Background(), a, &handshake.Config{PrivateKey: key, PeerKey: pin, Timeout: 10 * time.Second})
+		return ini, <-errc
+	}
+	// responderOnly runs r against a peer that sends send and then waits.
+	responderOnly := func(t *testing.T, r *handshake.Responder, send []byte) error {
+		a, b := tcpPair(t)
+		a.Write(send)
+		_, err := r.Handshake(context.Background(), b)
+		return err
+	}
+	// initiatorOnly runs the test entry against a peer that answers reply
+	// to its HELLO_I, or nothing if reply is nil, within ctx.
+	initiatorOnly := func(t *testing.T, ctx context.Context, reply []byte) error {
+		a, b := tcpPair(t)
+		if reply != nil {
+			go func() {
+				b.Read(make([]byte, 8))
+				b.Write(reply)
+			}()
+		}
+		_, err := handshake.Initiate(ctx, a, &handshake.Config{PrivateKey: entryKey, PeerKey: &exitKey.PublicKey})
+		return err
+	}
+	const none = hsResult(-1) // this side is not checked
+	cases := []struct {
+		name     string
+		run      func(t *testing.T) (ini, res error)
+		ini, res hsResult
+	}{
+		{"entry key not authorized", func(t *testing.T) (error, error) {
+			return both(t, responder(t, 10*time.Second, 0), stranger, &exitKey.PublicKey, nil)
+		}, hsUnknownKey, hsUnknownKey},
+		{"exit key not pinned", func(t *testing.T) (error, error) {
+			return both(t, responder(t, 10*time.Second, 0), entryKey, &stranger.PublicKey, nil)
+		}, hsPinnedKeyMismatch, none},
+		{"HELLO_R signature altered", func(t *testing.T) (error, error) {
+			return both(t, responder(t, 10*time.Second, 0), entryKey, &exitKey.PublicKey, func(c net.Conn) net.Conn { return &sigFlipConn{Conn: c} })
+		}, hsBadSignature, hsBadSignature},
+		{"responder's slots all taken", func(t *testing.T) (error, error) {
+			r := responder(t, 10*time.Second, 1)
+			a, b := tcpPair(t)
+			held := make(chan struct{})
+			go func() { r.Handshake(context.Background(), b); close(held) }()
+			end := holdHandshake(t, a)
+			defer func() { end(); <-held }()
+			return both(t, r, entryKey, &exitKey.PublicKey, nil)
+		}, hsBusy, hsBusy},
+		{"refused before the handshake", func(t *testing.T) (error, error) {
+			a, b := tcpPair(t)
+			go responder(t, 10*time.Second, 0).Refuse(b, "too many handshakes from your address; retry later")
+			_, err := handshake.Initiate(context.Background(), a, &handshake.Config{PrivateKey: entryKey, PeerKey: &exitKey.PublicKey})
+			return err, nil
+		}, hsBusy, none},
+		{"silent peer", func(t *testing.T) (error, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			return initiatorOnly(t, ctx, nil), responderOnly(t, responder(t, 200*time.Millisecond, 0), nil)
+		}, hsTimeout, hsTimeout},
+		{"half a preface, then silence", func(t *testing.T) (error, error) {
+			return nil, responderOnly(t, responder(t, 200*time.Millisecond, 0), []byte("TUNN"))
+		}, none, hsTimeout},
+		{"garbage", func(t *testing.T) (error, error) {
+			return initiatorOnly(t, context.Background(), []byte("HTTP/1.1 400 Bad Request\r\n\r\n")),
+				responderOnly(t, responder(t, 10*time.Second, 0), []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+		}, hsProtocolError, hsProtocolError},
+		{"protocol version 2", func(t *testing.T) (error, error) {
+			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x02"))
+		}, none, hsProtocolError},
+		{"KEY_I first", func(t *testing.T) (error, error) {
+			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x01\x03\x00\x00\x04\x00\x00\x00\x00"))
+		}, none, hsProtocolError},
+		{"peer closes", func(t *testing.T) (error, error) {
+			a, b := tcpPair(t)
+			a.Close()
+			_, err := responder(t, 10*time.Second, 0).Handshake(context.Background(), b)
+			return nil, err
+		}, none, hsOther},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ini, res := tc.run(t)
+			for _, side := range []struct {
+				name      string
+				err       error
+				want      hsResult
+				initiator bool
+			}{{"initiator", ini, tc.ini, true}, {"responder", res, tc.res, false}} {
+				if side.want == none {
+					continue
+				}
+				if side.err == nil {
+					t.Errorf("%s: the handshake succeeded", side.name)
+				} else if got := classifyHandshake(side.err, side.initiator); got != side.want {
+					t.Errorf("%s: %v\ncounted as %s, want %s", side.name, side.err, hsResultNames[got], hsResultNames[side.want])
+				}
+			}
+		})
+	}
+}
+
+// TestMetricsHandshakeFailures drives real exits into each result of a
+// failed handshake that the exit itself meets, and scrapes them: garbage,
+// a silent connection, a handshake while the only slot is held, a
+// signature the entry rejects, and, on exits of their own, a source over
+// --handshake-rate and one with too many handshakes in progress.
+func TestMetricsHandshakeFailures(t *testing.T) {
+	defer http.DefaultClient.CloseIdleConnections()
+	ks := testKeys()
+	x, addr, _ := serveExit(t, echoBackend(t), func(s *config.Exit) { s.MaxHandshakes = 1 })
+	xm := serveMetrics(t, x.Metrics())
+	dial := func(addr string) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	result := func(r string) string { return `tunnel_handshakes_total{result="` + r + `"}` }
+	reaches := func(r string, n float64) func(map[string]float64) bool {
+		return func(m map[string]float64) bool { return m[result(r)] >= n }
+	}
+
+	// Not the protocol at all.
+	dial(addr).Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	xm.waitFor("exit: garbage counted", reaches("protocol_error", 1))
+
+	// Nothing within handshake.HelloTimeout.
+	dial(addr)
+	xm.waitFor("exit: silent connection counted", reaches("timeout", 1))
+
+	// The one slot is held by a handshake that stopped before KEY_I.
+	end := holdHandshake(t, dial(addr))
+	_, err := handshake.Initiate(context.Background(), dial(addr), &handshake.Config{PrivateKey: ks[0], PeerKey: &ks[1].PublicKey})
+	if !errors.Is(err, handshake.ErrBusy) {
+		t.Errorf("handshake while the only slot is held: %v, want ALERT busy", err)
+	}
+	xm.waitFor("exit: busy counted", reaches("busy", 1))
+	end()
+	xm.waitFor("exit: the holding handshake ended (cut)", reaches("other", 1))
+
+	// The entry finds HELLO_R's signature wrong and says so.
+	_, err = handshake.Initiate(context.Background(), &sigFlipConn{Conn: dial(addr)}, &handshake.Config{PrivateKey: ks[0], PeerKey: &ks[1].PublicKey})
+	if !errors.Is(err, handshake.ErrBadSignature) {
+		t.Errorf("HELLO_R with its signature altered: %v, want bad signature", err)
+	}
+	m := xm.waitFor("exit: bad signature counted", reaches("bad_signature", 1))
+	want(t, "exit", m, map[string]float64{
+		result("ok"): 0, result("protocol_error"): 1, result("timeout"): 1, result("busy"): 1,
+		result("bad_signature"): 1, result("other"): 1, result("rate_limited"): 0,
+	})
+
+	// --handshake-rate: a bucket of one token that refills in 1000 s.
+	slow, slowAddr, _ := serveExit(t, echoBackend(t), func(s *config.Exit) { s.HandshakeRate = 0.001 })
+	sm := serveMetrics(t, slow.Metrics())
+	dial(slowAddr).Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	sm.waitFor("rate-limited exit: the first connection handshakes", reaches("protocol_error", 1))
+	_, err = handshake.Initiate(context.Background(), dial(slowAddr), &handshake.Config{PrivateKey: ks[0], PeerKey: &ks[1].PublicKey})
+	if !errors.Is(err, handshake.ErrBusy) {
+		t.Errorf("handshake over --handshake-rate: %v, want ALERT busy", err)
+	}
+	m = sm.waitFor("rate-limited exit: the second refused", reaches("rate_limited", 1))
+	want(t, "rate-limited exit", m, map[string]float64{result("rate_limited"): 1, result("ok"): 0, result("busy"): 0})
+
+	// The cap on handshakes in progress from one source counts as
+	// rate_limited too: one silent connection more than it allows.
+	capped, cappedAddr, _ := serveExit(t, echoBackend(t), nil)
+	cm := serveMetrics(t, capped.Metrics())
+	for range maxHandshakesPerSource + 1 {
+		dial(cappedAddr)
+	}
+	cm.waitFor("capped exit: one refused", reaches("rate_limited", 1))
+	m = cm.waitFor("capped exit: the others timed out", reaches("timeout", maxHandshakesPerSource))
+	want(t, "capped exit", m, map[string]float64{result("rate_limited"): 1, result("timeout"): maxHandshakesPerSource})
 }
