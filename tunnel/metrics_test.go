@@ -114,7 +114,8 @@ func sum(m map[string]float64, name, label string) float64 {
 // TestMetrics scrapes both agents' /metrics while a stream carries data, and
 // checks that the values move as they should: sessions and handshakes, the
 // open stream, records and bytes during the transfer, then statuses and
-// backend dials when the stream ends, and how the session ended.
+// backend dials when the stream ends, how the session ended, and the
+// entry's reconnect once an exit is back.
 func TestMetrics(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
 	a := start(t, echoBackend(t))
@@ -222,6 +223,14 @@ func TestMetrics(t *testing.T) {
 	if xm[`tunnel_records_total{direction="sent"}`] < lastRecords["exitsent"] {
 		t.Errorf("exit: records sent went down when the session ended: %v, was %v", xm[`tunnel_records_total{direction="sent"}`], lastRecords["exitsent"])
 	}
+
+	// An exit comes back on the same address: the entry makes a session
+	// again after it had none, and counts it as a reconnect.
+	a.restartExit(t, echoBackend(t))
+	nm = n.waitFor("entry: reconnected", func(m map[string]float64) bool {
+		return m[`tunnel_entry_reconnects_total`] >= 1 && m[`tunnel_sessions{peer_fingerprint="`+exitFP+`"}`] == 1
+	})
+	want(t, "entry", nm, map[string]float64{`tunnel_entry_reconnects_total`: 1, `tunnel_handshakes_total{result="ok"}`: 2})
 }
 
 // TestMetricsKeyUpdates: with a key that lives for 8 records, both agents

@@ -165,6 +165,30 @@ func startTuned(t testing.TB, backend string, adjust func(*config.Exit, *config.
 	return a
 }
 
+// restartExit serves a new exit, forwarding to backend, on the address of
+// the one that a.stopExit has stopped; a.exit and a.stopExit are the new
+// one's from then on.
+func (a *agents) restartExit(t testing.TB, backend string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", a.exitAddr)
+	if err != nil {
+		t.Fatalf("re-listen on %s: %v", a.exitAddr, err)
+	}
+	ks := testKeys()
+	xs := config.DefaultExit()
+	xs.Forward = backend
+	xs.DrainTimeout = time.Second
+	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { x.Serve(ctx, ln); close(done) }()
+	a.exit, a.stopExit = x, func() { cancel(); <-done }
+}
+
 // startServices runs an exit with the settings xs (its timeouts made
 // short) and an entry that serves lns towards it, with the keys of
 // testKeys (the entry's first); both stop in t.Cleanup.
@@ -262,22 +286,7 @@ func TestExitRestart(t *testing.T) {
 	a := start(t, echoBackend(t))
 	roundTrip(t, a.entryAddr, []byte("before"))
 	a.stopExit()
-	ln, err := net.Listen("tcp", a.exitAddr)
-	if err != nil {
-		t.Fatalf("re-listen on %s: %v", a.exitAddr, err)
-	}
-	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward = echoBackend(t)
-	xs.DrainTimeout = time.Second
-	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { x.Serve(ctx, ln); close(done) }()
-	a.stopExit = func() { cancel(); <-done }
+	a.restartExit(t, echoBackend(t))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", a.entryAddr)
