@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,9 +13,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tunnel-dev/tunnel/handshake"
 )
 
 // lines returns the JSON log lines of c whose message is msg, decoded.
@@ -181,9 +185,10 @@ func echoOnce(addr string, n int) error {
 
 // longStream is one connection that keeps sending and checking its echo until closed.
 type longStream struct {
-	c    net.Conn
-	stop chan struct{}
-	done chan error // its first error, or nil once stopped
+	c     net.Conn
+	stop  chan struct{}
+	done  chan error   // its first error, or nil once stopped
+	moved atomic.Int64 // bytes echoed so far
 }
 
 func startLongStream(t *testing.T, addr string) *longStream {
@@ -194,7 +199,7 @@ func startLongStream(t *testing.T, addr string) *longStream {
 	s := &longStream{c: c, stop: make(chan struct{}), done: make(chan error, 1)}
 	go func() {
 		buf, echo := make([]byte, 4<<10), make([]byte, 4<<10)
-		var total int64
+		var total int64 // s.moved, as this goroutine last left it
 		for {
 			rand.Read(buf)
 			c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -210,7 +215,7 @@ func startLongStream(t *testing.T, addr string) *longStream {
 				s.done <- fmt.Errorf("long stream after %d bytes: echo differs", total)
 				return
 			}
-			total += int64(len(buf))
+			total = s.moved.Add(int64(len(buf)))
 			select {
 			case <-s.stop:
 				s.done <- nil
@@ -220,6 +225,23 @@ func startLongStream(t *testing.T, addr string) *longStream {
 		}
 	}()
 	return s
+}
+
+// waitMoved waits until the stream has echoed n more bytes.
+func (s *longStream) waitMoved(t *testing.T, n int64) {
+	t.Helper()
+	want := s.moved.Load() + n
+	for deadline := time.Now().Add(20 * time.Second); s.moved.Load() < want; {
+		select {
+		case err := <-s.done:
+			t.Fatalf("long stream ended after %d bytes, want %d: %v", s.moved.Load(), want, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("long stream: %d bytes, want %d within 20s", s.moved.Load(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // close stops the stream; it fails the test if the stream failed.
@@ -235,7 +257,7 @@ func (s *longStream) close(t *testing.T) {
 // TestKeyRotation rotates the exit's key and then the entry's with the real binaries, by the
 // steps README gives, while connections run through the tunnel all along: no connection may
 // fail or lose a byte, and a stream open across the SIGHUPs is not disturbed. A file that
-// does not parse is refused and changes nothing.
+// does not parse, or a weak key, is refused and changes nothing.
 func TestKeyRotation(t *testing.T) {
 	dir := t.TempDir()
 	keys, pinned, authorized, staging := filepath.Join(dir, "keys"), filepath.Join(dir, "pinned"), filepath.Join(dir, "authorized"), filepath.Join(dir, "staging")
@@ -311,8 +333,43 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("entry reload line %v: want fingerprint %s, previous %s", l, entryNew, entryOld)
 	}
 	tr.waitMore(t, 5)
+
+	// A weak key among the authorized ones, in a reload that would also drop the new entry key:
+	// refused as a whole, with a line naming the file and the key's size; the previous set stays
+	// in force, so the stream keeps flowing and an entry with the new key still connects.
+	weak, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	weakPub, err := handshake.MarshalPublicKeyPEM(&weak.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(authorized, "weak.pub"), weakPub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	move(filepath.Join(authorized, "entry-new.pub"), filepath.Join(staging, "entry-new.pub"))
+	if l := x.reload(t, reloadFailed); !strings.Contains(fmt.Sprint(l["error"]), "weak.pub") || !strings.Contains(fmt.Sprint(l["error"]), "1024 bits") {
+		t.Errorf("exit refused the weak key with %v; want a line naming weak.pub and its 1024 bits", l)
+	}
+	long.waitMoved(t, 64<<10)
+	tr.waitMore(t, 5)
+	n2 := startChild(t, "--log-format", "json", "entry", "--listen", "127.0.0.1:0", "--peer", exitAddr,
+		"--key", filepath.Join(keys, "entry.key"), "--peer-key", pinned)
+	if est := n2.waitLine(t, "session established", 1); est["peer_fingerprint"] != exitNew {
+		t.Errorf("second entry's session is with %v, want the exit's new key %s", est["peer_fingerprint"], exitNew)
+	}
+	if est := x.waitLine(t, "session established", 2); est["peer_fingerprint"] != entryNew {
+		t.Errorf("the exit's session with the second entry is with %v, want the new entry key %s", est["peer_fingerprint"], entryNew)
+	}
+	n2.cmd.Process.Signal(syscall.SIGTERM)
+	if code := n2.exitCode(t, 20*time.Second); code != 0 {
+		t.Errorf("second entry after SIGTERM: exit code %d; log:\n%s", code, n2.log.String())
+	}
+	os.Remove(filepath.Join(authorized, "weak.pub"))
+	move(filepath.Join(staging, "entry-new.pub"), filepath.Join(authorized, "entry-new.pub"))
 	tr.end(t)
-	t.Logf("%d connections through six reloads", tr.count())
+	t.Logf("%d connections through seven reloads", tr.count())
 
 	// 3: the exit stops accepting the old key: the session made with it gets GoAway, and the
 	// entry makes a new one with its new key, to the exit's new key. The stream open on the old
@@ -325,13 +382,13 @@ func TestKeyRotation(t *testing.T) {
 	if est := n.waitLine(t, "session established", 2); est["peer_fingerprint"] != exitNew {
 		t.Errorf("new session with %v, want the new exit key %s", est["peer_fingerprint"], exitNew)
 	}
-	if est := x.waitLine(t, "session established", 2); est["peer_fingerprint"] != entryNew {
+	if est := x.waitLine(t, "session established", 3); est["peer_fingerprint"] != entryNew {
 		t.Errorf("the exit's new session is with %v, want the new entry key %s", est["peer_fingerprint"], entryNew)
 	}
 	tr = startTraffic(entryAddr)
 	tr.waitMore(t, 20)
 	tr.end(t)
-	long.close(t) // on the old session, across seven reloads and the GoAway
+	long.close(t) // on the old session, across eight reloads and the GoAway
 
 	for _, c := range []*child{n, x} {
 		c.cmd.Process.Signal(syscall.SIGTERM)
