@@ -60,6 +60,21 @@ func statusOf(t *testing.T, addr string) map[string]any {
 	return m
 }
 
+// redisSetGet sets key to "value" in the Redis at addr, reads it back and
+// checks both answers.
+func redisSetGet(t *testing.T, addr, key string) {
+	t.Helper()
+	c := harness.Dial(t, addr, 30*time.Second)
+	defer c.Close()
+	fmt.Fprintf(c, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(key), key, len(key), key)
+	rd := bufio.NewReader(c)
+	for _, want := range []string{"+OK\r\n", "$5\r\n", "value\r\n"} {
+		if line, err := rd.ReadString('\n'); err != nil || line != want {
+			t.Fatalf("redis through %s: %q, %v; want %q", addr, line, err, want)
+		}
+	}
+}
+
 // TestTwoServices: one exit forwards PostgreSQL as service db and Redis as
 // service cache; db is open to one entry key only. The first entry reaches
 // both through one session; the second reaches cache, is refused db with
@@ -105,24 +120,12 @@ func TestTwoServices(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
-	redisSetGet := func(addr, key string) {
-		t.Helper()
-		c := harness.Dial(t, addr, 30*time.Second)
-		defer c.Close()
-		fmt.Fprintf(c, "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$5\r\nvalue\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n", len(key), key, len(key), key)
-		rd := bufio.NewReader(c)
-		for _, want := range []string{"+OK\r\n", "$5\r\n", "value\r\n"} {
-			if line, err := rd.ReadString('\n'); err != nil || line != want {
-				t.Fatalf("redis through %s: %q, %v; want %q", addr, line, err, want)
-			}
-		}
-	}
 
 	// The first entry: both services, one session.
 	if out, err := query(addrs1["db"]); err != nil || out != "42" {
 		t.Fatalf("psql through the entry's db listener: %v: %s", err, out)
 	}
-	redisSetGet(addrs1["cache"], "k1")
+	redisSetGet(t, addrs1["cache"], "k1")
 	entry1.WaitMessage(t, 1, 30*time.Second, "session established")
 	entry2.WaitMessage(t, 1, 30*time.Second, "session established")
 	if n := exit.Count(harness.MessageIs("session established")); n != 2 {
@@ -130,7 +133,7 @@ func TestTwoServices(t *testing.T) {
 	}
 
 	// The second entry: cache yes, db refused by policy, nope unknown.
-	redisSetGet(addrs2["cache"], "k2")
+	redisSetGet(t, addrs2["cache"], "k2")
 	if out, err := query(addrs2["db"]); err == nil {
 		t.Fatalf("psql through the second entry's db listener succeeded (%s); the exit should refuse its key", out)
 	}
@@ -190,5 +193,66 @@ func TestTwoServices(t *testing.T) {
 		}
 	}
 	entry1.CheckNoErrors(t)
+	exit.CheckNoErrors(t)
+}
+
+// TestServicesFromFiles: an exit and an entry that take their services from
+// services: in their --config files, as README writes them, carry both over
+// one session: Redis as service cache, and a hash echo as service echo, which
+// an allow: rule opens to the entry's key.
+func TestServicesFromFiles(t *testing.T) {
+	t.Parallel()
+	r := harness.NewRig(t)
+	redis, echo := harness.StartRedis(t), harness.StartHashEcho(t)
+	dir := t.TempDir()
+	write := func(name, yaml string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	exitFile := write("exit.yaml", fmt.Sprintf(`exit:
+  listen: 127.0.0.1:0
+  status-addr: 127.0.0.1:0
+  key: %q
+  authorized-keys: %q
+  services:
+    cache:
+      forward: %q
+    echo:
+      forward: %q
+      allow: [%q]
+`, r.Exit.Key, r.Entry.Pub, redis, echo.Addr(), r.Entry.Fingerprint))
+	exit, xaddrs, _ := startAgent(t, r.Bin, 1, "exit", "--config", exitFile)
+	entryFile := write("entry.yaml", fmt.Sprintf(`entry:
+  peer: %q
+  status-addr: 127.0.0.1:0
+  key: %q
+  peer-key: %q
+  services:
+    - listen: 127.0.0.1:0
+      service: cache
+    - listen: 127.0.0.1:0
+      service: echo
+`, xaddrs[""], r.Entry.Key, r.Exit.Pub))
+	entry, addrs, _ := startAgent(t, r.Bin, 2, "entry", "--config", entryFile)
+	if len(addrs) != 2 || addrs["cache"] == "" || addrs["echo"] == "" {
+		t.Fatalf("entry listeners by service: %v, want cache and echo", addrs)
+	}
+
+	redisSetGet(t, addrs["cache"], "from-file")
+	if err := harness.Exchange(addrs["echo"], 1<<20, 7, 30*time.Second); err != nil {
+		t.Fatalf("hash echo through the entry's echo listener: %v", err)
+	}
+	if echo.Accepted() != 1 {
+		t.Errorf("the echo backend accepted %d connections, want the one of service echo", echo.Accepted())
+	}
+	entry.WaitMessage(t, 1, 30*time.Second, "session established")
+	if n := exit.Count(harness.MessageIs("session established")); n != 1 {
+		t.Errorf("exit logged %d sessions, want both services over one", n)
+	}
+	entry.CheckNoErrors(t)
 	exit.CheckNoErrors(t)
 }
