@@ -152,16 +152,14 @@ func bulk(addr string, op byte, size int64, p pattern) (time.Duration, error) {
 }
 
 // benchBulk measures one connection's throughput each way, directly and
-// through the tunnel (and stunnel), and the CPU time of the tunnel's
-// processes per GB.
+// through the tunnel (and the peers), and the CPU time per GB of the
+// processes between client and server.
 func (r *rig) benchBulk(b *testing.B) {
 	backend := harness.StartBackend(b, bulkServer(r.pattern))
 	routes := []route{{col: direct, addr: backend.Addr()}}
 	a := r.startAgents(b, backend.Addr(), false, false)
 	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
-	if s := r.startStunnel(b, backend.Addr(), false); s != nil {
-		routes = append(routes, route{stunnel, s.addr, s.pids})
-	}
+	routes = append(routes, r.peerRoutes(b, backend.Addr(), false)...)
 	size := r.set.bulkBytes
 	for _, p := range routes {
 		var cpu float64

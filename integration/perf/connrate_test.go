@@ -18,12 +18,14 @@ import (
 const connRateWorkers = 8
 
 // benchConnRate measures how many connections per second can connect, echo
-// rttSize bytes and close, connRateWorkers at a time, directly and through
-// the tunnel.
+// rttSize bytes and close, connRateWorkers at a time, directly, through the
+// tunnel and through the peers.
 func (r *rig) benchConnRate(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
 	a := r.startAgents(b, backend.Addr(), false, false)
-	for _, p := range []route{{col: direct, addr: backend.Addr()}, {tunnel, a.Entry.Addr, a.pids()}} {
+	routes := append([]route{{col: direct, addr: backend.Addr()}, {tunnel, a.Entry.Addr, a.pids()}},
+		r.peerRoutes(b, backend.Addr(), false)...)
+	for _, p := range routes {
 		cpu := cpuSeconds(b, p.pids...)
 		n, d, err := connRate(p.addr, r.set.connRateTime)
 		if err != nil {
@@ -32,7 +34,7 @@ func (r *rig) benchConnRate(b *testing.B) {
 		perSec := float64(n) / d.Seconds()
 		b.ReportMetric(perSec, p.col.String()+"-conns/s")
 		if p.pids != nil {
-			b.ReportMetric((cpuSeconds(b, p.pids...)-cpu)*1e6/float64(n), "agents-cpu-µs/conn")
+			b.ReportMetric((cpuSeconds(b, p.pids...)-cpu)*1e6/float64(n), p.col.String()+"-cpu-µs/conn")
 		}
 		r.res.set("connrate", p.col, perSec)
 	}

@@ -30,9 +30,15 @@
 //
 // It is a benchmark, not a test: it checks that every byte arrives as sent
 // and that nothing fails, never how fast anything is. The agents are built
-// without the race detector. When stunnel4 is installed, the bulk and rtt
-// figures are also measured through a pair of stunnel processes (TLS 1.3)
-// as a reference; set TUNNEL_PERF_STUNNEL=0 to leave it out.
+// without the race detector.
+//
+// The bulk, rtt, connrate and pgbench figures are also measured, in the same
+// run, through the peers an operator compares tunnel with, each one that is
+// installed: a stunnel client and server (stunnel4; TLS 1.3 with ECDSA
+// P-256), a spiped pair (spiped) and ssh -L through sshd with
+// aes256-gcm@openssh.com (openssh-client and openssh-server; only as root,
+// which sshd needs). TUNNEL_PERF_PEERS picks some of them, e.g.
+// "stunnel,ssh", or "none".
 //
 // The sizes and durations can be changed through the environment:
 // TUNNEL_PERF_BULK_MIB (1024 each way), TUNNEL_PERF_RTT_COUNT (20000 round

@@ -57,9 +57,9 @@ type settings struct {
 	connRateTime    time.Duration
 	idleConns       int
 	pgbenchDuration time.Duration
-	scaleConns      int  // connections held at once
-	scaleSeconds    int  // each echoes once a second for this long
-	stunnel         bool // also measure stunnel4, when installed
+	scaleConns      int             // connections held at once
+	scaleSeconds    int             // each echoes once a second for this long
+	peers           map[column]bool // the peers to measure too, when installed
 }
 
 func loadSettings(b *testing.B) settings {
@@ -83,7 +83,7 @@ func loadSettings(b *testing.B) settings {
 		pgbenchDuration: time.Duration(num("TUNNEL_PERF_PGBENCH_SECONDS", 10, 1)) * time.Second,
 		scaleConns:      num("TUNNEL_PERF_SCALE_CONNS", 10000, 1),
 		scaleSeconds:    num("TUNNEL_PERF_SCALE_SECONDS", 60, 1),
-		stunnel:         os.Getenv("TUNNEL_PERF_STUNNEL") != "0",
+		peers:           parsePeers(b, os.Getenv("TUNNEL_PERF_PEERS")),
 	}
 }
 

@@ -23,12 +23,13 @@ const (
 )
 
 // benchPgbench runs pgbench against a throwaway PostgreSQL, directly and
-// through the tunnel, in three modes, each a sub-benchmark.
+// through the tunnel and the peers, in three modes, each a sub-benchmark.
 func (r *rig) benchPgbench(b *testing.B) {
 	pgbench, err := exec.LookPath("pgbench")
 	harness.RequireOrSkip(b, "pgbench (Debian package postgresql, which brings postgresql-15 and postgresql-client)", err == nil)
 	pg := harness.StartPostgres(b)
 	a := r.startAgents(b, pg, false, false)
+	routes := append([]route{{col: direct, addr: pg}, {col: tunnel, addr: a.Entry.Addr}}, r.peerRoutes(b, pg, false)...)
 	runPgbench(b, pgbench, pg, "-i", "-q", "-s", strconv.Itoa(pgScale))
 	for _, m := range []struct {
 		name, key string
@@ -39,7 +40,7 @@ func (r *rig) benchPgbench(b *testing.B) {
 		{"connect", "pgbench-SC", []string{"-S", "-C"}},
 	} {
 		b.Run(m.name, func(b *testing.B) {
-			for _, p := range []route{{col: direct, addr: pg}, {col: tunnel, addr: a.Entry.Addr}} {
+			for _, p := range routes {
 				args := append([]string{"-c", strconv.Itoa(pgClients), "-j", strconv.Itoa(pgThreads),
 					"-T", strconv.Itoa(int(r.set.pgbenchDuration.Seconds()))}, m.args...)
 				tps := pgbenchTPS(b, runPgbench(b, pgbench, p.addr, args...))

@@ -7,7 +7,7 @@ import (
 )
 
 // benchRTT measures 64-byte round trips from a client process to an echo
-// server process, directly and through the tunnel (and stunnel). With pin,
+// server process, directly and through the tunnel (and the peers). With pin,
 // the client, the server and every process between them run on CPU 0
 // alone, so each hop costs its full share of scheduling and system calls.
 func (r *rig) benchRTT(b *testing.B, pin bool) {
@@ -15,9 +15,7 @@ func (r *rig) benchRTT(b *testing.B, pin bool) {
 	routes := []route{{col: direct, addr: echoAddr}}
 	a := r.startAgents(b, echoAddr, pin, false)
 	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
-	if s := r.startStunnel(b, echoAddr, pin); s != nil {
-		routes = append(routes, route{stunnel, s.addr, s.pids})
-	}
+	routes = append(routes, r.peerRoutes(b, echoAddr, pin)...)
 	name := "unpinned"
 	if pin {
 		name = "pinned"

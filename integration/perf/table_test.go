@@ -12,12 +12,23 @@ type column int
 const (
 	direct  column = iota // application straight to the server
 	tunnel                // through an entry and an exit
-	stunnel               // through a stunnel4 client and server, when installed
+	stunnel               // the peers, when installed: a stunnel4 client and server,
+	spiped                // a spiped pair,
+	sshL                  // ssh -L through sshd
 	columns
 )
 
+// String names the column in metrics and in TUNNEL_PERF_PEERS.
 func (c column) String() string {
-	return [columns]string{"direct", "tunnel", "stunnel"}[c]
+	return [columns]string{"direct", "tunnel", "stunnel", "spiped", "ssh"}[c]
+}
+
+// heading names the column in the table.
+func (c column) heading() string {
+	if c == sshL {
+		return "ssh -L"
+	}
+	return c.String()
 }
 
 // route is one way from a client to a server: directly, or through a pair
@@ -89,13 +100,18 @@ func (t *table) set(key string, c column, v float64) {
 // print writes the table as Markdown, with aligned columns so that it reads
 // in a terminal too.
 func (t *table) print(w io.Writer, machine string) {
-	withStunnel := false
-	for _, v := range t.vals {
-		withStunnel = withStunnel || v[stunnel] != 0
+	var shown []column // the peers measured for some figure
+	for c := stunnel; c < columns; c++ {
+		for _, v := range t.vals {
+			if v[c] != 0 {
+				shown = append(shown, c)
+				break
+			}
+		}
 	}
 	head := []string{"figure", "direct", "tunnel", "tunnel/direct"}
-	if withStunnel {
-		head = append(head, "stunnel")
+	for _, c := range shown {
+		head = append(head, c.heading())
 	}
 	cells := [][]string{head}
 	for _, r := range rows {
@@ -118,8 +134,8 @@ func (t *table) print(w io.Writer, machine string) {
 			label = l
 		}
 		line := []string{label, num(v[direct]), num(v[tunnel]), ratio}
-		if withStunnel {
-			line = append(line, num(v[stunnel]))
+		for _, c := range shown {
+			line = append(line, num(v[c]))
 		}
 		cells = append(cells, line)
 	}
