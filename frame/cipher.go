@@ -142,6 +142,13 @@ func xorBlock(b, k []byte) {
 
 // cfbDecrypt decrypts the body of region in place.
 func (c *recordCipher) cfbDecrypt(region []byte) {
+	c.cfbDecryptTo(region[aes.BlockSize:], region)
+}
+
+// cfbDecryptTo writes the plaintext of region's body to dst, which holds
+// len(region)-BlockSize bytes and is either that body (in place) or
+// disjoint from region.
+func (c *recordCipher) cfbDecryptTo(dst, region []byte) {
 	ks, prev := c.ks[:], c.prev[:]
 	copy(prev, region[:aes.BlockSize])
 	body := region[aes.BlockSize:]
@@ -154,9 +161,25 @@ func (c *recordCipher) cfbDecrypt(region []byte) {
 		if n == len(ks) {
 			copy(prev, body[n-aes.BlockSize:n])
 		}
-		subtle.XORBytes(body[:n], body[:n], ks[:n])
-		body = body[n:]
+		subtle.XORBytes(dst[:n], body[:n], ks[:n])
+		body, dst = body[n:], dst[n:]
 	}
 	clear(c.ks[:])
 	clear(c.prev[:])
+}
+
+// cfbDecryptSplit decrypts a region whose body is at least one block: the
+// body's first byte is returned and the rest written to dst, which holds
+// len(region)-BlockSize-1 bytes and is disjoint from region. region is left
+// as it was.
+func (c *recordCipher) cfbDecryptSplit(dst, region []byte) byte {
+	const bs = aes.BlockSize
+	var first [bs]byte
+	c.cfbDecryptTo(first[:], region[:2*bs])
+	typ := first[0]
+	copy(dst, first[1:])
+	clear(first[:])
+	// The first ciphertext block, still in region, is the iv of the rest.
+	c.cfbDecryptTo(dst[bs-1:], region[bs:])
+	return typ
 }

@@ -51,7 +51,8 @@ func FuzzReader(f *testing.F) {
 
 // TestCFBMatchesStdlib: the record layer's CFB is Go's CFB-128, whether a
 // record is encrypted alone or interleaved with up to maxBatch-1 others of
-// other lengths, and its scratch is wiped afterwards.
+// other lengths, decrypted in place or into another buffer, and its scratch
+// is wiped afterwards.
 func TestCFBMatchesStdlib(t *testing.T) {
 	rc := newRecordCipher([32]byte{9})
 	enc, _ := DeriveRecordKeys([32]byte{9})
@@ -77,6 +78,13 @@ func TestCFBMatchesStdlib(t *testing.T) {
 				cipher.NewCFBEncrypter(block, src[:16]).XORKeyStream(want, src[16:])
 				if !bytes.Equal(r[:16], src[:16]) || !bytes.Equal(r[16:], want) {
 					t.Fatalf("batch of %d, record %d (%d bytes): encryption differs from crypto/cipher", batch, i, len(want))
+				}
+				if len(want) >= aes.BlockSize {
+					enciphered := bytes.Clone(r)
+					rest := make([]byte, len(want)-1)
+					if typ := rc.cfbDecryptSplit(rest, r); typ != src[16] || !bytes.Equal(rest, src[17:]) || !bytes.Equal(r, enciphered) {
+						t.Fatalf("batch of %d, record %d (%d bytes): decryption into a buffer differs, or changed the record", batch, i, len(want))
+					}
 				}
 				rc.cfbDecrypt(r)
 				if !bytes.Equal(r, src) {

@@ -1,6 +1,7 @@
 package frame
 
 import (
+	"crypto/aes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/subtle"
@@ -298,9 +299,11 @@ func (h *inHalf) fill(k int) error {
 // readRecord reads, verifies and decrypts the next record, and acts on its
 // type: FINISHED is checked, KEY_UPDATE switches the receiving key. Callers
 // hold mu. Nothing of a record is decrypted before its tag has verified.
-// The sequence space is the sender's: the last record accepted has seq
+// When dst has room for the payload, the payload is decrypted into it and
+// is a prefix of dst; otherwise it is decrypted in place, in the read
+// buffer, and valid until the next read. The sequence space is the sender's: the last record accepted has seq
 // 2^64-2, and one that would need seq 2^64-1 is refused unread.
-func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
+func (h *inHalf) readRecord(dst []byte) (typ byte, payload []byte, err error) {
 	if h.seq == math.MaxUint64 {
 		return 0, nil, h.fail(ErrSeqExhausted)
 	}
@@ -325,14 +328,20 @@ func (h *inHalf) readRecord() (typ byte, payload []byte, err error) {
 	if !hmac.Equal(h.c.mac.Sum(h.tag[:0]), rec[headerLen+ivLen+n:]) {
 		return 0, nil, h.fail(ErrAuth)
 	}
-	body := rec[headerLen+ivLen : headerLen+ivLen+n]
-	h.c.cfbDecrypt(rec[headerLen : headerLen+ivLen+n])
+	region := rec[headerLen : headerLen+ivLen+n]
+	if n > aes.BlockSize && len(dst) >= n-1 {
+		// Straight into the reader's buffer, saving a copy.
+		payload = dst[:n-1]
+		typ = h.c.cfbDecryptSplit(payload, region)
+	} else {
+		h.c.cfbDecrypt(region)
+		typ, payload = region[ivLen], region[ivLen+1:]
+	}
 	h.r += headerLen + length
 	seq := h.seq
 	h.seq++
 	h.recv.Add(1)
 
-	typ, payload = body[0], body[1:]
 	switch {
 	case seq == 0:
 		if typ != typeFinished || subtle.ConstantTimeCompare(payload, h.th[:]) != 1 {
@@ -379,14 +388,16 @@ func (h *inHalf) read(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
-		typ, payload, err := h.readRecord()
+		typ, payload, err := h.readRecord(p)
 		if err != nil {
 			return 0, err
 		}
-		switch typ {
-		case typeData:
+		switch {
+		case typ == typeData && len(payload) > 0 && &payload[0] == &p[0]:
+			return len(payload), nil
+		case typ == typeData:
 			h.plain = payload
-		case typeClose:
+		case typ == typeClose:
 			h.end(io.EOF)
 		}
 	}
@@ -405,6 +416,6 @@ func (h *inHalf) readFinished() error {
 	if h.err != nil {
 		return h.err
 	}
-	_, _, err := h.readRecord() // seq 0 is FINISHED or an error
+	_, _, err := h.readRecord(nil) // seq 0 is FINISHED or an error
 	return err
 }

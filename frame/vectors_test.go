@@ -178,17 +178,20 @@ func TestVectorRecordsOpen(t *testing.T) {
 	}
 	keys := Keys{Recv: secret(t, v.S0), Transcript: finished}
 
-	c := New(&memConn{r: bytes.NewReader(stream)}, keys, nil)
-	for _, r := range v.Records {
-		if !r.Valid {
-			continue
-		}
-		typ, payload, err := c.in.readRecord()
-		if err != nil {
-			t.Fatalf("%s: %v", r.Comment, err)
-		}
-		if typ != r.Type || !bytes.Equal(payload, r.payload(t)) {
-			t.Fatalf("%s: got type %d payload %x", r.Comment, typ, payload)
+	// Decrypted in place, and straight into a buffer with room.
+	for _, dst := range [][]byte{nil, make([]byte, MaxPayload)} {
+		c := New(&memConn{r: bytes.NewReader(stream)}, keys, nil)
+		for _, r := range v.Records {
+			if !r.Valid {
+				continue
+			}
+			typ, payload, err := c.in.readRecord(dst)
+			if err != nil {
+				t.Fatalf("%s: %v", r.Comment, err)
+			}
+			if typ != r.Type || !bytes.Equal(payload, r.payload(t)) {
+				t.Fatalf("%s, buffer of %d bytes: got type %d payload %x", r.Comment, len(dst), typ, payload)
+			}
 		}
 	}
 
@@ -210,7 +213,7 @@ func TestVectorRecordsReject(t *testing.T) {
 			c := New(&memConn{r: bytes.NewReader(unhex(t, r.Record))}, Keys{Recv: secret(t, v.S0)}, nil)
 			c.in.seq = r.Seq
 			c.in.finished = r.Seq > 0
-			typ, payload, err := c.in.readRecord()
+			typ, payload, err := c.in.readRecord(nil)
 			if err == nil {
 				t.Fatalf("accepted: type %d payload %x", typ, payload)
 			}
