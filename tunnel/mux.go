@@ -48,9 +48,11 @@ var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (pi
 // and returns; its writer goroutine hands everything queued to the record
 // layer in one Write, so that while it seals and sends, the frames of other
 // streams gather behind it and go out together: several small frames
-// become one record and one system call, and a bulk frame is sealed while
-// yamux prepares the next. The writer is woken only at frame boundaries, so
-// a frame's header and body are sealed together. reset queues a RST frame
+// become one record and one system call. A large body is not copied: the
+// writer seals it straight from yamux's buffer, together with what is
+// queued before it, and Write returns once it has. The writer is woken
+// only at frame boundaries, so a frame's header and body are sealed
+// together. reset queues a RST frame
 // at the next boundary. A failure of the record layer is sticky: Write
 // returns it, and yamux ends the session.
 //
@@ -67,6 +69,7 @@ type muxConn struct {
 	queue    []byte     // whole frames waiting for the writer (and the frame in progress)
 	ready    int        // queue[:ready] ends at a frame boundary
 	spare    []byte     // the writer's other buffer
+	big      []byte     // a large body, after queue[:ready], until the writer has sealed it
 	hdr      [yamuxHeaderLen]byte
 	have     int      // bytes of the frame header in progress seen
 	bodyLeft int      // bytes of the current data frame's body still to come
@@ -86,6 +89,10 @@ type muxConn struct {
 
 // maxQueued bounds the bytes queued for the writer: past it, Write waits.
 const maxQueued = 1 << 20
+
+// bigBody is the size from which a frame's body is sealed from yamux's
+// buffer instead of being copied into the queue.
+const bigBody = 64 << 10
 
 var errMuxClosed = errors.New("tunnel: session connection closed")
 
@@ -278,6 +285,9 @@ func (m *muxConn) Write(p []byte) (int, error) {
 		return 0, errMuxClosed
 	}
 	n := len(p)
+	if m.have == 0 && m.bodyLeft == len(p) && len(p) >= bigBody {
+		return n, m.writeBig(p)
+	}
 	m.queue = append(m.queue, p...)
 	for len(p) > 0 {
 		if m.bodyLeft > 0 {
@@ -308,6 +318,24 @@ func (m *muxConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// writeBig hands the writer the queue and body, the whole rest of the
+// current frame's body, and waits until it has sealed them. bodyLeft stays
+// set meanwhile, so that reset waits for the boundary after body. Callers
+// hold mu.
+func (m *muxConn) writeBig(body []byte) error {
+	m.big, m.ready = body, len(m.queue)
+	m.wake.Broadcast()
+	for m.big != nil {
+		m.wake.Wait()
+	}
+	if m.err != nil {
+		return m.err
+	}
+	m.bodyLeft = 0
+	m.boundary(len(m.queue))
+	return nil
+}
+
 // boundary marks queue[:end] as whole frames, adds the resets waiting for
 // a boundary, and wakes the writer. Callers hold mu.
 func (m *muxConn) boundary(end int) {
@@ -328,19 +356,22 @@ func (m *muxConn) writer() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for {
-		for m.ready == 0 && !m.closing {
+		for m.ready == 0 && m.big == nil && !m.closing {
 			m.wake.Wait()
 		}
-		if m.ready == 0 {
+		if m.ready == 0 && m.big == nil {
 			return // closing, and every whole frame is out
 		}
-		out := m.queue[:m.ready]
+		out, big := m.queue[:m.ready], m.big
 		m.queue = append(m.spare[:0], m.queue[m.ready:]...)
 		m.ready = 0
 		m.mu.Unlock()
-		_, err := m.Conn.Write(out)
+		_, err := m.Conn.WriteBuffers(out, big)
 		m.mu.Lock()
 		m.spare = out
+		if big != nil {
+			m.big = nil // Write waits for this; no other big can be set meanwhile
+		}
 		if err != nil {
 			// The connection is broken (no write deadline is set on it):
 			// the read side fails too, with the reason the peer gave (a
