@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -153,34 +154,50 @@ func bulk(addr string, op byte, size int64, p pattern) (time.Duration, error) {
 
 // benchBulk measures one connection's throughput each way, directly and
 // through the tunnel (and the peers), and the CPU time per GB of the
-// processes between client and server.
+// processes between client and server: once wherever the scheduler puts
+// them, and once, on a machine with two CPUs or more, with the client's side
+// (entry) on CPU 0 and the server's side (exit) on CPU 1, as two hosts
+// would run them. The client and the server run in this process, unpinned.
 func (r *rig) benchBulk(b *testing.B) {
 	backend := harness.StartBackend(b, bulkServer(r.pattern))
-	routes := []route{{col: direct, addr: backend.Addr()}}
-	a := r.startAgents(b, backend.Addr(), false, false)
+	r.bulkRoutes(b, backend.Addr(), anyCPU, "bulk", "")
+	if runtime.NumCPU() >= 2 {
+		r.bulkRoutes(b, backend.Addr(), splitCPUs, "bulk-split", "split-")
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// bulkRoutes measures bulk through every route to backend, placed as place
+// says, under the table keys key-up, key-down and key-cpu, and metrics
+// named with prefix.
+func (r *rig) bulkRoutes(b *testing.B, backend string, place placement, key, prefix string) {
+	routes := []route{{col: direct, addr: backend}}
+	a := r.startAgents(b, backend, place, false)
 	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
-	routes = append(routes, r.peerRoutes(b, backend.Addr(), false)...)
+	routes = append(routes, r.peerRoutes(b, backend, place)...)
 	size := r.set.bulkBytes
 	for _, p := range routes {
+		if p.col == direct && place != anyCPU {
+			continue // nothing between client and server to place
+		}
 		var cpu float64
 		for _, op := range []byte{bulkUp, bulkDown} {
 			cpu0 := cpuSeconds(b, p.pids...)
 			d, err := bulk(p.addr, op, size, r.pattern)
 			if err != nil {
-				b.Fatalf("bulk %s, %s: %v", dirName(op), p.col, err)
+				b.Fatalf("bulk %s, %s%s: %v", dirName(op), prefix, p.col, err)
 			}
 			cpu += cpuSeconds(b, p.pids...) - cpu0
 			mbs := float64(size) / 1e6 / d.Seconds()
-			b.ReportMetric(mbs, fmt.Sprintf("%s-%s-MB/s", p.col, dirName(op)))
-			r.res.set("bulk-"+dirName(op), p.col, mbs)
+			b.ReportMetric(mbs, fmt.Sprintf("%s%s-%s-MB/s", prefix, p.col, dirName(op)))
+			r.res.set(key+"-"+dirName(op), p.col, mbs)
 		}
 		if p.pids != nil {
 			perGB := cpu / (2 * float64(size) / 1e9)
-			b.ReportMetric(perGB, p.col.String()+"-cpu-s/GB")
-			r.res.set("bulk-cpu", p.col, perGB)
+			b.ReportMetric(perGB, prefix+p.col.String()+"-cpu-s/GB")
+			r.res.set(key+"-cpu", p.col, perGB)
 		}
 	}
-	b.ReportMetric(0, "ns/op")
 }
 
 func dirName(op byte) string {

@@ -22,9 +22,9 @@ const connRateWorkers = 8
 // tunnel and through the peers.
 func (r *rig) benchConnRate(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
-	a := r.startAgents(b, backend.Addr(), false, false)
+	a := r.startAgents(b, backend.Addr(), anyCPU, false)
 	routes := append([]route{{col: direct, addr: backend.Addr()}, {tunnel, a.Entry.Addr, a.pids()}},
-		r.peerRoutes(b, backend.Addr(), false)...)
+		r.peerRoutes(b, backend.Addr(), anyCPU)...)
 	for _, p := range routes {
 		cpu := cpuSeconds(b, p.pids...)
 		n, d, err := connRate(p.addr, r.set.connRateTime)

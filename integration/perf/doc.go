@@ -12,6 +12,9 @@
 //
 //   - bulk: one connection, MB/s (10^6 bytes per second) up and down, and the
 //     CPU seconds (user and system) that both agents spend per GB moved;
+//     once wherever the scheduler puts the agents, and once with the entry
+//     on CPU 0 and the exit on CPU 1, as two hosts would run them (the
+//     client and the server are unpinned; needs two CPUs);
 //   - rtt: a 64-byte echo round trip, p50 and p99, once with the client, both
 //     agents and the echo server pinned to CPU 0 (taskset), once unpinned;
 //   - connrate: connect, echo 64 bytes and close, 8 connections at a time;

@@ -22,7 +22,7 @@ const idleEcho = 256 << 10
 // the growth.
 func (r *rig) benchIdle(b *testing.B) {
 	backend := harness.StartBackend(b, echo)
-	a := r.startAgents(b, backend.Addr(), false, true)
+	a := r.startAgents(b, backend.Addr(), anyCPU, true)
 	n := r.set.idleConns
 	r.res.relabel("idle-rss", fmt.Sprintf("RSS per idle connection, %d held, KB", n))
 

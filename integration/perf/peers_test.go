@@ -31,7 +31,7 @@ import (
 // it is a reference, not part of the tunnel's figures.
 var peers = []struct {
 	col   column
-	start func(r *rig, b *testing.B, backend string, pin bool) (route, bool)
+	start func(r *rig, b *testing.B, backend string, place placement) (route, bool)
 }{
 	{stunnel, (*rig).startStunnel},
 	{spiped, (*rig).startSpiped},
@@ -39,15 +39,15 @@ var peers = []struct {
 }
 
 // peerRoutes starts every peer the settings include in front of backend,
-// pinned to CPU 0 when pin is set, and returns their routes.
-func (r *rig) peerRoutes(b *testing.B, backend string, pin bool) []route {
+// placed as place says, and returns their routes.
+func (r *rig) peerRoutes(b *testing.B, backend string, place placement) []route {
 	b.Helper()
 	var routes []route
 	for _, p := range peers {
 		if !r.set.peers[p.col] {
 			continue
 		}
-		if rt, ok := p.start(r, b, backend, pin); ok {
+		if rt, ok := p.start(r, b, backend, place); ok {
 			routes = append(routes, rt)
 		}
 	}
@@ -82,14 +82,13 @@ func parsePeers(b *testing.B, v string) map[column]bool {
 	return set
 }
 
-// spawn starts a peer's process, pinned to CPU 0 when pin is set, with its
-// output going to log, and stops it at cleanup. It returns the process id.
-func spawn(b *testing.B, pin bool, log io.Writer, name string, args ...string) int {
+// spawn starts a peer's process after prefix (a taskset command line, or
+// nothing), with its output going to log, and stops it at cleanup. It
+// returns the process id.
+func spawn(b *testing.B, prefix []string, log io.Writer, name string, args ...string) int {
 	b.Helper()
-	cmd := exec.Command(name, args...)
-	if pin {
-		cmd = exec.Command(tasksetPath(b), append([]string{"-c", "0", name}, args...)...)
-	}
+	argv := append(append(prefix[:len(prefix):len(prefix)], name), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("starting %s: %v", name, err)
@@ -146,7 +145,7 @@ func loopbackAddr(b *testing.B) string {
 // in front of backend, the TLS counterpart of an entry and an exit. They
 // log warnings only: at its default level stunnel logs every connection,
 // which costs more than the connection itself.
-func (r *rig) startStunnel(b *testing.B, backend string, pin bool) (route, bool) {
+func (r *rig) startStunnel(b *testing.B, backend string, place placement) (route, bool) {
 	b.Helper()
 	bin, err := exec.LookPath("stunnel4")
 	if err != nil {
@@ -158,7 +157,7 @@ func (r *rig) startStunnel(b *testing.B, backend string, pin bool) (route, bool)
 	server, client := loopbackAddr(b), loopbackAddr(b)
 	log, logPath := peerLog(b, "stunnel")
 	rt := route{col: stunnel, addr: client}
-	for _, conf := range []string{
+	for i, conf := range []string{
 		fmt.Sprintf("[perf]\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\n", server, backend, cert, key),
 		fmt.Sprintf("[perf]\nclient = yes\naccept = %s\nconnect = %s\n", client, server),
 	} {
@@ -167,7 +166,7 @@ func (r *rig) startStunnel(b *testing.B, backend string, pin bool) (route, bool)
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		rt.pids = append(rt.pids, spawn(b, pin, log, bin, path))
+		rt.pids = append(rt.pids, spawn(b, place.prefix(b, i == 0), log, bin, path))
 	}
 	waitListening(b, "stunnel", logPath, server, client)
 	return rt, true
@@ -212,7 +211,7 @@ func writeStunnelCert(b *testing.B) (cert, key string) {
 // startSpiped starts a spiped encrypting and decrypting pair in front of
 // backend, sharing a random 32-byte key. spiped runs a handshake for every
 // connection.
-func (r *rig) startSpiped(b *testing.B, backend string, pin bool) (route, bool) {
+func (r *rig) startSpiped(b *testing.B, backend string, place placement) (route, bool) {
 	b.Helper()
 	bin, err := exec.LookPath("spiped")
 	if err != nil {
@@ -232,14 +231,14 @@ func (r *rig) startSpiped(b *testing.B, backend string, pin bool) (route, bool) 
 		host, port, _ := net.SplitHostPort(a)
 		return "[" + host + "]:" + port
 	}
-	for _, args := range [][]string{
+	for i, args := range [][]string{
 		{"-d", "-s", bracket(server), "-t", bracket(backend)},
 		{"-e", "-s", bracket(client), "-t", bracket(server)},
 	} {
 		// -F: stay in the foreground (and write no pid file); -n 0: no cap
 		// on connections.
 		args = append(args, "-F", "-n", "0", "-k", keyPath)
-		rt.pids = append(rt.pids, spawn(b, pin, log, bin, args...))
+		rt.pids = append(rt.pids, spawn(b, place.prefix(b, i == 0), log, bin, args...))
 	}
 	waitListening(b, "spiped", logPath, server, client)
 	return rt, true
@@ -250,7 +249,7 @@ func (r *rig) startSpiped(b *testing.B, backend string, pin bool) (route, bool) 
 // aes256-gcm@openssh.com cipher. sshd needs root for its privilege
 // separation; without root, or without OpenSSH, it is left out. Its route
 // counts the client and every sshd process of the session.
-func (r *rig) startSSH(b *testing.B, backend string, pin bool) (route, bool) {
+func (r *rig) startSSH(b *testing.B, backend string, place placement) (route, bool) {
 	b.Helper()
 	sshd, err1 := exec.LookPath("sshd")
 	if err1 != nil {
@@ -295,11 +294,11 @@ func (r *rig) startSSH(b *testing.B, backend string, pin bool) (route, bool) {
 	// sshd is not probed with a connection: its child for the probe could
 	// still be exiting when the session's processes are listed. The client
 	// retries instead, once a second.
-	listener := spawn(b, pin, log, sshd, "-D", "-e", "-f", conf)
+	listener := spawn(b, place.prefix(b, true), log, sshd, "-D", "-e", "-f", conf)
 	host, port, _ := net.SplitHostPort(server)
 	lhost, lport, _ := net.SplitHostPort(client)
 	bhost, bport, _ := net.SplitHostPort(backend)
-	clientPid := spawn(b, pin, log, ssh, "-F", "/dev/null", "-N", "-T",
+	clientPid := spawn(b, place.prefix(b, false), log, ssh, "-F", "/dev/null", "-N", "-T",
 		"-o", "BatchMode=yes", "-o", "ConnectionAttempts=30", "-o", "ExitOnForwardFailure=yes", "-o", "StrictHostKeyChecking=no",
 		"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes",
 		"-o", "Compression=no", "-c", "aes256-gcm@openssh.com", "-i", filepath.Join(dir, "user"),

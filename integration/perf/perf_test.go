@@ -91,18 +91,37 @@ func loadSettings(b *testing.B) settings {
 // connect to Entry.Addr.
 type agents struct{ *harness.Tunnel }
 
-// startAgents starts an exit forwarding to backend, with exitArgs added to
-// its flags, and an entry dialing it, pinned to CPU 0 when pin is set, with
-// the status endpoint on when status is set, and waits for the session. At
-// cleanup it fails the benchmark if either agent logged an error.
-func (r *rig) startAgents(b *testing.B, backend string, pin, status bool, exitArgs ...string) *agents {
+// placement is where the processes between client and server run.
+type placement int
+
+const (
+	anyCPU    placement = iota // wherever the scheduler puts them
+	oneCPU                     // on CPU 0, with the client and the server
+	splitCPUs                  // the client's side (entry) on CPU 0, the server's side (exit) on CPU 1, as on two hosts
+)
+
+// prefix returns the command prefix that places a process of the client's
+// side of a route, or of the server's side.
+func (p placement) prefix(b *testing.B, serverSide bool) []string {
 	b.Helper()
-	entry := harness.Options{Status: status, NoErrors: true}
-	if pin {
-		entry.Prefix = []string{tasksetPath(b), "-c", "0"}
+	switch {
+	case p == oneCPU || p == splitCPUs && !serverSide:
+		return []string{tasksetPath(b), "-c", "0"}
+	case p == splitCPUs:
+		return []string{tasksetPath(b), "-c", "1"}
 	}
+	return nil
+}
+
+// startAgents starts an exit forwarding to backend, with exitArgs added to
+// its flags, and an entry dialing it, placed as place says, with the status
+// endpoint on when status is set, and waits for the session. At cleanup it
+// fails the benchmark if either agent logged an error.
+func (r *rig) startAgents(b *testing.B, backend string, place placement, status bool, exitArgs ...string) *agents {
+	b.Helper()
+	entry := harness.Options{Status: status, NoErrors: true, Prefix: place.prefix(b, false)}
 	exit := entry
-	exit.Args = exitArgs
+	exit.Args, exit.Prefix = exitArgs, place.prefix(b, true)
 	return &agents{r.rig.StartTunnel(b, backend, exit, entry)}
 }
 

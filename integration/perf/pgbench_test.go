@@ -28,8 +28,8 @@ func (r *rig) benchPgbench(b *testing.B) {
 	pgbench, err := exec.LookPath("pgbench")
 	harness.RequireOrSkip(b, "pgbench (Debian package postgresql, which brings postgresql-15 and postgresql-client)", err == nil)
 	pg := harness.StartPostgres(b)
-	a := r.startAgents(b, pg, false, false)
-	routes := append([]route{{col: direct, addr: pg}, {col: tunnel, addr: a.Entry.Addr}}, r.peerRoutes(b, pg, false)...)
+	a := r.startAgents(b, pg, anyCPU, false)
+	routes := append([]route{{col: direct, addr: pg}, {col: tunnel, addr: a.Entry.Addr}}, r.peerRoutes(b, pg, anyCPU)...)
 	runPgbench(b, pgbench, pg, "-i", "-q", "-s", strconv.Itoa(pgScale))
 	for _, m := range []struct {
 		name, key string

@@ -13,9 +13,13 @@ import (
 func (r *rig) benchRTT(b *testing.B, pin bool) {
 	echoAddr, _ := startEchoHelper(b, pin)
 	routes := []route{{col: direct, addr: echoAddr}}
-	a := r.startAgents(b, echoAddr, pin, false)
+	place := anyCPU
+	if pin {
+		place = oneCPU
+	}
+	a := r.startAgents(b, echoAddr, place, false)
 	routes = append(routes, route{tunnel, a.Entry.Addr, a.pids()})
-	routes = append(routes, r.peerRoutes(b, echoAddr, pin)...)
+	routes = append(routes, r.peerRoutes(b, echoAddr, place)...)
 	name := "unpinned"
 	if pin {
 		name = "pinned"

@@ -54,7 +54,7 @@ func (r *rig) benchScale(b *testing.B) {
 	n, secs := r.set.scaleConns, r.set.scaleSeconds
 	raiseFileLimit(b, uint64(n+scaleFDMargin))
 	echoAddr, echoPid := startEchoHelper(b, false)
-	a := r.startAgents(b, echoAddr, false, true, "--max-streams", strconv.Itoa(n))
+	a := r.startAgents(b, echoAddr, anyCPU, true, "--max-streams", strconv.Itoa(n))
 	pids := a.pids()
 	base := []int64{rssKB(b, pids[0]), rssKB(b, pids[1])}
 
