@@ -301,8 +301,9 @@ func (h *inHalf) fill(k int) error {
 // hold mu. Nothing of a record is decrypted before its tag has verified.
 // When dst has room for the payload, the payload is decrypted into it and
 // is a prefix of dst; otherwise it is decrypted in place, in the read
-// buffer, and valid until the next read. The sequence space is the sender's: the last record accepted has seq
-// 2^64-2, and one that would need seq 2^64-1 is refused unread.
+// buffer, and valid until the next read. The sequence space is the
+// sender's: the last record accepted has seq 2^64-2, and one that would
+// need seq 2^64-1 is refused unread.
 func (h *inHalf) readRecord(dst []byte) (typ byte, payload []byte, err error) {
 	if h.seq == math.MaxUint64 {
 		return 0, nil, h.fail(ErrSeqExhausted)

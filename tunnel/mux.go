@@ -52,9 +52,8 @@ var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (pi
 // writer seals it straight from yamux's buffer, together with what is
 // queued before it, and Write returns once it has. The writer is woken
 // only at frame boundaries, so a frame's header and body are sealed
-// together. reset queues a RST frame
-// at the next boundary. A failure of the record layer is sticky: Write
-// returns it, and yamux ends the session.
+// together. reset queues a RST frame at the next boundary. A failure of
+// the record layer is sticky: Write returns it, and yamux ends the session.
 //
 // Read side: muxConn follows yamux's framing too, before yamux sees the
 // bytes: it limits the peer's pings (see pingRate), records which streams
@@ -286,7 +285,10 @@ func (m *muxConn) Write(p []byte) (int, error) {
 	}
 	n := len(p)
 	if m.have == 0 && m.bodyLeft == len(p) && len(p) >= bigBody {
-		return n, m.writeBig(p)
+		if err := m.writeBig(p); err != nil {
+			return 0, err
+		}
+		return n, nil
 	}
 	m.queue = append(m.queue, p...)
 	for len(p) > 0 {
@@ -325,11 +327,11 @@ func (m *muxConn) Write(p []byte) (int, error) {
 func (m *muxConn) writeBig(body []byte) error {
 	m.big, m.ready = body, len(m.queue)
 	m.wake.Broadcast()
-	for m.big != nil {
+	for m.big != nil && m.err == nil {
 		m.wake.Wait()
 	}
 	if m.err != nil {
-		return m.err
+		return m.err // the writer has returned, perhaps before taking body
 	}
 	m.bodyLeft = 0
 	m.boundary(len(m.queue))

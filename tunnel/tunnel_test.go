@@ -388,6 +388,44 @@ func TestMuxConnLargeBodies(t *testing.T) {
 	}
 }
 
+// TestMuxConnLargeBodyAfterFailure: a large body waiting for the writer
+// gets the record layer's error when the writer fails on the frames before
+// it, instead of waiting for ever.
+func TestMuxConnLargeBodyAfterFailure(t *testing.T) {
+	a, b := net.Pipe()
+	m := newMuxConn(frame.New(a, frame.Keys{}, nil))
+	defer m.Close()
+	// A whole frame: the writer takes it and blocks, since nobody reads b.
+	ping := []byte{0, yamuxTypePing, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7}
+	if _, err := m.Write(ping); err != nil {
+		t.Fatal(err)
+	}
+	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[8:], bigBody)
+	if _, err := m.Write(hdr); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := m.Write(make([]byte, bigBody))
+		done <- err
+	}()
+	waitFor(t, "the large body to wait for the writer", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.big != nil
+	})
+	b.Close() // the writer's Write fails
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Write of the large body succeeded after the connection failed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write of the large body still waits 10 s after the writer failed")
+	}
+}
+
 // TestDrainDeliversTail: the exit shuts down (drains, then closes the
 // session) while the entry still holds reply bytes a slow application has
 // not read. The application must get every byte and a clean end, not a
