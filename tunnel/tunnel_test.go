@@ -309,21 +309,27 @@ func TestExitRestart(t *testing.T) {
 	}
 }
 
-// TestMuxConnFramesInRecords: muxConn carries yamux's frames unchanged,
-// never more records than frames (a header is sealed with its body), and
-// frames queued while the writer is busy share records.
-func TestMuxConnFramesInRecords(t *testing.T) {
+// muxPipe returns a muxConn over one end of a pipe, its record layer, and a
+// channel that yields every byte the other end read, once m is closed.
+func muxPipe(t *testing.T) (*muxConn, *frame.Conn, <-chan []byte) {
 	a, b := net.Pipe()
 	var k frame.Keys
 	fc := frame.New(a, k, nil)
-	m := newMuxConn(fc)
 	rc := frame.New(b, frame.Keys{Send: k.Recv, Recv: k.Send, Transcript: k.Transcript}, nil)
-	defer rc.Close()
-	got := make(chan []byte)
+	t.Cleanup(func() { rc.Close() })
+	got := make(chan []byte, 1)
 	go func() {
 		all, _ := io.ReadAll(rc)
 		got <- all
 	}()
+	return newMuxConn(fc), fc, got
+}
+
+// TestMuxConnFramesInRecords: muxConn carries yamux's frames unchanged,
+// never more records than frames (a header is sealed with its body), and
+// frames queued while the writer is busy share records.
+func TestMuxConnFramesInRecords(t *testing.T) {
+	m, fc, got := muxPipe(t)
 	var want []byte
 	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0x10, 0} // body of 4096 bytes
 	frames := 0
@@ -354,16 +360,7 @@ func TestMuxConnFramesInRecords(t *testing.T) {
 // with the frames before them, and the caller may reuse its buffer once
 // Write returns, as yamux's send loop does.
 func TestMuxConnLargeBodies(t *testing.T) {
-	a, b := net.Pipe()
-	var k frame.Keys
-	m := newMuxConn(frame.New(a, k, nil))
-	rc := frame.New(b, frame.Keys{Send: k.Recv, Recv: k.Send, Transcript: k.Transcript}, nil)
-	defer rc.Close()
-	got := make(chan []byte)
-	go func() {
-		all, _ := io.ReadAll(rc)
-		got <- all
-	}()
+	m, _, got := muxPipe(t)
 	var want []byte
 	body := make([]byte, 3*bigBody+5) // reused for every frame
 	for i := range 60 {
