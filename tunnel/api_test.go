@@ -18,6 +18,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
 )
 
 // otherKey is an authorized entry key that is not the test entry's.
@@ -532,11 +533,11 @@ func TestConnEnds(t *testing.T) {
 	defer p.Close()
 	defer c.Close()
 	r.exit.met.sessionsExcept(nil)[0].Close()
-	if _, err := c.Read(make([]byte, 10)); err == io.EOF || !errors.Is(err, errSessionLost) {
-		t.Errorf("entry side, session lost: %v; want errSessionLost", err)
+	if _, err := c.Read(make([]byte, 10)); err == io.EOF || !errors.Is(err, relay.ErrSessionLost) {
+		t.Errorf("entry side, session lost: %v; want relay.ErrSessionLost", err)
 	}
-	if _, err := p.Read(make([]byte, 10)); err == io.EOF || !errors.Is(err, errSessionLost) {
-		t.Errorf("exit side, session lost: %v; want errSessionLost", err)
+	if _, err := p.Read(make([]byte, 10)); err == io.EOF || !errors.Is(err, relay.ErrSessionLost) {
+		t.Errorf("exit side, session lost: %v; want relay.ErrSessionLost", err)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunnel-dev/tunnel/frame"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // BenchmarkTunnel pushes bytes from a client through entry and exit (both
@@ -99,12 +99,12 @@ func (c cpuClock) report(b *testing.B, units float64, name string) {
 	b.ReportMetric((processCPU()-time.Duration(c)).Seconds()/units, name)
 }
 
-// waitSession waits for the entry's session and returns its record layer.
-func waitSession(b *testing.B, e *Entry) *frame.Conn {
+// waitSession waits for the entry's session and returns it.
+func waitSession(b *testing.B, e *Entry) *session.Session {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if c := e.currentConn(); c != nil {
-			return c
+		if s := e.current(); s != nil {
+			return s.sess
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -435,6 +435,6 @@ func TestResetStreamsEndLocally(t *testing.T) {
 	a.entry.mu.Unlock()
 	waitFor(t, "the reset streams gone from the entry's session", func() bool {
 		roundTrip(t, a.entryAddr, []byte("traffic")) // the peer's frames carry the local reset in
-		return s.mux.NumStreams() == 0
+		return s.sess.NumStreams() == 0
 	})
 }

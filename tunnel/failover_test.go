@@ -401,40 +401,6 @@ func TestSilentExitDelaysNoSession(t *testing.T) {
 	}
 }
 
-// TestUnackedKeepsUntilAccepted: what an entry sends into a stream is kept
-// until the exit's ACK or status shows it accepted the stream, and then
-// dropped; a stream whose state is unknown (not watched) keeps nothing.
-func TestUnackedKeepsUntilAccepted(t *testing.T) {
-	m := newMuxConn(nil)
-	m.fins.watch(1)
-	var u unacked
-	u.keep(m, 1, []byte("abc"))
-	u.keep(m, 1, []byte("def"))
-	if string(u.buf) != "abcdef" || u.done.Load() {
-		t.Fatalf("before the ACK: kept %q, done %v; want abcdef, not done", u.buf, u.done.Load())
-	}
-	m.fins.acked(1)
-	u.keep(m, 1, []byte("ghi"))
-	if u.buf != nil || !u.done.Load() {
-		t.Fatalf("after the ACK: kept %q, done %v; want nothing, done", u.buf, u.done.Load())
-	}
-
-	m.fins.watch(3)
-	var v unacked
-	v.keep(m, 3, []byte("abc"))
-	v.release() // the status came
-	v.keep(m, 3, []byte("def"))
-	if v.buf != nil || !v.done.Load() {
-		t.Fatalf("after release: kept %q, done %v; want nothing, done", v.buf, v.done.Load())
-	}
-
-	var w unacked
-	w.keep(m, 5, []byte("abc"))
-	if w.buf != nil || !w.done.Load() {
-		t.Fatalf("unwatched stream: kept %q, done %v; want nothing, done", w.buf, w.done.Load())
-	}
-}
-
 // TestReloadExitKeys: a reload must leave every exit a key to pin, its
 // own or the shared set; an exit's own keys then pin it alone.
 func TestReloadExitKeys(t *testing.T) {

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -141,105 +140,6 @@ func TestSourceHandshakesInProgress(t *testing.T) {
 	}
 	if false {
 		t.Fatalf("%d sources still counted with nothing in progress", len(l.active))
-	}
-}
-
-func frameHeader(typ byte, flags uint16, id uint32, length int) []byte {
-	h := make([]byte, yamuxHeaderLen)
-	h[1] = typ
-	binary.BigEndian.PutUint16(h[2:], flags)
-	binary.BigEndian.PutUint32(h[4:], id)
-	binary.BigEndian.PutUint32(h[8:], uint32(length))
-	return h
-}
-
-func dataFrame(id uint32, flags uint16, body int) []byte {
-	h := frameHeader(yamuxTypeData, flags, id, body)
-	for range body {
-		h = append(h, yamuxTypePing) // body bytes that look like a ping must not count
-	}
-	return h
-}
-
-// feed scans b in 13-byte pieces, as reads might split it.
-func feed(m *muxConn, b []byte) error {
-	for len(b) > 0 {
-		n := min(len(b), 13)
-		if err := m.in.scan(b[:n], m.frameHeader); err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
-func TestScannerPingFlood(t *testing.T) {
-	m := newMuxConn(nil)
-	var stream []byte
-	for range 500 { // data frames and ping answers (ACK) never count
-		stream = append(stream, dataFrame(1, 0, 37)...)
-		stream = append(stream, frameHeader(yamuxTypePing, 2, 0, 7)...)
-	}
-	if err := feed(m, stream); err != nil {
-		t.Fatalf("data and ping answers flagged: %v", err)
-	}
-	var err error
-	for i := 0; i < 1000 && err == nil; i++ {
-		err = feed(m, frameHeader(yamuxTypePing, yamuxFlagSYN, 0, i))
-	}
-	if err != errPingFlood {
-		t.Fatalf("1000 pings at once: err = %v, want errPingFlood", err)
-	}
-}
-
-func TestScannerPingRate(t *testing.T) {
-	var s frameScanner
-	now := time.Now()
-	for i := range 1000 { // keepalive-rate pings pass for ever
-		if !s.takePing(now.Add(time.Duration(i) * time.Second)) {
-			t.Fatalf("one ping a second refused at %d", i)
-		}
-	}
-	later := now.Add(2000 * time.Second)
-	n := 0
-	for s.takePing(later) {
-		n++
-	}
-	if n != pingBurst {
-		t.Fatalf("%d pings allowed at once, want the burst of %d", n, pingBurst)
-	}
-}
-
-func TestScannerFINAndGoAway(t *testing.T) {
-	m := newMuxConn(nil)
-	// Stream 2 opened by the peer (SYN), stream 3 by us (watch).
-	m.fins.watch(3)
-	feed(m, dataFrame(2, yamuxFlagSYN, 10))
-	feed(m, dataFrame(3, 0, 10))
-	if m.fins.seen(2) || m.fins.seen(3) {
-		t.Fatal("FIN seen before any FIN")
-	}
-	feed(m, dataFrame(2, yamuxFlagFIN, 5))
-	feed(m, frameHeader(1 /* window update */, yamuxFlagFIN, 3, 0))
-	feed(m, frameHeader(1, yamuxFlagFIN, 9, 0)) // not watched: not recorded
-	if !m.fins.seen(2) || !m.fins.seen(3) || m.fins.seen(9) {
-		t.Fatalf("FINs seen: 2=%v 3=%v 9=%v; want true true false", m.fins.seen(2), m.fins.seen(3), m.fins.seen(9))
-	}
-	m.fins.forget(2)
-	if m.fins.seen(2) || len(m.fins.fin) != 1 {
-		t.Fatal("forget left the stream watched")
-	}
-	select {
-	case <-m.goAway:
-		t.Fatal("GoAway before one was sent")
-	default:
-	}
-	feed(m, frameHeader(yamuxTypeGoAway, 0, 0, 0))
-	feed(m, frameHeader(yamuxTypeGoAway, 0, 0, 0)) // twice: no panic
-	select {
-	case <-m.goAway:
-	default:
-		t.Fatal("GoAway not noticed")
 	}
 }
 

@@ -20,21 +20,17 @@ package tunnel
 // carries an address.
 
 import (
-	"context"
-	"errors"
-	"io"
-	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // hsResult is a handshake's result, the label of tunnel_handshakes_total.
@@ -62,23 +58,19 @@ var hsResultNames = [numHSResults]string{
 // entry) an unknown key is the exit's ALERT about our key; the same error
 // raised here means the exit's key is not the pinned one.
 func classifyHandshake(err error, initiator bool) hsResult {
-	var ne net.Error
-	switch {
-	case errors.Is(err, handshake.ErrBusy):
+	switch handshake.Classify(err) {
+	case handshake.FailBusy:
 		return hsBusy
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
-		errors.As(err, &ne) && ne.Timeout():
+	case handshake.FailTimeout:
 		return hsTimeout
-	case errors.Is(err, handshake.ErrUnknownKey):
-		if ae := (*handshake.AlertError)(nil); initiator && !errors.As(err, &ae) {
+	case handshake.FailUnknownKey:
+		if initiator && !handshake.ByPeer(err) {
 			return hsPinnedKeyMismatch
 		}
 		return hsUnknownKey
-	case errors.Is(err, handshake.ErrBadSignature):
+	case handshake.FailBadSignature:
 		return hsBadSignature
-	case errors.Is(err, handshake.ErrProtocol), errors.Is(err, handshake.ErrNotTunnel),
-		errors.Is(err, handshake.ErrUnsupportedVersion), errors.Is(err, handshake.ErrNoCommonSuite),
-		errors.Is(err, handshake.ErrDecrypt):
+	case handshake.FailProtocol, handshake.FailIncompatible, handshake.FailDecrypt:
 		return hsProtocolError
 	}
 	return hsOther
@@ -97,40 +89,18 @@ var streamLabelNames = [numStreamLabels]string{
 	"ok", "unknown_service", "unreachable", "refused", "busy", "aborted", "no_session", "other",
 }
 
-// Session outcomes, by how the record layer ended.
-const (
-	sessionClosedLocally = iota // this side closed it: drain, replacement, keepalive timeout, limit
-	sessionClosedByPeer         // CLOSE received
-	sessionCut                  // the connection ended without CLOSE
-	sessionFailed               // a record failed (authentication, decryption), or another error
-	numOutcomes
-)
-
-var outcomeNames = [numOutcomes]string{"closed_locally", "closed_by_peer", "cut", "error"}
-
-// sessionOutcome classifies a session whose multiplexer has closed from
-// its record layer's read error.
-func sessionOutcome(conn *frame.Conn) int {
-	switch err := conn.ReadError(); {
-	case err == nil, errors.Is(err, net.ErrClosed):
-		return sessionClosedLocally
-	case errors.Is(err, io.EOF):
-		return sessionClosedByPeer
-	case errors.Is(err, frame.ErrTruncated):
-		return sessionCut
-	}
-	return sessionFailed
-}
+// outcomeNames label session.Outcome values.
+var outcomeNames = [session.NumOutcomes]string{"closed_locally", "closed_by_peer", "cut", "error"}
 
 // liveSession is a session that metrics watches until it closes.
 type liveSession struct {
-	conn        *frame.Conn
+	sess        *session.Session
 	fingerprint string
 }
 
 // peerTotals are what the sessions of one peer that have ended add up to.
 type peerTotals struct {
-	outcomes [numOutcomes]int64
+	outcomes [session.NumOutcomes]int64
 	records  frame.Stats
 }
 
@@ -162,7 +132,7 @@ type metricSet struct {
 	connected     atomic.Int64         // entry: sessions made after none was up
 
 	mu    sync.Mutex
-	live  map[*yamux.Session]liveSession
+	live  map[*session.Session]liveSession
 	ended map[string]*peerTotals // by peer fingerprint: authorized keys only
 
 	descs map[string]*prometheus.Desc
@@ -180,7 +150,7 @@ func newMetrics(role, version string, count *counters) *metricSet {
 			Help:    "Duration of completed handshakes, from the first byte to the session's keys.",
 			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
-		live:  make(map[*yamux.Session]liveSession),
+		live:  make(map[*session.Session]liveSession),
 		ended: make(map[string]*peerTotals),
 	}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
@@ -261,7 +231,7 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 	var rec frame.Stats
 	for _, s := range m.live {
 		up[s.fingerprint]++
-		addStats(&rec, s.conn.Stats())
+		addStats(&rec, s.sess.Stats())
 	}
 	for fp, n := range up {
 		g("sessions", float64(n), fp)
@@ -294,24 +264,24 @@ func (m *metricSet) handshakeFailed(err error, initiator bool) {
 // peer with this fingerprint, until mux closes (a goroutine waits for that;
 // it ends with the session). Every session a handshake made must be passed
 // here, so that its records are counted.
-func (m *metricSet) sessionUp(mux *yamux.Session, conn *frame.Conn, fingerprint string, handshake time.Duration) {
+func (m *metricSet) sessionUp(sess *session.Session, fingerprint string, handshake time.Duration) {
 	m.handshakes[hsOK].Add(1)
 	m.hsDuration.Observe(handshake.Seconds())
 	m.mu.Lock()
-	m.live[mux] = liveSession{conn: conn, fingerprint: fingerprint}
+	m.live[sess] = liveSession{sess: sess, fingerprint: fingerprint}
 	m.mu.Unlock()
 	go func() {
-		<-mux.CloseChan()
-		m.sessionDown(mux)
+		<-sess.Done()
+		m.sessionDown(sess)
 	}()
 }
 
 // sessionsExcept lists the live sessions of the peers not in keep (by
 // fingerprint): for a reload that removed their keys.
-func (m *metricSet) sessionsExcept(keep map[string]bool) []*yamux.Session {
+func (m *metricSet) sessionsExcept(keep map[string]bool) []*session.Session {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []*yamux.Session
+	var out []*session.Session
 	for mux, s := range m.live {
 		if !keep[s.fingerprint] {
 			out = append(out, mux)
@@ -322,26 +292,26 @@ func (m *metricSet) sessionsExcept(keep map[string]bool) []*yamux.Session {
 
 // sessionDown moves a closed session from the live set into its peer's
 // totals.
-func (m *metricSet) sessionDown(mux *yamux.Session) {
+func (m *metricSet) sessionDown(sess *session.Session) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := m.live[mux]
-	delete(m.live, mux)
+	s := m.live[sess]
+	delete(m.live, sess)
 	t := m.ended[s.fingerprint]
 	if t == nil {
 		t = new(peerTotals)
 		m.ended[s.fingerprint] = t
 	}
-	t.outcomes[sessionOutcome(s.conn)]++
-	addStats(&t.records, s.conn.Stats())
+	t.outcomes[s.sess.Outcome()]++
+	addStats(&t.records, s.sess.Stats())
 }
 
 // streamEnded counts a stream of service svc that was carried and has
 // ended with f. Its bytes were counted as forward copied them, so a scrape
 // that sees the stream ended sees its bytes.
-func (m *metricSet) streamEnded(svc *serviceCounters, f flow) {
+func (m *metricSet) streamEnded(svc *serviceCounters, res relay.Result) {
 	label := int(StatusOK)
-	if f.aborted {
+	if res.Aborted() {
 		label = streamAborted
 	}
 	svc.ended[label].Add(1)
@@ -363,12 +333,12 @@ func (m *metricSet) streamRefused(svc *serviceCounters, s Status) {
 
 // streamDone counts an entry's stream for service svc that has ended with
 // the exit's status s and f.
-func (m *metricSet) streamDone(svc *serviceCounters, s Status, f flow) {
+func (m *metricSet) streamDone(svc *serviceCounters, s Status, res relay.Result) {
 	if s != StatusOK {
 		m.streamRefused(svc, s)
 		return
 	}
-	m.streamEnded(svc, f)
+	m.streamEnded(svc, res)
 }
 
 // backendDial counts one dial to the backend that took d.

@@ -12,11 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // lines returns the log lines decoded.
@@ -64,7 +64,7 @@ func serveExit(t *testing.T, backend string, adjust func(*config.Exit)) (*Exit, 
 
 // dialSession authenticates to the exit at addr as the test entry, from
 // local IP from (empty: any), and returns a yamux client session over it.
-func dialSession(t *testing.T, addr, from string) *yamux.Session {
+func dialSession(t *testing.T, addr, from string) *session.Session {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
@@ -79,7 +79,7 @@ func dialSession(t *testing.T, addr, from string) *yamux.Session {
 	if err != nil {
 		t.Fatalf("handshake from %s: %v", c.LocalAddr(), err)
 	}
-	sess, err := yamux.Client(newMuxConn(res.Conn), muxSettings{time.Minute, 256 << 10}.config(zerolog.Nop()))
+	sess, err := session.Client(res.Conn, session.Settings{KeepAlive: time.Minute, Window: 256 << 10}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,9 +88,9 @@ func dialSession(t *testing.T, addr, from string) *yamux.Session {
 }
 
 // openRaw opens a stream and writes b as its first bytes.
-func openRaw(t *testing.T, sess *yamux.Session, b []byte) *yamux.Stream {
+func openRaw(t *testing.T, sess *session.Session, b []byte) *session.Stream {
 	t.Helper()
-	st, err := sess.OpenStream()
+	st, err := sess.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,13 +101,13 @@ func openRaw(t *testing.T, sess *yamux.Session, b []byte) *yamux.Stream {
 }
 
 // answer reads the exit's status on st.
-func answer(t *testing.T, st *yamux.Stream) (Status, string) {
+func answer(t *testing.T, st *session.Stream) (Status, string) {
 	t.Helper()
 	st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer st.SetReadDeadline(time.Time{})
 	s, msg, err := readStatus(st)
 	if err != nil {
-		t.Fatalf("stream %d: no status: %v", st.StreamID(), err)
+		t.Fatalf("stream %d: no status: %v", st.ID(), err)
 	}
 	return s, msg
 }
@@ -267,14 +267,14 @@ func TestRefusedStreamsCounted(t *testing.T) {
 	hdr := streamHeader{service: "x"}.marshal()
 	opened := 0
 	for ; opened < 2000; opened++ {
-		st, err := sess.OpenStream()
+		st, err := sess.Open()
 		if err != nil {
 			break // the exit closed the session
 		}
 		st.Write(hdr) // and neither read nor close it
 	}
 	select {
-	case <-sess.CloseChan():
+	case <-sess.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatalf("session still open 30s after %d refused streams left open (limit %d)", opened, maxRefused)
 	}

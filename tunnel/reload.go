@@ -16,10 +16,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // Reload makes the entry use key and pin peerKeys (any of which an exit
@@ -79,7 +79,7 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 
 // closeIfRevoked closes sess, just established with an entry whose key is
 // peer, if a reload removed that key while the handshake ran.
-func (e *Exit) closeIfRevoked(log zerolog.Logger, sess *yamux.Session, peer *rsa.PublicKey) {
+func (e *Exit) closeIfRevoked(log zerolog.Logger, sess *session.Session, peer *rsa.PublicKey) {
 	if _, ok := e.authorized.Load().Lookup(handshake.KeyID(peer)); !ok {
 		log.Warn().Msg("closing the session: its key was removed from the authorized keys while the handshake ran")
 		sess.Close()

@@ -16,11 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // namedBackend answers every connection with its name and closes it; it
@@ -262,7 +262,7 @@ func TestAccessReload(t *testing.T) {
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	status := func(sess *yamux.Session, service string) Status {
+	status := func(sess *session.Session, service string) Status {
 		t.Helper()
 		st := openRaw(t, sess, streamHeader{service: service}.marshal())
 		defer st.Close()

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 func TestStreamHeaderRoundTrip(t *testing.T) {
@@ -53,12 +53,12 @@ func TestUnknownService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := yamux.Client(newMuxConn(res.Conn), muxSettings{time.Minute, 1 << 20}.config(zerolog.Nop()))
+	sess, err := session.Client(res.Conn, session.Settings{KeepAlive: time.Minute, Window: 1 << 20}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sess.Close()
-	st, err := sess.OpenStream()
+	st, err := sess.Open()
 	if err != nil {
 		t.Fatal(err)
 	}

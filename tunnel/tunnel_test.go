@@ -1,12 +1,10 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -21,7 +19,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tunnel-dev/tunnel/config"
-	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -309,120 +306,6 @@ func TestExitRestart(t *testing.T) {
 	}
 }
 
-// muxPipe returns a muxConn over one end of a pipe, its record layer, and a
-// channel that yields every byte the other end read, once m is closed.
-func muxPipe(t *testing.T) (*muxConn, *frame.Conn, <-chan []byte) {
-	a, b := net.Pipe()
-	var k frame.Keys
-	fc := frame.New(a, k, nil)
-	rc := frame.New(b, frame.Keys{Send: k.Recv, Recv: k.Send, Transcript: k.Transcript}, nil)
-	t.Cleanup(func() { rc.Close() })
-	got := make(chan []byte, 1)
-	go func() {
-		all, _ := io.ReadAll(rc)
-		got <- all
-	}()
-	return newMuxConn(fc), fc, got
-}
-
-// TestMuxConnFramesInRecords: muxConn carries yamux's frames unchanged,
-// never more records than frames (a header is sealed with its body), and
-// frames queued while the writer is busy share records.
-func TestMuxConnFramesInRecords(t *testing.T) {
-	m, fc, got := muxPipe(t)
-	var want []byte
-	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0x10, 0} // body of 4096 bytes
-	frames := 0
-	for i := range 100 {
-		body := bytes.Repeat([]byte{byte(i)}, 4096)
-		m.Write(hdr)
-		m.Write(body)
-		want = append(append(want, hdr...), body...)
-		frames++
-	}
-	ping := []byte{0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7} // ping: no body
-	m.Write(ping)
-	want = append(want, ping...)
-	frames++
-	m.Close()
-	if all := <-got; !bytes.Equal(all, want) {
-		t.Fatalf("the peer read %d bytes that differ from the %d bytes of frames written", len(all), len(want))
-	}
-	records := fc.Stats().RecordsSent - 2 // FINISHED and CLOSE
-	if records > uint64(frames) {
-		t.Fatalf("%d frames became %d records; a frame's header and body must share one", frames, records)
-	}
-	t.Logf("%d frames in %d records", frames, records)
-}
-
-// TestMuxConnLargeBodies: small bodies and large ones (sealed from the
-// caller's buffer) arrive in order and intact, while the writer is busy
-// with the frames before them, and the caller may reuse its buffer once
-// Write returns, as yamux's send loop does.
-func TestMuxConnLargeBodies(t *testing.T) {
-	m, _, got := muxPipe(t)
-	var want []byte
-	body := make([]byte, 3*bigBody+5) // reused for every frame
-	for i := range 60 {
-		size := []int{10, 4096, bigBody, 3*bigBody + 5, 1}[i%5]
-		hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0}
-		binary.BigEndian.PutUint32(hdr[8:], uint32(size))
-		for j := range size {
-			body[j] = byte(i + j)
-		}
-		if _, err := m.Write(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := m.Write(body[:size]); err != nil {
-			t.Fatal(err)
-		}
-		want = append(append(want, hdr...), body[:size]...)
-		clear(body) // what yamux does to its buffer with the next frame
-	}
-	m.Close()
-	if all := <-got; !bytes.Equal(all, want) {
-		t.Fatalf("the peer read %d bytes that differ from the %d bytes of frames written", len(all), len(want))
-	}
-}
-
-// TestMuxConnLargeBodyAfterFailure: a large body waiting for the writer
-// gets the record layer's error when the writer fails on the frames before
-// it, instead of waiting for ever.
-func TestMuxConnLargeBodyAfterFailure(t *testing.T) {
-	a, b := net.Pipe()
-	m := newMuxConn(frame.New(a, frame.Keys{}, nil))
-	defer m.Close()
-	// A whole frame: the writer takes it and blocks, since nobody reads b.
-	ping := []byte{0, yamuxTypePing, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7}
-	if _, err := m.Write(ping); err != nil {
-		t.Fatal(err)
-	}
-	hdr := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(hdr[8:], bigBody)
-	if _, err := m.Write(hdr); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := m.Write(make([]byte, bigBody))
-		done <- err
-	}()
-	waitFor(t, "the large body to wait for the writer", func() bool {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		return m.big != nil
-	})
-	b.Close() // the writer's Write fails
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("Write of the large body succeeded after the connection failed")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Write of the large body still waits 10 s after the writer failed")
-	}
-}
-
 // TestDrainDeliversTail: the exit shuts down (drains, then closes the
 // session) while the entry still holds reply bytes a slow application has
 // not read. The application must get every byte and a clean end, not a
@@ -610,4 +493,16 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 		t.Fatalf("held stream: %q, %v", got, err)
 	}
 	<-stopped
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -1,13 +1,13 @@
 package tunnel
 
-// The Go API (dial.go, listener.go) hands a program one stream as a *Conn: the entry's
+// The Go API (apientry.go, apiexit.go) hands a program one stream as a *Conn: the entry's
 // DialContext returns one whose exit answered status 0, an exit's Listener
 // accepts one after the exit has answered status 0 for it. A Conn behaves
 // as a TCP connection does:
 //
 //	Read:       the peer's bytes; io.EOF only after the peer's FIN. A reset
 //	            stream fails with ECONNRESET, a stream whose session died
-//	            before the peer's FIN with errSessionLost.
+//	            before the peer's FIN with relay.ErrSessionLost.
 //	Write:      into the stream; ECONNRESET once the peer reset it.
 //	CloseWrite: FIN; the peer reads EOF, this side may go on reading.
 //	Close:      blocked calls return net.ErrClosed, and the peer reads EOF
@@ -29,7 +29,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // Conn is one stream through the tunnel, a net.Conn. Entry.DialContext
@@ -38,13 +39,11 @@ import (
 // entry and exit. Its methods are safe for concurrent use, as net.Conn's
 // are.
 type Conn struct {
-	st          *yamux.Stream
-	mc          *muxConn
+	st          *session.Stream
 	service     string
 	fingerprint string
 	origin      string
-	moved       tally          // this agent's service counters: Write adds fromConn, Read toConn
-	cs          *carriedStream // marked active by reads, for the session's buffer sweep
+	moved       tally // this agent's service counters: Write adds fromConn, Read toConn
 
 	rmu     sync.Mutex // held by Read, and by the wait for the peer's FIN after Close
 	dmu     sync.Mutex // orders Close and the deadline setters: a deadline set before Close cannot undo Close's
@@ -57,16 +56,13 @@ type Conn struct {
 	onDone  func(*Conn)   // the agent's accounting, called once when done closes (may be nil)
 }
 
-// newConn makes a Conn of st, a stream of the session under mc, whose
-// header and status have been exchanged. onDone, if not nil, runs once the
-// stream is over after Close.
-func newConn(st *yamux.Stream, mc *muxConn, service, fingerprint, origin string, moved tally, onDone func(*Conn)) *Conn {
-	c := &Conn{
-		st: st, mc: mc, service: service, fingerprint: fingerprint, origin: origin,
+// newConn makes a Conn of st, whose header and status have been
+// exchanged. onDone, if not nil, runs once the stream is over after Close.
+func newConn(st *session.Stream, service, fingerprint, origin string, moved tally, onDone func(*Conn)) *Conn {
+	return &Conn{
+		st: st, service: service, fingerprint: fingerprint, origin: origin,
 		moved: moved, done: make(chan struct{}), onDone: onDone,
 	}
-	c.cs = mc.live.add(st, func() {})
-	return c
 }
 
 // Service returns the name of the exit's service the stream goes to, as on
@@ -94,7 +90,6 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if n > 0 {
 		c.moved.toConn.Add(int64(n))
 		c.read.Add(int64(n))
-		c.cs.active.Store(true)
 	}
 	if err != nil {
 		err = c.streamError("read", err)
@@ -122,7 +117,7 @@ func (c *Conn) CloseWrite() error {
 	if c.closed.Load() {
 		return c.opError("close", net.ErrClosed)
 	}
-	return c.st.Close() // yamux's Close is a half-close
+	return c.st.CloseWrite()
 }
 
 // Close closes the connection; blocked Read and Write calls return
@@ -145,24 +140,23 @@ func (c *Conn) Close() error {
 // else the FIN; then it waits for the peer's end, resetting the stream if
 // data comes first, and releases the stream.
 func (c *Conn) finish() {
-	id := c.st.StreamID()
 	c.rmu.Lock()
 	// Close's deadline has passed: this Read only looks for unread data.
 	_, err := c.st.Read(nil)
 	switch {
-	case errors.Is(err, yamux.ErrTimeout): // nothing unread: FIN, and wait
-		c.st.Close()
+	case errors.Is(err, session.ErrTimeout): // nothing unread: FIN, and wait
+		c.st.CloseWrite()
 		c.st.SetReadDeadline(time.Time{})
 		_, err = c.st.Read(nil) // returns when data comes, or at the stream's end
 	case err == io.EOF: // the peer is done too
-		c.st.Close()
+		c.st.CloseWrite()
 	}
 	c.rmu.Unlock()
 	switch {
 	case err == nil: // data unread, or sent after Close: reset, as TCP does
 		c.aborted.Store(true)
-		c.mc.reset(id)
-	case err != io.EOF, !c.mc.fins.seen(id):
+		c.st.Reset()
+	case err != io.EOF, !c.st.PeerFinished():
 		// A reset, a lost session, or yamux's StreamCloseTimeout (it
 		// resets the stream).
 		c.aborted.Store(true)
@@ -170,10 +164,10 @@ func (c *Conn) finish() {
 	c.release()
 }
 
-// release ends c's registration with its session and tells the agent.
+// release ends c's stream and tells the agent.
 func (c *Conn) release() {
 	c.once.Do(func() {
-		c.mc.live.remove(c.st)
+		c.st.Close()
 		close(c.done)
 		if c.onDone != nil {
 			c.onDone(c)
@@ -181,34 +175,28 @@ func (c *Conn) release() {
 	})
 }
 
-// lost reports whether the session ended before the peer's FIN, so that an
-// io.EOF from the stream is no end of the peer's data.
-func (c *Conn) lost() bool {
-	return c.st.Session().IsClosed() && !c.mc.fins.seen(c.st.StreamID())
-}
-
 // streamError turns an error of the yamux stream into one a caller of a
 // net.Conn expects.
 func (c *Conn) streamError(op string, err error) error {
 	switch {
 	case err == io.EOF:
-		if c.lost() {
+		if c.st.Lost() {
 			c.aborted.Store(true)
-			return c.opError(op, errSessionLost)
+			return c.opError(op, relay.ErrSessionLost)
 		}
 		return io.EOF
 	case c.closed.Load():
 		return c.opError(op, net.ErrClosed)
-	case errors.Is(err, yamux.ErrTimeout):
+	case errors.Is(err, session.ErrTimeout):
 		return c.opError(op, os.ErrDeadlineExceeded)
-	case errors.Is(err, yamux.ErrConnectionReset):
+	case errors.Is(err, session.ErrReset):
 		c.aborted.Store(true)
 		return c.opError(op, syscall.ECONNRESET)
-	case errors.Is(err, yamux.ErrStreamClosed): // after CloseWrite
+	case errors.Is(err, session.ErrWriteClosed): // after CloseWrite
 		return c.opError(op, syscall.EPIPE)
-	case errors.Is(err, yamux.ErrSessionShutdown):
+	case errors.Is(err, session.ErrShutdown):
 		c.aborted.Store(true)
-		return c.opError(op, errSessionLost)
+		return c.opError(op, relay.ErrSessionLost)
 	}
 	return c.opError(op, err)
 }

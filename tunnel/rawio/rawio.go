@@ -1,4 +1,8 @@
-package tunnel
+// Package rawio reads and writes sockets with raw system calls on their
+// non-blocking descriptors, waiting for readiness through syscall.RawConn
+// as package net does. The agents use it for the connections they carry
+// and for their sessions' connections.
+package rawio
 
 import (
 	"io"
@@ -34,12 +38,20 @@ import (
 // unsafe is used only to pass a buffer's address to the kernel, in the
 // call expression, as package syscall does.
 
-// sysRead is read(2) on the non-blocking descriptor fd; n is 0 on an error.
-func sysRead(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_READ, fd, p) }
+// Read is read(2) on the non-blocking descriptor fd; n is 0 on an error.
+func Read(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_READ, fd, p) }
 
-// sysWrite is write(2) on the non-blocking descriptor fd; n is 0 on an
-// error.
-func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_WRITE, fd, p) }
+// Write is write(2) on the non-blocking descriptor fd; n is 0 on an error.
+func Write(fd uintptr, p []byte) (int, syscall.Errno) { return sysRW(syscall.SYS_WRITE, fd, p) }
+
+// Socket is a stream connection with a descriptor: a *net.TCPConn or a
+// *net.UnixConn. Both are pointers, so holding one in this interface
+// allocates nothing.
+type Socket interface {
+	net.Conn
+	CloseWrite() error
+	SyscallConn() (syscall.RawConn, error)
+}
 
 // sysRW makes the read or write call trap on fd with p, again after EINTR.
 func sysRW(trap, fd uintptr, p []byte) (int, syscall.Errno) {
@@ -58,11 +70,11 @@ func sysRW(trap, fd uintptr, p []byte) (int, syscall.Errno) {
 	}
 }
 
-// rawConn is a connection whose Read and Write are sysRead and sysWrite;
+// Conn is a connection whose Read and Write are the raw Read and Write;
 // everything else (deadlines, Close, addresses) is the wrapped one's. One
 // Read and one Write may run at once, not two of either. Neither allocates.
-type rawConn struct {
-	carriedConn
+type Conn struct {
+	Socket
 	rc syscall.RawConn
 
 	rp      []byte // the Read in progress
@@ -75,26 +87,27 @@ type rawConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-func newRawConn(c carriedConn) (*rawConn, error) {
+// NewConn wraps c.
+func NewConn(c Socket) (*Conn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	r := &rawConn{carriedConn: c, rc: rc}
+	r := &Conn{Socket: c, rc: rc}
 	r.readFn, r.writeFn = r.readFD, r.writeFD
 	return r, nil
 }
 
 // readFD is RawConn.Read's callback: false means "not readable yet, wait".
-func (c *rawConn) readFD(fd uintptr) bool {
-	c.rn, c.rerr = sysRead(fd, c.rp)
+func (c *Conn) readFD(fd uintptr) bool {
+	c.rn, c.rerr = Read(fd, c.rp)
 	return c.rerr != syscall.EAGAIN
 }
 
 // writeFD is RawConn.Write's callback: false means "wait until writable".
-func (c *rawConn) writeFD(fd uintptr) bool {
+func (c *Conn) writeFD(fd uintptr) bool {
 	for c.wn < len(c.wp) {
-		n, e := sysWrite(fd, c.wp[c.wn:])
+		n, e := Write(fd, c.wp[c.wn:])
 		if e == syscall.EAGAIN {
 			return false
 		}
@@ -108,7 +121,7 @@ func (c *rawConn) writeFD(fd uintptr) bool {
 }
 
 // Read reads into p once the connection is readable.
-func (c *rawConn) Read(p []byte) (int, error) {
+func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -129,7 +142,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for the connection to be writable as
 // needed.
-func (c *rawConn) Write(p []byte) (int, error) {
+func (c *Conn) Write(p []byte) (int, error) {
 	c.wp, c.wn, c.werr = p, 0, 0
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
@@ -143,17 +156,16 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *rawConn) opError(op string, errno syscall.Errno) error {
+func (c *Conn) opError(op string, errno syscall.Errno) error {
 	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }
 
-// withRawIO returns c with raw reads and writes (a rawConn) when it is a
-// TCP or UNIX connection, and c itself otherwise. The caller makes at most
-// one Read and one Write at a time, as the handshake and the record layer
-// do.
-func withRawIO(c net.Conn) net.Conn {
-	if cc, ok := c.(carriedConn); ok {
-		if r, err := newRawConn(cc); err == nil {
+// Wrap returns c with raw reads and writes (a *Conn) when it is a TCP or
+// UNIX connection, and c itself otherwise. The caller makes at most one
+// Read and one Write at a time, as the handshake and the record layer do.
+func Wrap(c net.Conn) net.Conn {
+	if s, ok := c.(Socket); ok {
+		if r, err := NewConn(s); err == nil {
 			return r
 		}
 	}

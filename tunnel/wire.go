@@ -1,8 +1,17 @@
-// Package tunnel runs the entry and exit agents: yamux over an established
-// frame.Conn, one stream per application connection (PROTOCOL.md section 4).
+// Package tunnel runs the entry and exit agents: one stream of a session
+// (package session) per application connection, relayed both ways
+// (package relay) (PROTOCOL.md section 4).
 //
-//	app --TCP--> Entry --stream header + bytes--> [yamux / frame / TCP] --> Exit --TCP--> backend
-//	                   <--status + bytes---------                     <--
+//	app --TCP--> Entry --stream header + bytes--> [session / frame / TCP] --> Exit --TCP--> backend
+//	                   <--status + bytes---------                         <--
+//
+// The entry: entry.go (the agent, its listeners and drain), upkeep.go (one
+// current session, replaced on GoAway or after its share of streams),
+// failover.go (reaching an exit), outgoing.go (an application connection's
+// stream). The exit: exit.go (the agent, accept and drain), exitsession.go
+// (a session's streams and refusals), incoming.go (one stream: header,
+// access, backend). The Go API: apientry.go, apiexit.go, apiconn.go. This
+// file: the stream header and status on the wire.
 package tunnel
 
 import (

@@ -3,8 +3,8 @@ package tunnel
 // The Go API, entry side: a program that embeds an entry dials streams
 // itself (DialContext) instead of, or as well as, accepting applications on
 // listeners. The session is kept by Run or ServeListeners, whichever runs;
-// DialContext only uses it. The exit side is in listener.go, the
-// connection both hand out in conn.go.
+// DialContext only uses it. The exit side is in apiexit.go, the
+// connection both hand out in apiconn.go; opening a stream in outgoing.go.
 
 import (
 	"context"
@@ -13,9 +13,9 @@ import (
 	"net"
 	"time"
 
-	"github.com/hashicorp/yamux"
-
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // Errors of the Go API. An exit's refusal of a stream is a *StatusError.
@@ -142,73 +142,65 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, svc *serviceCounters) (*Conn, error) {
 	log := e.log.With().Str("service", config.DisplayName(service)).Logger()
 	for carries := 1; ; carries++ {
-		s, st, err := e.openStream(ctx)
+		o, err := e.attempt(ctx, log)
 		if err != nil {
 			e.met.streamNoSession(svc)
 			return nil, fmt.Errorf("%w: %w", ErrNoSession, err)
 		}
-		id := st.StreamID()
-		log := log.With().Str("peer", s.exit.peer).Uint32("stream", id).Logger()
-		e.count.streams.Add(1)
-		e.count.streamsTotal.Add(1)
-		start := time.Now()
-		// fail ends the stream: with reset, as an abort (once the exit has
-		// accepted it; until then as a FIN).
-		fail := func(reset bool) {
-			if reset {
-				s.mc.reset(id)
-			}
-			st.Close()
-			s.mc.fins.forget(id)
-			e.count.streams.Add(-1)
-		}
-		status, msg, err := exchange(ctx, st, service)
+		status, msg, err := exchange(ctx, o.st, service)
 		switch {
-		case err != nil && errors.Is(err, yamux.ErrConnectionReset) && s.mc.fins.pending(id) && carries < maxCarries:
-			// The exit refused the stream before accepting it: it is going
-			// away. Nothing reached it; try the next session.
-			fail(false)
+		case err != nil && o.refusedBeforeAccept(err) && carries < maxCarries:
+			// The exit is going away; nothing reached it. Try the next
+			// session.
+			o.st.Close()
+			e.done(o)
 			continue
 		case err != nil:
-			fail(true)
-			e.met.streamEnded(svc, flow{aborted: true})
+			o.st.Reset()
+			o.st.Close()
+			e.done(o)
+			e.met.streamEnded(svc, relay.Result{End: relay.PeerReset})
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("tunnel: dial %s: %w", config.DisplayName(service), ctx.Err())
 			}
-			if st.Session().IsClosed() {
+			if o.s.sess.IsClosed() {
 				return nil, fmt.Errorf("%w: the session was lost before the exit answered", ErrNoSession)
 			}
 			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", config.DisplayName(service), err)
 		case status != StatusOK:
-			fail(false)
+			o.st.Close()
+			e.done(o)
 			e.met.streamRefused(svc, status)
-			ev := log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
+			ev := o.log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
 			if status == StatusRefused {
 				ev = ev.Str("fingerprint", e.fingerprint()) // for the operator who grants access
 			}
 			ev.Msg("the exit refused a stream dialed by the program")
 			return nil, &StatusError{Service: service, Status: status, Message: msg}
 		}
-		return newConn(st, s.mc, service, s.fingerprint, "", svc.moved, func(c *Conn) {
-			s.mc.fins.forget(id)
-			e.count.streams.Add(-1)
+		return newConn(o.st, service, o.s.fingerprint, "", svc.moved, func(c *Conn) {
+			e.done(o)
 			svc.open.Add(-1)
 			aborted := c.aborted.Load()
-			e.met.streamEnded(svc, flow{aborted: aborted})
-			run.dialed.Done()
-			ev := log.Info()
+			res := relay.Result{}
 			if aborted {
-				ev = log.Warn().Bool("aborted", true)
+				res.End = relay.PeerReset
+			}
+			e.met.streamEnded(svc, res)
+			run.dialed.Done()
+			ev := o.log.Info()
+			if aborted {
+				ev = o.log.Warn().Bool("aborted", true)
 			}
 			ev.Int64("bytes_to_backend", c.written.Load()).Int64("bytes_to_app", c.read.Load()).
-				Str("duration", logDuration(time.Since(start))).Msg("connection closed")
+				Str("duration", logDuration(time.Since(o.start))).Msg("connection closed")
 		}), nil
 	}
 }
 
 // exchange sends the stream header for service on st and reads the exit's
 // answer, until ctx is done.
-func exchange(ctx context.Context, st *yamux.Stream, service string) (Status, string, error) {
+func exchange(ctx context.Context, st *session.Stream, service string) (Status, string, error) {
 	if _, err := st.Write(streamHeader{service: service}.marshal()); err != nil {
 		return 0, "", err
 	}

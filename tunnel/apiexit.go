@@ -25,10 +25,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // acceptBacklog is how many streams may wait for a Listener's Accept; past
@@ -67,8 +68,7 @@ type Listener struct {
 // goroutine race for it once: Accept by moving state to streamTaken, the
 // goroutine, giving up, to streamWithdrawn.
 type pendingStream struct {
-	st          *yamux.Stream
-	mc          *muxConn
+	st          *session.Stream
 	fingerprint string
 	origin      string
 	state       atomic.Int32
@@ -158,7 +158,7 @@ func (l *Listener) take(p *pendingStream) *Conn {
 	if _, p.err = p.st.Write(marshalStatus(StatusOK, "")); p.err != nil {
 		return nil
 	}
-	p.conn = newConn(p.st, p.mc, l.name, p.fingerprint, p.origin, l.count.moved, nil)
+	p.conn = newConn(p.st, l.name, p.fingerprint, p.origin, l.count.moved, nil)
 	return p.conn
 }
 
@@ -195,7 +195,7 @@ func (a serviceAddr) String() string  { return config.DisplayName(string(a)) }
 
 // serveLocal hands st, a stream to the service of l from peer, to the
 // program, and waits until the program is done with it; see serveStream.
-func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *yamux.Stream, mc *muxConn, peer streamPeer, origin string, l *Listener) (*serviceCounters, Status, string) {
+func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (*serviceCounters, Status, string) {
 	svc := l.count
 	display := config.DisplayName(l.name)
 	if !peer.access.allows(l.name, peer.fingerprint) {
@@ -205,7 +205,7 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *yamux.St
 	svc.open.Add(1)
 	defer svc.open.Add(-1)
 	start := time.Now()
-	p := &pendingStream{st: st, mc: mc, fingerprint: peer.fingerprint, origin: origin, taken: make(chan struct{})}
+	p := &pendingStream{st: st, fingerprint: peer.fingerprint, origin: origin, taken: make(chan struct{})}
 	unreachable := fmt.Sprintf("service %q: the program serving it has closed its listener", display)
 	if closed(l.done) {
 		return e.refusal(svc, log, StatusUnreachable, unreachable, nil)
@@ -228,7 +228,7 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *yamux.St
 		status, msg = StatusUnreachable, unreachable
 	case <-hard:
 		status, msg = StatusUnreachable, "the exit is shutting down"
-	case <-st.Session().CloseChan():
+	case <-st.Session().Done():
 		status, msg = StatusUnreachable, "the session is closing"
 	}
 	if status != StatusOK {
@@ -244,12 +244,15 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *yamux.St
 	c := p.conn
 	select {
 	case <-c.done:
-	case <-st.Session().CloseChan(): // the program may still hold c; its calls fail
+	case <-st.Session().Done(): // the program may still hold c; its calls fail
 	}
-	f := flow{aborted: c.aborted.Load() || !closed(c.done)}
-	e.met.streamEnded(svc, f)
+	res := relay.Result{}
+	if c.aborted.Load() || !closed(c.done) {
+		res.End = relay.PeerReset
+	}
+	e.met.streamEnded(svc, res)
 	ev := log.Info()
-	if f.aborted {
+	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)
 	}
 	ev.Int64("bytes_to_backend", c.read.Load()).Int64("bytes_to_app", c.written.Load()).

@@ -1,4 +1,4 @@
-package tunnel
+package rawio
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 
 // rawPair returns a rawConn over one end of a loopback TCP connection, and
 // the other end.
-func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
+func rawPair(t *testing.T) (*Conn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -27,7 +27,7 @@ func rawPair(t *testing.T) (*rawConn, *net.TCPConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := newRawConn(c.(*net.TCPConn))
+	r, err := NewConn(c.(*net.TCPConn))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,43 +142,6 @@ func TestRawConnShortRead(t *testing.T) {
 	peer.CloseWrite()
 	if n, err := r.Read(buf); n != 0 || err != io.EOF {
 		t.Fatalf("after the peer's FIN: %d, %v; want 0, io.EOF", n, err)
-	}
-}
-
-// TestRawReaderShortRead: the same for the reader of a carried
-// connection, which borrows its buffer from the pool only once readable.
-func TestRawReaderShortRead(t *testing.T) {
-	r, peer := rawPair(t)
-	r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	pool := newBufPool()
-	rr, err := newRawReader(r.carriedConn, pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	read := func(want string) {
-		t.Helper()
-		b, n, err := rr.read()
-		if err != nil || string((*b)[:n]) != want {
-			t.Fatalf("read = %v; want %q", err, want)
-		}
-		pool.put(b)
-	}
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		peer.Write([]byte("abc"))
-	}()
-	read("abc")
-	peer.Write([]byte("def"))
-	time.Sleep(50 * time.Millisecond)
-	read("def")
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		peer.Write([]byte("ghi"))
-	}()
-	read("ghi")
-	peer.CloseWrite()
-	if _, _, err := rr.read(); err != io.EOF {
-		t.Fatalf("after the peer's FIN: %v; want io.EOF", err)
 	}
 }
 

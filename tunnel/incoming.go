@@ -1,0 +1,175 @@
+package tunnel
+
+// The exit's incoming stream: read its header, check the access rules,
+// then either refuse it with a status (ended hands it back to the session
+// to drain) or dial the service's backend, answer status 0, and relay
+// until both directions are done. A service a program serves itself goes
+// to its Listener instead (apiexit.go).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
+)
+
+// serveStream reads the stream header, checks that the peer may reach the
+// service it names, dials the service's backend, answers the status and
+// starts forwarding; ended is called once the stream is done, from
+// forward's goroutine. If it refuses the stream instead, it logs why and
+// calls ended at once with the status and message to answer, and leaves st
+// to ended. svc is the counters of the stream's service. ctx bounds the dial: it ends with the
+// drain, not as the drain starts, so that a stream accepted before GoAway is
+// served.
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(svc *serviceCounters, s Status, msg string)) {
+	svc := e.noService
+	log = log.With().Uint32("stream", st.ID()).Logger()
+	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
+	hdr, err := readStreamHeader(st)
+	st.SetReadDeadline(time.Time{})
+	if err != nil {
+		var msg string
+		var ne net.Error
+		switch {
+		case errors.Is(err, errStreamHeader):
+			msg = err.Error()
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			msg = "stream closed before its header was complete"
+		case errors.As(err, &ne) && ne.Timeout():
+			msg = fmt.Sprintf("no complete stream header within %v", e.cfg.HandshakeTimeout)
+		default:
+			msg = fmt.Sprintf("reading the stream header: %v", err)
+		}
+		ended(e.refusal(svc, log, StatusRefused, msg, nil))
+		return
+	}
+	if !validOrigin(hdr.origin) {
+		log.Warn().Msgf("the entry claims origin %+q, which is neither empty nor ip:port", hdr.origin)
+		ended(e.refusal(svc, log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil))
+		return
+	}
+	if hdr.origin != "" {
+		// What the entry says it saw; the exit cannot check it.
+		log = log.With().Str("claimed_origin", hdr.origin).Logger()
+	}
+	// readStreamHeader let through printable ASCII only: safe to log.
+	log = log.With().Str("service", config.DisplayName(hdr.service)).Logger()
+	r := e.routes.byName[hdr.service]
+	if r == nil {
+		if l := e.local.get(hdr.service); l != nil {
+			ended(e.serveLocal(ctx.Done(), log, st, peer, hdr.origin, l))
+			return
+		}
+		ended(e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil))
+		return
+	}
+	svc = r.count
+	if !peer.access.allows(r.name, peer.fingerprint) {
+		ended(e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil))
+		return
+	}
+	svc.total.Add(1)
+	svc.open.Add(1)
+	served := ended // from here on, ending the stream also ends it in svc.open
+	ended = func(svc *serviceCounters, s Status, msg string) {
+		svc.open.Add(-1)
+		served(svc, s, msg)
+	}
+	start := time.Now()
+	c, err := e.dialer.DialContext(ctx, r.network, r.dialAddr)
+	e.met.backendDial(time.Since(start), err)
+	if err != nil {
+		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
+		if r.name != "" {
+			msg = fmt.Sprintf("service %q: %s", r.name, msg)
+		}
+		ended(e.refusal(svc, log, StatusUnreachable, msg, err))
+		return
+	}
+	r.probe.accepted(time.Now())
+	backend := c
+	if r.proxyProtocol {
+		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
+			backend.Close()
+			ended(e.refusal(svc, log, StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err))
+			return
+		}
+	}
+	if _, err := st.Write(marshalStatus(StatusOK, "")); err != nil {
+		backend.Close()
+		st.CloseWrite()
+		log.Warn().Err(err).Msg("stream lost before the status was sent")
+		ended(svc, StatusOK, "")
+		return
+	}
+	res := relay.Start(backend, st, relay.Options{
+		Pool: e.pool, Stall: e.writeStall,
+		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
+	}).Run()
+	e.met.streamEnded(svc, res)
+	ev := log.Info()
+	if res.Aborted() {
+		ev = log.Warn().Bool("aborted", true)
+	}
+	if res.Err != nil && !session.IsClosedErr(res.Err) {
+		ev = ev.AnErr("reason", res.Err)
+	}
+	ev.Int64("bytes_to_backend", res.FromStream).Int64("bytes_to_app", res.ToStream).
+		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
+	ended(svc, StatusOK, "")
+}
+
+// unknownService is the message for a stream naming a service the exit
+// does not have: it lists the services visible, those the peer may reach,
+// and no other.
+func unknownService(name string, visible []string) string {
+	if len(visible) == 0 {
+		return fmt.Sprintf("unknown service %q: this exit has no service for your key", config.DisplayName(name))
+	}
+	return fmt.Sprintf("unknown service %q: this exit has %s", config.DisplayName(name), strings.Join(visible, ", "))
+}
+
+// policyRefusal is the message for a stream the access rules refuse.
+func policyRefusal(fp, service string) string {
+	return fmt.Sprintf("key %s may not reach service %q: the exit's --allow rules do not list it", fp, service)
+}
+
+// writeProxyHeader sends backend the PROXY protocol v2 header of a stream
+// from origin through the entry key fp (proxyproto.go), within timeout.
+func writeProxyHeader(backend net.Conn, origin, fp string, timeout time.Duration) error {
+	b, err := proxyHeader(origin, backend.RemoteAddr(), fp)
+	if err != nil {
+		return err
+	}
+	backend.SetWriteDeadline(time.Now().Add(timeout))
+	_, err = backend.Write(b)
+	backend.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// validOrigin reports whether origin, as an entry reports it in a stream
+// header, is empty or an IP address and port (PROTOCOL.md section 4).
+func validOrigin(origin string) bool {
+	if origin == "" {
+		return true
+	}
+	host, port, err := net.SplitHostPort(origin)
+	if err != nil {
+		return false
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || ip.Zone() != "" {
+		return false
+	}
+	_, err = strconv.ParseUint(port, 10, 16)
+	return err == nil
+}

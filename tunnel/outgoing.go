@@ -1,0 +1,235 @@
+package tunnel
+
+// The entry's outgoing streams. An application connection (serveApp) or a
+// program's dial (DialContext, apientry.go) becomes a stream of the current
+// session: open it, send the stream header, and wait for the exit's
+// status. An exit that is going away may refuse the stream before it
+// accepted it (a reset with no acknowledgement, before anything in it saw
+// the stream); then the connection is offered again on the next session,
+// up to maxCarries times in all. Each attempt is an outgoing value,
+// counted while it lives.
+//
+//	serveApp: loop { attempt; header + kept bytes; relay.Start; status;
+//	                 relay.Run (or Fail) } until not NotAccepted
+//	DialContext: loop { attempt; header; status } until not refused before
+//	             accepted; then a *Conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
+	"github.com/tunnel-dev/tunnel/tunnel/session"
+)
+
+// session returns the current session, waiting up to the dial timeout for
+// one (and asking maintain to retry now); the error says why there is none.
+func (e *Entry) session(ctx context.Context) (*entrySession, error) {
+	timer := time.NewTimer(e.cfg.DialTimeout)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		s, changed, lastErr := e.cur, e.changed, e.lastErr
+		e.mu.Unlock()
+		if s != nil && !s.sess.IsClosed() && !s.retiring.Load() {
+			return s, nil
+		}
+		if lasting(lastErr) {
+			return nil, lastErr
+		}
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			if lastErr == nil {
+				lastErr = fmt.Errorf("no session after %v", e.cfg.DialTimeout)
+			}
+			return nil, lastErr
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// openStream opens a stream on the current session. A session the exit is
+// just shutting down refuses it; then it tries the next session once. A
+// session just replaced refuses it too; its replacement is current already.
+func (e *Entry) openStream(ctx context.Context) (*entrySession, *session.Stream, error) {
+	goneAway := false
+	for {
+		s, err := e.session(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := s.open()
+		switch {
+		case err == nil:
+			if s.opened.Add(1) == e.recycleAfter {
+				close(s.full)
+			}
+			return s, st, nil
+		case errors.Is(err, errRetiring):
+		case errors.Is(err, session.ErrGoneAway) && !goneAway:
+			goneAway = true
+			e.clearSession(s, err)
+		default:
+			return nil, nil, err
+		}
+	}
+}
+
+// maxCarries bounds how often one application connection is offered to
+// an exit.
+const maxCarries = 3
+
+// outgoing is one attempt to carry a connection: a stream on the current
+// session, counted among the entry's open streams until done.
+type outgoing struct {
+	s     *entrySession
+	st    *session.Stream
+	log   zerolog.Logger // with the exit and the stream
+	start time.Time
+}
+
+// attempt opens a stream on the current session and counts it.
+func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, error) {
+	s, st, err := e.openStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.count.streams.Add(1)
+	e.count.streamsTotal.Add(1)
+	return &outgoing{
+		s: s, st: st, start: time.Now(),
+		log: log.With().Str("peer", s.exit.peer).Uint32("stream", st.ID()).Logger(),
+	}, nil
+}
+
+// done ends the count of o's stream.
+func (e *Entry) done(o *outgoing) { e.count.streams.Add(-1) }
+
+// refusedBeforeAccept reports whether err, from o's stream, is the exit's
+// refusal before it accepted the stream: nothing reached it.
+func (o *outgoing) refusedBeforeAccept(err error) bool {
+	return errors.Is(err, session.ErrReset) && o.st.Pending()
+}
+
+// serveApp carries app, an application connection, as a stream to service
+// (the wire name), whose counters are svc, until the connection is done.
+// When the exit refuses the stream before accepting it, the connection is
+// carried on the next session, with what the application sent so far: no
+// byte reached a backend, and the application notices nothing.
+func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc *serviceCounters) {
+	origin := appOrigin(app)
+	lc := e.log.With().Str("service", config.DisplayName(service))
+	if origin != "" {
+		lc = lc.Str("origin", origin)
+	}
+	log := lc.Logger()
+	svc.open.Add(1)
+	svc.total.Add(1)
+	defer svc.open.Add(-1)
+	var sent relay.Unacked // what the application sent while no exit had accepted it
+	hdr := streamHeader{service: service, origin: origin}.marshal()
+	for carries := 1; ; carries++ {
+		res, status, ok := e.carry(ctx, log, app, hdr, svc, &sent)
+		switch {
+		case !ok:
+			return
+		case res.End != relay.NotAccepted:
+			e.met.streamDone(svc, status, res)
+			return
+		case sent.Overflowed() || carries >= maxCarries:
+			log.Warn().Int("attempts", carries).
+				Msg("closing application connection: every exit tried refused the stream before accepting it")
+			relay.Reset(app)
+			e.met.streamDone(svc, status, relay.Result{End: relay.PeerReset})
+			return
+		}
+		log.Info().Int("bytes", len(sent.Bytes())).
+			Msg("the exit refused the stream before accepting it (it is going away); carrying the connection on the next session")
+	}
+}
+
+// carry makes one attempt at carrying app: it opens a stream, sends hdr
+// and what sent holds, relays until the pair has ended, logs its end, and
+// reports it with the exit's status. ok is false when no stream could be
+// opened or written: then app has been reset, and the failure logged and
+// counted.
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked) (res relay.Result, status Status, ok bool) {
+	o, err := e.attempt(ctx, log)
+	if err != nil {
+		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
+		e.met.streamNoSession(svc)
+		relay.Reset(app)
+		return res, 0, false
+	}
+	defer e.done(o)
+	resent := sent.Bytes()
+	// The header goes out at once; application bytes follow without waiting
+	// for the exit's status.
+	if _, err := o.st.Write(append(hdr[:len(hdr):len(hdr)], resent...)); err != nil {
+		o.log.Warn().Err(err).Msg("closing application connection: stream lost")
+		relay.Reset(app)
+		o.st.Close()
+		return res, 0, false
+	}
+	r := relay.Start(app, o.st, relay.Options{
+		Pool: e.pool, Stall: e.writeStall,
+		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
+		Unacked: sent,
+	})
+	status, msg, err := readStatus(o.st)
+	switch {
+	case err != nil:
+		res = r.Fail(fmt.Errorf("no status from the exit: %w", err))
+	case status != StatusOK:
+		res = r.Fail(fmt.Errorf("exit refused the stream (%s): %s", status, msg))
+	default:
+		res = r.Run()
+	}
+	if res.End != relay.NotAccepted {
+		res.ToStream += int64(len(resent))
+		e.logCarried(o.log, res, status, time.Since(o.start))
+	}
+	return res, status, true
+}
+
+// appOrigin is the origin of app's streams (PROTOCOL.md section 4): its
+// address "ip:port" over TCP; empty over a UNIX socket, whose peer has no
+// address of that form (and usually no name at all).
+func appOrigin(app net.Conn) string {
+	if a, ok := app.RemoteAddr().(*net.TCPAddr); ok {
+		return a.String()
+	}
+	return ""
+}
+
+// logCarried logs the end of a stream that the exit accepted, or refused
+// with status.
+func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, d time.Duration) {
+	ev := log.Info()
+	if res.Aborted() || status != StatusOK {
+		ev = log.Warn().Bool("aborted", true)
+	}
+	if status == StatusRefused {
+		// Which key the exit refused, for the operator who grants access.
+		ev = ev.Str("fingerprint", e.fingerprint())
+	}
+	if res.Err != nil && !session.IsClosedErr(res.Err) {
+		ev = ev.AnErr("reason", res.Err)
+	}
+	if status != StatusOK {
+		ev = ev.Int("status", int(status))
+	}
+	ev.Int64("bytes_to_backend", res.ToStream).Int64("bytes_to_app", res.FromStream).
+		Str("duration", logDuration(d)).Msg("connection closed")
+}

@@ -1,0 +1,71 @@
+package tunnel
+
+// What both agents share: the multiplexer's settings, the counters a
+// relay adds bytes to, and the count of open streams a drain waits for.
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/tunnel-dev/tunnel/tunnel/session"
+)
+
+// tally is where a relay adds the bytes it copies, once per chunk, as they
+// move: fromConn counts what the carried connection sends into the stream,
+// toConn what the stream delivers to it. The counters are a service's,
+// shared by all its streams.
+type tally struct{ fromConn, toConn *atomic.Int64 }
+
+// muxSettings are the session settings of the entry's configuration.
+func (e *Entry) muxSettings() session.Settings {
+	return session.Settings{KeepAlive: e.cfg.KeepAlive, Window: e.cfg.Window}
+}
+
+// muxSettings are the session settings of the exit's configuration.
+func (e *Exit) muxSettings() session.Settings {
+	return session.Settings{KeepAlive: e.cfg.KeepAlive, Window: e.cfg.Window}
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// openStreams counts the streams being served, for the drain. A session
+// may accept a stream after the drain has begun (its SYN came before the
+// GoAway), which a sync.WaitGroup does not allow while Wait runs.
+type openStreams struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil when nobody waits
+}
+
+func (o *openStreams) Add(delta int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n += delta
+	if o.n == 0 && o.idle != nil {
+		close(o.idle)
+		o.idle = nil
+	}
+}
+
+func (o *openStreams) Done() { o.Add(-1) }
+
+// drained returns a channel that is closed once no stream is open.
+func (o *openStreams) drained() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ch := make(chan struct{})
+	if o.n == 0 {
+		close(ch)
+	} else {
+		o.idle = ch
+	}
+	return ch
+}

@@ -1,0 +1,229 @@
+package tunnel
+
+// Session upkeep on the entry: one session to an exit is current at a
+// time (Entry.cur); maintain keeps one up, replaces it when the exit goes
+// away (GoAway) or when it has carried its share of streams, and retires
+// the one it replaces: the retired session takes no new streams and ends
+// once its last stream has. How an exit is reached is in failover.go.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunnel-dev/tunnel/tunnel/session"
+)
+
+// maxSessionStreams is how many streams the entry opens on one session
+// before it replaces the session. yamux v0.1.2 keeps an entry in its
+// session's inflight map for every stream whose FIN reaches the exit before
+// the exit accepts it (the exit then never sends the ACK that would delete
+// it), until the session ends: hashicorp/yamux issue #148, a few bytes per
+// application connection. A replacement is made first and takes the new
+// streams; the old session ends once its last stream has (a long-lived
+// connection keeps its session, and that session's map, until it ends).
+// 1<<15 streams keep the map under about 300 KB, at the cost of one
+// handshake per 32768 connections.
+const maxSessionStreams = 1 << 15
+
+// entrySession is one authenticated session with an exit, as the entry
+// keeps it.
+type entrySession struct {
+	exit        exitAddr
+	fingerprint string // the exit's key, as the handshake proved it
+	sess        *session.Session
+
+	opened   atomic.Int64  // streams opened on it
+	full     chan struct{} // closed when opened reaches the entry's recycleAfter
+	opening  atomic.Int64  // OpenStream calls in progress
+	retiring atomic.Bool   // a newer session takes the new streams
+}
+
+// errRetiring: a session being retired opens no more streams.
+var errRetiring = errors.New("tunnel: session is being replaced")
+
+// open opens a stream unless s is retiring. Together with retire it makes
+// sure no stream is opened on a session after it was found idle and closed:
+// open counts itself in opening before it checks retiring, retire sets
+// retiring before it checks opening.
+func (s *entrySession) open() (*session.Stream, error) {
+	s.opening.Add(1)
+	defer s.opening.Add(-1)
+	if s.retiring.Load() {
+		return nil, errRetiring
+	}
+	return s.sess.Open()
+}
+
+// maintain keeps one session to the exit up while ctx lives, reconnecting
+// with backoff. A session lives until hard ends, so that draining
+// connections keep it. A session is retired, left to finish its streams
+// while new ones go to the next session, when the exit sends GoAway (it is
+// shutting down; the next session is made at once) and when it has carried
+// recycleAfter streams (the next session is made first).
+func (e *Entry) maintain(ctx, hard context.Context) {
+	var retiring sync.WaitGroup
+	defer retiring.Wait()
+	handOver := func(s *entrySession) {
+		retiring.Add(1)
+		go func() {
+			defer retiring.Done()
+			e.retire(s, hard)
+			e.count.sessions.Add(-1)
+		}()
+	}
+	r := redial{backoff: minBackoff}
+	for ctx.Err() == nil {
+		s := e.establish(ctx, &r)
+		if s == nil {
+			return
+		}
+		born := time.Now()
+		full := s.full             // closed when s has carried recycleAfter streams
+		var retry <-chan time.Time // a failed replacement is tried again
+	watch:
+		for {
+			select {
+			case <-s.sess.PeerGoneAway():
+				e.clearSession(s, errors.New("the exit is going away"))
+				e.log.Info().Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+					Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
+				handOver(s)
+				r.reset()
+				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
+				break watch
+			case <-full:
+			case <-retry:
+			case <-s.sess.Done():
+				e.count.sessions.Add(-1)
+				reason, _ := s.sess.End()
+				e.clearSession(s, fmt.Errorf("session lost: %v", reason))
+				if ctx.Err() != nil {
+					return
+				}
+				lived := time.Since(born)
+				r.left, r.leftWhy = s.exit, fmt.Sprintf("session lost: %v", reason)
+				ev := e.log.Warn().Err(reason).Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+					Str("duration", logDuration(lived))
+				if lived >= stableSession {
+					r.reset()
+					ev.Msg("session with the exit lost; reconnecting")
+					break watch
+				}
+				if r.choices > 1 && r.youngLosses == 0 {
+					// Another exit is tried first, at once; a second
+					// young loss in a row backs off.
+					r.youngLosses++
+					ev.Msg("session with the exit lost; reconnecting")
+					break watch
+				}
+				wait := r.step() // it died young: back off
+				ev.Str("retry_in", logDuration(wait)).Msg("session with the exit lost; reconnecting")
+				if !sleep(ctx, wait, nil) {
+					return
+				}
+				break watch
+			case <-ctx.Done():
+				e.clearSession(s, errors.New("entry is shutting down"))
+				e.hold(s, hard)
+				e.count.sessions.Add(-1)
+				return
+			}
+			// s has carried its share of streams: replace it, keeping it
+			// current until the replacement is up.
+			full, retry = nil, nil
+			e.log.Info().Int64("streams", s.opened.Load()).
+				Str("reason", "yamux keeps a few bytes per stream until its session ends (hashicorp/yamux#148)").
+				Msg("replacing the session after its share of streams; its open connections stay on it")
+			next, err := e.connect(ctx, e.log, s.exit)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.countFailure(err)
+					wait := r.step()
+					e.log.Warn().Err(err).Str("retry_in", logDuration(wait)).
+						Msg("cannot establish a replacement session; the current one stays in use")
+					retry = time.After(wait)
+				}
+				continue
+			}
+			e.setSession(next)
+			e.count.sessions.Add(1)
+			e.count.recycled.Add(1)
+			handOver(s)
+			s, born, full = next, time.Now(), next.full
+		}
+	}
+}
+
+// hold waits for s to close, closing it when hard ends.
+func (e *Entry) hold(s *entrySession, hard context.Context) {
+	select {
+	case <-s.sess.Done():
+	case <-hard.Done():
+		s.sess.Close()
+	}
+}
+
+// retirePoll is how often a retiring session is checked for open streams.
+const retirePoll = 100 * time.Millisecond
+
+// retire stops s from opening streams, and closes it once its last stream
+// is done (or when hard ends). The entry, as the yamux client, ends a
+// session the exit sent GoAway on: if the exit closed it instead, the close
+// could overtake the FINs yamux has queued but not yet sent, and the entry
+// would take complete streams for cut ones.
+func (e *Entry) retire(s *entrySession, hard context.Context) {
+	s.retiring.Store(true)
+	t := time.NewTicker(retirePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.sess.Done():
+			if reason, clean := s.sess.End(); !clean {
+				e.log.Warn().Err(reason).Msg("a session finishing its streams was lost")
+			}
+			return
+		case <-hard.Done():
+			s.sess.Close()
+			return
+		case <-t.C:
+			if s.opening.Load() == 0 && s.sess.NumStreams() == 0 {
+				s.sess.Close()
+				return
+			}
+		}
+	}
+}
+
+// notify wakes the waiters of the current session. Callers hold mu.
+func (e *Entry) notify() {
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+func (e *Entry) setSession(s *entrySession) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cur, e.lastErr = s, nil
+	e.notify()
+}
+
+// clearSession forgets s, if it is still the current session.
+func (e *Entry) clearSession(s *entrySession, why error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cur == s {
+		e.cur, e.lastErr = nil, why
+		e.notify()
+	}
+}
+
+func (e *Entry) setFailure(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.lastErr = err
+	e.notify()
+}
