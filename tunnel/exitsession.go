@@ -63,8 +63,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 	}
 	e.met.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	e.closeIfRevoked(log, sess, res.PeerKey)
-	// The session keeps the access rules in force now.
-	who := streamPeer{fingerprint: res.PeerFingerprint, access: *e.access.Load()}
+	who := streamPeer{fingerprint: res.PeerFingerprint}
 	start := time.Now()
 	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
@@ -155,7 +154,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 // streamPeer is what the exit knows of the entry that opened a stream.
 type streamPeer struct {
 	fingerprint string
-	access      access // the rules in force when its session began
+	access      access // the rules in force when the stream began (serveStream)
 }
 
 // refusal logs that the stream of service svc is refused with s and msg,

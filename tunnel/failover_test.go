@@ -428,3 +428,50 @@ func TestReloadExitKeys(t *testing.T) {
 		t.Errorf("exit without its own keys pins %v, want the shared set", got.PeerKeys.Fingerprints())
 	}
 }
+
+// TestReloadUnpinsExit: a reload that stops pinning the exit's key retires
+// the session made with it (issue 17: before, it ran on, perhaps through
+// whoever had that key): the session ends within the drain timeout, an
+// open connection on it is cut, and no new session is made with the key.
+func TestReloadUnpinsExit(t *testing.T) {
+	a := startWith(t, echoBackend(t), func(_ *config.Exit, n *config.Entry) { n.DrainTimeout = 300 * time.Millisecond })
+	roundTrip(t, a.entryAddr, []byte("before"))
+	old := a.entry.current()
+	if old == nil {
+		t.Fatal("no session after a round trip")
+	}
+	open, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if _, err := open.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(open, make([]byte, 1)); err != nil {
+		t.Fatalf("echo on the open connection: %v", err)
+	}
+	other, err := handshake.GenerateKey(handshake.MinKeyBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned, err := handshake.NewKeySet(&other.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.entry.Reload(testKeys()[0], pinned, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-old.sess.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session with the unpinned exit still runs 10s after the reload")
+	}
+	open.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := open.Read(make([]byte, 1)); err == nil {
+		t.Error("the connection open on the retired session still reads data")
+	}
+	if s := a.entry.current(); s != nil {
+		t.Errorf("a session with the exit whose key is not pinned: %s", s.fingerprint)
+	}
+}

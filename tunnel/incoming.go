@@ -33,6 +33,9 @@ import (
 // served.
 func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(svc *serviceCounters, s Status, msg string)) {
 	svc := e.noService
+	// Each stream is checked against the rules in force when it opens, so
+	// that a reload that narrows them reaches live sessions too.
+	peer.access = *e.access.Load()
 	log = log.With().Uint32("stream", st.ID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)

@@ -24,7 +24,9 @@ import (
 
 // Reload makes the entry use key and pin peerKeys (any of which an exit
 // may present) and, for the exits with their own, exitKeys (by address,
-// as in EntryConfig) from its next handshake on.
+// as in EntryConfig) from its next handshake on. A session with an exit
+// whose key it pins no more is retired: new streams go to a new session,
+// and its open streams are cut after the drain timeout.
 func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
@@ -41,12 +43,16 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	cfg := *e.keys.Load().hs
 	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
 	e.keys.Store(&pins{hs: &cfg, exits: exitKeys})
+	select { // maintain retires a session whose exit key is pinned no more
+	case e.repin <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
 // Reload makes the exit answer with key and accept the entry keys in
 // authorized from its next handshake on, resolves its access rules against
-// them for the sessions that begin from then on, and winds down the
+// them for every stream that opens from then on, and winds down the
 // sessions of keys authorized no more; it returns how many. A rule naming a
 // key that authorized does not hold admits nobody, and is logged.
 func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closing int, err error) {

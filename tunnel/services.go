@@ -7,8 +7,8 @@ package tunnel
 // and metrics call config.DefaultService. Its access rules, resolved
 // against the authorized keys when the exit starts and again on every
 // reload, restrict some services to some keys; a service no rule names
-// admits every authorized key. A session keeps the rules that were in
-// force when its handshake completed.
+// admits every authorized key. Every stream is checked against the rules
+// in force when it opens, on sessions old and new.
 //
 // Each service has its own counters (serviceCounters), which the status
 // endpoint and the metrics show by service. The set of services is fixed

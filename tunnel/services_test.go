@@ -222,9 +222,10 @@ func TestResolveAccess(t *testing.T) {
 	}
 }
 
-// TestAccessReload: a reload resolves the rules against the new keys for
-// the sessions that begin afterwards; a session keeps the rules it began
-// with; a rule whose key file is gone admits nobody and is logged.
+// TestAccessReload: a reload resolves the rules against the new keys, and
+// a narrowed rule refuses the next stream of a session already up (issue
+// 17: before, a session kept the rules it began with, for ever); a rule
+// whose key file is gone admits nobody and is logged.
 func TestAccessReload(t *testing.T) {
 	ks := testKeys()
 	other, err := handshake.GenerateKey(handshake.MinKeyBits)
@@ -278,8 +279,8 @@ func TestAccessReload(t *testing.T) {
 	if _, err := x.Reload(ks[1], keyDir(map[string]*rsa.PublicKey{"app1.pub": &other.PublicKey, "app2.pub": &ks[0].PublicKey})); err != nil {
 		t.Fatal(err)
 	}
-	if s := status(before, "db"); s != StatusOK {
-		t.Errorf("db on the session made before the reload: status %d, want 0 (it keeps its rules)", s)
+	if s := status(before, "db"); s != StatusRefused {
+		t.Errorf("db on the session made before the reload: status %d, want 3 (the narrowed rule reaches live sessions)", s)
 	}
 	after := dialSession(t, ln.Addr().String(), "")
 	if s := status(after, "db"); s != StatusRefused {
