@@ -286,7 +286,9 @@ func (st *responder) checkHelloI2(msg []byte) (*helloI2, error) {
 	if st.adm != nil && st.adm.replay.seenBefore(rk, now) {
 		return nil, replayed()
 	}
-	if err := verify(st.peerKey, contextHello2, digest(hi.signedMsg(st.m1[:prefaceLen], len(hi.sig))), hi.sig); err != nil {
+	// sig_h covers M1 up to sig_len: the preface, the header and the body
+	// as received (st.m1 ends with sig_len and sig).
+	if err := verify(st.peerKey, contextHello2, digest(st.m1[:len(st.m1)-2-len(hi.sig)]), hi.sig); err != nil {
 		return nil, reject(AlertBadSignature, "bad hello signature",
 			"hello signature does not verify under the initiator's authorized key %s", Fingerprint(st.peerKey))
 	}
