@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"os"
 	"testing"
+	"time"
 	"unicode"
 )
 
@@ -94,6 +95,103 @@ func FuzzKeyI(f *testing.F) {
 		_, err := res.handleKeyI(context.Background(), msg)
 		if err == nil && !bytes.Equal(msg[msgHeaderLen:], m3[msgHeaderLen:]) {
 			t.Fatalf("modified KEY_I accepted")
+		}
+	})
+}
+
+// fuzzVectorV2 loads the version 2 vector for seeding.
+func fuzzVectorV2(f *testing.F) (v *v2Vector, m1, m2, m3 []byte) {
+	v = loadV2Vector(f)
+	h := func(s string) []byte { b, _ := hex.DecodeString(s); return b }
+	return v, h(v.Msg1), h(v.Msg2), h(v.Msg3)
+}
+
+func FuzzParseHelloI2(f *testing.F) {
+	_, m1, _, _ := fuzzVectorV2(f)
+	f.Add(m1[prefaceLen+msgHeaderLen:])
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := parseHelloI2(body)
+		if err == nil && !bytes.Equal(m.body(), body) {
+			t.Fatalf("version 2 HELLO_I parsed but re-encodes differently")
+		}
+	})
+}
+
+func FuzzParseHelloR2(f *testing.F) {
+	_, _, m2, _ := fuzzVectorV2(f)
+	f.Add(m2[msgHeaderLen:])
+	f.Fuzz(func(t *testing.T, body []byte) {
+		m, err := parseHelloR2(body)
+		if err == nil && !bytes.Equal(m.body(), body) {
+			t.Fatalf("version 2 HELLO_R parsed but re-encodes differently")
+		}
+	})
+}
+
+// FuzzParseExtensions: a block that parses re-encodes to itself, and has no
+// type twice.
+func FuzzParseExtensions(f *testing.F) {
+	f.Add(appendExtensions(nil, extension{typ: extResumption, val: []byte("ticket")}, extension{typ: 0x42}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, block []byte) {
+		exts, err := parseExtensions(block)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(appendExtensions(nil, exts...), block) {
+			t.Fatalf("extension block parsed but re-encodes differently")
+		}
+		seen := map[byte]bool{}
+		for _, e := range exts {
+			if seen[e.typ] {
+				t.Fatalf("extension %#02x accepted twice", e.typ)
+			}
+			seen[e.typ] = true
+		}
+	})
+}
+
+// FuzzHelloI2: the responder of the vector, at the vector's time, accepts
+// exactly the vector's HELLO_I (preface and header included) and nothing
+// else.
+func FuzzHelloI2(f *testing.F) {
+	v, m1, _, _ := fuzzVectorV2(f)
+	iPriv, _ := ParsePrivateKeyPEM([]byte(v.InitiatorPrivateKeyPEM))
+	rPriv, _ := ParsePrivateKeyPEM([]byte(v.ResponderPrivateKeyPEM))
+	auth, _ := NewKeySet(&iPriv.PublicKey)
+	cfg := &Config{PrivateKey: rPriv, Authorized: auth, Now: func() time.Time { return time.Unix(int64(v.Time), 0) }}
+	f.Add(m1)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < prefaceLen+msgHeaderLen {
+			return
+		}
+		res := &responder{cfg: cfg, version: Version2, m1: msg}
+		_, err := res.checkHelloI2(msg[prefaceLen:])
+		if err == nil && !bytes.Equal(msg, m1) {
+			t.Fatalf("modified version 2 HELLO_I accepted")
+		}
+	})
+}
+
+// FuzzHelloR2: the initiator of the vector accepts exactly the vector's
+// HELLO_R body.
+func FuzzHelloR2(f *testing.F) {
+	v, m1, m2, _ := fuzzVectorV2(f)
+	iPriv, _ := ParsePrivateKeyPEM([]byte(v.InitiatorPrivateKeyPEM))
+	rPub, _ := ParsePublicKeyPEM([]byte(v.ResponderPublicKeyPEM))
+	xb, _ := hex.DecodeString(v.InitiatorX25519)
+	seed, _ := hex.DecodeString(v.InitiatorMLKEMSeed)
+	x, _ := ecdh.X25519().NewPrivateKey(xb)
+	dk, _ := mlkem.NewDecapsulationKey768(seed)
+	f.Add(m2)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < msgHeaderLen {
+			return
+		}
+		ini := &initiator{cfg: &Config{PrivateKey: iPriv, PeerKey: rPub}, version: Version2, m1: m1, x25519: x, mlkem: dk}
+		err := ini.handleHelloR(msg)
+		if err == nil && !bytes.Equal(msg[msgHeaderLen:], m2[msgHeaderLen:]) {
+			t.Fatalf("modified version 2 HELLO_R accepted")
 		}
 	})
 }

@@ -1,6 +1,7 @@
 // Package handshake runs the RSA-authenticated, forward-secret key exchange
-// of tunnel protocol v1 (PROTOCOL.md section 2) and hands the derived keys
-// to the record layer:
+// of tunnel protocol v1 (PROTOCOL.md section 2) and v2 (PROTOCOL-v2.md,
+// where HELLO_I is signed too) and hands the derived keys to the record
+// layer:
 //
 //	initiator                               responder
 //	preface || HELLO_I  ------------------>
@@ -37,6 +38,19 @@ const DefaultTimeout = 10 * time.Second
 // costs more than a goroutine and a socket.
 const HelloTimeout = 2 * time.Second
 
+// DefaultKeyIDeadline bounds, when Config.KeyIDeadline is zero, how long a
+// responder waits for KEY_I once it has sent HELLO_R: a round trip and the
+// initiator's RSA work (an OAEP encryption and a signature: tens of
+// milliseconds even with 8192-bit keys), with room for a slow link. Until
+// KEY_I a version 1 initiator has proven nothing, so this is how long a
+// forged version 1 hello can hold a slot.
+const DefaultKeyIDeadline = 2 * time.Second
+
+// HelloSkew is how far the time of a version 2 HELLO_I may be from the
+// responder's clock, either way. Hellos are remembered for replay for as
+// long as they could be accepted, up to twice this (PROTOCOL-v2.md 2.4).
+const HelloSkew = 2 * time.Minute
+
 // Errors of a failed handshake. A local rejection and a peer's ALERT with
 // the same meaning both match the same sentinel with errors.Is.
 var (
@@ -49,17 +63,33 @@ var (
 	ErrDecrypt            = errors.New("handshake: key transport decryption failed")
 	ErrInternal           = errors.New("handshake: internal error")
 	ErrBusy               = errors.New("handshake: responder busy")
+	// ErrStaleHello: a version 2 HELLO_I whose time is more than HelloSkew
+	// from the responder's clock (ALERT stale_hello): one of the two clocks
+	// is wrong.
+	ErrStaleHello = errors.New("handshake: hello time outside the responder's window (clock skew)")
+	// ErrReplayedHello: a version 2 HELLO_I seen before within the window;
+	// the peer receives ALERT stale_hello, so that a replayer learns
+	// nothing more.
+	ErrReplayedHello = errors.New("handshake: hello replayed")
+	// ErrInappropriateFallback: a responder that speaks version 2 received
+	// a version 1 hello marked as a fallback from version 2 (ALERT
+	// inappropriate_fallback): the ALERT unsupported_version that made the
+	// initiator fall back was not the responder's; someone on the path
+	// forged it.
+	ErrInappropriateFallback = errors.New("handshake: version fallback refused: the responder speaks version 2")
 )
 
 var alertErrors = map[AlertCode]error{
-	AlertProtocolError:      ErrProtocol,
-	AlertUnsupportedVersion: ErrUnsupportedVersion,
-	AlertNoCommonSuite:      ErrNoCommonSuite,
-	AlertUnknownKey:         ErrUnknownKey,
-	AlertBadSignature:       ErrBadSignature,
-	AlertDecryptError:       ErrDecrypt,
-	AlertInternalError:      ErrInternal,
-	AlertBusy:               ErrBusy,
+	AlertProtocolError:         ErrProtocol,
+	AlertUnsupportedVersion:    ErrUnsupportedVersion,
+	AlertNoCommonSuite:         ErrNoCommonSuite,
+	AlertUnknownKey:            ErrUnknownKey,
+	AlertBadSignature:          ErrBadSignature,
+	AlertDecryptError:          ErrDecrypt,
+	AlertInternalError:         ErrInternal,
+	AlertBusy:                  ErrBusy,
+	AlertStaleHello:            ErrStaleHello,
+	AlertInappropriateFallback: ErrInappropriateFallback,
 }
 
 // AlertError is an ALERT the peer sent: it rejected the handshake.
@@ -94,6 +124,28 @@ type Config struct {
 	Timeout time.Duration
 	// Frame configures the record layer of the established connection.
 	Frame *frame.Config
+
+	// Version is the protocol version an initiator speaks: Version1 or
+	// Version2. Zero means Version1. A responder that speaks only version 1
+	// answers a version 2 hello with ALERT unsupported_version: Initiate
+	// then fails with an error matching ErrUnsupportedVersion, and the
+	// caller redials with Version1 and Fallback set.
+	Version int
+	// Fallback, with Version1, marks the hello as sent by an initiator that
+	// speaks version 2 but was refused it: a responder that speaks version 2
+	// then refuses the hello (ErrInappropriateFallback), since the refusal
+	// must have been forged.
+	Fallback bool
+	// MinVersion is the oldest version a responder accepts. Zero means
+	// Version1; Version2 refuses version 1 hellos with ALERT
+	// unsupported_version, for exits whose entries all speak version 2.
+	MinVersion int
+	// KeyIDeadline bounds how long a responder waits for KEY_I after it has
+	// sent HELLO_R (within Timeout). Zero means DefaultKeyIDeadline.
+	KeyIDeadline time.Duration
+	// Now is the clock of version 2 hellos: the initiator writes it, the
+	// responder compares with it. Nil means time.Now.
+	Now func() time.Time
 }
 
 func (c *Config) timeout() time.Duration {
@@ -103,9 +155,50 @@ func (c *Config) timeout() time.Duration {
 	return DefaultTimeout
 }
 
+func (c *Config) keyIDeadline() time.Duration {
+	if c.KeyIDeadline > 0 {
+		return c.KeyIDeadline
+	}
+	return DefaultKeyIDeadline
+}
+
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// version is the version an initiator speaks.
+func (c *Config) version() byte {
+	if c.Version == Version2 {
+		return Version2
+	}
+	return Version1
+}
+
+// checkVersions rejects versions this package does not speak.
+func (c *Config) checkVersions() error {
+	for _, v := range []struct {
+		name string
+		v    int
+	}{{"Version", c.Version}, {"MinVersion", c.MinVersion}} {
+		if v.v != 0 && v.v != Version1 && v.v != Version2 {
+			return fmt.Errorf("handshake: %s %d: this package speaks versions %d and %d", v.name, v.v, Version1, Version2)
+		}
+	}
+	if c.Fallback && c.Version == Version2 {
+		return errors.New("handshake: Fallback goes with Version 1, the version fallen back to")
+	}
+	return nil
+}
+
 // checkInitiator checks the keys an initiator needs: both present, and of a
 // size the protocol allows (NewKeySet has checked those of PeerKeys).
 func (c *Config) checkInitiator() error {
+	if err := c.checkVersions(); err != nil {
+		return err
+	}
 	if err := checkKey(privatePublic(c.PrivateKey)); err != nil {
 		return fmt.Errorf("handshake: initiator PrivateKey: %w", err)
 	}
@@ -122,6 +215,9 @@ func (c *Config) checkInitiator() error {
 // protocol allows, and at least one authorized initiator key (NewKeySet and
 // LoadAuthorizedKeys have checked those).
 func (c *Config) checkResponder() error {
+	if err := c.checkVersions(); err != nil {
+		return err
+	}
 	if err := checkKey(privatePublic(c.PrivateKey)); err != nil {
 		return fmt.Errorf("handshake: responder PrivateKey: %w", err)
 	}
@@ -145,6 +241,7 @@ type Result struct {
 	PeerKey         *rsa.PublicKey
 	PeerFingerprint string
 	Suite           byte
+	Version         int           // the protocol version spoken
 	Duration        time.Duration // from start to keys in hand
 }
 
@@ -164,6 +261,16 @@ func reject(code AlertCode, reason string, format string, args ...any) *rejectio
 		code:   code,
 		reason: reason,
 		err:    fmt.Errorf("%w: %s", alertErrors[code], fmt.Sprintf(format, args...)),
+	}
+}
+
+// rejectAs is reject with a local error wrapping sentinel rather than the
+// code's: for refusals that share a code on the wire but not in the logs.
+func rejectAs(code AlertCode, sentinel error, reason string, format string, args ...any) *rejection {
+	return &rejection{
+		code:   code,
+		reason: reason,
+		err:    fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...)),
 	}
 }
 

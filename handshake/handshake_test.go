@@ -260,7 +260,8 @@ func TestResponderRejectsBadOpenings(t *testing.T) {
 	r := newResponder(t, rk, &ik.PublicKey)
 	valid := func(mod func(*helloI)) []byte {
 		st, _ := newInitiator(&Config{PrivateKey: ik, PeerKey: &rk.PublicKey})
-		hi, _ := parseHelloI(st.hello()[prefaceLen+msgHeaderLen:])
+		m1, _ := st.hello()
+		hi, _ := parseHelloI(m1[prefaceLen+msgHeaderLen:])
 		mod(hi)
 		return appendMsg(preface[:], msgHelloI, hi.body())
 	}
@@ -271,7 +272,7 @@ func TestResponderRejectsBadOpenings(t *testing.T) {
 		err   error
 	}{
 		{"garbage", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 0, ErrNotTunnel},
-		{"version 2", append([]byte(prefaceMagic), 2, 0, 0, 0), AlertUnsupportedVersion, ErrUnsupportedVersion},
+		{"version 3", append([]byte(prefaceMagic), 3, 0, 0, 0), AlertUnsupportedVersion, ErrUnsupportedVersion},
 		{"no common suite", valid(func(h *helloI) { h.suites = []byte{0x02, 0x07} }), AlertNoCommonSuite, ErrNoCommonSuite},
 		{"empty suite list", valid(func(h *helloI) { h.suites = nil }), AlertNoCommonSuite, ErrNoCommonSuite},
 		{"unknown key", valid(func(h *helloI) { h.keyID = KeyID(&other.PublicKey) }), AlertUnknownKey, ErrUnknownKey},
@@ -358,7 +359,11 @@ func holdSlot(t *testing.T, r *Responder, ik *rsa.PrivateKey) (hold net.Conn, do
 	if err != nil {
 		t.Fatal(err)
 	}
-	hold.Write(st.hello())
+	m1, err := st.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold.Write(m1)
 	if typ, _, err := readMsg(hold, msgHelloR, msgAlert); err != nil || typ != msgHelloR {
 		t.Fatalf("holding handshake: got message %#x, err %v; want HELLO_R", typ, err)
 	}
@@ -420,7 +425,10 @@ func TestHelloTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hello := st.hello()
+	hello, err := st.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for name, sent := range map[string][]byte{"nothing": nil, "part of the preface": preface[:3], "part of HELLO_I": hello[:100]} {
 		t.Run(name, func(t *testing.T) {
 			a, b := tcpPair(t)
@@ -452,11 +460,11 @@ func (c *lateConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// TestHelloTimeoutOnlyBoundsHello: after HELLO_I, the initiator has the
-// rest of the handshake timeout, not HelloTimeout.
+// TestHelloTimeoutOnlyBoundsHello: after HELLO_I, the initiator has
+// KeyIDeadline (here the rest of the handshake timeout), not HelloTimeout.
 func TestHelloTimeoutOnlyBoundsHello(t *testing.T) {
 	ik, rk, _ := keys()
-	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 3 * HelloTimeout}, 4)
+	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 3 * HelloTimeout, KeyIDeadline: 3 * HelloTimeout}, 4)
 	a, b := tcpPair(t)
 	slow := &lateConn{Conn: a, delay: HelloTimeout + 500*time.Millisecond}
 	ini, res := runBoth(t, slow, b, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey}, r)
@@ -470,15 +478,18 @@ func TestHelloTimeoutOnlyBoundsHello(t *testing.T) {
 func TestRSAWaitHonoursDeadline(t *testing.T) {
 	ik, rk, _ := keys()
 	r, _ := NewResponder(Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey), Timeout: 300 * time.Millisecond}, 4)
-	r.rsa = make(chan struct{}, 1)
-	r.rsa <- struct{}{} // every private-key slot busy
+	r.adm.cpu.limit = func() int { return 1 }
+	release, err := r.adm.cpu.acquire(context.Background()) // every private-key slot busy
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, b := tcpPair(t)
 	done := make(chan outcome, 1)
 	go func() {
 		res, err := r.Handshake(context.Background(), b)
 		done <- outcome{res, err}
 	}()
-	_, err := Initiate(context.Background(), a, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey, Timeout: time.Minute})
+	_, err = Initiate(context.Background(), a, &Config{PrivateKey: ik, PeerKey: &rk.PublicKey, Timeout: time.Minute})
 	if err == nil {
 		t.Fatal("handshake succeeded with no private-key slot")
 	}
@@ -492,7 +503,7 @@ func TestRSAWaitHonoursDeadline(t *testing.T) {
 			t.Fatalf("responder: err = %v, want a timeout waiting for a private-key slot", o.err)
 		}
 	case <-time.After(10 * time.Second):
-		<-r.rsa // let it go, so that the test ends
+		release() // let it go, so that the test ends
 		t.Fatal("responder still waiting for a private-key slot 10s after its 300ms deadline")
 	}
 }

@@ -48,16 +48,18 @@ func Initiate(ctx context.Context, conn net.Conn, cfg *Config) (*Result, error) 
 		PeerKey:         st.peerKey,
 		PeerFingerprint: Fingerprint(st.peerKey),
 		Suite:           SuiteAES256CFBHMACSHA256,
+		Version:         int(st.version),
 		Duration:        time.Since(start),
 	}, nil
 }
 
 // initiator is the initiator's state, step by step.
 type initiator struct {
-	cfg    *Config
-	random []byte
-	x25519 *ecdh.PrivateKey
-	mlkem  *mlkem.DecapsulationKey768
+	cfg     *Config
+	version byte // spoken: cfg.version()
+	random  []byte
+	x25519  *ecdh.PrivateKey
+	mlkem   *mlkem.DecapsulationKey768
 	// peerKey is the pinned key HELLO_R named (Config.PeerKey, or one of
 	// Config.PeerKeys).
 	peerKey *rsa.PublicKey
@@ -77,11 +79,15 @@ func newInitiator(cfg *Config) (*initiator, error) {
 	}
 	random := make([]byte, randomLen)
 	rand.Read(random)
-	return &initiator{cfg: cfg, random: random, x25519: x, mlkem: dk}, nil
+	return &initiator{cfg: cfg, version: cfg.version(), random: random, x25519: x, mlkem: dk}, nil
 }
 
 func (st *initiator) run(ctx context.Context, conn net.Conn) (*frame.Conn, error) {
-	if _, err := conn.Write(st.hello()); err != nil {
+	m1, err := st.hello()
+	if err != nil {
+		return nil, fmt.Errorf("handshake: signing HELLO_I: %w", err)
+	}
+	if _, err := conn.Write(m1); err != nil {
 		return nil, ioError(ctx, "sending HELLO_I", err)
 	}
 	typ, msg, err := readMsg(conn, msgHelloR, msgAlert)
@@ -186,25 +192,49 @@ func alertFrom(msg []byte) error {
 	return &AlertError{Code: a.code, Reason: a.reason}
 }
 
-// hello returns M1 = preface || HELLO_I.
-func (st *initiator) hello() []byte {
-	m := &helloI{
+// hello returns M1 = preface || HELLO_I of st.version; version 2 signs it.
+func (st *initiator) hello() ([]byte, error) {
+	m := helloI{
 		suites:  []byte{SuiteAES256CFBHMACSHA256},
 		random:  st.random,
 		x25519:  st.x25519.PublicKey().Bytes(),
 		mlkemEK: st.mlkem.EncapsulationKey().Bytes(),
 		keyID:   KeyID(&st.cfg.PrivateKey.PublicKey),
 	}
-	st.m1 = appendMsg(preface[:], msgHelloI, m.body())
-	return st.m1
+	if st.version != Version2 {
+		if st.cfg.Fallback {
+			m.suites = append(m.suites, suiteFallback)
+		}
+		st.m1 = appendMsg(preface[:], msgHelloI, m.body())
+		return st.m1, nil
+	}
+	h2 := &helloI2{helloI: m, time: uint64(max(st.cfg.now().Unix(), 0))}
+	sig, err := sign(st.cfg.PrivateKey, contextHello2, digest(h2.signedMsg(prefaceV2[:], st.cfg.PrivateKey.Size())))
+	if err != nil {
+		return nil, err
+	}
+	h2.sig = sig
+	st.m1 = appendMsg(prefaceV2[:], msgHelloI, h2.body())
+	return st.m1, nil
 }
 
 // handleHelloR checks M2 in the order of section 2.3: pinned key id,
 // signature, X25519 share, ML-KEM ciphertext.
 func (st *initiator) handleHelloR(m2 []byte) error {
-	hr, err := parseHelloR(m2[msgHeaderLen:])
-	if err != nil {
-		return reject(AlertProtocolError, "bad HELLO_R", "%v", err)
+	var hr *helloR
+	sigContext, signed := contextResponder, []byte(nil)
+	if st.version == Version2 {
+		h2, err := parseHelloR2(m2[msgHeaderLen:])
+		if err != nil {
+			return reject(AlertProtocolError, "bad HELLO_R", "%v", err)
+		}
+		hr, sigContext, signed = &h2.helloR, contextResponder2, h2.signedBody()
+	} else {
+		var err error
+		if hr, err = parseHelloR(m2[msgHeaderLen:]); err != nil {
+			return reject(AlertProtocolError, "bad HELLO_R", "%v", err)
+		}
+		signed = hr.signedBody()
 	}
 	if hr.suite != SuiteAES256CFBHMACSHA256 {
 		return reject(AlertNoCommonSuite, "suite not offered", "responder chose suite %#02x, which was not offered", hr.suite)
@@ -225,7 +255,7 @@ func (st *initiator) handleHelloR(m2 []byte) error {
 		}
 		st.peerKey = st.cfg.PeerKey
 	}
-	if err := verify(st.peerKey, contextResponder, digest(st.m1, hr.signedBody()), hr.sig); err != nil {
+	if err := verify(st.peerKey, sigContext, digest(st.m1, signed), hr.sig); err != nil {
 		return reject(AlertBadSignature, "bad responder signature",
 			"responder signature does not verify under the pinned key %s", Fingerprint(st.peerKey))
 	}
@@ -252,7 +282,11 @@ func (st *initiator) keyI() (m3, secret []byte, err error) {
 		return nil, nil, err
 	}
 	ki := &keyI{ct: ct}
-	if ki.sig, err = sign(st.cfg.PrivateKey, contextInitiator, digest(st.m1, st.m2, ki.signedBody())); err != nil {
+	sigContext := contextInitiator
+	if st.version == Version2 {
+		sigContext = contextInitiator2
+	}
+	if ki.sig, err = sign(st.cfg.PrivateKey, sigContext, digest(st.m1, st.m2, ki.signedBody())); err != nil {
 		return nil, nil, err
 	}
 	return appendMsg(nil, msgKeyI, ki.body()), secret, nil

@@ -49,7 +49,7 @@ func TestResponderWithKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r2.slots != r.slots || r2.rsa != r.rsa {
+	if r2.adm != r.adm {
 		t.Error("WithKeys made new bounds; want the old ones shared")
 	}
 	a, b := tcpPair(t)

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"slices"
 	"time"
 
@@ -23,17 +22,22 @@ import (
 // NewResponder is given zero.
 const DefaultMaxInProgress = 64
 
-// Responder answers handshakes. It bounds how many run at once: past the
-// bound, a new initiator is answered ALERT busy and closed. It is safe for
-// concurrent use.
+// Responder answers handshakes of versions 1 and 2 (or 2 only, with
+// Config.MinVersion). It bounds how many run at once: past the bound, a new
+// initiator is answered ALERT busy and closed. It is safe for concurrent
+// use.
 type Responder struct {
-	cfg   Config
-	slots chan struct{} // handshakes in progress
-	rsa   chan struct{} // private-key operations in progress: all CPUs but one, so sessions keep a core
+	cfg Config
+	adm *admission // slots, private-key limit, replay cache: shared with WithKeys
+	// v1Only makes it answer as a responder of PROTOCOL.md alone: ALERT
+	// unsupported_version to any other preface, and no notice of the
+	// fallback suite. Tests of the fallback set it.
+	v1Only bool
 }
 
 // NewResponder checks cfg and returns a Responder allowing maxInProgress
-// concurrent handshakes (zero means DefaultMaxInProgress).
+// concurrent handshakes (zero means DefaultMaxInProgress), at most half of
+// them version 1 handshakes before KEY_I (see admission.go).
 func NewResponder(cfg Config, maxInProgress int) (*Responder, error) {
 	if err := cfg.checkResponder(); err != nil {
 		return nil, err
@@ -41,11 +45,7 @@ func NewResponder(cfg Config, maxInProgress int) (*Responder, error) {
 	if maxInProgress <= 0 {
 		maxInProgress = DefaultMaxInProgress
 	}
-	return &Responder{
-		cfg:   cfg,
-		slots: make(chan struct{}, maxInProgress),
-		rsa:   make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)),
-	}, nil
+	return &Responder{cfg: cfg, adm: newAdmission(maxInProgress)}, nil
 }
 
 // Refuse answers conn with ALERT busy and closes it, without any private
@@ -58,38 +58,41 @@ func (r *Responder) Refuse(conn net.Conn, reason string) {
 // handshakes queues for CPU instead of oversubscribing it, and returns the
 // function that gives it back. It gives up when ctx ends or the handshake's
 // deadline passes, so that a handshake that has run out of time does no
-// private-key work.
+// private-key work. It counts the operation it allows.
 func (st *responder) rsaSlot(ctx context.Context) (release func(), err error) {
-	if st.rsaSlots == nil {
+	if st.adm == nil {
 		return func() {}, nil
 	}
 	ctx, cancel := context.WithDeadline(ctx, st.deadline)
 	defer cancel()
-	select {
-	case st.rsaSlots <- struct{}{}:
-		if ctx.Err() == nil { // a slot and the deadline may come at once
-			return func() { <-st.rsaSlots }, nil
-		}
-		<-st.rsaSlots
-	case <-ctx.Done():
+	release, err = st.adm.cpu.acquire(ctx)
+	if err == nil && ctx.Err() != nil { // a slot and the deadline may come at once
+		release()
+		err = ctx.Err()
 	}
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return nil, fmt.Errorf("handshake: timed out waiting for one of the %d private-key slots: the responder is short of CPU", cap(st.rsaSlots))
+	switch {
+	case err == nil:
+		st.adm.privateOps.Add(1)
+		return release, nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, fmt.Errorf("handshake: timed out waiting for one of the %d private-key slots: the responder is short of CPU", st.adm.cpu.limit())
 	}
-	return nil, fmt.Errorf("handshake: waiting for a private-key slot: %w", ctx.Err())
+	return nil, fmt.Errorf("handshake: waiting for a private-key slot: %w", err)
 }
 
 // takeSlot takes a slot of handshakes in progress, which Handshake gives
 // back when it returns; without a free one it rejects with ALERT busy.
-func (st *responder) takeSlot() error {
-	select {
-	case st.slots <- struct{}{}:
-		st.release = func() { <-st.slots }
+func (st *responder) takeSlot(signed bool, keyID [KeyIDLen]byte) error {
+	if st.adm == nil {
 		return nil
-	default:
-		return reject(AlertBusy, "too many handshakes in progress; retry later",
-			"%d handshakes already in progress", cap(st.slots))
 	}
+	sl, err := st.adm.slots.take(signed, keyID)
+	if err != nil {
+		return err
+	}
+	st.adm.slotsTaken.Add(1)
+	st.slot = sl
+	return nil
 }
 
 // Handshake runs the responder's side over conn, which it owns from now on:
@@ -97,16 +100,17 @@ func (st *responder) takeSlot() error {
 // has verified, so the caller may act for the peer at once.
 //
 // A connection holds one of the bounded slots of handshakes in progress only
-// from a well-formed HELLO_I that names an authorized key on; before that it
-// is bounded by HelloTimeout, so that silent or garbage connections cannot
-// keep real initiators out.
+// from a hello that passed every check made without the private key (for
+// version 2, its signature); before that it is bounded by HelloTimeout, so
+// that silent or garbage connections cannot keep real initiators out. After
+// HELLO_R, KEY_I must come within Config.KeyIDeadline.
 func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, error) {
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
-	st := &responder{cfg: &r.cfg, slots: r.slots, rsaSlots: r.rsa, deadline: start.Add(r.cfg.timeout())}
+	st := &responder{cfg: &r.cfg, adm: r.adm, v1Only: r.v1Only, deadline: start.Add(r.cfg.timeout())}
 	defer func() {
-		if st.release != nil {
-			st.release()
+		if st.slot != nil {
+			st.slot.release()
 		}
 	}()
 	fc, err := st.run(ctx, conn)
@@ -129,6 +133,7 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 		PeerKey:         st.peerKey,
 		PeerFingerprint: Fingerprint(st.peerKey),
 		Suite:           SuiteAES256CFBHMACSHA256,
+		Version:         int(st.version),
 		Duration:        time.Since(start),
 	}, nil
 }
@@ -136,10 +141,11 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 // responder is the responder's state, step by step.
 type responder struct {
 	cfg      *Config
-	slots    chan struct{} // handshakes in progress (Responder.slots)
-	release  func()        // gives back the slot in slots, once taken
-	rsaSlots chan struct{} // nil: unbounded (tests)
-	deadline time.Time     // of the whole handshake
+	adm      *admission // nil: unbounded and uncounted (tests)
+	slot     *slot      // once taken
+	deadline time.Time  // of the whole handshake
+	version  byte       // of the preface
+	v1Only   bool       // Responder.v1Only
 	peerKey  *rsa.PublicKey
 
 	m1, m2                    []byte
@@ -159,18 +165,31 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if string(pre[:len(prefaceMagic)]) != prefaceMagic {
 		return nil, fmt.Errorf("%w: first bytes %q", ErrNotTunnel, wiretext.Printable(pre[:]))
 	}
-	if pre[prefaceLen-1] != ProtocolVersion {
-		return nil, reject(AlertUnsupportedVersion, fmt.Sprintf("this exit speaks protocol version %d", ProtocolVersion),
-			"initiator speaks protocol version %d; this responder speaks %d", pre[prefaceLen-1], ProtocolVersion)
+	switch st.version = pre[prefaceLen-1]; {
+	case st.version == Version1 && st.cfg.MinVersion == Version2:
+		return nil, reject(AlertUnsupportedVersion, "this exit requires protocol version 2",
+			"initiator speaks protocol version 1; this responder requires version 2 (MinVersion): upgrade the entry")
+	case st.v1Only && st.version != Version1:
+		return nil, reject(AlertUnsupportedVersion, "this exit speaks protocol version 1",
+			"initiator speaks protocol version %d; this responder speaks 1", st.version)
+	case st.version != Version1 && st.version != Version2:
+		return nil, reject(AlertUnsupportedVersion, "this exit speaks protocol versions 1 and 2",
+			"initiator speaks protocol version %d; this responder speaks 1 and 2", st.version)
 	}
 	m2, err := st.handleHelloI(ctx, pre[:], conn)
 	if err != nil {
 		return nil, err
 	}
-	conn.SetReadDeadline(st.deadline)
 	if _, err := conn.Write(m2); err != nil {
 		return nil, ioError(ctx, "sending HELLO_R", err)
 	}
+	// KEY_I is one round trip and the initiator's RSA work away: do not
+	// leave a silent peer its slot for the whole handshake timeout.
+	keyIBy := time.Now().Add(st.cfg.keyIDeadline())
+	if st.deadline.Before(keyIBy) {
+		keyIBy = st.deadline
+	}
+	conn.SetReadDeadline(keyIBy)
 	typ, m3, err := readMsg(conn, msgKeyI, msgAlert)
 	switch {
 	case errors.As(err, new(*unexpectedError)), errors.Is(err, errMalformed):
@@ -184,6 +203,7 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if err != nil {
 		return nil, err
 	}
+	conn.SetReadDeadline(st.deadline)
 	sched, err := deriveSchedule(st.m1, st.m2, m3, secret, st.x25519Shared, st.mlkemShared)
 	if err != nil {
 		return nil, err
@@ -199,8 +219,9 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	return fc, nil
 }
 
-// handleHelloI reads and checks HELLO_I (suite, then key id, then the key
-// shares) and returns M2 = HELLO_R.
+// handleHelloI reads and checks HELLO_I of st.version and returns M2 =
+// HELLO_R. Every check that needs no private key comes before the slot is
+// taken (PROTOCOL-v2.md section 2.4).
 func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn) ([]byte, error) {
 	_, msg, err := readMsg(conn, msgHelloI)
 	if err != nil {
@@ -213,25 +234,109 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 		return nil, ioError(ctx, "reading HELLO_I", err)
 	}
 	st.m1 = append(slices.Clip(pre), msg...)
+	var hi *helloI
+	if st.version == Version2 {
+		h2, err := st.checkHelloI2(msg)
+		if err != nil {
+			return nil, err
+		}
+		hi = &h2.helloI
+	} else {
+		if hi, err = st.checkHelloI1(msg); err != nil {
+			return nil, err
+		}
+	}
+	return st.helloR(ctx, hi)
+}
+
+// checkHelloI1 checks a version 1 HELLO_I (PROTOCOL.md section 2.3, and
+// the fallback signal) and takes an unverified slot.
+func (st *responder) checkHelloI1(msg []byte) (*helloI, error) {
 	hi, err := parseHelloI(msg[msgHeaderLen:])
 	if err != nil {
 		return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
 	}
+	if slices.Contains(hi.suites, suiteFallback) && !st.v1Only {
+		return nil, reject(AlertInappropriateFallback, "this exit speaks protocol version 2: the refusal of version 2 was forged",
+			"initiator fell back to version 1 after a refusal of version 2 that this responder did not send: someone on the path between them forged ALERT unsupported_version")
+	}
+	if err := st.checkSuiteAndKey(hi); err != nil {
+		return nil, err
+	}
+	return hi, st.takeSlot(false, hi.keyID)
+}
+
+// checkHelloI2 checks a version 2 HELLO_I, its signature last (the only
+// check that costs more than a hash), and takes a slot.
+func (st *responder) checkHelloI2(msg []byte) (*helloI2, error) {
+	hi, err := parseHelloI2(msg[msgHeaderLen:])
+	if err != nil {
+		return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
+	}
+	if err := st.checkSuiteAndKey(&hi.helloI); err != nil {
+		return nil, err
+	}
+	now := st.cfg.now()
+	if skew := absDiff(hi.time, now.Unix()); skew > uint64(HelloSkew/time.Second) {
+		return nil, reject(AlertStaleHello, fmt.Sprintf("hello time is %d s from this exit's clock, %s", skew, now.UTC().Format(time.RFC3339)),
+			"initiator's clock (Unix %d) is %d s from this responder's (%s), more than %v: set both clocks right (NTP)",
+			hi.time, skew, now.UTC().Format(time.RFC3339), HelloSkew)
+	}
+	rk := replayKey(hi.keyID, hi.random)
+	if st.adm != nil && st.adm.replay.seenBefore(rk, now) {
+		return nil, replayed()
+	}
+	// sig_h covers M1 up to sig_len: the preface, the header and the body
+	// as received (st.m1 ends with sig_len and sig).
+	if err := verify(st.peerKey, contextHello2, digest(st.m1[:len(st.m1)-2-len(hi.sig)]), hi.sig); err != nil {
+		return nil, reject(AlertBadSignature, "bad hello signature",
+			"hello signature does not verify under the initiator's authorized key %s", Fingerprint(st.peerKey))
+	}
+	if st.adm != nil {
+		fresh, err := st.adm.replay.record(rk, hi.time, now)
+		if err != nil {
+			return nil, reject(AlertBusy, "too many handshakes; retry later", "%v", err)
+		}
+		if !fresh {
+			return nil, replayed()
+		}
+	}
+	return hi, st.takeSlot(true, hi.keyID)
+}
+
+func replayed() error {
+	return rejectAs(AlertStaleHello, ErrReplayedHello, "hello already seen",
+		"this HELLO_I (key id and random) was seen before: a replay of a captured hello")
+}
+
+// absDiff is |t - now|, in seconds, saturating.
+func absDiff(t uint64, now int64) uint64 {
+	n := uint64(max(now, 0))
+	if t > n {
+		return t - n
+	}
+	return n - t
+}
+
+// checkSuiteAndKey checks for a common suite (ALERT no_common_suite) and an
+// authorized key id (ALERT unknown_key), and sets st.peerKey.
+func (st *responder) checkSuiteAndKey(hi *helloI) error {
 	if !slices.Contains(hi.suites, SuiteAES256CFBHMACSHA256) {
-		return nil, reject(AlertNoCommonSuite, "no common suite; this exit supports suite 0x01",
+		return reject(AlertNoCommonSuite, "no common suite; this exit supports suite 0x01",
 			"initiator offered suites %x; this responder supports only 0x01", hi.suites)
 	}
 	fp := FingerprintID(hi.keyID)
 	pub, ok := st.cfg.Authorized.Lookup(hi.keyID)
 	if !ok {
-		return nil, reject(AlertUnknownKey, fmt.Sprintf("key %s is not authorized", fp),
+		return reject(AlertUnknownKey, fmt.Sprintf("key %s is not authorized", fp),
 			"initiator key %s is not authorized: add its public key to the authorized keys to admit it", fp)
 	}
 	st.peerKey = pub
-	if err := st.takeSlot(); err != nil {
-		return nil, err
-	}
+	return nil
+}
 
+// helloR makes the key shares for hi and returns M2 = HELLO_R, signed.
+func (st *responder) helloR(ctx context.Context, hi *helloI) ([]byte, error) {
 	peer, err := ecdh.X25519().NewPublicKey(hi.x25519)
 	if err != nil {
 		return nil, reject(AlertProtocolError, "bad X25519 share", "initiator X25519 share: %v", err)
@@ -250,7 +355,7 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 	var ct []byte
 	st.mlkemShared, ct = ek.Encapsulate()
 
-	hr := &helloR{
+	hr := helloR{
 		suite:   SuiteAES256CFBHMACSHA256,
 		random:  make([]byte, randomLen),
 		x25519:  priv.PublicKey().Bytes(),
@@ -258,16 +363,27 @@ func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn
 		keyID:   KeyID(&st.cfg.PrivateKey.PublicKey),
 	}
 	rand.Read(hr.random)
+	hr2 := &helloR2{helloR: hr} // no extensions defined yet
+	sigContext, signed := contextResponder, hr.signedBody()
+	if st.version == Version2 {
+		sigContext, signed = contextResponder2, hr2.signedBody()
+	}
 	release, err := st.rsaSlot(ctx)
 	if err != nil {
 		return nil, err
 	}
-	hr.sig, err = sign(st.cfg.PrivateKey, contextResponder, digest(st.m1, hr.signedBody()))
+	sig, err := sign(st.cfg.PrivateKey, sigContext, digest(st.m1, signed))
 	release()
 	if err != nil {
 		return nil, reject(AlertInternalError, "internal error", "signing HELLO_R: %v", err)
 	}
-	st.m2 = appendMsg(nil, msgHelloR, hr.body())
+	if st.version == Version2 {
+		hr2.sig = sig
+		st.m2 = appendMsg(nil, msgHelloR, hr2.body())
+	} else {
+		hr.sig = sig
+		st.m2 = appendMsg(nil, msgHelloR, hr.body())
+	}
 	return st.m2, nil
 }
 
@@ -277,9 +393,16 @@ func (st *responder) handleKeyI(ctx context.Context, m3 []byte) ([]byte, error) 
 	if err != nil {
 		return nil, reject(AlertProtocolError, "bad KEY_I", "%v", err)
 	}
-	if err := verify(st.peerKey, contextInitiator, digest(st.m1, st.m2, ki.signedBody()), ki.sig); err != nil {
+	sigContext := contextInitiator
+	if st.version == Version2 {
+		sigContext = contextInitiator2
+	}
+	if err := verify(st.peerKey, sigContext, digest(st.m1, st.m2, ki.signedBody()), ki.sig); err != nil {
 		return nil, reject(AlertBadSignature, "bad initiator signature",
 			"initiator signature does not verify under its authorized key %s", Fingerprint(st.peerKey))
+	}
+	if st.slot != nil {
+		st.slot.verified() // the initiator has proven its key: no longer counted as unverified
 	}
 	release, err := st.rsaSlot(ctx)
 	if err != nil {

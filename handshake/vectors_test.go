@@ -113,7 +113,11 @@ func TestVectorHandshake(t *testing.T) {
 		x25519: x,
 		mlkem:  dk,
 	}
-	checkHex(t, "preface || HELLO_I", ini.hello(), v.Msg1)
+	m1, err := ini.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkHex(t, "preface || HELLO_I", m1, v.Msg1)
 
 	// Initiator: parse and verify HELLO_R, derive the shares.
 	m2 := unhex(t, v.Msg2)

@@ -25,6 +25,8 @@ const (
 	// fixed parts of HELLO_I after the suite list, and of HELLO_R before sig_len
 	helloIFixed = randomLen + x25519Len + mlkemEKLen + KeyIDLen
 	helloRFixed = 1 + randomLen + x25519Len + mlkemCTLen + KeyIDLen
+
+	timeLen = 8 // time u64 of a version 2 HELLO_I
 )
 
 // Message types.
@@ -35,22 +37,50 @@ const (
 	msgAlert  byte = 0x15
 )
 
-// ProtocolVersion is the version byte this package speaks.
-const ProtocolVersion = 1
+// Protocol versions, the last byte of the preface (PROTOCOL-v2.md section 1).
+const (
+	Version1 = 1
+	Version2 = 2
+)
+
+// ProtocolVersion is the version of PROTOCOL.md, version 1.
+//
+// Deprecated: use Version1 or Version2.
+const ProtocolVersion = Version1
 
 // SuiteAES256CFBHMACSHA256 is record suite 0x01, the only one defined.
 const SuiteAES256CFBHMACSHA256 byte = 0x01
 
+// suiteFallback is never a record suite: a version 2 initiator lists it in
+// a version 1 HELLO_I that it sends because a responder refused version 2,
+// and a responder that speaks version 2 refuses such a hello
+// (PROTOCOL-v2.md section 4).
+const suiteFallback byte = 0xFE
+
 // prefaceMagic is the preface without its version byte.
 const prefaceMagic = "TUNNEL\x00"
 
-var preface = [prefaceLen]byte{'T', 'U', 'N', 'N', 'E', 'L', 0x00, ProtocolVersion}
+var (
+	preface   = [prefaceLen]byte{'T', 'U', 'N', 'N', 'E', 'L', 0x00, Version1}
+	prefaceV2 = [prefaceLen]byte{'T', 'U', 'N', 'N', 'E', 'L', 0x00, Version2}
+)
 
-// Signature and encryption contexts (section 2.2).
+// Signature and encryption contexts (PROTOCOL.md section 2.2,
+// PROTOCOL-v2.md section 3). Version 2 keeps the OAEP label: KEY_I is bound
+// to its transcript by sig_i, under a context of its own version.
 const (
-	contextResponder = "tunnel/1 responder signature"
-	contextInitiator = "tunnel/1 initiator signature"
-	labelOAEP        = "tunnel/1 key transport"
+	contextResponder  = "tunnel/1 responder signature"
+	contextInitiator  = "tunnel/1 initiator signature"
+	contextHello2     = "tunnel/2 hello signature"
+	contextResponder2 = "tunnel/2 responder signature"
+	contextInitiator2 = "tunnel/2 initiator signature"
+	labelOAEP         = "tunnel/1 key transport"
+)
+
+// Extension types of the extension blocks of version 2 (PROTOCOL-v2.md
+// section 2.3).
+const (
+	extResumption byte = 0x01 // reserved for session resumption (issue 20); not sent yet
 )
 
 // errMalformed is wrapped by every parser error; it maps to ALERT
@@ -169,6 +199,60 @@ func parseHelloI(body []byte) (*helloI, error) {
 	return m, r.done("HELLO_I")
 }
 
+// helloI2 is a version 2 HELLO_I: the fields of version 1, then the
+// initiator's clock, an extension block and sig_h. The signature covers the
+// preface and the message header, so signedMsg needs the signature's length
+// before the signature exists.
+type helloI2 struct {
+	helloI
+	time uint64 // Unix seconds
+	ext  []byte // extension block, well formed (parseExtensions)
+	sig  []byte
+}
+
+// signedBody is the body up to, not including, sig_len.
+func (m *helloI2) signedBody() []byte {
+	b := binary.BigEndian.AppendUint64(m.helloI.body(), m.time)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.ext)))
+	return append(b, m.ext...)
+}
+
+// signedMsg is what sig_h's digest covers: preface || header || signedBody,
+// with the header's length counting a signature of sigLen bytes.
+func (m *helloI2) signedMsg(pre []byte, sigLen int) []byte {
+	sb := m.signedBody()
+	n := len(sb) + 2 + sigLen
+	b := append(slices.Clip(pre), msgHelloI, byte(n>>16), byte(n>>8), byte(n))
+	return append(b, sb...)
+}
+
+func (m *helloI2) body() []byte {
+	b := binary.BigEndian.AppendUint16(m.signedBody(), uint16(len(m.sig)))
+	return append(b, m.sig...)
+}
+
+func parseHelloI2(body []byte) (*helloI2, error) {
+	r := &reader{b: body}
+	m := &helloI2{}
+	m.suites = r.bytes(int(r.u8()))
+	m.random = r.bytes(randomLen)
+	m.x25519 = r.bytes(x25519Len)
+	m.mlkemEK = r.bytes(mlkemEKLen)
+	copy(m.keyID[:], r.bytes(KeyIDLen))
+	if t := r.bytes(timeLen); t != nil {
+		m.time = binary.BigEndian.Uint64(t)
+	}
+	m.ext = r.bytes(r.u16())
+	m.sig = r.bytes(r.u16())
+	if err := r.done("HELLO_I"); err != nil {
+		return m, err
+	}
+	if _, err := parseExtensions(m.ext); err != nil {
+		return m, fmt.Errorf("HELLO_I: %w", err)
+	}
+	return m, nil
+}
+
 type helloR struct {
 	suite   byte
 	random  []byte
@@ -203,6 +287,82 @@ func parseHelloR(body []byte) (*helloR, error) {
 	copy(m.keyID[:], r.bytes(KeyIDLen))
 	m.sig = r.bytes(r.u16())
 	return m, r.done("HELLO_R")
+}
+
+// helloR2 is a version 2 HELLO_R: the fields of version 1 up to key_id_r,
+// then an extension block, then sig_r.
+type helloR2 struct {
+	helloR
+	ext []byte // extension block, well formed (parseExtensions)
+}
+
+// signedBody is the body up to, not including, sig_len.
+func (m *helloR2) signedBody() []byte {
+	b := binary.BigEndian.AppendUint16(m.helloR.signedBody(), uint16(len(m.ext)))
+	return append(b, m.ext...)
+}
+
+func (m *helloR2) body() []byte {
+	b := binary.BigEndian.AppendUint16(m.signedBody(), uint16(len(m.sig)))
+	return append(b, m.sig...)
+}
+
+func parseHelloR2(body []byte) (*helloR2, error) {
+	r := &reader{b: body}
+	m := &helloR2{}
+	m.suite = r.u8()
+	m.random = r.bytes(randomLen)
+	m.x25519 = r.bytes(x25519Len)
+	m.mlkemCT = r.bytes(mlkemCTLen)
+	copy(m.keyID[:], r.bytes(KeyIDLen))
+	m.ext = r.bytes(r.u16())
+	m.sig = r.bytes(r.u16())
+	if err := r.done("HELLO_R"); err != nil {
+		return m, err
+	}
+	if _, err := parseExtensions(m.ext); err != nil {
+		return m, fmt.Errorf("HELLO_R: %w", err)
+	}
+	return m, nil
+}
+
+// extension is one entry of an extension block: type u8 | len u16 | value.
+type extension struct {
+	typ byte
+	val []byte
+}
+
+// appendExtensions appends the entries of an extension block, without the
+// block's own length.
+func appendExtensions(dst []byte, exts ...extension) []byte {
+	for _, e := range exts {
+		dst = append(dst, e.typ)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(len(e.val)))
+		dst = append(dst, e.val...)
+	}
+	return dst
+}
+
+// parseExtensions splits an extension block into its entries. An entry cut
+// short or a type that occurs twice is malformed; the caller ignores the
+// types it does not know.
+func parseExtensions(block []byte) ([]extension, error) {
+	r := &reader{b: block}
+	var out []extension
+	var seen [256]bool
+	for len(r.b) > 0 && !r.bad {
+		e := extension{typ: r.u8()}
+		e.val = r.bytes(r.u16())
+		if r.bad {
+			break
+		}
+		if seen[e.typ] {
+			return nil, malformed("extension %#02x occurs twice", e.typ)
+		}
+		seen[e.typ] = true
+		out = append(out, e)
+	}
+	return out, r.done("extension block")
 }
 
 type keyI struct {
@@ -241,17 +401,23 @@ const (
 	AlertDecryptError       AlertCode = 6
 	AlertInternalError      AlertCode = 7
 	AlertBusy               AlertCode = 8
+	// Version 2 (PROTOCOL-v2.md section 2.5): sent only to initiators that
+	// speak version 2, or a version 1 hello marked as a fallback from it.
+	AlertStaleHello            AlertCode = 9
+	AlertInappropriateFallback AlertCode = 10
 )
 
 var alertNames = map[AlertCode]string{
-	AlertProtocolError:      "protocol_error",
-	AlertUnsupportedVersion: "unsupported_version",
-	AlertNoCommonSuite:      "no_common_suite",
-	AlertUnknownKey:         "unknown_key",
-	AlertBadSignature:       "bad_signature",
-	AlertDecryptError:       "decrypt_error",
-	AlertInternalError:      "internal_error",
-	AlertBusy:               "busy",
+	AlertProtocolError:         "protocol_error",
+	AlertUnsupportedVersion:    "unsupported_version",
+	AlertNoCommonSuite:         "no_common_suite",
+	AlertUnknownKey:            "unknown_key",
+	AlertBadSignature:          "bad_signature",
+	AlertDecryptError:          "decrypt_error",
+	AlertInternalError:         "internal_error",
+	AlertBusy:                  "busy",
+	AlertStaleHello:            "stale_hello",
+	AlertInappropriateFallback: "inappropriate_fallback",
 }
 
 func (c AlertCode) String() string {
