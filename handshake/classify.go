@@ -22,6 +22,8 @@ const (
 	FailProtocol                    // a malformed message (ALERT 1)
 	FailInternal                    // the peer failed (ALERT 7)
 	FailAlert                       // an ALERT with a code this build does not know
+	FailStale                       // a version 2 hello outside the clock window, or replayed (ALERT 9)
+	FailDowngrade                   // a fallback to version 1 that the responder refused (ALERT 10)
 )
 
 // Classify names err, an error of Initiate or a Responder's Handshake.
@@ -48,6 +50,10 @@ func Classify(err error) Failure {
 		return FailProtocol
 	case errors.Is(err, ErrInternal):
 		return FailInternal
+	case errors.Is(err, ErrStaleHello), errors.Is(err, ErrReplayedHello):
+		return FailStale
+	case errors.Is(err, ErrInappropriateFallback):
+		return FailDowngrade
 	case errors.As(err, &ae):
 		return FailAlert
 	}

@@ -33,6 +33,9 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", ErrProtocol), FailProtocol, true, false, false},
 		{&AlertError{Code: AlertInternalError}, FailInternal, true, false, true},
 		{&AlertError{Code: 200}, FailAlert, true, false, true},
+		{&AlertError{Code: AlertStaleHello}, FailStale, true, false, true},
+		{fmt.Errorf("x: %w", ErrReplayedHello), FailStale, true, false, false},
+		{&AlertError{Code: AlertInappropriateFallback}, FailDowngrade, true, false, true},
 	} {
 		f := Classify(c.err)
 		if f != c.want || f.Refused() != c.refused || f.Lasting() != c.lasting || ByPeer(c.err) != c.fromPeer {

@@ -41,6 +41,7 @@ type Entry struct {
 	cfg        config.Entry
 	peers      []string             // the exits' addresses (HOST:PORT), from cfg.Peers
 	keys       atomic.Pointer[pins] // swapped by Reload
+	v1         v1Exits              // exits that speak protocol version 1 only
 	lookup     func(ctx context.Context, host string) ([]string, error)
 	dial       func(ctx context.Context, addr string) (net.Conn, error) // dialTCP; tests replace it
 	log        zerolog.Logger

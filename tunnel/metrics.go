@@ -70,7 +70,8 @@ func classifyHandshake(err error, initiator bool) hsResult {
 		return hsUnknownKey
 	case handshake.FailBadSignature:
 		return hsBadSignature
-	case handshake.FailProtocol, handshake.FailIncompatible, handshake.FailDecrypt:
+	case handshake.FailProtocol, handshake.FailIncompatible, handshake.FailDecrypt,
+		handshake.FailStale, handshake.FailDowngrade:
 		return hsProtocolError
 	}
 	return hsOther

@@ -543,8 +543,8 @@ func TestClassifyHandshake(t *testing.T) {
 			return initiatorOnly(t, context.Background(), []byte("HTTP/1.1 400 Bad Request\r\n\r\n")),
 				responderOnly(t, responder(t, 10*time.Second, 0), []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 		}, hsProtocolError, hsProtocolError},
-		{"protocol version 2", func(t *testing.T) (error, error) {
-			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x02"))
+		{"protocol version 3", func(t *testing.T) (error, error) {
+			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x03"))
 		}, none, hsProtocolError},
 		{"KEY_I first", func(t *testing.T) (error, error) {
 			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x01\x03\x00\x00\x04\x00\x00\x00\x00"))
