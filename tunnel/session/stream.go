@@ -127,7 +127,7 @@ func (s *Stream) OnLost(fn func()) {
 func (s *Stream) sessionEnded() {
 	s.mu.Lock()
 	fn := s.onLost
-	s.onLost = nil
+	s.onLost, s.done = nil, true // an OnLost from now on calls at once
 	s.mu.Unlock()
 	if fn != nil && !s.PeerFinished() {
 		fn()
