@@ -46,6 +46,7 @@ type Exit struct {
 	// Services are the named services, each with its backend (services.go).
 	Services []ExitService
 	// Access restricts services to some authorized keys; a service no rule names admits every key.
+	// A rule with no keys is refused, not read as "no rule" (an empty allow: list in a file).
 	Access []Access
 	// ProxyProtocol names the services (DefaultService for the default one) whose backend
 	// connections start with a PROXY protocol v2 header.

@@ -202,7 +202,9 @@ func (c Exit) validateServices() error {
 		}
 		restricted[name] = true
 		if len(a.Keys) == 0 {
-			return fmt.Errorf("--allow %s= names no key: list the keys that may reach it, or drop the rule to let every authorized key in", name)
+			return fmt.Errorf("--allow %s= (allow: [] or an allow: with no value under the service in the file) names no key, "+
+				"which would not mean \"every key\": list the keys that may reach %s, fingerprints (SHA256:...) or key file names (app1 for app1.pub), "+
+				"or remove the rule (the allow: key) to let every authorized key reach it", name, name)
 		}
 		for _, k := range a.Keys {
 			if k == "" {

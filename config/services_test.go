@@ -101,6 +101,15 @@ func TestValidateServices(t *testing.T) {
 			c.Services = []ExitService{{"db", "a:1"}}
 			c.ProxyProtocol = []string{"db", "db"}
 		}, "twice"},
+		// An empty list (allow: [] in a file) must not open the service to every key.
+		{"allow no key", func(c *Exit) {
+			c.Services = []ExitService{{"db", "a:1"}}
+			c.Access = []Access{{"db", []string{}}}
+		}, `names no key, which would not mean "every key": list the keys that may reach db`},
+		{"allow nil keys", func(c *Exit) {
+			c.Forward = "a:1"
+			c.Access = []Access{{"default", nil}}
+		}, "or remove the rule (the allow: key) to let every authorized key reach it"},
 		{"allow empty key", func(c *Exit) {
 			c.Services = []ExitService{{"db", "a:1"}}
 			c.Access = []Access{{"db", []string{"app1", ""}}}

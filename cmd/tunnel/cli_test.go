@@ -89,6 +89,10 @@ func TestUsageErrors(t *testing.T) {
 			"--key " + pub + ".pub: this is a public key; give the private key (.key) made by `tunnel keygen`"},
 		{[]string{"exit", "--forward", "h:1", "--key", pub + ".key", "--authorized-keys", pub + ".key"}, "--authorized-keys"},
 		{[]string{"exit", "--forward", "h:1", "--key", junk, "--authorized-keys", pub + ".pub"}, "--key " + junk},
+		// The bad --status-addr, checked after the services, keeps an exit that
+		// would accept allow: [] from starting.
+		{[]string{"exit", "--services", "{db: {forward: h:1, allow: []}}", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--status-addr", "x"},
+			"--allow db= (allow: [] or an allow: with no value under the service in the file) names no key"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: key 1: this is a private key"},
 		{[]string{"entry", "--peer", "nohost", "--key", pub + ".key", "--peer-key", pub + ".pub"}, "--peer \"nohost\""},

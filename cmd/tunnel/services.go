@@ -25,9 +25,32 @@ import (
 
 // exitServiceSpec is one service under an exit's "services:".
 type exitServiceSpec struct {
-	Forward       string   `yaml:"forward"`
-	Allow         []string `yaml:"allow"`
-	ProxyProtocol bool     `yaml:"proxy-protocol"`
+	Forward string `yaml:"forward"`
+	// Allow is kept as written, so that an allow: given with no keys
+	// (allow: [], or allow: alone, which YAML reads as null) is told apart
+	// from no allow: at all; see allowKeys.
+	Allow         yaml.Node `yaml:"allow"`
+	ProxyProtocol bool      `yaml:"proxy-protocol"`
+}
+
+// allowKeys returns the keys of the service's allow: list; given is false
+// when the service has no allow: key (every authorized key may reach it).
+// An allow: with no keys is returned as given with no keys, which
+// config.Exit.Validate refuses: it must not read as "no rule".
+func (s exitServiceSpec) allowKeys() (keys []string, given bool, err error) {
+	switch {
+	case s.Allow.Kind == 0:
+		return nil, false, nil
+	case s.Allow.Kind == yaml.ScalarNode && s.Allow.ShortTag() == "!!null":
+		return []string{}, true, nil
+	}
+	if err := s.Allow.Decode(&keys); err != nil {
+		return nil, true, fmt.Errorf("allow: %v: give a list of keys, e.g. allow: [app1, \"SHA256:...\"]", err)
+	}
+	if keys == nil {
+		keys = []string{}
+	}
+	return keys, true, nil
 }
 
 // exitServices is the exit's "services:" map, by service name.
@@ -156,8 +179,12 @@ func exitServiceSettings(c *config.Exit, forward, allow []string, services exitS
 		if err := addExitService(c, wire, spec.Forward); err != nil {
 			return err
 		}
-		if len(spec.Allow) > 0 {
-			c.Access = append(c.Access, config.Access{Service: name, Keys: spec.Allow})
+		keys, given, err := spec.allowKeys()
+		if err != nil {
+			return fmt.Errorf("services: %s: %v", name, err)
+		}
+		if given {
+			c.Access = append(c.Access, config.Access{Service: name, Keys: keys})
 		}
 		if spec.ProxyProtocol {
 			c.ProxyProtocol = append(c.ProxyProtocol, name)

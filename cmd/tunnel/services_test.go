@@ -69,6 +69,19 @@ entry:
 	if !reflect.DeepEqual(x.ProxyProtocol, []string{"db"}) {
 		t.Errorf("proxy-protocol from the file: %q, want db", x.ProxyProtocol)
 	}
+	// An allow: with no keys is a rule with no keys, which Validate refuses,
+	// whether the file says allow: [] or allow: alone; not "every key".
+	for _, allow := range []string{"allow: []", "allow:", "allow: null", "allow: ~"} {
+		f := writeFile(t, filepath.Join(dir, "empty-allow.yaml"), "exit:\n  services:\n    db:\n      forward: db:5432\n      "+allow+"\n")
+		x, err = exit("--config", f, "exit")
+		if err != nil || len(x.Access) != 1 || x.Access[0].Service != "db" || len(x.Access[0].Keys) != 0 {
+			t.Errorf("%s in the file: access %+v, %v; want a rule for db with no keys", allow, x.Access, err)
+		}
+		x, err = exit("exit", "--services", "{db: {forward: db:5432, "+allow+" }}")
+		if err != nil || len(x.Access) != 1 || len(x.Access[0].Keys) != 0 {
+			t.Errorf("--services with %s: access %+v, %v; want a rule for db with no keys", allow, x.Access, err)
+		}
+	}
 	x, err = exit("exit", "--forward", "a:1", "--forward", "db=b:2", "--proxy-protocol", "db,default")
 	if err != nil || !reflect.DeepEqual(x.ProxyProtocol, []string{"db", "default"}) {
 		t.Errorf("--proxy-protocol db,default: %q, %v", x.ProxyProtocol, err)
@@ -101,6 +114,7 @@ entry:
 		{[]string{"exit", "--forward", "d b=a:1"}, "use letters, digits"},
 		{[]string{"exit", "--allow", "db"}, "SERVICE=KEY"},
 		{[]string{"exit", "--services", "{db: {forwrd: a:1}}"}, "field forwrd not found"},
+		{[]string{"exit", "--services", "{db: {forward: a:1, allow: k}}"}, "services: db: allow: "},
 		{[]string{"entry", "--listen", "=db"}, "no address before '='"},
 		{[]string{"entry", "--services", "[{service: db}]"}, "has no listen"},
 	} {
