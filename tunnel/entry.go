@@ -198,10 +198,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 					return
 				}
 				conns.Add(1)
-				go func() {
-					defer conns.Done()
-					e.serveApp(hard, c, l.Service, svc)
-				}()
+				go e.serveApp(hard, c, l.Service, svc, conns.Done)
 			}
 		}()
 	}

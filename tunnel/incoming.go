@@ -115,10 +115,19 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		ended(svc, StatusOK, "")
 		return
 	}
-	res := relay.Start(backend, st, relay.Options{
+	rl := relay.Start(backend, st, relay.Options{
 		Pool: e.pool, Stall: e.writeStall,
 		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
-	}).Run()
+	})
+	// The relay runs on in a fresh goroutine: this one's stack grew in the
+	// backend's dial, and a connection that waits should hold two small
+	// stacks, not that one.
+	go e.relayed(rl, svc, log, start, ended)
+}
+
+// relayed runs r until its stream is done, then counts, logs, and ends it.
+func (e *Exit) relayed(r *relay.Relay, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(svc *serviceCounters, s Status, msg string)) {
+	res := r.Run()
 	e.met.streamEnded(svc, res)
 	ev := log.Info()
 	if res.Aborted() {

@@ -123,11 +123,15 @@ func (o *outgoing) refusedBeforeAccept(err error) bool {
 }
 
 // serveApp carries app, an application connection, as a stream to service
-// (the wire name), whose counters are svc, until the connection is done.
-// When the exit refuses the stream before accepting it, the connection is
-// carried on the next session, with what the application sent so far: no
-// byte reached a backend, and the application notices nothing.
-func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc *serviceCounters) {
+// (the wire name), whose counters are svc, and calls ended once the
+// connection is done. When the exit refuses the stream before accepting
+// it, the connection is carried on the next session, with what the
+// application sent so far: no byte reached a backend, and the application
+// notices nothing. Once the exit has accepted the stream, the relay goes on
+// in a fresh goroutine and serveApp returns: this goroutine's stack grew
+// while it opened the stream, and a connection that waits should hold two
+// small stacks.
+func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc *serviceCounters, ended func()) {
 	origin := appOrigin(app)
 	lc := e.log.With().Str("service", config.DisplayName(service))
 	if origin != "" {
@@ -136,22 +140,30 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc 
 	log := lc.Logger()
 	svc.open.Add(1)
 	svc.total.Add(1)
-	defer svc.open.Add(-1)
-	var sent relay.Unacked // what the application sent while no exit had accepted it
+	finish := func() {
+		svc.open.Add(-1)
+		ended()
+	}
+	sent := new(relay.Unacked) // what the application sent while no exit had accepted it
 	hdr := streamHeader{service: service, origin: origin}.marshal()
 	for carries := 1; ; carries++ {
-		res, status, ok := e.carry(ctx, log, app, hdr, svc, &sent)
+		res, status, state := e.carry(ctx, log, app, hdr, svc, sent, finish)
 		switch {
-		case !ok:
+		case state == carryRunning:
+			return // the relay's goroutine finishes
+		case state == carryFailed:
+			finish()
 			return
 		case res.End != relay.NotAccepted:
 			e.met.streamDone(svc, status, res)
+			finish()
 			return
 		case sent.Overflowed() || carries >= maxCarries:
 			log.Warn().Int("attempts", carries).
 				Msg("closing application connection: every exit tried refused the stream before accepting it")
 			relay.Reset(app)
 			e.met.streamDone(svc, status, relay.Result{End: relay.PeerReset})
+			finish()
 			return
 		}
 		log.Info().Int("bytes", len(sent.Bytes())).
@@ -159,20 +171,30 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc 
 	}
 }
 
+// What became of one attempt to carry a connection.
+type carryState int
+
+const (
+	carryEnded   carryState = iota // the stream ended, or was refused, before the relay ran: see the result
+	carryFailed                    // no stream could be opened or written: the connection was reset
+	carryRunning                   // the exit accepted the stream: the relay runs in its own goroutine, which calls finish
+)
+
 // carry makes one attempt at carrying app: it opens a stream, sends hdr
-// and what sent holds, relays until the pair has ended, logs its end, and
-// reports it with the exit's status. ok is false when no stream could be
-// opened or written: then app has been reset, and the failure logged and
-// counted.
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked) (res relay.Result, status Status, ok bool) {
+// and what sent holds, starts the relay, and reads the exit's status. A
+// stream the exit accepted is relayed on in a fresh goroutine, which logs
+// and counts its end and calls finish (carryRunning). Otherwise the attempt
+// is over: its end is logged and returned with the exit's status
+// (carryEnded), or app was reset because no stream could be had, which is
+// logged and counted (carryFailed).
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked, finish func()) (relay.Result, Status, carryState) {
 	o, err := e.attempt(ctx, log)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
 		e.met.streamNoSession(svc)
 		relay.Reset(app)
-		return res, 0, false
+		return relay.Result{}, 0, carryFailed
 	}
-	defer e.done(o)
 	resent := sent.Bytes()
 	// The header goes out at once; application bytes follow without waiting
 	// for the exit's status.
@@ -180,7 +202,8 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 		o.log.Warn().Err(err).Msg("closing application connection: stream lost")
 		relay.Reset(app)
 		o.st.Close()
-		return res, 0, false
+		e.done(o)
+		return relay.Result{}, 0, carryFailed
 	}
 	r := relay.Start(app, o.st, relay.Options{
 		Pool: e.pool, Stall: e.writeStall,
@@ -188,19 +211,33 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 		Unacked: sent,
 	})
 	status, msg, err := readStatus(o.st)
+	var res relay.Result
 	switch {
 	case err != nil:
 		res = r.Fail(fmt.Errorf("no status from the exit: %w", err))
 	case status != StatusOK:
 		res = r.Fail(fmt.Errorf("exit refused the stream (%s): %s", status, msg))
 	default:
-		res = r.Run()
+		go e.relayed(o, r, int64(len(resent)), svc, finish)
+		return res, status, carryRunning
 	}
 	if res.End != relay.NotAccepted {
 		res.ToStream += int64(len(resent))
 		e.logCarried(o.log, res, status, time.Since(o.start))
 	}
-	return res, status, true
+	e.done(o)
+	return res, status, carryEnded
+}
+
+// relayed runs r, the relay of o's accepted stream, until the pair is done,
+// then logs and counts its end and calls finish.
+func (e *Entry) relayed(o *outgoing, r *relay.Relay, resent int64, svc *serviceCounters, finish func()) {
+	res := r.Run()
+	res.ToStream += resent
+	e.logCarried(o.log, res, StatusOK, time.Since(o.start))
+	e.done(o)
+	e.met.streamDone(svc, StatusOK, res)
+	finish()
 }
 
 // appOrigin is the origin of app's streams (PROTOCOL.md section 4): its
