@@ -24,9 +24,7 @@ import (
 
 // Reload makes the entry use key and pin peerKeys (any of which an exit
 // may present) and, for the exits with their own, exitKeys (by address,
-// as in EntryConfig) from its next handshake on. A session with an exit
-// whose key it pins no more is retired: new streams go to a new session,
-// and its open streams are cut after the drain timeout.
+// as in EntryConfig) from its next handshake on.
 func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
@@ -43,10 +41,6 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	cfg := *e.keys.Load().hs
 	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
 	e.keys.Store(&pins{hs: &cfg, exits: exitKeys})
-	select { // maintain retires a session whose exit key is pinned no more
-	case e.repin <- struct{}{}:
-	default:
-	}
 	return nil
 }
 

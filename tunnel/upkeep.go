@@ -95,22 +95,6 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				r.reset()
 				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
 				break watch
-			case <-e.repin:
-				if e.keys.Load().pins(s.exit.peer, s.fingerprint) {
-					continue
-				}
-				// The exit's key is pinned no more (perhaps it leaked):
-				// new streams go to a session with a pinned exit, and the
-				// streams open on this one are cut after the drain timeout.
-				e.clearSession(s, errors.New("the exit's key is no longer pinned"))
-				e.log.Warn().Str("peer", s.exit.peer).Str("peer_fingerprint", s.fingerprint).
-					Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).
-					Msg("the exit's key is no longer pinned: new streams go to a new session, this session's open streams are cut after the drain timeout")
-				time.AfterFunc(e.cfg.DrainTimeout, func() { s.sess.Close() })
-				handOver(s)
-				r.reset()
-				r.left, r.leftWhy = s.exit, "its key is no longer pinned"
-				break watch
 			case <-full:
 			case <-retry:
 			case <-s.sess.Done():
