@@ -2,19 +2,14 @@ package tunnel
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
-	"github.com/tunnel-dev/tunnel/tunnel/rawio"
-	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // Reaching an exit, and failing over between several. Settings.Peers lists
@@ -25,45 +20,6 @@ import (
 // just ended (so a dead or draining exit is tried last), and the first
 // handshake that succeeds wins; a failed TCP dial moves on at once. The
 // entry does not move back to an exit it left while its session lives.
-
-// v1Recheck is how long the entry speaks version 1 to an exit that refused
-// version 2 before it tries version 2 again, so that an upgraded exit gets
-// it.
-const v1Recheck = 10 * time.Minute
-
-// v1Exits are the addresses of exits that answered version 2 with ALERT
-// unsupported_version, and until when to speak version 1 to them. Safe for
-// concurrent use.
-type v1Exits struct {
-	mu    sync.Mutex
-	until map[string]time.Time
-}
-
-func (v *v1Exits) has(addr string, now time.Time) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return now.Before(v.until[addr])
-}
-
-func (v *v1Exits) add(addr string, now time.Time) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.until == nil {
-		v.until = make(map[string]time.Time)
-	}
-	for a, t := range v.until { // bounded by the exits' addresses
-		if !now.Before(t) {
-			delete(v.until, a)
-		}
-	}
-	v.until[addr] = now.Add(v1Recheck)
-}
-
-func (v *v1Exits) remove(addr string) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	delete(v.until, addr)
-}
 
 // exitAddr is one address of an exit, for one attempt.
 type exitAddr struct {
@@ -353,72 +309,6 @@ func rotateAfter(exits []exitAddr, addr string) []exitAddr {
 	return exits
 }
 
-// exitError is a failed attempt to reach one exit.
-type exitError struct {
-	exit exitAddr
-	err  error
-}
-
-func (e *exitError) Error() string { return e.exit.addr + ": " + e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-// attemptsError is what failed in one attempt on every exit: *exitErrors.
-type attemptsError []error
-
-func (a attemptsError) Error() string {
-	msgs := make([]string, len(a))
-	for i, err := range a {
-		msgs[i] = err.Error()
-	}
-	return strings.Join(msgs, "; ")
-}
-
-func (a attemptsError) Unwrap() []error { return a }
-
-// orNil returns a, or nil when it holds nothing.
-func (a attemptsError) orNil() error {
-	if len(a) == 0 {
-		return nil
-	}
-	return a
-}
-
-// failure is why an attempt to reach the exit failed.
-type failure int
-
-const (
-	failedDial     failure = iota + 1 // the TCP dial
-	failedTimeout                     // the handshake ran out of time
-	failedRejected                    // either side refused the handshake
-	failedOther                       // the handshake failed otherwise (e.g. cut)
-)
-
-// countFailure counts a failed attempt to reach the exit by its cause,
-// which it returns.
-func (e *Entry) countFailure(err error) failure {
-	if de := (*dialError)(nil); errors.As(err, &de) {
-		e.count.dialFailures.Add(1)
-		return failedDial
-	}
-	e.count.hsFailures.Add(1)
-	e.met.handshakeFailed(err, true)
-	switch f := handshake.Classify(err); {
-	case f == handshake.FailTimeout:
-		e.count.hsTimeouts.Add(1)
-		return failedTimeout
-	case f.Refused():
-		e.count.hsRejections.Add(1)
-		return failedRejected
-	}
-	return failedOther
-}
-
-// dialError is a failed TCP dial to the exit.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
 // sleep waits for d, or until wake fires or ctx ends; it reports whether
 // ctx is still alive.
 func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
@@ -432,75 +322,4 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 		}
 	}
 	return ctx.Err() == nil
-}
-
-// connect dials the exit at x, runs the handshake and starts the
-// multiplexer; it logs the new session to log.
-func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exitAddr) (*entrySession, error) {
-	c, err := e.dial(ctx, x.addr)
-	if err != nil {
-		return nil, &dialError{err}
-	}
-	return e.start(ctx, log, x, c)
-}
-
-// dialTCP is Entry.dial: a TCP dial to an exit, within the dial timeout.
-func (e *Entry) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
-	return d.DialContext(ctx, "tcp", addr)
-}
-
-// start runs the handshake on c, connected to the exit at x, and starts
-// the multiplexer; it logs the new session to log.
-func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net.Conn) (*entrySession, error) {
-	cfg := *e.keys.Load().forExit(x.peer)
-	v1 := e.v1.has(x.addr, time.Now())
-	cfg.Version, cfg.Fallback = handshake.Version2, false
-	if v1 {
-		cfg.Version, cfg.Fallback = handshake.Version1, true
-	}
-	res, err := handshake.Initiate(ctx, rawio.Wrap(c), &cfg)
-	if err != nil && !v1 && errors.Is(err, handshake.ErrUnsupportedVersion) && handshake.ByPeer(err) {
-		// A version 1 exit: handshake again, on a new connection, in its
-		// version, signalling that this is a fallback (a version 2 exit
-		// refuses that: someone forged the refusal).
-		e.v1.add(x.addr, time.Now())
-		log.Warn().Str("peer", x.peer).Str("addr", x.addr).
-			Msg("the exit speaks protocol version 1 only: falling back to it (no signed hello, so the exit cannot shed forged handshakes before its RSA work); upgrade the exit")
-		c, err = e.dial(ctx, x.addr)
-		if err != nil {
-			return nil, &dialError{err}
-		}
-		cfg.Version, cfg.Fallback = handshake.Version1, true
-		res, err = handshake.Initiate(ctx, rawio.Wrap(c), &cfg)
-	}
-	if errors.Is(err, handshake.ErrInappropriateFallback) {
-		e.v1.remove(x.addr) // it speaks version 2 after all: the refusal was forged
-	}
-	if err != nil {
-		return nil, err
-	}
-	sess, err := session.Client(res.Conn, e.muxSettings(), e.log)
-	if err != nil {
-		res.Conn.Close()
-		return nil, err
-	}
-	e.met.sessionUp(sess, res.PeerFingerprint, res.Duration)
-	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
-		Str("handshake", logDuration(res.Duration)).Msg("session established")
-	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil
-}
-
-// lasting reports errors that retrying soon will not cure (see
-// handshake.Failure.Lasting); for several exits, that is so of every one.
-func lasting(err error) bool {
-	if a := (attemptsError)(nil); errors.As(err, &a) {
-		for _, err := range a {
-			if !lasting(err) {
-				return false
-			}
-		}
-		return len(a) > 0
-	}
-	return err != nil && handshake.Classify(err).Lasting()
 }

@@ -7,8 +7,9 @@
 //
 // The entry: entry.go (the agent, its listeners and drain), upkeep.go (one
 // current session, replaced on GoAway or after its share of streams),
-// failover.go (reaching an exit), outgoing.go (an application connection's
-// stream). The exit: exit.go (the agent, accept and drain), exitsession.go
+// failover.go (reaching an exit), connect.go (one connection to one exit),
+// failures.go (why an attempt failed), outgoing.go (an application
+// connection's stream). The exit: exit.go (the agent, accept and drain), exitsession.go
 // (a session's streams and refusals), incoming.go (one stream: header,
 // access, backend). The Go API: apientry.go, apiexit.go, apiconn.go. This
 // file: the stream header and status on the wire.

@@ -13,9 +13,10 @@ import (
 	"github.com/tunnel-dev/tunnel/integration/harness"
 )
 
-// Offsets of the fields of the handshake messages, header included
-// (PROTOCOL.md 2.1, one suite offered). Those after a variable-length RSA
-// field are computed from the message (see keyISig).
+// Offsets of the fields of the handshake messages, header included, as
+// the agents send them: protocol version 2 (handshake/PROTOCOL-v2.md), one
+// suite offered, no extensions. Those after a variable-length RSA field
+// are computed from the message (see keyISig).
 const (
 	hiNSuites  = 4
 	hiSuite    = 5
@@ -24,14 +25,18 @@ const (
 	hiMLKEM    = hiX25519 + 32
 	hiMLKEMRho = hiMLKEM + 1152 // the matrix seed at the end of the encapsulation key
 	hiKeyID    = hiMLKEM + 1184
-	hiLen      = hiKeyID + 32
+	hiTime     = hiKeyID + 32
+	hiExtLen   = hiTime + 8
+	hiSigLen   = hiExtLen + 2
+	hiSig      = hiSigLen + 2
 
 	hrSuite  = 4
 	hrRandom = 5
 	hrX25519 = hrRandom + 32
 	hrMLKEM  = hrX25519 + 32
 	hrKeyID  = hrMLKEM + 1088
-	hrSigLen = hrKeyID + 32
+	hrExtLen = hrKeyID + 32
+	hrSigLen = hrExtLen + 2
 	hrSig    = hrSigLen + 2
 
 	kiCTLen = 4
@@ -119,6 +124,7 @@ const (
 	entryBadSig     = "responder signature does not verify"
 	entryNoFinished = "waiting for the responder's FINISHED"
 	exitBadSig      = "initiator signature does not verify"
+	exitBadHello    = "hello signature does not verify"
 	exitInitFin     = "initiator's FINISHED"
 )
 
@@ -138,11 +144,17 @@ func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 		return hsAttack{name: name, match: match, f: f,
 			entry: []string{"bad signature", entryBadSig}, exit: []string{rejected, "bad_signature"}}
 	}
+	// A field of HELLO_I altered: the entry's hello signature covers it, so
+	// the exit refuses before it takes a slot or signs anything.
+	badSigAtExit := func(name string, f func(*unit) []action) hsAttack {
+		return hsAttack{name: name, match: hi, f: f,
+			entry: []string{rejected, "bad_signature"}, exit: []string{"bad signature", exitBadHello}}
+	}
 	return []hsAttack{
 		// One bit flipped in each field of each message.
 		{name: "flip/preface/magic", match: is(i2r, kindPreface), f: flip(0, 0),
 			entry: []string{"waiting for HELLO_R"}, exit: []string{"does not speak the tunnel protocol"}},
-		{name: "flip/preface/version", match: is(i2r, kindPreface), f: flip(7, 1),
+		{name: "flip/preface/version", match: is(i2r, kindPreface), f: flip(7, 0),
 			entry: []string{rejected, "unsupported_version"}, exit: []string{"unsupported protocol version", "version 3"}},
 		{name: "flip/HELLO_I/type", match: hi, f: flip(0, 1),
 			entry: []string{rejected, "protocol_error", "expected HELLO_I"}, exit: []string{"unexpected message type 0x03"}},
@@ -151,14 +163,21 @@ func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 		{name: "flip/HELLO_I/length-low", match: hi, f: flipLowLen,
 			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I is truncated"}},
 		{name: "flip/HELLO_I/n_suites", match: hi, f: flip(hiNSuites, 0),
-			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I has 1 trailing bytes"}},
+			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I is truncated"}},
 		{name: "flip/HELLO_I/suite", match: hi, f: flip(hiSuite, 1),
 			entry: []string{rejected, "no_common_suite"}, exit: []string{"no common record suite"}},
-		badSigAtEntry("flip/HELLO_I/random", hi, flip(hiRandom+3, 4)),
-		badSigAtEntry("flip/HELLO_I/x25519", hi, flip(hiX25519+9, 2)),
-		badSigAtEntry("flip/HELLO_I/mlkem-rho", hi, flip(hiMLKEMRho+5, 0)),
+		badSigAtExit("flip/HELLO_I/random", flip(hiRandom+3, 4)),
+		badSigAtExit("flip/HELLO_I/x25519", flip(hiX25519+9, 2)),
+		badSigAtExit("flip/HELLO_I/mlkem-rho", flip(hiMLKEMRho+5, 0)),
 		{name: "flip/HELLO_I/key_id", match: hi, f: flip(hiKeyID, 0),
 			entry: []string{"rejected", "not authorized"}, exit: []string{"not authorized", flipFP(e.Entry.Fingerprint)}},
+		// 2^32 s off: outside the clock window, refused before the signature.
+		{name: "flip/HELLO_I/time", match: hi, f: flip(hiTime+3, 0),
+			entry: []string{rejected, "stale_hello"}, exit: []string{"clock"}},
+		badSigAtExit("flip/HELLO_I/time-second", flip(hiTime+7, 0)),
+		{name: "flip/HELLO_I/ext_len", match: hi, f: flip(hiExtLen+1, 0),
+			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"malformed message: HELLO_I"}},
+		badSigAtExit("flip/HELLO_I/sig", func(u *unit) []action { return flip(hiSig+10, 3)(u) }),
 
 		{name: "flip/HELLO_R/type", match: hr, f: flip(0, 0),
 			entry: []string{"unexpected message type 0x03"}, exit: []string{"waiting for KEY_I"}},
@@ -214,13 +233,13 @@ func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 			entry: []string{"malformed message: HELLO_R"}, exit: []string{rejected, "bad HELLO_R"}},
 		{name: "strip/HELLO_R/mlkem", match: hr, f: splice(hrMLKEM, 1088, nil),
 			entry: []string{"malformed message: HELLO_R"}, exit: []string{rejected, "bad HELLO_R"}},
-		badSigAtEntry("alter/HELLO_I/x25519", hi, overwrite(hiX25519, randBytes(32))),
-		{name: "alter/HELLO_I/mlkem-out-of-range", match: hi, f: overwrite(hiMLKEM, []byte{0xff, 0xff}), // a coefficient of 4095 >= q
-			entry: []string{rejected, "bad ML-KEM key"}, exit: []string{"ML-KEM encapsulation key"}},
+		badSigAtExit("alter/HELLO_I/x25519", overwrite(hiX25519, randBytes(32))),
+		// Out of range, and a low-order share: the signature fails first
+		// (the checks of the shares themselves are in handshake's tests).
+		badSigAtExit("alter/HELLO_I/mlkem-out-of-range", overwrite(hiMLKEM, []byte{0xff, 0xff})), // a coefficient of 4095 >= q
 		badSigAtEntry("alter/HELLO_R/x25519", hr, overwrite(hrX25519, randBytes(32))),
 		badSigAtEntry("alter/HELLO_R/mlkem", hr, overwrite(hrMLKEM, randBytes(1088))),
-		{name: "low-order/HELLO_I/x25519-zero", match: hi, f: overwrite(hiX25519, make([]byte, 32)),
-			entry: []string{rejected, "bad X25519 share"}, exit: []string{"X25519 share", "low order point"}},
+		badSigAtExit("low-order/HELLO_I/x25519-zero", overwrite(hiX25519, make([]byte, 32))),
 		// The signature covers the responder's share: it fails first.
 		badSigAtEntry("low-order/HELLO_R/x25519-zero", hr, overwrite(hrX25519, make([]byte, 32))),
 		{name: "wrong-length/HELLO_R/mlkem-ct-1087", match: hr, f: splice(hrMLKEM+1087, 1, nil),
@@ -229,7 +248,7 @@ func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 			entry: []string{"malformed message: HELLO_R"}, exit: []string{rejected, "bad HELLO_R"}},
 
 		// Trailing bytes (length adjusted).
-		{name: "trailing/HELLO_I", match: hi, f: splice(hiLen, 0, []byte{0}),
+		{name: "trailing/HELLO_I", match: hi, f: func(u *unit) []action { return splice(len(u.b), 0, []byte{0})(u) },
 			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I has 1 trailing bytes"}},
 		{name: "trailing/HELLO_R", match: hr, f: func(u *unit) []action { return splice(len(u.b), 0, []byte{0})(u) },
 			entry: []string{"HELLO_R has 1 trailing bytes"}, exit: []string{rejected, "bad HELLO_R"}},

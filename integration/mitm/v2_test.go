@@ -20,17 +20,6 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
-// Offsets in a version 2 HELLO_I (header included, one suite offered):
-// the version 1 fields end at hiLen.
-const (
-	hi2Time   = hiLen
-	hi2ExtLen = hi2Time + 8
-	hi2Ext    = hi2ExtLen + 2 // with an empty block: sig_len
-	hr2ExtLen = hrSigLen      // in HELLO_R, the block sits where version 1 has sig_len
-	hr2SigLen = hr2ExtLen + 2 // with an empty block
-	hr2Sig    = hr2SigLen + 2
-)
-
 // v2Attack is an attack on a version 2 handshake; the initiator and the
 // responder must fail with errors matching ini and res. fallback: the
 // caller falls back to version 1 (with the fallback mark) when the first
@@ -55,8 +44,8 @@ func v2Attacks() []v2Attack {
 	// insertExt adds an unknown extension to HELLO_I and fixes both lengths:
 	// well formed, but not what the initiator signed.
 	insertExt := func(u *unit) []action {
-		b := append(append(append([]byte(nil), u.b[:hi2Ext]...), 0x42, 0, 1, 'x'), u.b[hi2Ext:]...)
-		binary.BigEndian.PutUint16(b[hi2ExtLen:], 4)
+		b := append(append(append([]byte(nil), u.b[:hiSigLen]...), 0x42, 0, 1, 'x'), u.b[hiSigLen:]...)
+		binary.BigEndian.PutUint16(b[hiExtLen:], 4)
 		return forward(setMsgLen(b))
 	}
 	// replay: the HELLO_I of the first connection replaces that of the
@@ -76,17 +65,17 @@ func v2Attacks() []v2Attack {
 	}
 	forgedAlert := append([]byte{msgAlert, 0, 0, 9}, 2, 7, 'n', 'o', ' ', 'v', '2', '!', '!')
 	return []v2Attack{
-		{name: "flip/HELLO_I/time-low", pol: onConn(0, hi, flip(hi2Time+7, 0)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
-		{name: "flip/HELLO_I/time-high", pol: onConn(0, hi, flip(hi2Time+4, 0)), ini: handshake.ErrStaleHello, res: handshake.ErrStaleHello},
+		{name: "flip/HELLO_I/time-low", pol: onConn(0, hi, flip(hiTime+7, 0)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
+		{name: "flip/HELLO_I/time-high", pol: onConn(0, hi, flip(hiTime+4, 0)), ini: handshake.ErrStaleHello, res: handshake.ErrStaleHello},
 		{name: "flip/HELLO_I/random", pol: onConn(0, hi, flip(hiRandom+3, 4)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
 		{name: "flip/HELLO_I/mlkem-rho", pol: onConn(0, hi, flip(hiMLKEMRho+5, 0)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
 		{name: "flip/HELLO_I/key_id", pol: onConn(0, hi, flip(hiKeyID, 0)), ini: handshake.ErrUnknownKey, res: handshake.ErrUnknownKey},
-		{name: "flip/HELLO_I/ext_len", pol: onConn(0, hi, flip(hi2ExtLen+1, 0)), ini: handshake.ErrProtocol, res: handshake.ErrProtocol},
-		{name: "flip/HELLO_I/sig", pol: onConn(0, hi, flip(hi2Ext+2+40, 3)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
+		{name: "flip/HELLO_I/ext_len", pol: onConn(0, hi, flip(hiExtLen+1, 0)), ini: handshake.ErrProtocol, res: handshake.ErrProtocol},
+		{name: "flip/HELLO_I/sig", pol: onConn(0, hi, flip(hiSigLen+2+40, 3)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
 		{name: "insert/HELLO_I/extension", pol: onConn(0, hi, insertExt), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
-		{name: "flip/HELLO_R/ext_len", pol: onConn(0, hr, flip(hr2ExtLen+1, 0)), ini: handshake.ErrProtocol, res: handshake.ErrProtocol},
+		{name: "flip/HELLO_R/ext_len", pol: onConn(0, hr, flip(hrExtLen+1, 0)), ini: handshake.ErrProtocol, res: handshake.ErrProtocol},
 		{name: "flip/HELLO_R/key_id", pol: onConn(0, hr, flip(hrKeyID, 0)), ini: handshake.ErrUnknownKey, res: handshake.ErrUnknownKey},
-		{name: "flip/HELLO_R/sig", pol: onConn(0, hr, flip(hr2Sig+10, 5)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
+		{name: "flip/HELLO_R/sig", pol: onConn(0, hr, flip(hrSig+10, 5)), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
 		{name: "flip/KEY_I/sig", pol: onConn(0, ki, func(u *unit) []action { return flip(keyISig(u.b)+50, 7)(u) }), ini: handshake.ErrBadSignature, res: handshake.ErrBadSignature},
 		// The second connection's hello is the first's: refused as a replay,
 		// which the initiator sees as stale_hello.

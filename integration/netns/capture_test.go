@@ -62,7 +62,7 @@ func TestCaptureNoPlaintextBetweenAgents(t *testing.T) {
 		t.Errorf("entry-exit capture has %d payload bytes, fewer than app-entry's %d: it missed the tunnel's traffic",
 			ee.payloadBytes, lo)
 	}
-	preface := []byte("TUNNEL\x00\x01")
+	preface := []byte("TUNNEL\x00\x02") // the agents speak version 2 (handshake/PROTOCOL-v2.md)
 	if !bytes.Contains(ee.raw, preface) {
 		t.Errorf("entry-exit capture lacks the protocol preface %q: it did not see the tunnel's connection", preface)
 	}

@@ -16,8 +16,10 @@ import (
 // TestSlowloris keeps 100 connections dripping one byte a second into the
 // handshake, each from its own loopback address, so that the per-source
 // guards stay out of the way: half drip the preface and HELLO_I, which the
-// exit must cut at handshake.HelloTimeout; half send HELLO_I at once, get
-// HELLO_R and drip KEY_I, which the exit must cut at its handshake timeout.
+// exit must cut at handshake.HelloTimeout; half send a version 1 HELLO_I
+// at once, get HELLO_R and drip KEY_I, which the exit must cut at its
+// KEY_I deadline (handshake.DefaultKeyIDeadline) or its handshake timeout,
+// whichever comes first.
 // However alive a connection looks, it is cut at its deadline, while a real
 // entry connects and moves data during the drip.
 func TestSlowloris(t *testing.T) {
@@ -32,10 +34,11 @@ func TestSlowloris(t *testing.T) {
 		// deadline.
 		early = 20 * time.Millisecond
 	)
-	// --max-handshakes 200 keeps the cap out of the way: the 50 KEY_I
-	// drippers hold a slot each from HELLO_I on, and the cap is not what is
-	// tested here.
-	r := startRig(t, harness.HashEcho, "--handshake-timeout", timeout.String(), "--max-handshakes", "200")
+	// --max-handshakes 400 keeps the caps out of the way: the 50 KEY_I
+	// drippers hold a slot each from HELLO_I on, all for one key id, and
+	// version 1 hellos may hold an eighth of the slots per key id (50 of
+	// 400); the caps are not what is tested here.
+	r := startRig(t, harness.HashEcho, "--handshake-timeout", timeout.String(), "--max-handshakes", "400")
 	before := r.mustStatus(t)
 
 	msg := helloI(t, r.entryPriv.keyID)    // preface || HELLO_I
@@ -48,7 +51,7 @@ func TestSlowloris(t *testing.T) {
 		open     atomic.Int64       // drip connections open now
 		dialErr  atomic.Int64
 	)
-	deadlines := [2]time.Duration{min(handshake.HelloTimeout, timeout), timeout}
+	deadlines := [2]time.Duration{min(handshake.HelloTimeout, timeout), min(handshake.DefaultKeyIDeadline, timeout)}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var firstRound sync.WaitGroup // every dripper connected once
