@@ -17,24 +17,24 @@ import (
 // the peer reset the connection while it waited in the queue
 // (ECONNABORTED). Ending the accept loop on such an error would end the
 // agent, and every session with it, over a shortage that passes as soon as
-// a few connections close. retryingListener waits and tries again instead,
+// a few connections close. RetryingListener waits and tries again instead,
 // as net/http's Server.Serve does: 5 ms after the first failure, doubling up
 // to 1 s, and back to 5 ms after an accept succeeds. Meanwhile the kernel
 // keeps queueing new connections in the listen backlog.
 
-// Backoff of retryingListener.Accept after a temporary error.
+// Backoff of RetryingListener.Accept after a temporary error.
 const (
 	acceptRetryMin = 5 * time.Millisecond
 	acceptRetryMax = time.Second
 )
 
-// retryingListener is a net.Listener whose Accept retries temporary errors
+// RetryingListener is a net.Listener whose Accept retries temporary errors
 // (temporaryAcceptError) until an accept succeeds, the listener is closed,
 // or another error comes, which it returns. It logs the first failure of a
 // run of them at warn, with what to do, and the end of the run at info. Close
 // ends a wait at once. Safe for concurrent use; the backoff is shared by
 // concurrent Accept calls.
-type retryingListener struct {
+type RetryingListener struct {
 	net.Listener
 	log zerolog.Logger
 	// wait waits d, or until stop is closed, and reports whether the whole
@@ -50,11 +50,13 @@ type retryingListener struct {
 	since    time.Time     // the current run's first failure
 }
 
-// newRetryingListener wraps ln; Close closes ln. A caller that closes the
+// NewRetryingListener wraps ln; Close closes ln. An agent's Serve and
+// ServeListeners may be given one (the command does), and StartStatus
+// makes its own. A caller that closes the
 // listener to stop accepting must close the wrapper, so that a wait in
 // progress ends at once (closing ln alone ends it within acceptRetryMax).
-func newRetryingListener(ln net.Listener, log zerolog.Logger) *retryingListener {
-	return &retryingListener{Listener: ln, log: log, wait: waitOrStop, closed: make(chan struct{})}
+func NewRetryingListener(ln net.Listener, log zerolog.Logger) *RetryingListener {
+	return &RetryingListener{Listener: ln, log: log, wait: waitOrStop, closed: make(chan struct{})}
 }
 
 // waitOrStop waits d, or until stop is closed; it reports whether d passed.
@@ -72,7 +74,7 @@ func waitOrStop(d time.Duration, stop <-chan struct{}) bool {
 // Accept waits for and returns the next connection, retrying temporary
 // errors. Once the listener is closed it returns an error that wraps
 // net.ErrClosed.
-func (l *retryingListener) Accept() (net.Conn, error) {
+func (l *RetryingListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err == nil {
@@ -89,14 +91,14 @@ func (l *retryingListener) Accept() (net.Conn, error) {
 }
 
 // Close closes the listener and ends any wait of Accept.
-func (l *retryingListener) Close() error {
+func (l *RetryingListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
 }
 
 // failed records the failure err and returns how long to wait before the
 // next accept.
-func (l *retryingListener) failed(err error) time.Duration {
+func (l *RetryingListener) failed(err error) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.delay == 0 {
@@ -117,8 +119,20 @@ func (l *retryingListener) failed(err error) time.Duration {
 	return l.delay
 }
 
+// FailingFor returns how long, at now, accepts have failed in a row (a run
+// not yet ended by one that succeeded); 0 when the last accept succeeded.
+// Safe for concurrent use.
+func (l *RetryingListener) FailingFor(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.delay == 0 {
+		return 0
+	}
+	return max(now.Sub(l.since), 1)
+}
+
 // recovered ends a run of failures, if there was one.
-func (l *retryingListener) recovered() {
+func (l *RetryingListener) recovered() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.delay == 0 {

@@ -74,9 +74,18 @@ func TestRetryingListener(t *testing.T) {
 	}
 	inner := &scriptedListener{script: script}
 	var logs bytes.Buffer
-	l := newRetryingListener(inner, zerolog.New(&logs))
+	l := NewRetryingListener(inner, zerolog.New(&logs))
 	var waits []time.Duration
-	l.wait = func(d time.Duration, _ <-chan struct{}) bool { waits = append(waits, d); return true }
+	l.wait = func(d time.Duration, _ <-chan struct{}) bool {
+		if l.FailingFor(time.Now().Add(time.Second)) < time.Second {
+			t.Error("FailingFor during a run of failures is not the time since its first")
+		}
+		waits = append(waits, d)
+		return true
+	}
+	if l.FailingFor(time.Now()) != 0 {
+		t.Error("FailingFor before any failure is not 0")
+	}
 
 	c, err := l.Accept()
 	if err != nil {
@@ -86,6 +95,9 @@ func TestRetryingListener(t *testing.T) {
 	want := []time.Duration{5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000}
 	for i := range want {
 		want[i] *= time.Millisecond
+	}
+	if l.FailingFor(time.Now()) != 0 {
+		t.Error("FailingFor after an accept succeeded is not 0")
 	}
 	if fmt.Sprint(waits) != fmt.Sprint(want) {
 		t.Errorf("waits %v, want %v", waits, want)
@@ -133,7 +145,7 @@ func TestRetryingListener(t *testing.T) {
 // returns net.ErrClosed.
 func TestRetryingListenerClose(t *testing.T) {
 	inner := &scriptedListener{script: []error{acceptErr(syscall.EMFILE)}}
-	l := newRetryingListener(inner, zerolog.Nop())
+	l := NewRetryingListener(inner, zerolog.Nop())
 	waiting := make(chan struct{})
 	l.wait = func(d time.Duration, stop <-chan struct{}) bool {
 		close(waiting)
@@ -163,7 +175,7 @@ func TestRetryingListenerRealEMFILE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := newRetryingListener(ln, zerolog.Nop())
+	l := NewRetryingListener(ln, zerolog.Nop())
 	defer l.Close()
 	client, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

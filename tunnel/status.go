@@ -133,13 +133,13 @@ const (
 // It holds at most maxStatusConns connections at once: past that it
 // accepts no more until one closes, and closes those idle in keep-alive to
 // make room. An accept that fails for want of descriptors is retried
-// (retryingListener). The caller has bound ln, so that a command can bind
+// (RetryingListener). The caller has bound ln, so that a command can bind
 // every listener before it reports itself ready. The returned stop closes
 // the server and ln, and waits until it has stopped.
 func StartStatus(ln net.Listener, log zerolog.Logger, cfg StatusConfig) (stop func()) {
 	h := &statusHandler{cfg: cfg, now: time.Now}
 	idle := &idleConns{conns: make(map[net.Conn]struct{})}
-	lim := newLimitListener(newRetryingListener(ln, log), maxStatusConns, idle.closeAll)
+	lim := newLimitListener(NewRetryingListener(ln, log), maxStatusConns, idle.closeAll)
 	srv := &http.Server{
 		Handler:           h.mux(),
 		ReadHeaderTimeout: statusHeaderTimeout,
