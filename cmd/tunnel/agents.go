@@ -373,6 +373,14 @@ func serve(e *env, a agent) error {
 		ev.Str("version", e.build.Version).Int("procs", procs).Msg("listening")
 	}
 	tunnel.WarnLowFileLimit(log)
+	// An accept that fails for want of descriptors or memory is retried, not the end of the
+	// agent; one that keeps failing for a watchdog interval makes the agent unhealthy.
+	retrying := make([]*tunnel.RetryingListener, len(lns))
+	for i := range lns {
+		retrying[i] = tunnel.NewRetryingListener(lns[i].Listener, log)
+		lns[i].Listener = retrying[i]
+	}
+	live := func(within time.Duration) error { return acceptHealth(retrying, time.Now(), within) }
 	for _, l := range lns {
 		if a.plaintext && !isLoopback(l.Listener.Addr()) {
 			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
@@ -408,7 +416,7 @@ func serve(e *env, a agent) error {
 	go func() {
 		defer close(systemdDone)
 		done := make(chan struct{})
-		go func() { defer close(done); sdn.watchdog(stopSystemd) }()
+		go func() { defer close(done); sdn.watchdog(stopSystemd, live) }()
 		defer func() { <-done }()
 		state := fmt.Sprintf("%s listening on %s", a.role, lns[0].Listener.Addr())
 		if a.attempted != nil {
@@ -454,6 +462,19 @@ func serve(e *env, a agent) error {
 		return err
 	}
 	log.Info().Msg("stopped")
+	return nil
+}
+
+// acceptHealth returns an error if accepting on any of lns has failed for at least within, at
+// now: the agent takes no new connection there, and a restart (which closes whatever holds the
+// descriptors) may be what it takes. A peer or backend that is down is not such a reason: a
+// restart does not bring it back.
+func acceptHealth(lns []*tunnel.RetryingListener, now time.Time, within time.Duration) error {
+	for _, l := range lns {
+		if d := l.FailingFor(now); d >= within {
+			return fmt.Errorf("accepting connections on %s has failed for %s (see the warning that started it)", l.Addr(), d.Round(time.Millisecond))
+		}
+	}
 	return nil
 }
 
