@@ -156,6 +156,9 @@ func (c *entryCmd) Run(e *env) error {
 		return err
 	}
 	pinned, exitKeys, err := loadPinned(s)
+	if err == nil {
+		err = ownKeyNotPinned(s, key, pinned, exitKeys)
+	}
 	if err != nil {
 		return usageError{err}
 	}
@@ -171,6 +174,9 @@ func (c *entryCmd) Run(e *env) error {
 			return
 		}
 		newPinned, newExitKeys, err := loadPinned(s)
+		if err == nil {
+			err = ownKeyNotPinned(s, newKey, newPinned, newExitKeys)
+		}
 		if err != nil {
 			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
 			return
@@ -218,6 +224,25 @@ func loadPinned(s config.Entry) (*handshake.KeySet, map[string]*handshake.KeySet
 		exits[addr] = ks
 	}
 	return shared, exits, nil
+}
+
+// ownKeyNotPinned refuses an entry that pins its own public key as an exit's: the usual cause
+// is one directory of public keys for entries and exits alike, which makes every entry's key an
+// exit key, so that any entry could pose as the exit to the others.
+func ownKeyNotPinned(s config.Entry, key *rsa.PrivateKey, shared *handshake.KeySet, exits map[string]*handshake.KeySet) error {
+	fp := handshake.Fingerprint(&key.PublicKey)
+	fix := "an entry pins the exits' keys only: give it a file or directory that holds the exits' public keys and no entry's " +
+		"(keep the entries' keys, which the exits authorize, in a directory of their own)"
+	if shared != nil && slices.Contains(shared.Fingerprints(), fp) {
+		return fmt.Errorf("--peer-key %s holds this entry's own public key (%s, from --key %s): %s", s.PeerKey, fp, s.Key, fix)
+	}
+	for _, spec := range s.Peers {
+		addr, path := config.ParsePeer(spec)
+		if ks := exits[addr]; ks != nil && slices.Contains(ks.Fingerprints(), fp) {
+			return fmt.Errorf("--peer %s=%s holds this entry's own public key (%s, from --key %s): %s", addr, path, fp, s.Key, fix)
+		}
+	}
+	return nil
 }
 
 // pinnedFingerprints lists every key the entry pins, once each, in order.

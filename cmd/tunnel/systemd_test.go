@@ -252,6 +252,7 @@ func TestSystemdNoExit(t *testing.T) {
 func TestSocketActivationErrors(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	tcp := func() *os.File {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -326,7 +327,7 @@ func TestSocketActivationErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"--log-format", "console", "entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9",
-				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")}
+				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub")}
 			if tc.exit {
 				args = []string{"--log-format", "console", "exit", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9",
 					"--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")}
@@ -345,6 +346,7 @@ func TestSocketActivationErrors(t *testing.T) {
 func TestSocketActivationUnix(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	path := filepath.Join(dir, "app.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -355,7 +357,7 @@ func TestSocketActivationUnix(t *testing.T) {
 	ln.Close()
 	n := startChildWith(t, underSystemd(nil, []string{"listen"}, []*os.File{f}),
 		"--log-format", "json", "entry", "--peer", "127.0.0.1:9", "--dial-timeout", "1s",
-		"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub"))
+		"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub"))
 	l := n.waitLine(t, "listening", 1)
 	if l["addr"] != path || l["systemd_socket"] != true {
 		t.Errorf("listening line %v, want addr %s from systemd", l, path)
