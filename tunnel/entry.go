@@ -181,6 +181,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	var acceptErr error
 	for _, l := range lns {
 		svc := e.met.service(config.DisplayName(l.Service))
+		l.Listener = retrying(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()
 		accepting.Add(1)

@@ -36,6 +36,7 @@ type Exit struct {
 	resp       atomic.Pointer[handshake.Responder] // swapped by Reload
 	authorized atomic.Pointer[handshake.KeySet]    // the entry keys resp accepts
 	limiter    *sourceLimiter
+	pending    *pendingGate // connections accepted whose handshake has not ended
 	pool       *relay.Pool
 	dialer     net.Dialer
 	routes     *routeTable            // the services (services.go)
@@ -65,6 +66,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		cfg:        cfg.Settings,
 		log:        log.With().Str("role", "exit").Logger(),
 		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
+		pending:    processPendingGate(),
 		pool:       relay.NewPool(),
 		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
 		writeStall: relay.DefaultWriteStall,
@@ -105,6 +107,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	var streams openStreams
 
+	ln = retrying(ln, e.log) // EMFILE and the like wait, and do not end Serve
 	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopAccept()
 	var acceptErr error
@@ -115,6 +118,17 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 				acceptErr = fmt.Errorf("tunnel: accept: %w", err)
 			}
 			break
+		}
+		if !e.pending.enter() {
+			// Too many connections without a finished handshake: this one
+			// is closed at once, without an answer, so that a flood cannot
+			// hold every descriptor.
+			e.count.hsRefused.Add(1)
+			e.met.handshakeRateLimited()
+			e.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", e.pending.pending()).
+				Msg("connection closed: too many connections have not finished their handshake")
+			conn.Close()
+			continue
 		}
 		wg.Add(1)
 		go func() {

@@ -24,6 +24,8 @@ import (
 func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *openStreams) {
 	peer := conn.RemoteAddr().String()
 	log := e.log.With().Str("peer", peer).Logger()
+	handshaken := sync.OnceFunc(e.pending.leave) // the place Serve took in the pending gate
+	defer handshaken()
 	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
 	if err != nil {
 		e.count.hsRefused.Add(1)
@@ -38,6 +40,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 	}
 	res, err := e.resp.Load().Handshake(hard, rawio.Wrap(conn))
 	admitted()
+	handshaken()
 	if err != nil {
 		e.met.handshakeFailed(err, false)
 		lvl := log.Warn()

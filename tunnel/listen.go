@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -54,26 +56,118 @@ func setKeepAlive(fd int) error {
 // ListenUnix announces on the UNIX socket path. A socket file left at path
 // by an agent that did not stop cleanly is replaced, and only that: if a
 // process accepts connections on it, or path is not a socket, ListenUnix
-// refuses and removes nothing. mode, if not 0, is set on the socket file
-// after it is bound (connecting takes write permission on it); until then
-// it has the mode the process's umask leaves, as PostgreSQL's does. Closing
-// the listener removes the socket file.
+// refuses and removes nothing. mode, if not 0, is the socket file's mode
+// (connecting takes write permission on it); 0 leaves what the process's
+// umask gives. Closing the listener removes the socket file, if it is still
+// the one bound.
+//
+// The socket never appears at path with any other mode: it is bound in a
+// private directory (mode 0700) made next to path, its mode set there, and
+// then hard-linked to path. Nobody else can reach it, or swap it for a
+// symbolic link, in that directory, so the mode change applies to the
+// socket itself; and link(2) fails if anything (a symbolic link included)
+// has appeared at path since it was checked, where rename(2) would replace
+// it. Accepted connections' local address names the path the socket was
+// bound at (as getsockname reports it), the listener's Addr is path.
 func ListenUnix(ctx context.Context, path string, mode os.FileMode) (net.Listener, error) {
 	if err := removeStaleSocket(ctx, path); err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "unix", path)
+	ln, private, err := bindPrivate(ctx, path, mode)
 	if err != nil {
 		return nil, err
 	}
+	defer os.Remove(filepath.Dir(private))
+	defer os.Remove(private)
+	bound, err := publish(private, path)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return &unixSocketListener{UnixListener: ln, path: path, bound: bound}, nil
+}
+
+// privateDirPattern names the directory ListenUnix binds in, next to the
+// socket's path; short, because a socket's path may have 107 bytes at most.
+const privateDirPattern = ".tunnel-"
+
+// bindPrivate binds a UNIX socket in a new directory of mode 0700 next to
+// path, and gives it mode (if not 0). It returns the listener, which does
+// not remove the socket file when closed, and the socket file's path. The
+// caller removes the file and its directory.
+func bindPrivate(ctx context.Context, path string, mode os.FileMode) (*net.UnixListener, string, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), privateDirPattern)
+	if err != nil {
+		return nil, "", fmt.Errorf("listening on %s: making a private directory next to it to bind the socket in: %w", path, err)
+	}
+	private := filepath.Join(dir, "s")
+	if n := len(private); n > maxUnixPath {
+		os.Remove(dir)
+		return nil, "", fmt.Errorf("listening on %s: the socket is bound first at %s, whose path has %d bytes, and a UNIX socket's may have at most %d: choose a path %d bytes shorter",
+			path, private, n, maxUnixPath, n-maxUnixPath)
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "unix", private)
+	if err != nil {
+		os.Remove(dir)
+		return nil, "", err
+	}
+	ln := l.(*net.UnixListener)
+	ln.SetUnlinkOnClose(false)
 	if mode != 0 {
-		if err := os.Chmod(path, mode); err != nil {
+		// In dir, which only this process's user may enter, the name
+		// private is the socket bound just now.
+		if err := os.Chmod(private, mode); err != nil {
 			ln.Close()
-			return nil, fmt.Errorf("setting the mode of %s to %04o: %w", path, mode, err)
+			os.Remove(private)
+			os.Remove(dir)
+			return nil, "", fmt.Errorf("setting the mode of %s to %04o: %w", path, mode, err)
 		}
 	}
-	return ln, nil
+	return ln, private, nil
+}
+
+// maxUnixPath is the longest socket path Linux takes (sun_path holds 108
+// bytes, with the terminating NUL).
+const maxUnixPath = 107
+
+// publish links the socket file private to path, which must not exist, and
+// returns the file's identity, for Close.
+func publish(private, path string) (os.FileInfo, error) {
+	fi, err := os.Lstat(private)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Link(private, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("%s appeared while the socket was being bound: refusing to replace it; start again, or listen on another path", path)
+		}
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	return fi, nil
+}
+
+// unixSocketListener is a UNIX socket listener bound by ListenUnix.
+type unixSocketListener struct {
+	*net.UnixListener
+	path  string
+	bound os.FileInfo // the socket file at path
+	once  sync.Once
+}
+
+// Addr is the socket file's path.
+func (l *unixSocketListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+// Close closes the listener and removes the socket file at path, unless
+// another file has taken its place.
+func (l *unixSocketListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if now, lerr := os.Lstat(l.path); lerr == nil && os.SameFile(now, l.bound) {
+			os.Remove(l.path)
+		}
+	})
+	return err
 }
 
 // removeStaleSocket removes the socket file at path if no process accepts

@@ -8,10 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestListenAcceptedKeepAlive checks that a connection accepted from Listen
@@ -175,5 +177,136 @@ func TestListenUnixMode(t *testing.T) {
 		if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != mode {
 			t.Errorf("ListenUnix(mode %04o): the file's mode is %v, want a socket with %v", mode, fi.Mode(), mode)
 		}
+	}
+}
+
+// dirEvents watches dir with inotify for files created in it and changes to
+// their attributes (mode, owner), and returns a function that lists what
+// came since, as "create NAME" and "attrib NAME", in order.
+func dirEvents(t *testing.T, dir string) func() []string {
+	t.Helper()
+	fd, err := syscall.InotifyInit1(syscall.IN_NONBLOCK | syscall.IN_CLOEXEC)
+	if err != nil {
+		t.Skipf("inotify: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if _, err := syscall.InotifyAddWatch(fd, dir, syscall.IN_CREATE|syscall.IN_ATTRIB); err != nil {
+		t.Fatal(err)
+	}
+	return func() []string {
+		var out []string
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := syscall.Read(fd, buf)
+			if err != nil || n <= 0 {
+				return out
+			}
+			for b := buf[:n]; len(b) >= syscall.SizeofInotifyEvent; {
+				ev := (*syscall.InotifyEvent)(unsafe.Pointer(&b[0]))
+				name := strings.TrimRight(string(b[syscall.SizeofInotifyEvent:syscall.SizeofInotifyEvent+ev.Len]), "\x00")
+				switch {
+				case ev.Mask&syscall.IN_CREATE != 0:
+					out = append(out, "create "+name)
+				case ev.Mask&syscall.IN_ATTRIB != 0:
+					out = append(out, "attrib "+name)
+				}
+				b = b[syscall.SizeofInotifyEvent+ev.Len:]
+			}
+		}
+	}
+}
+
+// TestListenUnixModeBeforeVisible: the socket appears at its path with its
+// final mode: no change of mode (or anything else) is made to it there
+// after it was created, so that no process ever finds it there with the
+// mode the umask gave, and no symbolic link put in its place can redirect
+// the change.
+func TestListenUnixModeBeforeVisible(t *testing.T) {
+	dir := t.TempDir()
+	events := dirEvents(t, dir)
+	path := filepath.Join(dir, "app.sock")
+	ln, err := ListenUnix(context.Background(), path, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := events()
+	if !slices.Contains(got, "create app.sock") {
+		t.Fatalf("inotify saw %q, want the creation of app.sock", got)
+	}
+	for _, e := range got {
+		if e == "attrib app.sock" {
+			t.Errorf("inotify saw %q: the socket's mode was changed after it appeared at its path", got)
+		}
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket file: %v, %v; want a socket with mode 0600", fi.Mode(), err)
+	}
+	if ln.Addr().String() != path {
+		t.Errorf("listener's address %s, want %s", ln.Addr(), path)
+	}
+	// The private directory is gone; only the socket is left.
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("the directory holds %d files after ListenUnix, want the socket only", len(ents))
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("connecting: %v", err)
+	}
+	c.Close()
+}
+
+// TestListenUnixPublishRefuses: a file (a symbolic link above all) that
+// appears at the path between the check and the bind is neither replaced
+// nor followed: the socket's mode never reaches the link's target.
+func TestListenUnixPublishRefuses(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "app.sock")
+	ln, private, err := bindPrivate(context.Background(), path, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if fi, err := os.Stat(filepath.Dir(private)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("the directory the socket is bound in: %v, %v; want mode 0700", fi.Mode(), err)
+	}
+	if fi, err := os.Lstat(private); err != nil || fi.Mode().Perm() != 0o666 {
+		t.Errorf("the socket before it is published: %v, %v; want mode 0666 already", fi.Mode(), err)
+	}
+	if err := os.Symlink(victim, path); err != nil { // the race, won
+		t.Fatal(err)
+	}
+	if _, err := publish(private, path); err == nil || !strings.Contains(err.Error(), "appeared while the socket was being bound: refusing to replace it") {
+		t.Errorf("publish over a symbolic link: %v, want a refusal", err)
+	}
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != fs.ModeSymlink {
+		t.Errorf("the symbolic link at the path: %v, %v; want it left alone", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(victim); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("the link's target: %v, %v; want its mode 0600 untouched", fi.Mode(), err)
+	}
+}
+
+// TestListenUnixClose: Close removes the socket file only while it is the
+// one bound.
+func TestListenUnixClose(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "app.sock")
+	ln, err := ListenUnix(context.Background(), path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	if err := os.WriteFile(path, []byte("another's"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	if b, err := os.ReadFile(path); err != nil || string(b) != "another's" {
+		t.Errorf("Close removed or changed a file that replaced the socket: %q, %v", b, err)
 	}
 }

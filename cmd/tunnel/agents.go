@@ -156,6 +156,9 @@ func (c *entryCmd) Run(e *env) error {
 		return err
 	}
 	pinned, exitKeys, err := loadPinned(s)
+	if err == nil {
+		err = ownKeyNotPinned(s, key, pinned, exitKeys)
+	}
 	if err != nil {
 		return usageError{err}
 	}
@@ -171,6 +174,9 @@ func (c *entryCmd) Run(e *env) error {
 			return
 		}
 		newPinned, newExitKeys, err := loadPinned(s)
+		if err == nil {
+			err = ownKeyNotPinned(s, newKey, newPinned, newExitKeys)
+		}
 		if err != nil {
 			log.Error().Err(err).Msg("reload failed; the previous keys stay in force")
 			return
@@ -218,6 +224,25 @@ func loadPinned(s config.Entry) (*handshake.KeySet, map[string]*handshake.KeySet
 		exits[addr] = ks
 	}
 	return shared, exits, nil
+}
+
+// ownKeyNotPinned refuses an entry that pins its own public key as an exit's: the usual cause
+// is one directory of public keys for entries and exits alike, which makes every entry's key an
+// exit key, so that any entry could pose as the exit to the others.
+func ownKeyNotPinned(s config.Entry, key *rsa.PrivateKey, shared *handshake.KeySet, exits map[string]*handshake.KeySet) error {
+	fp := handshake.Fingerprint(&key.PublicKey)
+	fix := "an entry pins the exits' keys only: give it a file or directory that holds the exits' public keys and no entry's " +
+		"(keep the entries' keys, which the exits authorize, in a directory of their own)"
+	if shared != nil && slices.Contains(shared.Fingerprints(), fp) {
+		return fmt.Errorf("--peer-key %s holds this entry's own public key (%s, from --key %s): %s", s.PeerKey, fp, s.Key, fix)
+	}
+	for _, spec := range s.Peers {
+		addr, path := config.ParsePeer(spec)
+		if ks := exits[addr]; ks != nil && slices.Contains(ks.Fingerprints(), fp) {
+			return fmt.Errorf("--peer %s=%s holds this entry's own public key (%s, from --key %s): %s", addr, path, fp, s.Key, fix)
+		}
+	}
+	return nil
 }
 
 // pinnedFingerprints lists every key the entry pins, once each, in order.
@@ -373,6 +398,14 @@ func serve(e *env, a agent) error {
 		ev.Str("version", e.build.Version).Int("procs", procs).Msg("listening")
 	}
 	tunnel.WarnLowFileLimit(log)
+	// An accept that fails for want of descriptors or memory is retried, not the end of the
+	// agent; one that keeps failing for a watchdog interval makes the agent unhealthy.
+	retrying := make([]*tunnel.RetryingListener, len(lns))
+	for i := range lns {
+		retrying[i] = tunnel.NewRetryingListener(lns[i].Listener, log)
+		lns[i].Listener = retrying[i]
+	}
+	live := func(within time.Duration) error { return acceptHealth(retrying, time.Now(), within) }
 	for _, l := range lns {
 		if a.plaintext && !isLoopback(l.Listener.Addr()) {
 			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
@@ -408,7 +441,7 @@ func serve(e *env, a agent) error {
 	go func() {
 		defer close(systemdDone)
 		done := make(chan struct{})
-		go func() { defer close(done); sdn.watchdog(stopSystemd) }()
+		go func() { defer close(done); sdn.watchdog(stopSystemd, live) }()
 		defer func() { <-done }()
 		state := fmt.Sprintf("%s listening on %s", a.role, lns[0].Listener.Addr())
 		if a.attempted != nil {
@@ -454,6 +487,19 @@ func serve(e *env, a agent) error {
 		return err
 	}
 	log.Info().Msg("stopped")
+	return nil
+}
+
+// acceptHealth returns an error if accepting on any of lns has failed for at least within, at
+// now: the agent takes no new connection there, and a restart (which closes whatever holds the
+// descriptors) may be what it takes. A peer or backend that is down is not such a reason: a
+// restart does not bring it back.
+func acceptHealth(lns []*tunnel.RetryingListener, now time.Time, within time.Duration) error {
+	for _, l := range lns {
+		if d := l.FailingFor(now); d >= within {
+			return fmt.Errorf("accepting connections on %s has failed for %s (see the warning that started it)", l.Addr(), d.Round(time.Millisecond))
+		}
+	}
 	return nil
 }
 

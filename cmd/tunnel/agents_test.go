@@ -213,6 +213,7 @@ func TestExitEntry(t *testing.T) {
 func TestListenInUse(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +221,7 @@ func TestListenInUse(t *testing.T) {
 	defer taken.Close()
 	busy := taken.Addr().String()
 	exit := []string{"exit", "--forward", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")}
-	entry := []string{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")}
+	entry := []string{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub")}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -246,9 +247,10 @@ func TestListenInUse(t *testing.T) {
 func TestStartupOrder(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	for _, args := range [][]string{
 		{"exit", "--forward", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")},
-		{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")},
+		{"entry", "--peer", "127.0.0.1:9", "--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub")},
 	} {
 		var log logWatch
 		ctx, cancel := context.WithCancel(context.Background())
@@ -464,6 +466,7 @@ func TestSIGHUP(t *testing.T) {
 func TestSafeDefaults(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	const warning = "the plaintext side is reachable from the network: anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect"
 	for _, tc := range []struct {
 		role, listen string
@@ -477,7 +480,7 @@ func TestSafeDefaults(t *testing.T) {
 		args := []string{"--log-format", "json", tc.role, "--listen", tc.listen, "--status-addr", ":0",
 			"--key", filepath.Join(dir, "k.key")}
 		if tc.role == "entry" {
-			args = append(args, "--peer", "127.0.0.1:9", "--peer-key", filepath.Join(dir, "k.pub"))
+			args = append(args, "--peer", "127.0.0.1:9", "--peer-key", filepath.Join(dir, "x.pub"))
 		} else {
 			args = append(args, "--forward", "127.0.0.1:9", "--authorized-keys", filepath.Join(dir, "k.pub"))
 		}

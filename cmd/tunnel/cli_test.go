@@ -94,6 +94,13 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"exit", "--services", "{db: {forward: h:1, allow: []}}", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--status-addr", "x"},
 			"--allow db= (allow: [] or an allow: with no value under the service in the file) names no key"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
+		// One directory of keys for both sides: any entry could pose as the exit. (The
+		// --listen address, which no interface here has, stops with status 1 an entry that
+		// would not refuse.)
+		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", dir, "--listen", "192.0.2.1:1"},
+			"--peer-key " + dir + " holds this entry's own public key (SHA256:"},
+		{[]string{"entry", "--peer", "h:1=" + pub + ".pub", "--key", pub + ".key", "--listen", "192.0.2.1:1"},
+			"--peer h:1=" + pub + ".pub holds this entry's own public key"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".key"}, "--peer-key " + pub + ".key: key 1: this is a private key"},
 		{[]string{"entry", "--peer", "nohost", "--key", pub + ".key", "--peer-key", pub + ".pub"}, "--peer \"nohost\""},
 		{[]string{"entry", "--listen", "256.1.1.1:15040", "--peer", "h:1", "--key", pub + ".key", "--peer-key", pub + ".pub"},

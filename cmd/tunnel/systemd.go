@@ -93,26 +93,48 @@ func activatedSockets(unixListen bool) (activated, error) {
 	return a, nil
 }
 
-// listening returns nil if f is a socket that listens (SO_ACCEPTCONN): not a datagram socket,
-// and not a connection that systemd accepted (Accept=yes).
+// listening returns nil if f is a stream socket (SO_TYPE SOCK_STREAM: not datagrams, nor a
+// UNIX SOCK_SEQPACKET socket, whose message boundaries a byte stream would lose) that listens
+// (SO_ACCEPTCONN: not a connection that systemd accepted, Accept=yes).
 func listening(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var on int
+	var typ, on int
+	var terr, aerr error
 	if cerr := rc.Control(func(fd uintptr) {
-		on, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+		typ, terr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_TYPE)
+		on, aerr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
 	}); cerr != nil {
 		return cerr
 	}
-	if err != nil {
-		return err
+	if terr != nil {
+		return terr
+	}
+	if typ != syscall.SOCK_STREAM {
+		return fmt.Errorf("it is a %s socket, not SOCK_STREAM", socketTypeName(typ))
+	}
+	if aerr != nil {
+		return aerr
 	}
 	if on == 0 {
 		return errors.New("it does not listen")
 	}
 	return nil
+}
+
+// socketTypeName names a socket type (SO_TYPE) for a message.
+func socketTypeName(typ int) string {
+	switch typ {
+	case syscall.SOCK_DGRAM:
+		return "datagram (SOCK_DGRAM; ListenDatagram=)"
+	case syscall.SOCK_SEQPACKET:
+		return "SOCK_SEQPACKET (ListenSequentialPacket=)"
+	case syscall.SOCK_RAW:
+		return "raw (SOCK_RAW)"
+	}
+	return fmt.Sprintf("type %d", typ)
 }
 
 // notifier tells the service manager how the agent is doing, if it asked (NOTIFY_SOCKET).
@@ -178,8 +200,9 @@ func (n *notifier) stopping(s string) {
 }
 
 // watchdog sends WATCHDOG=1 at half the interval systemd asked for (WatchdogSec=) until stop is
-// closed, draining included; it returns at once if none was asked for.
-func (n *notifier) watchdog(stop <-chan struct{}) {
+// closed, draining included, while live(interval) returns nil; it returns at once if none was
+// asked for. While live returns an error, it sends none, so that systemd restarts the agent.
+func (n *notifier) watchdog(stop <-chan struct{}, live func(interval time.Duration) error) {
 	every, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		n.log.Warn().Err(err).Msg("systemd watchdog: not pinging it; check WatchdogSec= in the unit")
@@ -190,12 +213,31 @@ func (n *notifier) watchdog(stop <-chan struct{}) {
 	}
 	tick := time.NewTicker(every / 2)
 	defer tick.Stop()
+	withheld := false
 	for {
 		select {
 		case <-tick.C:
-			n.send(daemon.SdNotifyWatchdog)
+			withheld = n.ping(live(every), withheld)
 		case <-stop:
 			return
 		}
 	}
+}
+
+// ping sends WATCHDOG=1 if unhealthy is nil. Otherwise it sends none, and at the first of a run
+// of such ticks (withheld false) logs why and puts it in STATUS=. It returns whether it withheld
+// the ping.
+func (n *notifier) ping(unhealthy error, withheld bool) bool {
+	if unhealthy == nil {
+		if withheld {
+			n.log.Info().Msg("systemd watchdog: the agent is healthy again; pinging it again")
+		}
+		n.send(daemon.SdNotifyWatchdog)
+		return false
+	}
+	if !withheld {
+		n.log.Error().Err(unhealthy).Msg("systemd watchdog: not pinging it while this lasts, so that systemd restarts the agent (WatchdogSec=)")
+		n.send(statusLine("unhealthy: " + unhealthy.Error()))
+	}
+	return true
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -251,6 +252,7 @@ func TestSystemdNoExit(t *testing.T) {
 func TestSocketActivationErrors(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	tcp := func() *os.File {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -274,6 +276,14 @@ func TestSocketActivationErrors(t *testing.T) {
 		}
 		defer c.Close()
 		return socketFile(t, c)
+	}
+	seqpacket := func() *os.File { // what ListenSequentialPacket= passes
+		ln, err := net.Listen("unixpacket", filepath.Join(dir, "seq.sock"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return socketFile(t, ln)
 	}
 	accepted := func() *os.File { // what Accept=yes passes
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -311,11 +321,13 @@ func TestSocketActivationErrors(t *testing.T) {
 		{"a unix listen socket for the exit", []string{"listen"}, []*os.File{unixSock()},
 			"tunnel: socket activation: socket listen (fd 3): it is a unix socket (" + filepath.Join(dir, "app.sock") + "), and the exit accepts entry agents over TCP only: give ListenStream= an address and port, such as 0.0.0.0:7000", true},
 		{"a datagram status socket", []string{"status"}, []*os.File{udp()},
-			"tunnel: socket activation: socket status (fd 3): not a listening stream socket (", false},
+			"tunnel: socket activation: socket status (fd 3): not a listening stream socket (it is a datagram (SOCK_DGRAM; ListenDatagram=) socket, not SOCK_STREAM)", false},
+		{"a listening SOCK_SEQPACKET socket", []string{"listen"}, []*os.File{seqpacket()},
+			"tunnel: socket activation: socket listen (fd 3): not a listening stream socket (it is a SOCK_SEQPACKET (ListenSequentialPacket=) socket, not SOCK_STREAM): the .socket unit must bind it with ListenStream=", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"--log-format", "console", "entry", "--listen", "127.0.0.1:0", "--peer", "127.0.0.1:9",
-				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub")}
+				"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub")}
 			if tc.exit {
 				args = []string{"--log-format", "console", "exit", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9",
 					"--key", filepath.Join(dir, "k.key"), "--authorized-keys", filepath.Join(dir, "k.pub")}
@@ -334,6 +346,7 @@ func TestSocketActivationErrors(t *testing.T) {
 func TestSocketActivationUnix(t *testing.T) {
 	dir := t.TempDir()
 	keyPair(t, dir, "k")
+	keyPair(t, dir, "x") // the exit's, for the entry to pin: never its own
 	path := filepath.Join(dir, "app.sock")
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -344,7 +357,7 @@ func TestSocketActivationUnix(t *testing.T) {
 	ln.Close()
 	n := startChildWith(t, underSystemd(nil, []string{"listen"}, []*os.File{f}),
 		"--log-format", "json", "entry", "--peer", "127.0.0.1:9", "--dial-timeout", "1s",
-		"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "k.pub"))
+		"--key", filepath.Join(dir, "k.key"), "--peer-key", filepath.Join(dir, "x.pub"))
 	l := n.waitLine(t, "listening", 1)
 	if l["addr"] != path || l["systemd_socket"] != true {
 		t.Errorf("listening line %v, want addr %s from systemd", l, path)
@@ -557,5 +570,112 @@ func TestServeEndsBeforeReady(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not return within 20s of its agent's error: the wait for READY=1 holds it")
+	}
+}
+
+// TestWatchdogPing: the watchdog is pinged while the agent is healthy, and not while it is not;
+// the first unhealthy tick says why in STATUS=, the next ones send nothing.
+func TestWatchdogPing(t *testing.T) {
+	notify := listenNotify(t)
+	t.Setenv("NOTIFY_SOCKET", notify.path)
+	var logs bytes.Buffer
+	n := &notifier{log: zerolog.New(&logs)}
+	// next sends a marker after what the ticks sent, and returns what came before it: the
+	// socket delivers in order.
+	seen := 0
+	next := func() []string {
+		t.Helper()
+		n.send("MARK=1")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			notify.mu.Lock()
+			states := slices.Clone(notify.states[seen:])
+			notify.mu.Unlock()
+			if i := slices.Index(states, "MARK=1"); i >= 0 {
+				seen += i + 1
+				return states[:i]
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the marker did not arrive within 10s: %q", states)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
+	if withheld := n.ping(nil, false); withheld {
+		t.Error("ping(healthy) withheld the ping")
+	}
+	if got := next(); !slices.Equal(got, []string{"WATCHDOG=1"}) {
+		t.Errorf("healthy: sent %q, want WATCHDOG=1", got)
+	}
+	bad := errors.New("accepting connections on 127.0.0.1:7000 has failed for 30s")
+	withheld := n.ping(bad, false)
+	if got := next(); !withheld || !slices.Equal(got, []string{"STATUS=unhealthy: " + bad.Error()}) {
+		t.Errorf("unhealthy: sent %q (withheld %v), want only STATUS= with the reason", got, withheld)
+	}
+	withheld = n.ping(bad, withheld)
+	if got := next(); !withheld || len(got) != 0 {
+		t.Errorf("still unhealthy: sent %q (withheld %v), want nothing", got, withheld)
+	}
+	if n.ping(nil, withheld) {
+		t.Error("ping(healthy again) withheld the ping")
+	}
+	if got := next(); !slices.Equal(got, []string{"WATCHDOG=1"}) {
+		t.Errorf("healthy again: sent %q, want WATCHDOG=1", got)
+	}
+	if c := strings.Count(logs.String(), "not pinging it"); c != 1 {
+		t.Errorf("%d log lines about withholding the ping, want 1:\n%s", c, logs.String())
+	}
+}
+
+// stuckListener fails its first Accept with EMFILE, and blocks the next ones until closed,
+// closing retried when the second starts.
+type stuckListener struct {
+	net.Listener // for Addr
+	calls        atomic.Int32
+	retried      chan struct{}
+	closed       chan struct{}
+	once         sync.Once
+}
+
+func (l *stuckListener) Accept() (net.Conn, error) {
+	switch l.calls.Add(1) {
+	case 1:
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	case 2:
+		close(l.retried)
+	}
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+func (l *stuckListener) Close() error { l.once.Do(func() { close(l.closed) }); return nil }
+
+// TestAcceptHealth: an agent whose accepts have failed in a row for a watchdog interval is
+// unhealthy; one whose accepts fail for less, or succeed, is not.
+func TestAcceptHealth(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	good := tunnel.NewRetryingListener(ln, zerolog.Nop())
+	stuck := &stuckListener{Listener: ln, retried: make(chan struct{}), closed: make(chan struct{})}
+	bad := tunnel.NewRetryingListener(stuck, zerolog.Nop())
+	done := make(chan struct{})
+	go func() { defer close(done); bad.Accept() }()
+	defer func() { bad.Close(); <-done }()
+	<-stuck.retried // Accept failed, waited, and tries again
+
+	now := time.Now()
+	lns := []*tunnel.RetryingListener{good, bad}
+	if err := acceptHealth(lns, now.Add(time.Hour), 30*time.Second); err == nil || !strings.Contains(err.Error(), "accepting connections on "+ln.Addr().String()+" has failed for") {
+		t.Errorf("accepts failing for an hour, watchdog 30s: %v, want unhealthy", err)
+	}
+	if err := acceptHealth(lns, now, time.Hour); err != nil {
+		t.Errorf("accepts failing for less than the watchdog interval: %v, want healthy", err)
+	}
+	if err := acceptHealth(lns[:1], now.Add(time.Hour), time.Second); err != nil {
+		t.Errorf("accepts not failing: %v, want healthy", err)
 	}
 }

@@ -5,6 +5,7 @@
 package rawio
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -87,15 +88,42 @@ type Conn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// NewConn wraps c.
+// ErrBlocking: a descriptor without O_NONBLOCK, on which a raw read or
+// write could block the thread, and the processor with it, unseen by the
+// scheduler.
+var ErrBlocking = errors.New("rawio: descriptor is in blocking mode")
+
+// NewConn returns c with raw reads and writes, or ErrBlocking if c's
+// descriptor is not non-blocking (package net's always are; one made
+// otherwise, as os.NewFile leaves a blocking one, is not given raw I/O).
 func NewConn(c Socket) (*Conn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
+	var flags int
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { flags, ferr = fcntlGetFlags(fd) }); err != nil {
+		return nil, err
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	if flags&syscall.O_NONBLOCK == 0 {
+		return nil, ErrBlocking
+	}
 	r := &Conn{Socket: c, rc: rc}
 	r.readFn, r.writeFn = r.readFD, r.writeFD
 	return r, nil
+}
+
+// fcntlGetFlags is fcntl(fd, F_GETFL).
+func fcntlGetFlags(fd uintptr) (int, error) {
+	flags, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+	if e != 0 {
+		return 0, os.NewSyscallError("fcntl", e)
+	}
+	return int(flags), nil
 }
 
 // readFD is RawConn.Read's callback: false means "not readable yet, wait".
@@ -161,8 +189,9 @@ func (c *Conn) opError(op string, errno syscall.Errno) error {
 }
 
 // Wrap returns c with raw reads and writes (a *Conn) when it is a TCP or
-// UNIX connection, and c itself otherwise. The caller makes at most one
-// Read and one Write at a time, as the handshake and the record layer do.
+// UNIX connection on a non-blocking descriptor, and c itself otherwise.
+// The caller makes at most one Read and one Write at a time, as the
+// handshake and the record layer do.
 func Wrap(c net.Conn) net.Conn {
 	if s, ok := c.(Socket); ok {
 		if r, err := NewConn(s); err == nil {

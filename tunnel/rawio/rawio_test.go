@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
 	"time"
@@ -155,5 +156,44 @@ func TestRawConnAllocs(t *testing.T) {
 		io.ReadFull(r, buf)
 	}); n != 0 {
 		t.Errorf("%v allocations per write and read, want 0", n)
+	}
+}
+
+// blockingConn is a carried connection whose descriptor is in blocking
+// mode: one end of a socket pair, opened as a file (os.NewFile leaves a
+// blocking descriptor blocking).
+type blockingConn struct {
+	net.Conn
+	f *os.File
+}
+
+func (c blockingConn) CloseWrite() error                     { return nil }
+func (c blockingConn) SyscallConn() (syscall.RawConn, error) { return c.f.SyscallConn() }
+
+// TestRawIOBlocking: a connection on a blocking descriptor is not given raw
+// reads and writes, which would block the thread unseen by the scheduler;
+// it is used as it is, and works.
+func TestRawIOBlocking(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, peer := os.NewFile(uintptr(fds[0]), "blocking"), os.NewFile(uintptr(fds[1]), "peer")
+	defer f.Close()
+	defer peer.Close()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := blockingConn{Conn: a, f: f}
+	if _, err := NewConn(c); !errors.Is(err, ErrBlocking) {
+		t.Errorf("newRawConn on a blocking descriptor: %v, want ErrBlocking", err)
+	}
+	if got := Wrap(c); got != net.Conn(c) {
+		t.Errorf("withRawIO on a blocking descriptor gave %T, want the connection itself", got)
+	}
+	// A socket of package net is non-blocking, and gets raw I/O.
+	r, _ := rawPair(t)
+	if got := Wrap(r.Socket); got == net.Conn(r.Socket) {
+		t.Error("withRawIO on a TCP connection of package net gave the connection itself, want a rawConn")
 	}
 }

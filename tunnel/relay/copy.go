@@ -19,8 +19,8 @@ import (
 // another stream). What it writes before the peer acknowledges st goes to
 // o.Unacked too. total is what st took; readErr is conn's failure,
 // writeErr the stream's; both are nil after EOF.
-func copyFromConn(st *session.Stream, conn net.Conn, o Options) (total int64, readErr, writeErr error) {
-	r, err := newChunkReader(conn, o.Pool)
+func copyFromConn(st *session.Stream, conn net.Conn, raw *rawio.Conn, o Options) (total int64, readErr, writeErr error) {
+	r, err := newChunkReader(conn, raw, o.Pool)
 	if err != nil {
 		return 0, err, nil
 	}
@@ -85,12 +85,12 @@ const (
 // o.ToConn. stopped is set by abort before it sets st's read deadline, so
 // that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
-func copyToConn(conn net.Conn, st *session.Stream, o Options, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
+func copyToConn(conn net.Conn, raw *rawio.Conn, st *session.Stream, o Options, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
 	large := false // the last read was large and drained the stream's buffer
 	var wd writeDeadline
-	out, err := rawWriter(conn)
-	if err != nil {
-		return 0, nil, err
+	var out io.Writer = conn
+	if raw != nil {
+		out = raw
 	}
 	for {
 		if large {
@@ -140,21 +140,13 @@ type chunkReader interface {
 	read() (buf *[]byte, n int, err error)
 }
 
-// newChunkReader returns a rawReader for a socket, a plainReader for any
-// other connection.
-func newChunkReader(conn net.Conn, pool *Pool) (chunkReader, error) {
-	if s, ok := conn.(rawio.Socket); ok {
-		return newRawReader(s, pool)
+// newChunkReader returns a rawReader for a socket that has raw I/O (raw
+// is not nil), a plainReader for any other connection.
+func newChunkReader(conn net.Conn, raw *rawio.Conn, pool *Pool) (chunkReader, error) {
+	if raw != nil {
+		return newRawReader(raw.Socket, pool)
 	}
 	return plainReader{conn, pool}, nil
-}
-
-// rawWriter returns conn with raw writes, if it is a socket.
-func rawWriter(conn net.Conn) (io.Writer, error) {
-	if s, ok := conn.(rawio.Socket); ok {
-		return rawio.NewConn(s)
-	}
-	return conn, nil
 }
 
 // plainReader reads a connection through its Read, holding a borrowed

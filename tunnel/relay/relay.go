@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/rawio"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -101,6 +102,7 @@ type Options struct {
 // the caller's own step before copying to conn failed.
 type Relay struct {
 	conn net.Conn
+	raw  *rawio.Conn // conn with raw I/O, if it is a non-blocking socket; else nil
 	st   *session.Stream
 	o    Options
 
@@ -121,7 +123,8 @@ type Relay struct {
 // Start begins copying conn to st in a new goroutine. The stream's
 // session ending before the peer's FIN aborts the pair.
 //
-// conn is best a *net.TCPConn or a *net.UnixConn (a rawio.Socket): then it
+// conn is best a *net.TCPConn or a *net.UnixConn (a rawio.Socket) on a
+// non-blocking descriptor, as package net makes them: then it
 // is read and written with raw system calls, and waits without a buffer.
 // Any other net.Conn is read and written through its own methods, holding
 // a buffer while it waits for data; without a CloseWrite method, the
@@ -129,6 +132,9 @@ type Relay struct {
 // the pair ends.
 func Start(conn net.Conn, st *session.Stream, o Options) *Relay {
 	r := &Relay{conn: conn, st: st, o: o, fromDone: make(chan struct{})}
+	if s, ok := conn.(rawio.Socket); ok {
+		r.raw, _ = rawio.NewConn(s) // nil for a blocking descriptor: plain I/O
+	}
 	st.OnLost(r.sessionLost)
 	go r.fromConn()
 	return r
@@ -138,7 +144,7 @@ func Start(conn net.Conn, st *session.Stream, o Options) *Relay {
 // (or, NotAccepted, closes st and hands conn back open) and reports.
 func (r *Relay) Run() Result {
 	r.o.Unacked.release() // the caller saw the peer accept the stream, or keeps nothing
-	n, readErr, writeErr := copyToConn(r.conn, r.st, r.o, &r.stopped)
+	n, readErr, writeErr := copyToConn(r.conn, r.raw, r.st, r.o, &r.stopped)
 	r.toConnEnded(readErr, writeErr)
 	return r.finish(n)
 }
@@ -207,7 +213,7 @@ func (r *Relay) sessionLost() {
 // fromConn is the conn -> stream direction.
 func (r *Relay) fromConn() {
 	defer close(r.fromDone)
-	n, readErr, writeErr := copyFromConn(r.st, r.conn, r.o)
+	n, readErr, writeErr := copyFromConn(r.st, r.conn, r.raw, r.o)
 	r.toStream = n
 	switch {
 	case r.refused.Load() || r.notAccepted(writeErr):
