@@ -43,6 +43,9 @@ type Exit struct {
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
+	// RequireSignedHello refuses entries that speak handshake version 1, whose hello is not
+	// signed (handshake/PROTOCOL-v2.md): then no forged hello costs the exit a slot or RSA work.
+	RequireSignedHello bool
 	// Services are the named services, each with its backend (services.go).
 	Services []ExitService
 	// Access restricts services to some authorized keys; a service no rule names admits every key.

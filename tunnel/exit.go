@@ -54,11 +54,15 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	if cfg.Key == nil || cfg.Authorized == nil {
 		return nil, errors.New("tunnel: exit needs its private key and the authorized entry keys")
 	}
-	resp, err := handshake.NewResponder(handshake.Config{
+	hs := handshake.Config{
 		PrivateKey: cfg.Key,
 		Authorized: cfg.Authorized,
 		Timeout:    cfg.Settings.HandshakeTimeout,
-	}, cfg.Settings.MaxHandshakes)
+	}
+	if cfg.Settings.RequireSignedHello {
+		hs.MinVersion = handshake.Version2
+	}
+	resp, err := handshake.NewResponder(hs, cfg.Settings.MaxHandshakes)
 	if err != nil {
 		return nil, err
 	}

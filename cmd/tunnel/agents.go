@@ -40,6 +40,7 @@ type exitCmd struct {
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
+	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
 func (c *exitCmd) settings() (config.Exit, error) {
@@ -49,7 +50,7 @@ func (c *exitCmd) settings() (config.Exit, error) {
 		MaxHandshakes: c.MaxHandshakes, MaxStreams: c.MaxStreams, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout,
 		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
-		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms,
+		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms, RequireSignedHello: c.RequireSignedHello,
 	}
 	s.ProxyProtocol = c.ProxyProtocol
 	err := exitServiceSettings(&s, c.Forward, c.Allow, c.Services)
