@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/tunnel-dev/tunnel/config"
-	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -124,13 +123,11 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 	if run.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: the entry is shutting down", ErrNoSession)
 	}
-	svc := e.met.service(config.DisplayName(service))
-	svc.open.Add(1)
-	svc.total.Add(1)
+	svc := e.books.service(config.DisplayName(service))
+	e.books.began(svc)
 	run.dialed.Add(1)
 	c, err := e.dialStream(ctx, run, service, svc)
 	if err != nil {
-		svc.open.Add(-1)
 		run.dialed.Done()
 		return nil, err
 	}
@@ -144,7 +141,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 	for carries := 1; ; carries++ {
 		o, err := e.attempt(ctx, log)
 		if err != nil {
-			e.met.streamNoSession(svc)
+			e.books.ended(svc, streamNoSession)
 			return nil, fmt.Errorf("%w: %w", ErrNoSession, err)
 		}
 		status, msg, err := exchange(ctx, o.st, service)
@@ -159,7 +156,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 			o.st.Reset()
 			o.st.Close()
 			e.done(o)
-			e.met.streamEnded(svc, relay.Result{End: relay.PeerReset})
+			e.books.ended(svc, streamAborted)
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("tunnel: dial %s: %w", config.DisplayName(service), ctx.Err())
 			}
@@ -170,7 +167,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 		case status != StatusOK:
 			o.st.Close()
 			e.done(o)
-			e.met.streamRefused(svc, status)
+			e.books.ended(svc, statusLabel(status))
 			ev := o.log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
 			if status == StatusRefused {
 				ev = ev.Str("fingerprint", e.fingerprint()) // for the operator who grants access
@@ -180,18 +177,14 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 		}
 		return newConn(o.st, service, o.s.fingerprint, "", svc.moved, func(c *Conn) {
 			e.done(o)
-			svc.open.Add(-1)
-			aborted := c.aborted.Load()
-			res := relay.Result{}
-			if aborted {
-				res.End = relay.PeerReset
-			}
-			e.met.streamEnded(svc, res)
-			run.dialed.Done()
 			ev := o.log.Info()
-			if aborted {
+			if c.aborted.Load() {
+				e.books.ended(svc, streamAborted)
 				ev = o.log.Warn().Bool("aborted", true)
+			} else {
+				e.books.ended(svc, int(StatusOK))
 			}
+			run.dialed.Done()
 			ev.Int64("bytes_to_backend", c.written.Load()).Int64("bytes_to_app", c.read.Load()).
 				Str("duration", logDuration(time.Since(o.start))).Msg("connection closed")
 		}), nil

@@ -28,7 +28,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/config"
-	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -119,7 +118,7 @@ func (e *Exit) Listen(service string) (*Listener, error) {
 	}
 	l := &Listener{
 		name:  name,
-		count: e.met.service(display),
+		count: e.books.service(display),
 		queue: make(chan *pendingStream, e.backlog),
 		done:  make(chan struct{}),
 	}
@@ -195,25 +194,32 @@ func (a serviceAddr) String() string  { return config.DisplayName(string(a)) }
 
 // serveLocal hands st, a stream to the service of l from peer, to the
 // program, and waits until the program is done with it; see serveStream.
-func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (*serviceCounters, Status, string) {
+func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (Status, string) {
 	svc := l.count
 	display := config.DisplayName(l.name)
 	if !peer.access.allows(l.name, peer.fingerprint) {
-		return e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, display), nil)
+		msg := policyRefusal(peer.fingerprint, display)
+		e.books.refused(svc, StatusRefused)
+		logRefusal(log, StatusRefused, msg, nil)
+		return StatusRefused, msg
 	}
-	svc.total.Add(1)
-	svc.open.Add(1)
-	defer svc.open.Add(-1)
+	e.books.began(svc)
+	// fail ends the stream, which began, with s.
+	fail := func(s Status, msg string) (Status, string) {
+		e.books.ended(svc, statusLabel(s))
+		logRefusal(log, s, msg, nil)
+		return s, msg
+	}
 	start := time.Now()
 	p := &pendingStream{st: st, fingerprint: peer.fingerprint, origin: origin, taken: make(chan struct{})}
 	unreachable := fmt.Sprintf("service %q: the program serving it has closed its listener", display)
 	if closed(l.done) {
-		return e.refusal(svc, log, StatusUnreachable, unreachable, nil)
+		return fail(StatusUnreachable, unreachable)
 	}
 	select {
 	case l.queue <- p:
 	default:
-		return e.refusal(svc, log, StatusBusy, fmt.Sprintf("service %q: %d streams are waiting for the program to accept them; retry later", display, cap(l.queue)), nil)
+		return fail(StatusBusy, fmt.Sprintf("service %q: %d streams are waiting for the program to accept them; retry later", display, cap(l.queue)))
 	}
 
 	timer := time.NewTimer(e.cfg.DialTimeout)
@@ -233,31 +239,31 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 	}
 	if status != StatusOK {
 		if p.state.CompareAndSwap(streamPending, streamWithdrawn) {
-			return e.refusal(svc, log, status, msg, nil)
+			return fail(status, msg)
 		}
 		<-p.taken // Accept took it meanwhile
 	}
 	if p.err != nil {
 		log.Warn().Err(p.err).Msg("stream lost before the status was sent")
-		return svc, StatusOK, ""
+		e.books.ended(svc, streamAborted)
+		return StatusOK, ""
 	}
 	c := p.conn
 	select {
 	case <-c.done:
 	case <-st.Session().Done(): // the program may still hold c; its calls fail
 	}
-	res := relay.Result{}
-	if c.aborted.Load() || !closed(c.done) {
-		res.End = relay.PeerReset
-	}
-	e.met.streamEnded(svc, res)
+	aborted := c.aborted.Load() || !closed(c.done)
 	ev := log.Info()
-	if res.Aborted() {
+	if aborted {
+		e.books.ended(svc, streamAborted)
 		ev = log.Warn().Bool("aborted", true)
+	} else {
+		e.books.ended(svc, int(StatusOK))
 	}
 	ev.Int64("bytes_to_backend", c.read.Load()).Int64("bytes_to_app", c.written.Load()).
 		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
-	return svc, StatusOK, ""
+	return StatusOK, ""
 }
 
 // visible lists the services that peer may reach, as settings name them:

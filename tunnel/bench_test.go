@@ -296,7 +296,7 @@ func BenchmarkIdleConns(b *testing.B) {
 			c.Close()
 		}
 		waitFor(b, "the agents close the streams", func() bool {
-			return a.entry.count.streams.Load() == 0 && a.exit.count.streams.Load() == 0
+			return a.entry.books.streams.Load() == 0 && a.exit.books.streams.Load() == 0
 		})
 	}
 	b.ReportMetric(stacks/float64(b.N*n), "stack-B/conn")

@@ -106,7 +106,7 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net
 		res.Conn.Close()
 		return nil, err
 	}
-	e.met.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logDuration(res.Duration)).Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil

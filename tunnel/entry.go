@@ -47,8 +47,8 @@ type Entry struct {
 	log        zerolog.Logger
 	pool       *relay.Pool
 	writeStall time.Duration
-	count      counters
-	met        *metricSet
+	books      *ledger    // every count, once (ledger.go)
+	met        *metricSet // /metrics, read from books
 	// recycleAfter is maxSessionStreams; tests make it small.
 	recycleAfter int64
 
@@ -98,19 +98,19 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		},
 		exits: cfg.ExitKeys,
 	})
-	n.met = newMetrics("entry", cfg.Version, &n.count)
+	n.books = newLedger("entry")
+	n.met = newMetrics(cfg.Version, n.books)
 	return n, nil
 }
 
 // Stats returns the entry's counters, with the record counts of the
 // current session.
 func (e *Entry) Stats() Stats {
-	st := e.count.stats("entry")
+	st := e.books.stats()
 	if s := e.current(); s != nil {
 		rs := s.sess.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
-	st.Services = e.met.serviceStats()
 	return st
 }
 
@@ -180,7 +180,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	var acceptErrOnce sync.Once
 	var acceptErr error
 	for _, l := range lns {
-		svc := e.met.service(config.DisplayName(l.Service))
+		svc := e.books.service(config.DisplayName(l.Service))
 		l.Listener = retrying(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()

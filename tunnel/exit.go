@@ -44,9 +44,9 @@ type Exit struct {
 	backlog    int                    // of each Listener: acceptBacklog; tests make it small
 	access     atomic.Pointer[access] // resolved with authorized; swapped by Reload
 	noService  *serviceCounters       // streams refused before they named one of routes
-	met        *metricSet
+	books      *ledger                // every count, once (ledger.go)
+	met        *metricSet             // /metrics, read from books
 	writeStall time.Duration
-	count      counters
 }
 
 // NewExit checks cfg and returns an exit agent. It starts nothing.
@@ -78,9 +78,10 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	}
 	x.resp.Store(resp)
 	x.authorized.Store(cfg.Authorized)
-	x.met = newMetrics("exit", cfg.Version, &x.count)
-	x.noService = x.met.service("")
-	x.routes = newRouteTable(cfg.Settings, x.met)
+	x.books = newLedger("exit")
+	x.met = newMetrics(cfg.Version, x.books)
+	x.noService = x.books.service("")
+	x.routes = newRouteTable(cfg.Settings, x.books)
 	acc, unresolved := resolveAccess(cfg.Settings.Access, cfg.Authorized)
 	if len(unresolved) > 0 {
 		return nil, errUnresolved(unresolved)
@@ -91,8 +92,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 
 // Stats returns the exit's counters, with those of each service.
 func (e *Exit) Stats() Stats {
-	st := e.count.stats("exit")
-	st.Services = e.met.serviceStats()
+	st := e.books.stats()
 	return st
 }
 
@@ -127,8 +127,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 			// Too many connections without a finished handshake: this one
 			// is closed at once, without an answer, so that a flood cannot
 			// hold every descriptor.
-			e.count.hsRefused.Add(1)
-			e.met.handshakeRateLimited()
+			e.books.handshakeRefused()
 			e.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", e.pending.pending()).
 				Msg("connection closed: too many connections have not finished their handshake")
 			conn.Close()

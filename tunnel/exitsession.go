@@ -28,8 +28,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 	defer handshaken()
 	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
 	if err != nil {
-		e.count.hsRefused.Add(1)
-		e.met.handshakeRateLimited()
+		e.books.handshakeRefused()
 		log.Debug().Err(err).Msg("handshake refused") // a flood must not flood the log
 		reason := "too many handshakes from your address; retry later"
 		if errors.Is(err, errTooMany) {
@@ -42,19 +41,13 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 	admitted()
 	handshaken()
 	if err != nil {
-		e.met.handshakeFailed(err, false)
 		lvl := log.Warn()
-		if errors.Is(err, handshake.ErrBusy) {
-			e.count.hsRefused.Add(1)
+		if e.books.handshakeFailed(err, false) == handshake.FailBusy {
 			lvl = log.Debug() // a flood must not flood the log
-		} else {
-			e.count.hsFailures.Add(1)
 		}
 		lvl.Err(err).Msg("handshake failed")
 		return
 	}
-	e.count.sessions.Add(1)
-	defer e.count.sessions.Add(-1)
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
 	log.Info().Str("handshake", logDuration(res.Duration)).Msg("session established")
 
@@ -64,7 +57,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		log.Error().Err(err).Msg("starting the multiplexer")
 		return
 	}
-	e.met.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	e.closeIfRevoked(log, sess, res.PeerKey)
 	who := streamPeer{fingerprint: res.PeerFingerprint}
 	start := time.Now()
@@ -117,7 +110,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 				log.Warn().Uint32("stream", st.ID()).Int("max_streams", e.cfg.MaxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
-			e.met.streamRefused(e.noService, StatusBusy)
+			e.books.refused(e.noService, StatusBusy)
 			go func() {
 				defer running.Done()
 				defer st.Close()
@@ -126,17 +119,15 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 			continue
 		}
 		streams.Add(1)
-		e.count.streams.Add(1)
-		e.count.streamsTotal.Add(1)
-		ended := func(svc *serviceCounters, s Status, msg string) {
+		e.books.streamOpened()
+		ended := func(s Status, msg string) {
 			defer running.Done()
 			defer st.Close()
 			// A refused stream no longer counts as served, nor holds up a drain.
 			active.Add(-1)
-			e.count.streams.Add(-1)
+			e.books.streamClosed()
 			streams.Done()
 			if s != StatusOK {
-				e.met.streamRefused(svc, s)
 				refuse(st, s, msg)
 			}
 		}
@@ -160,11 +151,9 @@ type streamPeer struct {
 	access      access // the rules in force when the stream began (serveStream)
 }
 
-// refusal logs that the stream of service svc is refused with s and msg,
-// and returns them.
-func (e *Exit) refusal(svc *serviceCounters, log zerolog.Logger, s Status, msg string, err error) (*serviceCounters, Status, string) {
+// logRefusal logs that a stream is refused with s and msg, for err.
+func logRefusal(log zerolog.Logger, s Status, msg string, err error) {
 	log.Warn().Int("status", int(s)).Str("status_text", s.String()).AnErr("reason", err).Msg(msg)
-	return svc, s, msg
 }
 
 // maxRefused bounds the refused streams of one session that are still open

@@ -117,8 +117,7 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 			}
 			r.failures, r.logged, r.left = 0, "", exitAddr{}
 			e.setSession(s)
-			e.count.sessions.Add(1)
-			e.met.connected.Add(1)
+			e.books.made.Add(1)
 			return s
 		}
 		if ctx.Err() != nil {

@@ -279,7 +279,7 @@ func TestFailoverToNextExit(t *testing.T) {
 	if fo := lines.with("failed over to another exit"); len(fo) != 2 || fo[1]["peer"] != addr1 {
 		t.Fatalf("failover lines %v, want a second one to %s", fo, addr1)
 	}
-	if got := n.met.connected.Load(); got != 3 {
+	if got := n.books.made.Load(); got != 3 {
 		t.Errorf("%d sessions made after none was up, want 3 (two reconnects)", got)
 	}
 }

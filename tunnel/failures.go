@@ -54,17 +54,13 @@ const (
 // which it returns.
 func (e *Entry) countFailure(err error) failure {
 	if de := (*dialError)(nil); errors.As(err, &de) {
-		e.count.dialFailures.Add(1)
+		e.books.dialFailures.Add(1)
 		return failedDial
 	}
-	e.count.hsFailures.Add(1)
-	e.met.handshakeFailed(err, true)
-	switch f := handshake.Classify(err); {
+	switch f := e.books.handshakeFailed(err, true); {
 	case f == handshake.FailTimeout:
-		e.count.hsTimeouts.Add(1)
 		return failedTimeout
 	case f.Refused():
-		e.count.hsRejections.Add(1)
 		return failedRejected
 	}
 	return failedOther

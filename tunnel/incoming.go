@@ -25,14 +25,19 @@ import (
 
 // serveStream reads the stream header, checks that the peer may reach the
 // service it names, dials the service's backend, answers the status and
-// starts forwarding; ended is called once the stream is done, from
-// forward's goroutine. If it refuses the stream instead, it logs why and
-// calls ended at once with the status and message to answer, and leaves st
-// to ended. svc is the counters of the stream's service. ctx bounds the dial: it ends with the
-// drain, not as the drain starts, so that a stream accepted before GoAway is
-// served.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(svc *serviceCounters, s Status, msg string)) {
+// relays; ended is called once the stream is done. If it refuses the
+// stream instead, it logs and counts why and calls ended at once with the
+// status and message to answer, and leaves st to ended. ctx bounds the
+// dial: it ends with the drain, not as the drain starts, so that a stream
+// accepted before GoAway is served.
+func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(s Status, msg string)) {
 	svc := e.noService
+	// refuse ends a stream that had not begun under svc.
+	refuse := func(s Status, msg string, err error) {
+		e.books.refused(svc, s)
+		logRefusal(log, s, msg, err)
+		ended(s, msg)
+	}
 	// Each stream is checked against the rules in force when it opens, so
 	// that a reload that narrows them reaches live sessions too.
 	peer.access = *e.access.Load()
@@ -53,12 +58,12 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		default:
 			msg = fmt.Sprintf("reading the stream header: %v", err)
 		}
-		ended(e.refusal(svc, log, StatusRefused, msg, nil))
+		refuse(StatusRefused, msg, nil)
 		return
 	}
 	if !validOrigin(hdr.origin) {
 		log.Warn().Msgf("the entry claims origin %+q, which is neither empty nor ip:port", hdr.origin)
-		ended(e.refusal(svc, log, StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil))
+		refuse(StatusRefused, "bad stream header: the origin is neither empty nor ip:port", nil)
 		return
 	}
 	if hdr.origin != "" {
@@ -73,30 +78,30 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 			ended(e.serveLocal(ctx.Done(), log, st, peer, hdr.origin, l))
 			return
 		}
-		ended(e.refusal(svc, log, StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil))
+		refuse(StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil)
 		return
 	}
 	svc = r.count
 	if !peer.access.allows(r.name, peer.fingerprint) {
-		ended(e.refusal(svc, log, StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil))
+		refuse(StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil)
 		return
 	}
-	svc.total.Add(1)
-	svc.open.Add(1)
-	served := ended // from here on, ending the stream also ends it in svc.open
-	ended = func(svc *serviceCounters, s Status, msg string) {
-		svc.open.Add(-1)
-		served(svc, s, msg)
+	e.books.began(svc)
+	// fail ends a stream that began, with a status other than 0.
+	fail := func(s Status, msg string, err error) {
+		e.books.ended(svc, statusLabel(s))
+		logRefusal(log, s, msg, err)
+		ended(s, msg)
 	}
 	start := time.Now()
 	c, err := e.dialer.DialContext(ctx, r.network, r.dialAddr)
-	e.met.backendDial(time.Since(start), err)
+	e.books.backendDial(time.Since(start), err)
 	if err != nil {
 		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
 		if r.name != "" {
 			msg = fmt.Sprintf("service %q: %s", r.name, msg)
 		}
-		ended(e.refusal(svc, log, StatusUnreachable, msg, err))
+		fail(StatusUnreachable, msg, err)
 		return
 	}
 	r.probe.accepted(time.Now())
@@ -104,7 +109,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 	if r.proxyProtocol {
 		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
 			backend.Close()
-			ended(e.refusal(svc, log, StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err))
+			fail(StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err)
 			return
 		}
 	}
@@ -112,7 +117,8 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		backend.Close()
 		st.CloseWrite()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		ended(svc, StatusOK, "")
+		e.books.ended(svc, streamAborted)
+		ended(StatusOK, "")
 		return
 	}
 	rl := relay.Start(backend, st, relay.Options{
@@ -126,9 +132,9 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 }
 
 // relayed runs r until its stream is done, then counts, logs, and ends it.
-func (e *Exit) relayed(r *relay.Relay, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(svc *serviceCounters, s Status, msg string)) {
+func (e *Exit) relayed(r *relay.Relay, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
 	res := r.Run()
-	e.met.streamEnded(svc, res)
+	e.books.ended(svc, resultLabel(res))
 	ev := log.Info()
 	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)
@@ -138,7 +144,7 @@ func (e *Exit) relayed(r *relay.Relay, svc *serviceCounters, log zerolog.Logger,
 	}
 	ev.Int64("bytes_to_backend", res.FromStream).Int64("bytes_to_app", res.ToStream).
 		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
-	ended(svc, StatusOK, "")
+	ended(StatusOK, "")
 }
 
 // unknownService is the message for a stream naming a service the exit

@@ -4,13 +4,13 @@ package tunnel
 // constructor (never the default registry) and served by the status
 // endpoint at /metrics.
 //
-// What changes often is counted in atomics (an agent's counters, the
-// arrays below, the record layer's own counts) and read by metrics.Collect
-// at scrape time; the two histograms are observed once per handshake and
-// once per backend dial. The one count made per chunk is of application
-// bytes: forward adds each chunk it copies to the agent's counter of its
-// direction (one atomic add, see tally; nothing that locks or allocates),
-// so a stream that lives for hours shows its traffic as it flows.
+// Every number is the agent's ledger's (ledger.go), counted in atomics and
+// read by Collect at scrape time, as /status reads them; the two histograms
+// are observed once per handshake and once per backend dial. The one count
+// made per chunk is of application bytes: a relay adds each chunk it copies
+// to its service's counter of its direction (one atomic add, see tally;
+// nothing that locks or allocates), so a stream that lives for hours shows
+// its traffic as it flows.
 //
 // Labels come from small, known sets: results, statuses, outcomes and
 // directions named below; service, which is one of the agent's services
@@ -20,16 +20,10 @@ package tunnel
 // carries an address.
 
 import (
-	"sync"
-	"sync/atomic"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
-	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -93,72 +87,24 @@ var streamLabelNames = [numStreamLabels]string{
 // outcomeNames label session.Outcome values.
 var outcomeNames = [session.NumOutcomes]string{"closed_locally", "closed_by_peer", "cut", "error"}
 
-// liveSession is a session that metrics watches until it closes.
-type liveSession struct {
-	sess        *session.Session
-	fingerprint string
-}
-
-// peerTotals are what the sessions of one peer that have ended add up to.
-type peerTotals struct {
-	outcomes [session.NumOutcomes]int64
-	records  frame.Stats
-}
-
-// addStats adds the counts of b to a.
-func addStats(a *frame.Stats, b frame.Stats) {
-	a.RecordsSent += b.RecordsSent
-	a.RecordsReceived += b.RecordsReceived
-	a.KeyUpdatesSent += b.KeyUpdatesSent
-	a.KeyUpdatesReceived += b.KeyUpdatesReceived
-}
-
-// metricSet is an agent's registry and what feeds it. It also knows the
-// live sessions by peer, which a reload that removes a key needs. Safe for
-// concurrent use.
+// metricSet is an agent's Prometheus registry and the collector that reads
+// its ledger at scrape time.
 type metricSet struct {
 	reg   *prometheus.Registry
-	count *counters // the agent's
-
-	handshakes [numHSResults]atomic.Int64
-	hsDuration prometheus.Histogram // completed handshakes
-
-	// services: streams and bytes by service, sorted by name
-	// (services.go). A stream keeps its service's pointer.
-	svcMu         sync.Mutex
-	services      []*serviceCounters
-	connIsBackend bool                 // exit: forward's conn is the backend's (else the application's)
-	dialErrors    atomic.Int64         // exit: backend dials that failed
-	dialTime      prometheus.Histogram // exit: backend dials, failed or not
-	connected     atomic.Int64         // entry: sessions made after none was up
-
-	mu    sync.Mutex
-	live  map[*session.Session]liveSession
-	ended map[string]*peerTotals // by peer fingerprint: authorized keys only
-
+	l     *ledger
 	descs map[string]*prometheus.Desc
 }
 
-// newMetrics makes the registry of an agent in role ("entry" or "exit")
-// whose counters are count, and registers the agent's metrics, the Go
-// runtime's and the process's on it.
-func newMetrics(role, version string, count *counters) *metricSet {
-	m := &metricSet{
-		reg:   prometheus.NewRegistry(),
-		count: count,
-		hsDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "tunnel_handshake_duration_seconds",
-			Help:    "Duration of completed handshakes, from the first byte to the session's keys.",
-			Buckets: []float64{.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}),
-		live:  make(map[*session.Session]liveSession),
-		ended: make(map[string]*peerTotals),
-	}
+// newMetrics makes the registry of an agent of this version whose numbers
+// are l's, and registers the agent's metrics, the Go runtime's and the
+// process's on it.
+func newMetrics(version string, l *ledger) *metricSet {
+	m := &metricSet{reg: prometheus.NewRegistry(), l: l}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	m.descs = map[string]*prometheus.Desc{
-		"build":      prometheus.NewDesc("tunnel_build_info", "Always 1; the labels say which build runs in which role.", nil, prometheus.Labels{"version": version, "role": role}),
+		"build":      prometheus.NewDesc("tunnel_build_info", "Always 1; the labels say which build runs in which role.", nil, prometheus.Labels{"version": version, "role": l.role}),
 		"sessions":   desc("tunnel_sessions", "Sessions up now, by peer.", "peer_fingerprint"),
 		"closed":     desc("tunnel_sessions_closed_total", "Sessions that have ended, by peer and by how: closed_locally (drain, replacement, keepalive timeout, limits), closed_by_peer (CLOSE received), cut (no CLOSE: data may be truncated), error (a record failed).", "peer_fingerprint", "outcome"),
 		"handshakes": desc("tunnel_handshakes_total", "Handshakes by result (ok, unknown_key, pinned_key_mismatch, bad_signature, busy, rate_limited, timeout, protocol_error, other).", "result"),
@@ -168,20 +114,13 @@ func newMetrics(role, version string, count *counters) *metricSet {
 		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
 		"keyUpdates": desc("tunnel_key_updates_total", "KEY_UPDATE records sent and received on every session: each is a change of one direction's traffic key.", "direction"),
 	}
-	if role == "exit" {
-		m.connIsBackend = true
-		m.service("") // streams naming none of the exit's services
-		m.dialTime = prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "tunnel_backend_dial_duration_seconds",
-			Help:    "Duration of the exit's dials to its backend, failed or not.",
-			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
-		})
+	if l.dialTime != nil {
 		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
-		m.reg.MustRegister(m.dialTime)
+		m.reg.MustRegister(l.dialTime)
 	} else {
 		m.descs["reconnects"] = desc("tunnel_entry_reconnects_total", "Sessions the entry made again after it had none (lost, or the exit went away); planned replacements are not counted.")
 	}
-	m.reg.MustRegister(m, m.hsDuration,
+	m.reg.MustRegister(m, l.hsDuration,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -209,10 +148,11 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.GaugeValue, v, labels...)
 	}
 	g("build", 1)
-	for i := range m.handshakes {
-		c("handshakes", float64(m.handshakes[i].Load()), hsResultNames[i])
+	l := m.l
+	for i := range l.handshakes {
+		c("handshakes", float64(l.handshakes[i].Load()), hsResultNames[i])
 	}
-	for _, s := range m.serviceList() {
+	for _, s := range l.serviceList() {
 		g("streams", float64(s.open.Load()), s.name)
 		for i := range s.ended {
 			c("streamsEnd", float64(s.ended[i].Load()), s.name, streamLabelNames[i])
@@ -220,132 +160,26 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 		c("bytes", float64(s.toBackend.Load()), s.name, "to_backend")
 		c("bytes", float64(s.toApp.Load()), s.name, "to_app")
 	}
-	if m.dialTime != nil {
-		c("dialErrors", float64(m.dialErrors.Load()))
+	if l.dialTime != nil {
+		c("dialErrors", float64(l.dialErrors.Load()))
 	} else {
-		c("reconnects", float64(max(0, m.connected.Load()-1)))
+		c("reconnects", float64(max(0, l.made.Load()-1)))
 	}
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	up := make(map[string]int)
-	var rec frame.Stats
-	for _, s := range m.live {
-		up[s.fingerprint]++
-		addStats(&rec, s.sess.Stats())
-	}
-	for fp, n := range up {
+	v := l.sessions.view()
+	for fp, n := range v.up {
 		g("sessions", float64(n), fp)
 	}
-	for fp, t := range m.ended {
-		if up[fp] == 0 {
+	for fp, t := range v.ended {
+		if v.up[fp] == 0 {
 			g("sessions", 0, fp)
 		}
 		for o, n := range t.outcomes {
 			c("closed", float64(n), fp, outcomeNames[o])
 		}
-		addStats(&rec, t.records)
 	}
-	c("records", float64(rec.RecordsSent), "sent")
-	c("records", float64(rec.RecordsReceived), "received")
-	c("keyUpdates", float64(rec.KeyUpdatesSent), "sent")
-	c("keyUpdates", float64(rec.KeyUpdatesReceived), "received")
-}
-
-// handshakeRateLimited counts a handshake refused before it began: over
-// the per-source rate or cap.
-func (m *metricSet) handshakeRateLimited() { m.handshakes[hsRateLimited].Add(1) }
-
-// handshakeFailed counts a failed handshake.
-func (m *metricSet) handshakeFailed(err error, initiator bool) {
-	m.handshakes[classifyHandshake(err, initiator)].Add(1)
-}
-
-// sessionUp counts a completed handshake and watches its session, of the
-// peer with this fingerprint, until mux closes (a goroutine waits for that;
-// it ends with the session). Every session a handshake made must be passed
-// here, so that its records are counted.
-func (m *metricSet) sessionUp(sess *session.Session, fingerprint string, handshake time.Duration) {
-	m.handshakes[hsOK].Add(1)
-	m.hsDuration.Observe(handshake.Seconds())
-	m.mu.Lock()
-	m.live[sess] = liveSession{sess: sess, fingerprint: fingerprint}
-	m.mu.Unlock()
-	go func() {
-		<-sess.Done()
-		m.sessionDown(sess)
-	}()
-}
-
-// sessionsExcept lists the live sessions of the peers not in keep (by
-// fingerprint): for a reload that removed their keys.
-func (m *metricSet) sessionsExcept(keep map[string]bool) []*session.Session {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []*session.Session
-	for mux, s := range m.live {
-		if !keep[s.fingerprint] {
-			out = append(out, mux)
-		}
-	}
-	return out
-}
-
-// sessionDown moves a closed session from the live set into its peer's
-// totals.
-func (m *metricSet) sessionDown(sess *session.Session) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s := m.live[sess]
-	delete(m.live, sess)
-	t := m.ended[s.fingerprint]
-	if t == nil {
-		t = new(peerTotals)
-		m.ended[s.fingerprint] = t
-	}
-	t.outcomes[s.sess.Outcome()]++
-	addStats(&t.records, s.sess.Stats())
-}
-
-// streamEnded counts a stream of service svc that was carried and has
-// ended with f. Its bytes were counted as forward copied them, so a scrape
-// that sees the stream ended sees its bytes.
-func (m *metricSet) streamEnded(svc *serviceCounters, res relay.Result) {
-	label := int(StatusOK)
-	if res.Aborted() {
-		label = streamAborted
-	}
-	svc.ended[label].Add(1)
-}
-
-// streamNoSession counts an application connection for service svc that
-// the entry could not open a stream for.
-func (m *metricSet) streamNoSession(svc *serviceCounters) { svc.ended[streamNoSession].Add(1) }
-
-// streamRefused counts a stream for service svc that the exit refused with
-// s.
-func (m *metricSet) streamRefused(svc *serviceCounters, s Status) {
-	label := streamOther
-	if s <= StatusBusy {
-		label = int(s)
-	}
-	svc.ended[label].Add(1)
-}
-
-// streamDone counts an entry's stream for service svc that has ended with
-// the exit's status s and f.
-func (m *metricSet) streamDone(svc *serviceCounters, s Status, res relay.Result) {
-	if s != StatusOK {
-		m.streamRefused(svc, s)
-		return
-	}
-	m.streamEnded(svc, res)
-}
-
-// backendDial counts one dial to the backend that took d.
-func (m *metricSet) backendDial(d time.Duration, err error) {
-	m.dialTime.Observe(d.Seconds())
-	if err != nil {
-		m.dialErrors.Add(1)
-	}
+	c("records", float64(v.records.RecordsSent), "sent")
+	c("records", float64(v.records.RecordsReceived), "received")
+	c("keyUpdates", float64(v.records.KeyUpdatesSent), "sent")
+	c("keyUpdates", float64(v.records.KeyUpdatesReceived), "received")
 }

@@ -105,8 +105,7 @@ func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, err
 	if err != nil {
 		return nil, err
 	}
-	e.count.streams.Add(1)
-	e.count.streamsTotal.Add(1)
+	e.books.streamOpened()
 	return &outgoing{
 		s: s, st: st, start: time.Now(),
 		log: log.With().Str("peer", s.exit.peer).Uint32("stream", st.ID()).Logger(),
@@ -114,7 +113,7 @@ func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, err
 }
 
 // done ends the count of o's stream.
-func (e *Entry) done(o *outgoing) { e.count.streams.Add(-1) }
+func (e *Entry) done(o *outgoing) { e.books.streamClosed() }
 
 // refusedBeforeAccept reports whether err, from o's stream, is the exit's
 // refusal before it accepted the stream: nothing reached it.
@@ -138,10 +137,10 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc 
 		lc = lc.Str("origin", origin)
 	}
 	log := lc.Logger()
-	svc.open.Add(1)
-	svc.total.Add(1)
-	finish := func() {
-		svc.open.Add(-1)
+	e.books.began(svc)
+	// finish ends the connection, with a stream label.
+	finish := func(label int) {
+		e.books.ended(svc, label)
 		ended()
 	}
 	sent := new(relay.Unacked) // what the application sent while no exit had accepted it
@@ -149,21 +148,16 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc 
 	for carries := 1; ; carries++ {
 		res, status, state := e.carry(ctx, log, app, hdr, svc, sent, finish)
 		switch {
-		case state == carryRunning:
-			return // the relay's goroutine finishes
-		case state == carryFailed:
-			finish()
-			return
+		case state != carryEnded:
+			return // finished by carry, or by the relay's goroutine
 		case res.End != relay.NotAccepted:
-			e.met.streamDone(svc, status, res)
-			finish()
+			finish(endLabel(status, res))
 			return
 		case sent.Overflowed() || carries >= maxCarries:
 			log.Warn().Int("attempts", carries).
 				Msg("closing application connection: every exit tried refused the stream before accepting it")
 			relay.Reset(app)
-			e.met.streamDone(svc, status, relay.Result{End: relay.PeerReset})
-			finish()
+			finish(streamAborted)
 			return
 		}
 		log.Info().Int("bytes", len(sent.Bytes())).
@@ -176,7 +170,7 @@ type carryState int
 
 const (
 	carryEnded   carryState = iota // the stream ended, or was refused, before the relay ran: see the result
-	carryFailed                    // no stream could be opened or written: the connection was reset
+	carryFailed                    // no stream could be opened or written: the connection was reset, and finish called
 	carryRunning                   // the exit accepted the stream: the relay runs in its own goroutine, which calls finish
 )
 
@@ -186,13 +180,13 @@ const (
 // and counts its end and calls finish (carryRunning). Otherwise the attempt
 // is over: its end is logged and returned with the exit's status
 // (carryEnded), or app was reset because no stream could be had, which is
-// logged and counted (carryFailed).
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked, finish func()) (relay.Result, Status, carryState) {
+// logged, and finish called (carryFailed).
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked, finish func(label int)) (relay.Result, Status, carryState) {
 	o, err := e.attempt(ctx, log)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
-		e.met.streamNoSession(svc)
 		relay.Reset(app)
+		finish(streamNoSession)
 		return relay.Result{}, 0, carryFailed
 	}
 	resent := sent.Bytes()
@@ -203,6 +197,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 		relay.Reset(app)
 		o.st.Close()
 		e.done(o)
+		finish(streamAborted)
 		return relay.Result{}, 0, carryFailed
 	}
 	r := relay.Start(app, o.st, relay.Options{
@@ -218,7 +213,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 	case status != StatusOK:
 		res = r.Fail(fmt.Errorf("exit refused the stream (%s): %s", status, msg))
 	default:
-		go e.relayed(o, r, int64(len(resent)), svc, finish)
+		go e.relayed(o, r, int64(len(resent)), finish)
 		return res, status, carryRunning
 	}
 	if res.End != relay.NotAccepted {
@@ -230,14 +225,13 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 }
 
 // relayed runs r, the relay of o's accepted stream, until the pair is done,
-// then logs and counts its end and calls finish.
-func (e *Entry) relayed(o *outgoing, r *relay.Relay, resent int64, svc *serviceCounters, finish func()) {
+// then logs its end and finishes it.
+func (e *Entry) relayed(o *outgoing, r *relay.Relay, resent int64, finish func(label int)) {
 	res := r.Run()
 	res.ToStream += resent
 	e.logCarried(o.log, res, StatusOK, time.Since(o.start))
 	e.done(o)
-	e.met.streamDone(svc, StatusOK, res)
-	finish()
+	finish(resultLabel(res))
 }
 
 // appOrigin is the origin of app's streams (PROTOCOL.md section 4): its

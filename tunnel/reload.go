@@ -69,7 +69,7 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 	for _, fp := range authorized.Fingerprints() {
 		keep[fp] = true
 	}
-	revoked := e.met.sessionsExcept(keep)
+	revoked := e.books.sessions.except(keep)
 	for _, s := range revoked {
 		s.GoAway()
 		time.AfterFunc(e.cfg.DrainTimeout, func() { s.Close() })

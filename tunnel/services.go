@@ -19,7 +19,6 @@ package tunnel
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"sync/atomic"
 
@@ -52,7 +51,7 @@ type routeTable struct {
 	all    []*route // in the order of the settings, the default first
 }
 
-func newRouteTable(c config.Exit, met *metricSet) *routeTable {
+func newRouteTable(c config.Exit, books *ledger) *routeTable {
 	t := &routeTable{byName: map[string]*route{}}
 	for _, s := range c.AllServices() {
 		network, dialAddr := config.Network(s.Forward)
@@ -63,7 +62,7 @@ func newRouteTable(c config.Exit, met *metricSet) *routeTable {
 			dialAddr:      dialAddr,
 			proxyProtocol: slices.Contains(c.ProxyProtocol, config.DisplayName(s.Name)),
 			probe:         newBackendProbe(s.Forward, c.DialTimeout),
-			count:         met.service(config.DisplayName(s.Name)),
+			count:         books.service(config.DisplayName(s.Name)),
 		}
 		t.byName[s.Name] = r
 		t.all = append(t.all, r)
@@ -170,42 +169,4 @@ func (c *serviceCounters) stats() ServiceStats {
 		Streams: c.open.Load(), StreamsTotal: c.total.Load(), StreamsRefused: refused,
 		BytesToBackend: c.toBackend.Load(), BytesToApp: c.toApp.Load(),
 	}
-}
-
-// serviceStats returns the counters of every named or default service.
-func (m *metricSet) serviceStats() map[string]ServiceStats {
-	out := map[string]ServiceStats{}
-	for _, c := range m.serviceList() {
-		if c.name != "" {
-			out[c.name] = c.stats()
-		}
-	}
-	return out
-}
-
-// serviceList returns the counters of every service, sorted by name.
-func (m *metricSet) serviceList() []*serviceCounters {
-	m.svcMu.Lock()
-	defer m.svcMu.Unlock()
-	return slices.Clone(m.services)
-}
-
-// service returns the counters of the service called name (as settings
-// name it), made on first use. It is called as listeners and services are
-// set up, never with a name read from the wire.
-func (m *metricSet) service(name string) *serviceCounters {
-	m.svcMu.Lock()
-	defer m.svcMu.Unlock()
-	i := slices.IndexFunc(m.services, func(c *serviceCounters) bool { return c.name == name })
-	if i >= 0 {
-		return m.services[i]
-	}
-	c := &serviceCounters{name: name}
-	c.moved = tally{fromConn: &c.toBackend, toConn: &c.toApp} // conn is the application's
-	if m.connIsBackend {
-		c.moved = tally{fromConn: &c.toApp, toConn: &c.toBackend}
-	}
-	m.services = append(m.services, c)
-	sort.Slice(m.services, func(i, j int) bool { return m.services[i].name < m.services[j].name })
-	return c
 }

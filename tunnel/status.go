@@ -48,36 +48,16 @@ type Stats struct {
 	Services map[string]ServiceStats `json:"services"`
 }
 
-// counters are updated by an agent's goroutines.
-type counters struct {
-	sessions, streams, streamsTotal, hsFailures, hsRefused atomic.Int64
-
-	dialFailures, hsRejections, hsTimeouts, recycled atomic.Int64 // entry only
-}
-
-func (c *counters) stats(role string) Stats {
+// processStats returns the process's part of Stats: goroutines, heap and
+// open descriptors.
+func processStats() Stats {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fds := -1
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		fds = len(ents)
 	}
-	return Stats{
-		Role:              role,
-		Sessions:          c.sessions.Load(),
-		Streams:           c.streams.Load(),
-		StreamsTotal:      c.streamsTotal.Load(),
-		HandshakeFailures: c.hsFailures.Load(),
-		HandshakesRefused: c.hsRefused.Load(),
-		Goroutines:        runtime.NumGoroutine(),
-		HeapBytes:         ms.HeapAlloc,
-		OpenFDs:           fds,
-
-		DialFailures:        c.dialFailures.Load(),
-		HandshakeRejections: c.hsRejections.Load(),
-		HandshakeTimeouts:   c.hsTimeouts.Load(),
-		SessionsRecycled:    c.recycled.Load(),
-	}
+	return Stats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, OpenFDs: fds}
 }
 
 // StatusConfig is what the status endpoint serves.

@@ -72,7 +72,6 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 		go func() {
 			defer retiring.Done()
 			e.retire(s, hard)
-			e.count.sessions.Add(-1)
 		}()
 	}
 	r := redial{backoff: minBackoff}
@@ -98,7 +97,6 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			case <-full:
 			case <-retry:
 			case <-s.sess.Done():
-				e.count.sessions.Add(-1)
 				reason, _ := s.sess.End()
 				e.clearSession(s, fmt.Errorf("session lost: %v", reason))
 				if ctx.Err() != nil {
@@ -129,7 +127,6 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			case <-ctx.Done():
 				e.clearSession(s, errors.New("entry is shutting down"))
 				e.hold(s, hard)
-				e.count.sessions.Add(-1)
 				return
 			}
 			// s has carried its share of streams: replace it, keeping it
@@ -150,8 +147,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				continue
 			}
 			e.setSession(next)
-			e.count.sessions.Add(1)
-			e.count.recycled.Add(1)
+			e.books.recycled.Add(1)
 			handOver(s)
 			s, born, full = next, time.Now(), next.full
 		}
