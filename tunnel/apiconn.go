@@ -88,6 +88,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	n, err := c.st.Read(p)
 	if n > 0 {
+		c.st.Touch()
 		c.moved.toConn.Add(int64(n))
 		c.read.Add(int64(n))
 	}

@@ -125,15 +125,13 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		Pool: e.pool, Stall: e.writeStall,
 		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
 	})
-	// The relay runs on in a fresh goroutine: this one's stack grew in the
-	// backend's dial, and a connection that waits should hold two small
-	// stacks, not that one.
-	go e.relayed(rl, svc, log, start, ended)
+	// The relay goes on in goroutines of its own: this one's stack grew in
+	// the backend's dial (relay.Relay.Go).
+	rl.Go(func(res relay.Result) { e.relayEnded(res, svc, log, start, ended) })
 }
 
-// relayed runs r until its stream is done, then counts, logs, and ends it.
-func (e *Exit) relayed(r *relay.Relay, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
-	res := r.Run()
+// relayEnded counts, logs and ends a stream that was relayed until res.
+func (e *Exit) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
 	e.books.ended(svc, resultLabel(res))
 	ev := log.Info()
 	if res.Aborted() {

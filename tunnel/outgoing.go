@@ -213,7 +213,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 	case status != StatusOK:
 		res = r.Fail(fmt.Errorf("exit refused the stream (%s): %s", status, msg))
 	default:
-		go e.relayed(o, r, int64(len(resent)), finish)
+		r.Go(func(res relay.Result) { e.relayEnded(o, res, int64(len(resent)), finish) })
 		return res, status, carryRunning
 	}
 	if res.End != relay.NotAccepted {
@@ -224,10 +224,9 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 	return res, status, carryEnded
 }
 
-// relayed runs r, the relay of o's accepted stream, until the pair is done,
-// then logs its end and finishes it.
-func (e *Entry) relayed(o *outgoing, r *relay.Relay, resent int64, finish func(label int)) {
-	res := r.Run()
+// relayEnded logs the end of o's accepted stream, relayed until res, and
+// finishes it.
+func (e *Entry) relayEnded(o *outgoing, res relay.Result, resent int64, finish func(label int)) {
 	res.ToStream += resent
 	e.logCarried(o.log, res, StatusOK, time.Since(o.start))
 	e.done(o)

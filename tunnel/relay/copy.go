@@ -19,8 +19,9 @@ import (
 // another stream). What it writes before the peer acknowledges st goes to
 // o.Unacked too. total is what st took; readErr is conn's failure,
 // writeErr the stream's; both are nil after EOF.
-func copyFromConn(st *session.Stream, conn net.Conn, raw *rawio.Conn, o Options) (total int64, readErr, writeErr error) {
-	r, err := newChunkReader(conn, raw, o.Pool)
+func (rl *Relay) copyFromConn() (total int64, readErr, writeErr error) {
+	st, o := rl.st, &rl.o
+	r, err := newChunkReader(rl.conn, rl.raw, o.Pool)
 	if err != nil {
 		return 0, err, nil
 	}
@@ -85,12 +86,13 @@ const (
 // o.ToConn. stopped is set by abort before it sets st's read deadline, so
 // that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
-func copyToConn(conn net.Conn, raw *rawio.Conn, st *session.Stream, o Options, stopped *atomic.Bool) (total int64, readErr, writeErr error) {
+func (rl *Relay) copyToConn() (total int64, readErr, writeErr error) {
+	conn, st, o, stopped := rl.conn, rl.st, &rl.o, &rl.stopped
 	large := false // the last read was large and drained the stream's buffer
 	var wd writeDeadline
 	var out io.Writer = conn
-	if raw != nil {
-		out = raw
+	if rl.raw != nil {
+		out = rl.raw
 	}
 	for {
 		if large {
@@ -111,6 +113,7 @@ func copyToConn(conn net.Conn, raw *rawio.Conn, st *session.Stream, o Options, s
 			}
 			return total, err, nil
 		}
+		st.Touch()
 		buf := o.Pool.get()
 		n, err := st.Read(*buf)
 		large = n >= largeRead && n < len(*buf)

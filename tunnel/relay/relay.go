@@ -98,8 +98,8 @@ type Options struct {
 	Unacked *Unacked
 }
 
-// Relay is one pair being relayed. Start it, then call Run, or Fail if
-// the caller's own step before copying to conn failed.
+// Relay is one pair being relayed. Start it, then call Run (or Go), or
+// Fail if the caller's own step before copying to conn failed.
 type Relay struct {
 	conn net.Conn
 	raw  *rawio.Conn // conn with raw I/O, if it is a non-blocking socket; else nil
@@ -143,11 +143,28 @@ func Start(conn net.Conn, st *session.Stream, o Options) *Relay {
 // Run copies st to conn until both directions have ended, closes both
 // (or, NotAccepted, closes st and hands conn back open) and reports.
 func (r *Relay) Run() Result {
-	r.o.Unacked.release() // the caller saw the peer accept the stream, or keeps nothing
-	n, readErr, writeErr := copyToConn(r.conn, r.raw, r.st, r.o, &r.stopped)
-	r.toConnEnded(readErr, writeErr)
-	return r.finish(n)
+	var res Result
+	r.toConn(func(r Result) { res = r })
+	return res
 }
+
+// toConn is the stream -> conn direction, to the end of the pair, whose
+// result it passes to done. A goroutine of Go starts here: its frames while
+// it waits are this one's, copyToConn's and the stream's Read, so that its
+// stack stays at the runtime's smallest.
+func (r *Relay) toConn(done func(Result)) {
+	r.o.Unacked.release() // the caller saw the peer accept the stream, or keeps nothing
+	n, readErr, writeErr := r.copyToConn()
+	r.toConnEnded(readErr, writeErr)
+	done(r.finish(n))
+}
+
+// Go is Run in a goroutine of its own, which then calls done with the
+// result; the caller's goroutine is free at once. An agent relays so: a
+// connection that waits then holds two goroutines parked a few frames
+// deep, whose stacks stay small, and none of the caller's, whose stack may
+// have grown while it set the stream up (a dial, a handshake of headers).
+func (r *Relay) Go(done func(Result)) { go r.toConn(done) }
 
 // Fail ends the pair because the caller's step before copying to conn
 // failed with err (the entry: the exit's status did not come, or refused
@@ -212,8 +229,15 @@ func (r *Relay) sessionLost() {
 
 // fromConn is the conn -> stream direction.
 func (r *Relay) fromConn() {
+	n, readErr, writeErr := r.copyFromConn()
+	r.fromConnEnded(n, readErr, writeErr)
+}
+
+// fromConnEnded decides what the end of the conn -> stream direction,
+// after n bytes, means. (Apart from fromConn, so that the frame of a
+// direction that waits stays small.)
+func (r *Relay) fromConnEnded(n int64, readErr, writeErr error) {
 	defer close(r.fromDone)
-	n, readErr, writeErr := copyFromConn(r.st, r.conn, r.raw, r.o)
 	r.toStream = n
 	switch {
 	case r.refused.Load() || r.notAccepted(writeErr):

@@ -35,7 +35,7 @@ type Stream struct {
 	sess   *Session
 	id     uint32
 	state  *streamState
-	active atomic.Bool // data was read since the last sweep
+	active atomic.Bool // Touch was called since the last sweep
 
 	mu     sync.Mutex
 	onLost func() // see OnLost; nil once called or after Close
@@ -58,13 +58,14 @@ func (s *Stream) ID() uint32 { return s.id }
 // Read reads the peer's bytes. A zero-length Read waits for data without
 // taking any; io.EOF comes after the peer's FIN, and also when the
 // session ended (see Lost).
-func (s *Stream) Read(p []byte) (int, error) {
-	n, err := s.st.Read(p)
-	if n > 0 {
-		s.active.Store(true)
-	}
-	return n, err
-}
+//
+// Read is inlined into its caller, so that a reader that waits holds no
+// frame of it; a reader calls Touch when data came (see sweep).
+func (s *Stream) Read(p []byte) (int, error) { return s.st.Read(p) }
+
+// Touch marks the stream as read from since the last sweep, which then
+// keeps its receive buffer for the next burst.
+func (s *Stream) Touch() { s.active.Store(true) }
 
 // Write writes p into the stream.
 func (s *Stream) Write(p []byte) (int, error) { return s.st.Write(p) }
