@@ -10,6 +10,9 @@ package handshake
 //     half the slots, and at most an eighth per key id, until sig_i has
 //     verified; a version 2 hello is signed and may take any slot. So
 //     forged version 1 hellos can never keep a version 2 initiator out.
+//     Nor a version 1 initiator that has completed a handshake with the
+//     same key from the same source (an IPv4 address, an IPv6 /64) within
+//     provenFor: its hellos take slots as signed ones do (proven).
 //   - cpu: private-key operations at once, one per CPU but one, read from
 //     GOMAXPROCS each time (the agent may lower it after construction).
 //   - replay: the version 2 hellos seen within their window.
@@ -18,6 +21,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -28,6 +33,7 @@ type admission struct {
 	slots  slots
 	cpu    cpuLimit
 	replay replayCache
+	proven provenSources
 
 	// Observed by tests: slots taken and private-key operations begun,
 	// since construction.
@@ -235,4 +241,80 @@ func (c *replayCache) record(k [16]byte, t uint64, now time.Time) (bool, error) 
 	}
 	c.seen[k] = int64(t) + int64(HelloSkew/time.Second)
 	return true, nil
+}
+
+// provenFor is how long a completed version 1 handshake vouches for its
+// source and key (see admission); provenMax bounds how many such pairs are
+// kept (past it the oldest goes).
+const (
+	provenFor = 10 * time.Minute
+	provenMax = 4096
+)
+
+// provenSources are the (source, key id) pairs of recent completed
+// handshakes. Safe for concurrent use.
+type provenSources struct {
+	mu    sync.Mutex
+	until map[provenPair]time.Time
+}
+
+type provenPair struct {
+	src netip.Prefix
+	key [KeyIDLen]byte
+}
+
+// source is the prefix addr is vouched for under: an IPv4 address or an
+// IPv6 /64; ok is false if addr is not an IP address.
+func source(addr net.Addr) (netip.Prefix, bool) {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	ip := ap.Addr().Unmap().WithZone("")
+	bits := 64
+	if ip.Is4() {
+		bits = 32
+	}
+	p, err := ip.Prefix(bits)
+	return p, err == nil
+}
+
+// add records that addr completed a handshake with key at now.
+func (p *provenSources) add(addr net.Addr, key [KeyIDLen]byte, now time.Time) {
+	src, ok := source(addr)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.until == nil {
+		p.until = make(map[provenPair]time.Time)
+	}
+	if len(p.until) >= provenMax {
+		var oldest provenPair
+		first := true
+		for k, t := range p.until {
+			if !now.Before(t) {
+				delete(p.until, k)
+			} else if first || t.Before(p.until[oldest]) {
+				oldest, first = k, false
+			}
+		}
+		if len(p.until) >= provenMax {
+			delete(p.until, oldest)
+		}
+	}
+	p.until[provenPair{src, key}] = now.Add(provenFor)
+}
+
+// has reports whether addr completed a handshake with key within provenFor
+// of now.
+func (p *provenSources) has(addr net.Addr, key [KeyIDLen]byte, now time.Time) bool {
+	src, ok := source(addr)
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return now.Before(p.until[provenPair{src, key}])
 }

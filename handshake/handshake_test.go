@@ -48,6 +48,13 @@ func keys() (ini, res, other *rsa.PrivateKey) {
 
 func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
+	return tcpPairFrom(t, "127.0.0.1")
+}
+
+// tcpPairFrom is tcpPair with the dialing end bound to the loopback
+// address from.
+func tcpPairFrom(t *testing.T, from string) (net.Conn, net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +62,8 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	defer ln.Close()
 	ch := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); ch <- c }()
-	a, err := net.Dial("tcp", ln.Addr().String())
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	a, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,9 @@ func (st *responder) takeSlot(signed bool, keyID [KeyIDLen]byte) error {
 	if st.adm == nil {
 		return nil
 	}
+	if !signed && st.adm.proven.has(st.remote, keyID, time.Now()) {
+		signed = true // a source that completed a handshake with this key lately
+	}
 	sl, err := st.adm.slots.take(signed, keyID)
 	if err != nil {
 		return err
@@ -107,7 +110,7 @@ func (st *responder) takeSlot(signed bool, keyID [KeyIDLen]byte) error {
 func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, error) {
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
-	st := &responder{cfg: &r.cfg, adm: r.adm, v1Only: r.v1Only, deadline: start.Add(r.cfg.timeout())}
+	st := &responder{cfg: &r.cfg, adm: r.adm, v1Only: r.v1Only, deadline: start.Add(r.cfg.timeout()), remote: conn.RemoteAddr()}
 	defer func() {
 		if st.slot != nil {
 			st.slot.release()
@@ -128,6 +131,9 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 		}
 		return nil, err
 	}
+	if r.adm != nil {
+		r.adm.proven.add(st.remote, KeyID(st.peerKey), time.Now())
+	}
 	return &Result{
 		Conn:            fc,
 		PeerKey:         st.peerKey,
@@ -147,6 +153,7 @@ type responder struct {
 	version  byte       // of the preface
 	v1Only   bool       // Responder.v1Only
 	peerKey  *rsa.PublicKey
+	remote   net.Addr // the initiator's address, for admission.proven
 
 	m1, m2                    []byte
 	x25519Shared, mlkemShared []byte

@@ -351,9 +351,16 @@ func TestSlotHoldingAttack(t *testing.T) {
 	if ini.err != nil || res.err != nil {
 		t.Fatalf("real version 2 initiator during the attack: initiator %v; responder %v", ini.err, res.err)
 	}
-	a, b = tcpPair(t)
+	// A version 1 initiator with the same key: from the source that has
+	// just completed a handshake with it (127.0.0.1), its hello takes a
+	// slot as a signed one does; from another, the unverified half is full.
+	a, b = tcpPairFrom(t, "127.0.0.2")
 	if ini, _ := runBoth(t, a, b, initiatorCfg(Version1, false), r); !errors.Is(ini.err, ErrBusy) {
-		t.Fatalf("real version 1 initiator during the attack: %v, want ALERT busy (its half is full)", ini.err)
+		t.Fatalf("version 1 initiator from a new source during the attack: %v, want ALERT busy (its half is full)", ini.err)
+	}
+	a, b = tcpPair(t)
+	if ini, res := runBoth(t, a, b, initiatorCfg(Version1, false), r); ini.err != nil || res.err != nil {
+		t.Fatalf("version 1 initiator from a source with a recent handshake: initiator %v; responder %v", ini.err, res.err)
 	}
 }
 
