@@ -53,6 +53,7 @@ type Entry struct {
 	recycleAfter int64
 
 	kick    chan struct{}            // an application waits: retry now (buffered, 1)
+	repin   chan struct{}            // Reload changed the pinned keys (buffered, 1)
 	running atomic.Pointer[entryRun] // while Run or ServeListeners runs (apientry.go)
 
 	mu      sync.Mutex
@@ -86,6 +87,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		writeStall:   relay.DefaultWriteStall,
 		recycleAfter: maxSessionStreams,
 		kick:         make(chan struct{}, 1),
+		repin:        make(chan struct{}, 1),
 		changed:      make(chan struct{}),
 	}
 	n.dial = n.dialTCP

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,6 +33,16 @@ type exitAddr struct {
 type pins struct {
 	hs    *handshake.Config            // the entry's key; the keys of exits without their own
 	exits map[string]*handshake.KeySet // by peer address: an exit's own keys
+}
+
+// pins reports whether the key with fingerprint fp is pinned for the exit
+// at peer.
+func (p *pins) pins(peer, fp string) bool {
+	cfg := p.forExit(peer)
+	if cfg.PeerKeys != nil {
+		return slices.Contains(cfg.PeerKeys.Fingerprints(), fp)
+	}
+	return cfg.PeerKey != nil && handshake.Fingerprint(cfg.PeerKey) == fp
 }
 
 // forExit returns the handshake settings for an exit at peer.

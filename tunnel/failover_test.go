@@ -428,3 +428,62 @@ func TestReloadExitKeys(t *testing.T) {
 		t.Errorf("exit without its own keys pins %v, want the shared set", got.PeerKeys.Fingerprints())
 	}
 }
+
+// TestReloadUnpinsExit: a reload that stops pinning the exit's key retires
+// the session made with it (issue 17 item 5: before, it carried new
+// connections on for as long as it lived, perhaps through whoever had that
+// key): new connections go to a new session, and a connection open on the
+// retired one goes on, so that the last step of a routine rotation cuts
+// nothing. Here the exit still presents the unpinned key, so no new
+// session can be made at all.
+func TestReloadUnpinsExit(t *testing.T) {
+	a := start(t, echoBackend(t))
+	roundTrip(t, a.entryAddr, []byte("before"))
+	old := a.entry.current()
+	if old == nil {
+		t.Fatal("no session after a round trip")
+	}
+	open, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	echo := func(what string) error {
+		open.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := open.Write([]byte(what)); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(open, make([]byte, len(what)))
+		return err
+	}
+	if err := echo("x"); err != nil {
+		t.Fatalf("echo on the open connection: %v", err)
+	}
+	other, err := handshake.GenerateKey(handshake.MinKeyBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned, err := handshake.NewKeySet(&other.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.entry.Reload(testKeys()[0], pinned, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the session with the unpinned exit retired", func() bool { return old.retiring.Load() })
+	if s := a.entry.current(); s == old {
+		t.Error("the session with the unpinned exit is still current")
+	}
+	if err := echo("still"); err != nil {
+		t.Errorf("the connection open on the retired session: %v", err)
+	}
+	c, err := net.Dial("tcp", a.entryAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("a new connection was carried, with no exit whose key is pinned")
+	}
+}

@@ -24,7 +24,10 @@ import (
 
 // Reload makes the entry use key and pin peerKeys (any of which an exit
 // may present) and, for the exits with their own, exitKeys (by address,
-// as in EntryConfig) from its next handshake on.
+// as in EntryConfig) from its next handshake on. A session with an exit
+// whose key it pins no more is retired: new streams go to a new session,
+// made with a pinned key, and the connections open on the retired one may
+// finish (the last step of a routine rotation must cut nothing).
 func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
@@ -41,6 +44,10 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	cfg := *e.keys.Load().hs
 	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
 	e.keys.Store(&pins{hs: &cfg, exits: exitKeys})
+	select { // maintain retires a session whose exit key is pinned no more
+	case e.repin <- struct{}{}:
+	default:
+	}
 	return nil
 }
 

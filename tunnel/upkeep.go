@@ -94,6 +94,17 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				r.reset()
 				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
 				break watch
+			case <-e.repin:
+				if e.keys.Load().pins(s.exit.peer, s.fingerprint) {
+					continue
+				}
+				e.clearSession(s, errors.New("the exit's key is no longer pinned"))
+				e.log.Warn().Str("peer", s.exit.peer).Str("peer_fingerprint", s.fingerprint).
+					Msg("the exit's key is no longer pinned: new connections go to a new session; those open on this one may finish (restart the entry to cut them, if the key was compromised)")
+				handOver(s)
+				r.reset()
+				r.left, r.leftWhy = s.exit, "its key is no longer pinned"
+				break watch
 			case <-full:
 			case <-retry:
 			case <-s.sess.Done():

@@ -318,6 +318,11 @@ func TestKeyRotation(t *testing.T) {
 	if l := n.reload(t, reloaded); !slices.Equal(strs(l["pinned_removed"]), []string{exitOld}) {
 		t.Errorf("entry reload line %v: want pinned_removed [%s]", l, exitOld)
 	}
+	// The session made with the old exit key is retired: new connections go to a new session,
+	// with the exit's new key; the long stream stays on the old one.
+	if est := n.waitLine(t, "session established", 2); est["peer_fingerprint"] != exitNew {
+		t.Errorf("session after the old exit key was unpinned is with %v, want the new exit key %s", est["peer_fingerprint"], exitNew)
+	}
 	tr.waitMore(t, 5)
 
 	// The entry's key. 1: the exit authorizes the new key besides the old one.
@@ -359,7 +364,7 @@ func TestKeyRotation(t *testing.T) {
 	if est := n2.waitLine(t, "session established", 1); est["peer_fingerprint"] != exitNew {
 		t.Errorf("second entry's session is with %v, want the exit's new key %s", est["peer_fingerprint"], exitNew)
 	}
-	if est := x.waitLine(t, "session established", 2); est["peer_fingerprint"] != entryNew {
+	if est := x.waitLine(t, "session established", 3); est["peer_fingerprint"] != entryNew {
 		t.Errorf("the exit's session with the second entry is with %v, want the new entry key %s", est["peer_fingerprint"], entryNew)
 	}
 	n2.cmd.Process.Signal(syscall.SIGTERM)
@@ -371,18 +376,19 @@ func TestKeyRotation(t *testing.T) {
 	tr.end(t)
 	t.Logf("%d connections through seven reloads", tr.count())
 
-	// 3: the exit stops accepting the old key: the session made with it gets GoAway, and the
-	// entry makes a new one with its new key, to the exit's new key. The stream open on the old
-	// session may finish within the exit's drain timeout. (New connections pause here: one
-	// that the entry opens while the exit's GoAway is on its way is reset by yamux.)
+	// 3: the exit stops accepting the old key: the sessions made with it (the one retired when
+	// the old exit key was unpinned, which carries the long stream, and the current one) get
+	// GoAway, and the entry makes a new one with its new key, to the exit's new key. The stream
+	// open on the old session may finish within the exit's drain timeout. (New connections pause
+	// here: one that the entry opens while the exit's GoAway is on its way is reset by yamux.)
 	os.Remove(filepath.Join(authorized, "entry-old.pub"))
-	if l := x.reload(t, reloaded); !slices.Equal(strs(l["authorized_removed"]), []string{entryOld}) || l["sessions_closing"] != 1.0 {
-		t.Errorf("exit reload line %v: want authorized_removed [%s] and one session closing", l, entryOld)
+	if l := x.reload(t, reloaded); !slices.Equal(strs(l["authorized_removed"]), []string{entryOld}) || l["sessions_closing"] != 2.0 {
+		t.Errorf("exit reload line %v: want authorized_removed [%s] and two sessions closing", l, entryOld)
 	}
-	if est := n.waitLine(t, "session established", 2); est["peer_fingerprint"] != exitNew {
+	if est := n.waitLine(t, "session established", 3); est["peer_fingerprint"] != exitNew {
 		t.Errorf("new session with %v, want the new exit key %s", est["peer_fingerprint"], exitNew)
 	}
-	if est := x.waitLine(t, "session established", 3); est["peer_fingerprint"] != entryNew {
+	if est := x.waitLine(t, "session established", 4); est["peer_fingerprint"] != entryNew {
 		t.Errorf("the exit's new session is with %v, want the new entry key %s", est["peer_fingerprint"], entryNew)
 	}
 	tr = startTraffic(entryAddr)
