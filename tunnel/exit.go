@@ -33,20 +33,27 @@ type ExitConfig struct {
 type Exit struct {
 	cfg        config.Exit
 	log        zerolog.Logger
-	resp       atomic.Pointer[handshake.Responder] // swapped by Reload
-	authorized atomic.Pointer[handshake.KeySet]    // the entry keys resp accepts
+	keys       atomic.Pointer[exitKeys] // swapped whole by Reload
 	limiter    *sourceLimiter
 	pending    *pendingGate // connections accepted whose handshake has not ended
 	pool       *relay.Pool
 	dialer     net.Dialer
-	routes     *routeTable            // the services (services.go)
-	local      localServices          // the services the program serves (listener.go)
-	backlog    int                    // of each Listener: acceptBacklog; tests make it small
-	access     atomic.Pointer[access] // resolved with authorized; swapped by Reload
-	noService  *serviceCounters       // streams refused before they named one of routes
-	books      *ledger                // every count, once (ledger.go)
-	met        *metricSet             // /metrics, read from books
+	routes     *routeTable      // the services (services.go)
+	local      localServices    // the services the program serves (listener.go)
+	backlog    int              // of each Listener: acceptBacklog; tests make it small
+	noService  *serviceCounters // streams refused before they named one of routes
+	books      *ledger          // every count, once (ledger.go)
+	met        *metricSet       // /metrics, read from books
 	writeStall time.Duration
+}
+
+// exitKeys is the exit's key state: what NewExit builds and each Reload
+// replaces whole, in one store. Immutable once stored: a handshake, or a
+// stream, loads it once and uses that value throughout.
+type exitKeys struct {
+	resp       *handshake.Responder // answers handshakes with the exit's key
+	authorized *handshake.KeySet    // the entry keys resp accepts
+	access     access               // the access rules, resolved against authorized
 }
 
 // NewExit checks cfg and returns an exit agent. It starts nothing.
@@ -76,8 +83,6 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		writeStall: relay.DefaultWriteStall,
 		backlog:    acceptBacklog,
 	}
-	x.resp.Store(resp)
-	x.authorized.Store(cfg.Authorized)
 	x.books = newLedger("exit")
 	x.met = newMetrics(cfg.Version, x.books)
 	x.noService = x.books.service("")
@@ -86,7 +91,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	if len(unresolved) > 0 {
 		return nil, errUnresolved(unresolved)
 	}
-	x.access.Store(&acc)
+	x.keys.Store(&exitKeys{resp: resp, authorized: cfg.Authorized, access: acc})
 	return x, nil
 }
 

@@ -250,7 +250,9 @@ func TestMetricsKeyUpdates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		x.resp.Store(resp)
+		k := *x.keys.Load()
+		k.resp = resp
+		x.keys.Store(&k)
 	})
 	x, n := serveMetrics(t, a.exit.Metrics()), serveMetrics(t, a.entry.Metrics())
 

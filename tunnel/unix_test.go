@@ -123,7 +123,7 @@ func TestUnixSockets(t *testing.T) {
 	checkKey := func(h *proxyproto.Header) {
 		t.Helper()
 		tlvs, err := h.TLVs()
-		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.authorized.Load().Fingerprints()[0] {
+		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.keys.Load().authorized.Fingerprints()[0] {
 			t.Errorf("TLVs %+v, %v; want the entry key's fingerprint", tlvs, err)
 		}
 	}
