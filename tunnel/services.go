@@ -18,7 +18,6 @@ package tunnel
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -48,29 +47,50 @@ func (r *route) display() string { return config.DisplayName(r.name) }
 // once built.
 type routeTable struct {
 	byName map[string]*route
-	all    []*route // in the order of the settings, the default first
+	all    []*route // in the order of the settings
 }
 
-func newRouteTable(c config.Exit, books *ledger) *routeTable {
+// newRouteTable makes the table of the services c forwards. It refuses a
+// name that is not a service name, and a service given twice.
+func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
 	t := &routeTable{byName: map[string]*route{}}
-	for _, s := range c.AllServices() {
-		network, dialAddr := config.Network(s.Forward)
+	for _, s := range c.Services {
+		name, err := wireName(s.Name)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: exit settings: %w", err)
+		}
+		if t.byName[name] != nil {
+			return nil, fmt.Errorf("tunnel: exit settings: service %s is given twice", config.DisplayName(name))
+		}
+		if s.Backend == "" {
+			return nil, fmt.Errorf("tunnel: exit settings: service %s has no backend", config.DisplayName(name))
+		}
+		network, dialAddr := config.Network(s.Backend)
 		r := &route{
-			name:          s.Name,
-			addr:          s.Forward,
+			name:          name,
+			addr:          s.Backend,
 			network:       network,
 			dialAddr:      dialAddr,
-			proxyProtocol: slices.Contains(c.ProxyProtocol, config.DisplayName(s.Name)),
-			probe:         newBackendProbe(s.Forward, c.DialTimeout),
-			count:         books.service(config.DisplayName(s.Name)),
+			proxyProtocol: s.ProxyProtocol,
+			probe:         newBackendProbe(s.Backend, c.DialTimeout),
+			count:         books.service(config.DisplayName(name)),
 		}
-		t.byName[s.Name] = r
+		t.byName[name] = r
 		t.all = append(t.all, r)
-		if s.Name == "" {
-			t.byName[config.DefaultService] = r
-		}
 	}
-	return t
+	if r := t.byName[""]; r != nil {
+		t.byName[config.DefaultService] = r
+	}
+	return t, nil
+}
+
+// wireName is name as on the wire: "" for the default service, which
+// settings may call config.DefaultService too.
+func wireName(name string) (string, error) {
+	if name == "" || name == config.DefaultService {
+		return "", nil
+	}
+	return name, config.ValidServiceName(name)
 }
 
 // access is the exit's access rules, resolved to fingerprints: for each
@@ -98,7 +118,7 @@ func (a access) visible(t *routeTable, fp string) []string {
 // resolveAccess turns the rules into fingerprints with the keys of
 // authorized. A key name that matches no key, or a fingerprint that is not
 // authorized, is listed in unresolved (and admits nobody).
-func resolveAccess(rules []config.Access, authorized *handshake.KeySet) (a access, unresolved []string) {
+func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, unresolved []string) {
 	a = access{}
 	known := map[string]bool{}
 	for _, fp := range authorized.Fingerprints() {

@@ -57,9 +57,8 @@ func readAll(t *testing.T, addr string) string {
 // exit with a backend per service; each application reaches its service's
 // backend, over one session, and each service counts its own streams.
 func TestServicesShareSession(t *testing.T) {
-	xs := config.DefaultExit()
-	xs.Forward = namedBackend(t, "A", nil)
-	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: namedBackend(t, "A", nil)}, {Name: "db", Backend: namedBackend(t, "DB", nil)}, {Name: "cache", Backend: namedBackend(t, "CACHE", nil)}}
 	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "db"}, {Listener: listen(t), Service: "cache"}, {Listener: listen(t), Service: "nope"}}
 	x, n := startServices(t, xs, lns)
 
@@ -110,9 +109,9 @@ func TestAccessControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xs := config.DefaultExit()
-	xs.Services = []config.ExitService{{Name: "db", Forward: db}, {Name: "cache", Forward: cache}, {Name: "secret", Forward: db}}
-	xs.Access = []config.Access{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Name: "db", Backend: db}, {Name: "cache", Backend: cache}, {Name: "secret", Backend: db}}
+	xs.Access = []AccessRule{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
 	logs := &logBuffer{}
 	x, err := NewExit(ExitConfig{Settings: xs, Key: ks[1], Authorized: auth}, zerolog.New(logs))
 	if err != nil {
@@ -191,7 +190,7 @@ func TestResolveAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := func(i int) string { return handshake.Fingerprint(keys[i]) }
-	a, unresolved := resolveAccess([]config.Access{
+	a, unresolved := resolveAccess([]AccessRule{
 		{Service: "db", Keys: []string{"app1"}},
 		{Service: "cache", Keys: []string{"app2", fp(0)}},
 		{Service: config.DefaultService, Keys: []string{fp(2)}},
@@ -213,7 +212,7 @@ func TestResolveAccess(t *testing.T) {
 			t.Errorf("allows(%q, key %d) = %v, want %v", tc.service, tc.key, got, tc.want)
 		}
 	}
-	_, unresolved = resolveAccess([]config.Access{{Service: "db", Keys: []string{"app3", "SHA256:bm90IGEga2V5", "app1"}}}, auth)
+	_, unresolved = resolveAccess([]AccessRule{{Service: "db", Keys: []string{"app3", "SHA256:bm90IGEga2V5", "app1"}}}, auth)
 	if !slices.Equal(unresolved, []string{"db=app3", "db=SHA256:bm90IGEga2V5"}) {
 		t.Errorf("unresolved = %v, want db=app3 and the unknown fingerprint", unresolved)
 	}
@@ -249,9 +248,9 @@ func TestAccessReload(t *testing.T) {
 		}
 		return set
 	}
-	xs := config.DefaultExit()
-	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
-	xs.Access = []config.Access{{Service: "db", Keys: []string{"app1"}}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Name: "db", Backend: namedBackend(t, "DB", nil)}, {Name: "cache", Backend: namedBackend(t, "CACHE", nil)}}
+	xs.Access = []AccessRule{{Service: "db", Keys: []string{"app1"}}}
 	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
 	logs := &logBuffer{}
 	x, err := NewExit(ExitConfig{Settings: xs, Key: ks[1], Authorized: keyDir(map[string]*rsa.PublicKey{"app1.pub": &ks[0].PublicKey})}, zerolog.New(logs))

@@ -69,15 +69,14 @@ func TestUnixSockets(t *testing.T) {
 		headers <- got{h, data}
 		c.Write(data)
 	})
-	xs := config.DefaultExit()
+	xs := ExitSettings{}
 	// A backend that resets every connection once it has read something.
 	resets := backend(t, func(c *net.TCPConn) {
 		c.Read(make([]byte, 1))
 		c.SetLinger(0)
 		c.Close()
 	})
-	xs.Services = []config.ExitService{{Name: "db", Forward: addr}, {Name: "resets", Forward: resets}}
-	xs.ProxyProtocol = []string{"db"}
+	xs.Services = []ExitService{{Name: "db", Backend: addr, ProxyProtocol: true}, {Name: "resets", Backend: resets}}
 	appSock := filepath.Join(dir, "app.sock")
 	unixLn, err := ListenUnix(context.Background(), appSock, 0o600)
 	if err != nil {
