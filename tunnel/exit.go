@@ -89,7 +89,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	}
 	acc, unresolved := resolveAccess(settings.Access, cfg.Authorized)
 	if len(unresolved) > 0 {
-		return nil, errUnresolved(unresolved)
+		return nil, &UnknownKeysError{Rules: unresolved}
 	}
 	x.keys.Store(&exitKeys{resp: resp, authorized: cfg.Authorized, access: acc})
 	return x, nil

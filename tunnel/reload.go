@@ -56,8 +56,8 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 	}
 	acc, unresolved := resolveAccess(e.cfg.Access, authorized)
 	if len(unresolved) > 0 {
-		e.log.Warn().Strs("rules", unresolved).
-			Msg("access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them")
+		e.log.Warn().Strs("rules", ruleKeys(unresolved)).
+			Msg("access rules name keys that are no longer among the authorized keys: they admit nobody; name the keys that replace them")
 	}
 	// The keys first, then the sessions: a handshake that completes
 	// meanwhile either sees the new set (closeIfRevoked) or has its session

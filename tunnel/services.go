@@ -117,8 +117,8 @@ func (a access) visible(t *routeTable, fp string) []string {
 
 // resolveAccess turns the rules into fingerprints with the keys of
 // authorized. A key name that matches no key, or a fingerprint that is not
-// authorized, is listed in unresolved (and admits nobody).
-func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, unresolved []string) {
+// authorized, admits nobody; unresolved lists them, by rule.
+func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, unresolved []AccessRule) {
 	a = access{}
 	known := map[string]bool{}
 	for _, fp := range authorized.Fingerprints() {
@@ -130,6 +130,7 @@ func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, 
 			service = ""
 		}
 		keys := map[string]bool{}
+		var missing []string
 		for _, k := range rule.Keys {
 			var fps []string
 			if strings.HasPrefix(k, "SHA256:") {
@@ -140,21 +141,57 @@ func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, 
 				fps = authorized.Named(k)
 			}
 			if len(fps) == 0 {
-				unresolved = append(unresolved, rule.Service+"="+k)
+				missing = append(missing, k)
 			}
 			for _, fp := range fps {
 				keys[fp] = true
 			}
+		}
+		if len(missing) > 0 {
+			unresolved = append(unresolved, AccessRule{Service: rule.Service, Keys: missing})
 		}
 		a[service] = keys
 	}
 	return a, unresolved
 }
 
-// errUnresolved describes the access rules that name no authorized key.
-func errUnresolved(unresolved []string) error {
-	return fmt.Errorf("tunnel: --allow %s: no such key in --authorized-keys: name a key by its fingerprint (tunnel fingerprint FILE prints it) or by its file's name without .pub (app1 for app1.pub), and authorize it",
-		strings.Join(unresolved, ", --allow "))
+// UnknownKeysError is NewExit's error when access rules name keys that are
+// not among the authorized keys: such a key admits nobody, which is
+// taken for a mistake.
+type UnknownKeysError struct {
+	// Rules are the access rules at fault, each with only its keys that
+	// match no authorized key (a name with no key of that name, or a
+	// fingerprint not authorized).
+	Rules []AccessRule
+}
+
+func (e *UnknownKeysError) Error() string {
+	var b strings.Builder
+	b.WriteString("tunnel: ")
+	for i, r := range e.Rules {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		verb := "are"
+		if len(r.Keys) == 1 {
+			verb = "is"
+		}
+		fmt.Fprintf(&b, "the access rule for service %s names %s, which %s not among the authorized keys",
+			config.DisplayName(r.Service), strings.Join(r.Keys, ", "), verb)
+	}
+	b.WriteString(": name an authorized key by its fingerprint (SHA256:...) or by its name (app1 for a key loaded from app1.pub)")
+	return b.String()
+}
+
+// ruleKeys lists the keys of rules as SERVICE=KEY, for a log line.
+func ruleKeys(rules []AccessRule) []string {
+	var out []string
+	for _, r := range rules {
+		for _, k := range r.Keys {
+			out = append(out, config.DisplayName(r.Service)+"="+k)
+		}
+	}
+	return out
 }
 
 // serviceCounters count the streams of one service. Updated atomically by

@@ -213,11 +213,12 @@ func TestResolveAccess(t *testing.T) {
 		}
 	}
 	_, unresolved = resolveAccess([]AccessRule{{Service: "db", Keys: []string{"app3", "SHA256:bm90IGEga2V5", "app1"}}}, auth)
-	if !slices.Equal(unresolved, []string{"db=app3", "db=SHA256:bm90IGEga2V5"}) {
-		t.Errorf("unresolved = %v, want db=app3 and the unknown fingerprint", unresolved)
+	if got := ruleKeys(unresolved); !slices.Equal(got, []string{"db=app3", "db=SHA256:bm90IGEga2V5"}) {
+		t.Errorf("unresolved = %v, want db=app3 and the unknown fingerprint", got)
 	}
-	if err := errUnresolved(unresolved); !strings.Contains(err.Error(), "--allow db=app3") || !strings.Contains(err.Error(), "tunnel fingerprint") {
-		t.Errorf("error %q does not say which rule and what to do", err)
+	msg := (&UnknownKeysError{Rules: unresolved}).Error()
+	if want := "the access rule for service db names app3, SHA256:bm90IGEga2V5, which are not among the authorized keys"; !strings.Contains(msg, want) || strings.Contains(msg, "--") {
+		t.Errorf("error %q does not say which rule, in the settings' terms", msg)
 	}
 }
 
@@ -289,7 +290,7 @@ func TestAccessReload(t *testing.T) {
 	if _, err := x.Reload(ks[1], keyDir(map[string]*rsa.PublicKey{"app2.pub": &ks[0].PublicKey})); err != nil {
 		t.Fatal(err)
 	}
-	if l := logs.wait(t, "access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them"); !strings.Contains(fmt.Sprint(l["rules"]), "db=app1") {
+	if l := logs.wait(t, "access rules name keys that are no longer among the authorized keys: they admit nobody; name the keys that replace them"); !strings.Contains(fmt.Sprint(l["rules"]), "db=app1") {
 		t.Errorf("the reload's warning does not name the rule: %v", l)
 	}
 	last := dialSession(t, ln.Addr().String(), "")

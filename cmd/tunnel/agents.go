@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,6 +77,9 @@ func (c *exitCmd) Run(e *env) error {
 		return usagef("--authorized-keys %v", err)
 	}
 	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: exitSettings(s), Key: key, Authorized: auth, Version: e.build.Version}, e.log)
+	if unknown := (*tunnel.UnknownKeysError)(nil); errors.As(err, &unknown) {
+		return usageError{allowError(unknown, s.AuthorizedKeys)}
+	}
 	if err != nil {
 		return usageError{err}
 	}
@@ -199,6 +203,17 @@ func (c *entryCmd) Run(e *env) error {
 				Strs("peers", s.Peers).Strs("peer_fingerprints", pinnedFingerprints(pinned, exitKeys))
 		},
 	})
+}
+
+// allowError says, in the terms of the flags, which --allow rules name keys that
+// --authorized-keys does not hold.
+func allowError(e *tunnel.UnknownKeysError, authorizedKeys string) error {
+	var rules []string
+	for _, r := range e.Rules {
+		rules = append(rules, "--allow "+config.DisplayName(r.Service)+"="+strings.Join(r.Keys, ","))
+	}
+	return fmt.Errorf("%s: no such key in --authorized-keys %s: name a key by its fingerprint (tunnel fingerprint FILE prints it) "+
+		"or by its file's name without .pub (app1 for app1.pub), and authorize it", strings.Join(rules, ", "), authorizedKeys)
 }
 
 // exitSettings maps the exit's validated settings onto the library's: its
