@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -317,8 +316,8 @@ func (l *failingListener) Accept() (net.Conn, error) {
 // first such error and cut every session).
 func TestExitServeSurvivesEMFILE(t *testing.T) {
 	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward = echoBackend(t)
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: echoBackend(t)}}
 	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -346,8 +345,8 @@ func TestExitServeSurvivesEMFILE(t *testing.T) {
 // counted as refused; once the first is gone, an entry gets its session.
 func TestPendingGateClosesAtOnce(t *testing.T) {
 	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward = echoBackend(t)
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: echoBackend(t)}}
 	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -42,14 +42,14 @@ type apiRig struct {
 
 // runAPI runs an exit that authorizes the test entry's key and otherKey's,
 // and an entry that Runs against it; adjust may change their settings
-// (Forward is empty: no default service), tune the exit before it serves.
+// (no service: no default service), tune the exit before it serves.
 // Both stop in t.Cleanup.
-func runAPI(t *testing.T, adjust func(*config.Exit, *config.Entry), tune func(*Exit)) *apiRig {
+func runAPI(t *testing.T, adjust func(*ExitSettings, *EntrySettings), tune func(*Exit)) *apiRig {
 	t.Helper()
 	ks := testKeys()
-	xs := config.DefaultExit()
+	xs := ExitSettings{}
 	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
-	ns := config.DefaultEntry()
+	ns := EntrySettings{}
 	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
 	if adjust != nil {
 		adjust(&xs, &ns)
@@ -150,9 +150,9 @@ func TestDialServices(t *testing.T) {
 	exitFP := handshake.Fingerprint(&testKeys()[1].PublicKey)
 	var accepted atomic.Int64
 	var open, secret *Listener
-	r := runAPI(t, func(x *config.Exit, _ *config.Entry) {
-		x.Services = []config.ExitService{{Name: "echo", Forward: echoBackend(t)}, {Name: "db", Forward: db}}
-		x.Access = []config.Access{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
+	r := runAPI(t, func(x *ExitSettings, _ *EntrySettings) {
+		x.Services = []ExitService{{Name: "echo", Backend: echoBackend(t)}, {Name: "db", Backend: db}}
+		x.Access = []AccessRule{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
 	}, func(x *Exit) {
 		var err error
 		if open, err = x.Listen("open"); err != nil {
@@ -239,7 +239,7 @@ func TestDialServices(t *testing.T) {
 func TestDialNoSession(t *testing.T) {
 	ks := testKeys()
 	newEntry := func(peer string) *Entry {
-		ns := config.DefaultEntry()
+		ns := EntrySettings{}
 		ns.Peers, ns.DialTimeout = []string{peer}, 300*time.Millisecond
 		n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
 		if err != nil {
@@ -287,8 +287,8 @@ func TestDialNoSession(t *testing.T) {
 	check("exit unreachable", n, context.Background(), "connection refused")
 
 	// An exit that does not authorize the entry's key.
-	xs := config.DefaultExit()
-	xs.Forward = echoBackend(t)
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: echoBackend(t)}}
 	x, err := newExitForTest(xs, ks[1], &otherKey().PublicKey, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -307,8 +307,8 @@ func TestDialNoSession(t *testing.T) {
 // and Run waits for the connections it returned before it ends the
 // session; Run runs once at a time.
 func TestRunDrainsDialed(t *testing.T) {
-	r := runAPI(t, func(x *config.Exit, n *config.Entry) {
-		x.Forward = echoBackend(t)
+	r := runAPI(t, func(x *ExitSettings, n *EntrySettings) {
+		x.Services = []ExitService{{Backend: echoBackend(t)}}
 		n.DrainTimeout = time.Minute
 	}, nil)
 	c, err := r.dial(t, "")
@@ -348,8 +348,8 @@ func TestRunDrainsDialed(t *testing.T) {
 // already; after Close, Accept fails with net.ErrClosed and the service's
 // streams, waiting or new, are answered status 2, until Listen again.
 func TestListener(t *testing.T) {
-	r := runAPI(t, func(x *config.Exit, _ *config.Entry) {
-		x.Forward = echoBackend(t)
+	r := runAPI(t, func(x *ExitSettings, _ *EntrySettings) {
+		x.Services = []ExitService{{Backend: echoBackend(t)}}
 	}, nil)
 	for _, svc := range []string{"", "default", "bad name"} {
 		if _, err := r.exit.Listen(svc); err == nil {
@@ -414,7 +414,7 @@ func TestListener(t *testing.T) {
 // timeout is answered busy too.
 func TestListenerBacklog(t *testing.T) {
 	var l *Listener
-	r := runAPI(t, func(x *config.Exit, _ *config.Entry) {
+	r := runAPI(t, func(x *ExitSettings, _ *EntrySettings) {
 		x.DialTimeout = 500 * time.Millisecond
 	}, func(x *Exit) {
 		x.backlog = 1

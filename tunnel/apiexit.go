@@ -86,8 +86,9 @@ const (
 // config.DefaultService for the default service). From then on the exit
 // hands the streams to that service to the program, which accepts them
 // with the Listener's Accept, instead of dialing a backend; the service
-// needs no --forward, and must have none. Listen may be called before or
-// while Serve runs, once per service while its Listener is open.
+// needs no backend in ExitSettings.Services, and must have none. Listen
+// may be called before or while Serve runs, once per service while its
+// Listener is open.
 //
 // The access rules of the settings (Access) apply to the service as to
 // any: a key they do not admit is refused with status 3 and never reaches

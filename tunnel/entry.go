@@ -18,11 +18,9 @@ import (
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// EntryConfig is what an entry agent needs: its settings, which the caller
-// has validated (config.Entry.Validate; the key paths in them are not used),
-// and its keys.
+// EntryConfig is what an entry agent needs: its settings and its keys.
 type EntryConfig struct {
-	Settings config.Entry
+	Settings EntrySettings
 	Key      *rsa.PrivateKey
 	PeerKey  *rsa.PublicKey
 	// PeerKeys, when set, are the exit's keys, any of which it may present
@@ -38,8 +36,8 @@ type EntryConfig struct {
 // Entry accepts application connections and carries each as a stream of
 // one long-lived, authenticated session to the exit.
 type Entry struct {
-	cfg        config.Entry
-	peers      []string             // the exits' addresses (HOST:PORT), from cfg.Peers
+	cfg        EntrySettings        // with the defaults filled in
+	peers      []string             // the exits' addresses (HOST:PORT), cfg.Peers
 	keys       atomic.Pointer[pins] // swapped by Reload
 	v1         v1Exits              // exits that speak protocol version 1 only
 	lookup     func(ctx context.Context, host string) ([]string, error)
@@ -67,20 +65,18 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 	if cfg.Key == nil {
 		return nil, errors.New("tunnel: entry needs its private key")
 	}
-	var peers []string
-	for _, spec := range cfg.Settings.Peers {
-		addr, _ := config.ParsePeer(spec)
+	settings := cfg.Settings.withDefaults()
+	for _, addr := range settings.Peers {
 		if cfg.PeerKey == nil && cfg.PeerKeys == nil && cfg.ExitKeys[addr] == nil {
 			return nil, fmt.Errorf("tunnel: entry needs the public keys of the exit at %s", addr)
 		}
-		peers = append(peers, addr)
 	}
-	if len(peers) == 0 {
+	if len(settings.Peers) == 0 {
 		return nil, errors.New("tunnel: entry needs at least one exit")
 	}
 	n := &Entry{
-		cfg:          cfg.Settings,
-		peers:        peers,
+		cfg:          settings,
+		peers:        settings.Peers,
 		lookup:       net.DefaultResolver.LookupHost,
 		log:          log.With().Str("role", "entry").Logger(),
 		pool:         relay.NewPool(),
@@ -96,7 +92,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 			PrivateKey: cfg.Key,
 			PeerKey:    cfg.PeerKey,
 			PeerKeys:   cfg.PeerKeys,
-			Timeout:    cfg.Settings.HandshakeTimeout,
+			Timeout:    settings.HandshakeTimeout,
 		},
 		exits: cfg.ExitKeys,
 	})

@@ -13,7 +13,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -52,11 +51,11 @@ func (l *logLines) with(msg string) []map[string]any {
 // (nil: nowhere), until the test ends; adjust may change its settings and
 // tune the entry before it serves. It
 // returns the entry and the address applications connect to.
-func runEntry(t *testing.T, peer string, lines *logLines, adjust func(*config.Entry), tune func(*Entry)) (*Entry, string) {
+func runEntry(t *testing.T, peer string, lines *logLines, adjust func(*EntrySettings), tune func(*Entry)) (*Entry, string) {
 	t.Helper()
 	ks := testKeys()
-	ns := config.DefaultEntry()
-	ns.Key, ns.PeerKey, ns.Peers = "unused", "unused", []string{peer}
+	ns := EntrySettings{}
+	ns.Peers = []string{peer}
 	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
 	if adjust != nil {
 		adjust(&ns)
@@ -185,8 +184,8 @@ func TestRefusedDialRetriedQuietly(t *testing.T) {
 			return
 		}
 		ks := testKeys()
-		xs := config.DefaultExit()
-		xs.Forward = echoBackend(t)
+		xs := ExitSettings{}
+		xs.Services = []ExitService{{Backend: echoBackend(t)}}
 		xs.DrainTimeout = time.Second
 		x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 		if err != nil {
@@ -285,7 +284,7 @@ func TestFailureCounters(t *testing.T) {
 	}
 
 	silent, _ := acceptCounter(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() })
-	n, _ = runEntry(t, silent, nil, func(s *config.Entry) { s.HandshakeTimeout = 100 * time.Millisecond }, nil)
+	n, _ = runEntry(t, silent, nil, func(s *EntrySettings) { s.HandshakeTimeout = 100 * time.Millisecond }, nil)
 	waitFor(t, "a handshake timeout counted", func() bool { return n.Stats().HandshakeTimeouts > 0 })
 	if st := n.Stats(); st.DialFailures != 0 || st.HandshakeRejections != 0 || st.HandshakeFailures < st.HandshakeTimeouts {
 		t.Errorf("silent peer: %+v, want handshake timeouts only", st)
@@ -296,8 +295,8 @@ func TestFailureCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xs := config.DefaultExit()
-	xs.Forward, xs.DrainTimeout = echoBackend(t), time.Second
+	xs := ExitSettings{}
+	xs.Services, xs.DrainTimeout = []ExitService{{Backend: echoBackend(t)}}, time.Second
 	x, err := newExitForTest(xs, testKeys()[1], &other.PublicKey, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

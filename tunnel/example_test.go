@@ -10,7 +10,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -34,7 +33,7 @@ func ExampleExit_Listen() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	exit, err := tunnel.NewExit(tunnel.ExitConfig{Settings: config.DefaultExit(), Key: exitKey, Authorized: authorized}, zerolog.Nop())
+	exit, err := tunnel.NewExit(tunnel.ExitConfig{Key: exitKey, Authorized: authorized}, zerolog.Nop())
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -66,8 +65,7 @@ func ExampleExit_Listen() {
 	}()
 
 	// The entry: Run keeps its session with the exit, DialContext opens streams.
-	settings := config.DefaultEntry()
-	settings.Peers = []string{ln.Addr().String()}
+	settings := tunnel.EntrySettings{Peers: []string{ln.Addr().String()}} // the rest at their defaults
 	entry, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: settings, Key: entryKey, PeerKey: &exitKey.PublicKey}, zerolog.Nop())
 	if err != nil {
 		log.Fatal(err)
@@ -132,8 +130,7 @@ func ExampleEntry_DialContext() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	exitSettings := config.DefaultExit()
-	exitSettings.Services = []config.ExitService{{Name: "echo", Forward: backend.Addr().String()}}
+	exitSettings := tunnel.ExitSettings{Services: []tunnel.ExitService{{Name: "echo", Backend: backend.Addr().String()}}}
 	exit, err := tunnel.NewExit(tunnel.ExitConfig{Settings: exitSettings, Key: exitKey, Authorized: authorized}, zerolog.Nop())
 	if err != nil {
 		log.Fatal(err)
@@ -145,8 +142,7 @@ func ExampleEntry_DialContext() {
 	exitDone := make(chan error)
 	go func() { exitDone <- exit.Serve(ctx, ln) }()
 
-	settings := config.DefaultEntry()
-	settings.Peers = []string{ln.Addr().String()}
+	settings := tunnel.EntrySettings{Peers: []string{ln.Addr().String()}} // the rest at their defaults
 	entry, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: settings, Key: entryKey, PeerKey: &exitKey.PublicKey}, zerolog.Nop())
 	if err != nil {
 		log.Fatal(err)

@@ -12,17 +12,14 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// ExitConfig is what an exit agent needs: its settings, which the caller
-// has validated (config.Exit.Validate; the key paths in them are not used),
-// and its keys.
+// ExitConfig is what an exit agent needs: its settings and its keys.
 type ExitConfig struct {
-	Settings   config.Exit
+	Settings   ExitSettings
 	Key        *rsa.PrivateKey
 	Authorized *handshake.KeySet
 	Version    string // this build's, for the build-info metric
@@ -31,22 +28,29 @@ type ExitConfig struct {
 // Exit accepts entry agents, authenticates them, and forwards each of their
 // streams to the backend.
 type Exit struct {
-	cfg        config.Exit
+	cfg        ExitSettings // with the defaults filled in
 	log        zerolog.Logger
-	resp       atomic.Pointer[handshake.Responder] // swapped by Reload
-	authorized atomic.Pointer[handshake.KeySet]    // the entry keys resp accepts
+	keys       atomic.Pointer[exitKeys] // swapped whole by Reload
 	limiter    *sourceLimiter
 	pending    *pendingGate // connections accepted whose handshake has not ended
 	pool       *relay.Pool
 	dialer     net.Dialer
-	routes     *routeTable            // the services (services.go)
-	local      localServices          // the services the program serves (listener.go)
-	backlog    int                    // of each Listener: acceptBacklog; tests make it small
-	access     atomic.Pointer[access] // resolved with authorized; swapped by Reload
-	noService  *serviceCounters       // streams refused before they named one of routes
-	books      *ledger                // every count, once (ledger.go)
-	met        *metricSet             // /metrics, read from books
+	routes     *routeTable      // the services (services.go)
+	local      localServices    // the services the program serves (listener.go)
+	backlog    int              // of each Listener: acceptBacklog; tests make it small
+	noService  *serviceCounters // streams refused before they named one of routes
+	books      *ledger          // every count, once (ledger.go)
+	met        *metricSet       // /metrics, read from books
 	writeStall time.Duration
+}
+
+// exitKeys is the exit's key state: what NewExit builds and each Reload
+// replaces whole, in one store. Immutable once stored: a handshake, or a
+// stream, loads it once and uses that value throughout.
+type exitKeys struct {
+	resp       *handshake.Responder // answers handshakes with the exit's key
+	authorized *handshake.KeySet    // the entry keys resp accepts
+	access     access               // the access rules, resolved against authorized
 }
 
 // NewExit checks cfg and returns an exit agent. It starts nothing.
@@ -54,39 +58,40 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	if cfg.Key == nil || cfg.Authorized == nil {
 		return nil, errors.New("tunnel: exit needs its private key and the authorized entry keys")
 	}
+	settings := cfg.Settings.withDefaults()
 	hs := handshake.Config{
 		PrivateKey: cfg.Key,
 		Authorized: cfg.Authorized,
-		Timeout:    cfg.Settings.HandshakeTimeout,
+		Timeout:    settings.HandshakeTimeout,
 	}
-	if cfg.Settings.RequireSignedHello {
+	if settings.RequireSignedHello {
 		hs.MinVersion = handshake.Version2
 	}
-	resp, err := handshake.NewResponder(hs, cfg.Settings.MaxHandshakes)
+	resp, err := handshake.NewResponder(hs, settings.MaxHandshakes)
 	if err != nil {
 		return nil, err
 	}
 	x := &Exit{
-		cfg:        cfg.Settings,
+		cfg:        settings,
 		log:        log.With().Str("role", "exit").Logger(),
-		limiter:    newSourceLimiter(cfg.Settings.HandshakeRate),
+		limiter:    newSourceLimiter(settings.HandshakeRate),
 		pending:    processPendingGate(),
 		pool:       relay.NewPool(),
-		dialer:     net.Dialer{Timeout: cfg.Settings.DialTimeout},
+		dialer:     net.Dialer{Timeout: settings.DialTimeout},
 		writeStall: relay.DefaultWriteStall,
 		backlog:    acceptBacklog,
 	}
-	x.resp.Store(resp)
-	x.authorized.Store(cfg.Authorized)
 	x.books = newLedger("exit")
 	x.met = newMetrics(cfg.Version, x.books)
 	x.noService = x.books.service("")
-	x.routes = newRouteTable(cfg.Settings, x.books)
-	acc, unresolved := resolveAccess(cfg.Settings.Access, cfg.Authorized)
-	if len(unresolved) > 0 {
-		return nil, errUnresolved(unresolved)
+	if x.routes, err = newRouteTable(settings, x.books); err != nil {
+		return nil, err
 	}
-	x.access.Store(&acc)
+	acc, unresolved := resolveAccess(settings.Access, cfg.Authorized)
+	if len(unresolved) > 0 {
+		return nil, &UnknownKeysError{Rules: unresolved}
+	}
+	x.keys.Store(&exitKeys{resp: resp, authorized: cfg.Authorized, access: acc})
 	return x, nil
 }
 

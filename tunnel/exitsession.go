@@ -34,10 +34,10 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		if errors.Is(err, errTooMany) {
 			reason = "too many handshakes in progress from your address; retry later"
 		}
-		e.resp.Load().Refuse(conn, reason)
+		e.keys.Load().resp.Refuse(conn, reason)
 		return
 	}
-	res, err := e.resp.Load().Handshake(hard, rawio.Wrap(conn))
+	res, err := e.keys.Load().resp.Handshake(hard, rawio.Wrap(conn))
 	admitted()
 	handshaken()
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -181,8 +180,8 @@ func stoppableExit(t *testing.T, backend string, drain time.Duration) (addr stri
 // stoppableExitOn is stoppableExit on ln.
 func stoppableExitOn(t *testing.T, ln net.Listener, backend string, drain time.Duration) (addr string, stop func()) {
 	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward, xs.DrainTimeout = backend, drain
+	xs := ExitSettings{}
+	xs.Services, xs.DrainTimeout = []ExitService{{Backend: backend}}, drain
 	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -255,7 +254,7 @@ func TestFailoverToNextExit(t *testing.T) {
 	_, stop1 := stoppableExitOn(t, ln1, echoBackend(t), time.Second)
 	addr2, stop2 := stoppableExit(t, echoBackend(t), time.Second)
 	lines := &logLines{}
-	n, entryAddr := runEntry(t, addr1, lines, func(c *config.Entry) { c.Peers = append(c.Peers, addr2) }, nil)
+	n, entryAddr := runEntry(t, addr1, lines, func(c *EntrySettings) { c.Peers = append(c.Peers, addr2) }, nil)
 	roundTrip(t, entryAddr, []byte("to the first exit"))
 	if est := lines.with("session established"); len(est) != 1 || est[0]["peer"] != addr1 {
 		t.Fatalf("session established lines %v, want one with peer %s", est, addr1)
@@ -328,7 +327,7 @@ func TestPeerNameResolvedAgain(t *testing.T) {
 func TestDrainDialsAcceptedStream(t *testing.T) {
 	dialing := make(chan struct{})
 	var once sync.Once
-	a := startTuned(t, echoBackend(t), func(x *config.Exit, _ *config.Entry) { x.DrainTimeout = 10 * time.Second },
+	a := startTuned(t, echoBackend(t), func(x *ExitSettings, _ *EntrySettings) { x.DrainTimeout = 10 * time.Second },
 		func(x *Exit, _ *Entry) {
 			x.dialer.ControlContext = func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
 				once.Do(func() { close(dialing) })
@@ -370,7 +369,7 @@ func TestSilentExitDelaysNoSession(t *testing.T) {
 	const silent = "192.0.2.1:7000" // TEST-NET-1: never dialed, see dial below
 	abandoned := make(chan error, 1)
 	lines := &logLines{}
-	_, entryAddr := runEntry(t, silent, lines, func(c *config.Entry) {
+	_, entryAddr := runEntry(t, silent, lines, func(c *EntrySettings) {
 		c.Peers = append(c.Peers, addr)
 		c.DialTimeout = time.Minute
 	}, func(n *Entry) {
@@ -405,7 +404,7 @@ func TestSilentExitDelaysNoSession(t *testing.T) {
 // own or the shared set; an exit's own keys then pin it alone.
 func TestReloadExitKeys(t *testing.T) {
 	ks := testKeys()
-	n, _ := runEntry(t, "127.0.0.1:1", nil, func(c *config.Entry) { c.Peers = append(c.Peers, "127.0.0.1:2") }, nil)
+	n, _ := runEntry(t, "127.0.0.1:1", nil, func(c *EntrySettings) { c.Peers = append(c.Peers, "127.0.0.1:2") }, nil)
 	own, err := handshake.NewKeySet(&ks[0].PublicKey)
 	if err != nil {
 		t.Fatal(err)

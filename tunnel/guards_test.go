@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/tunnel-dev/tunnel/config"
 )
 
 // admitted reports whether l admits a handshake from addr at now; it keeps
@@ -144,7 +142,7 @@ func TestSourceHandshakesInProgress(t *testing.T) {
 }
 
 func TestStreamCap(t *testing.T) {
-	a := startWith(t, echoBackend(t), func(x *config.Exit, _ *config.Entry) { x.MaxStreams = 2 })
+	a := startWith(t, echoBackend(t), func(x *ExitSettings, _ *EntrySettings) { x.MaxStreams = 2 })
 	var held []net.Conn
 	for range 2 {
 		c, err := net.Dial("tcp", a.entryAddr)

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/tunnel-dev/tunnel/config"
 )
 
 // TestBackendProbe: however often readiness is asked, the backend sees at most one probe per
@@ -140,8 +138,8 @@ func TestReadyz(t *testing.T) {
 // Serve makes, and returns once it has ended, with a session or a failure.
 func TestAttempted(t *testing.T) {
 	ks := testKeys()
-	ns := config.DefaultEntry()
-	ns.Key, ns.PeerKey, ns.Peers = "unused", "unused", []string{"127.0.0.1:1"}
+	ns := EntrySettings{}
+	ns.Peers = []string{"127.0.0.1:1"}
 	idle, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

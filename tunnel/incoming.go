@@ -40,7 +40,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 	}
 	// Each stream is checked against the rules in force when it opens, so
 	// that a reload that narrows them reaches live sessions too.
-	peer.access = *e.access.Load()
+	peer.access = e.keys.Load().access
 	log = log.With().Uint32("stream", st.ID()).Logger()
 	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
 	hdr, err := readStreamHeader(st)

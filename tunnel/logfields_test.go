@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/tunnel-dev/tunnel/config"
 )
 
 func TestLogDuration(t *testing.T) {
@@ -78,14 +76,14 @@ func TestLogFields(t *testing.T) {
 	ks := testKeys()
 	var exitLog, entryLog logBuffer
 
-	xs := config.DefaultExit()
-	xs.Forward, xs.DrainTimeout = back, time.Second
+	xs := ExitSettings{}
+	xs.Services, xs.DrainTimeout = []ExitService{{Backend: back}}, time.Second
 	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.New(&exitLog))
 	if err != nil {
 		t.Fatal(err)
 	}
 	exitLn := listen(t)
-	ns := config.DefaultEntry()
+	ns := EntrySettings{}
 	ns.Peers, ns.DrainTimeout = []string{exitLn.Addr().String()}, time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.New(&entryLog))
 	if err != nil {

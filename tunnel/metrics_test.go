@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
@@ -250,7 +249,9 @@ func TestMetricsKeyUpdates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		x.resp.Store(resp)
+		k := *x.keys.Load()
+		k.resp = resp
+		x.keys.Store(&k)
 	})
 	x, n := serveMetrics(t, a.exit.Metrics()), serveMetrics(t, a.entry.Metrics())
 
@@ -332,8 +333,8 @@ func TestMetricsRefusals(t *testing.T) {
 	}
 	ks := testKeys()
 	other := func(key *rsa.PrivateKey, peer *rsa.PublicKey) scraper {
-		s := config.DefaultEntry()
-		s.Peers, s.Key, s.PeerKey = []string{a.exitAddr}, "unused", "unused"
+		s := EntrySettings{}
+		s.Peers = []string{a.exitAddr}
 		e, err := NewEntry(EntryConfig{Settings: s, Key: key, PeerKey: peer}, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
@@ -586,7 +587,7 @@ func TestClassifyHandshake(t *testing.T) {
 func TestMetricsHandshakeFailures(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
 	ks := testKeys()
-	x, addr, _ := serveExit(t, echoBackend(t), func(s *config.Exit) { s.MaxHandshakes = 1 })
+	x, addr, _ := serveExit(t, echoBackend(t), func(s *ExitSettings) { s.MaxHandshakes = 1 })
 	xm := serveMetrics(t, x.Metrics())
 	dial := func(addr string) net.Conn {
 		t.Helper()
@@ -632,7 +633,7 @@ func TestMetricsHandshakeFailures(t *testing.T) {
 	})
 
 	// --handshake-rate: a bucket of one token that refills in 1000 s.
-	slow, slowAddr, _ := serveExit(t, echoBackend(t), func(s *config.Exit) { s.HandshakeRate = 0.001 })
+	slow, slowAddr, _ := serveExit(t, echoBackend(t), func(s *ExitSettings) { s.HandshakeRate = 0.001 })
 	sm := serveMetrics(t, slow.Metrics())
 	dial(slowAddr).Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 	sm.waitFor("rate-limited exit: the first connection handshakes", reaches("protocol_error", 1))

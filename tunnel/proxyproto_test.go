@@ -11,7 +11,6 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -55,10 +54,8 @@ func (b *recordingBackend) next(t *testing.T) []byte {
 // the application's bytes and nothing else.
 func TestProxyProtocol(t *testing.T) {
 	plain, proxied := newRecordingBackend(t), newRecordingBackend(t)
-	xs := config.DefaultExit()
-	xs.Forward = plain.addr
-	xs.Services = []config.ExitService{{Name: "pp", Forward: proxied.addr}}
-	xs.ProxyProtocol = []string{"pp"}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: plain.addr}, {Name: "pp", Backend: proxied.addr, ProxyProtocol: true}}
 	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "pp"}}
 	startServices(t, xs, lns)
 

@@ -14,7 +14,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -40,11 +39,11 @@ func (b *logBuffer) lines(t *testing.T) []map[string]any {
 
 // serveExit runs an exit forwarding to backend, adjusted by adjust, that
 // logs into the returned buffer at info level; it stops in t.Cleanup.
-func serveExit(t *testing.T, backend string, adjust func(*config.Exit)) (*Exit, string, *logBuffer) {
+func serveExit(t *testing.T, backend string, adjust func(*ExitSettings)) (*Exit, string, *logBuffer) {
 	t.Helper()
 	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward, xs.Key, xs.AuthorizedKeys = backend, "unused", "unused"
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: backend}}
 	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
 	if adjust != nil {
 		adjust(&xs)
@@ -115,7 +114,7 @@ func answer(t *testing.T, st *session.Stream) (Status, string) {
 // TestSilentSourceLeavesSlots: 64 silent connections from 127.0.0.1, as
 // many as --max-handshakes, keep no entry from 127.0.0.2 out.
 func TestSilentSourceLeavesSlots(t *testing.T) {
-	x, addr, _ := serveExit(t, echoBackend(t), func(x *config.Exit) {
+	x, addr, _ := serveExit(t, echoBackend(t), func(x *ExitSettings) {
 		x.HandshakeRate = 1000 // the rate is not what is tested
 	})
 	for range x.cfg.MaxHandshakes {
@@ -262,7 +261,7 @@ func TestRefusedStreamsDrained(t *testing.T) {
 // service, left open: the exit closes the session once more than
 // maxRefused refused streams are open.
 func TestRefusedStreamsCounted(t *testing.T) {
-	x, addr, logs := serveExit(t, echoBackend(t), func(x *config.Exit) { x.MaxStreams = 4 })
+	x, addr, logs := serveExit(t, echoBackend(t), func(x *ExitSettings) { x.MaxStreams = 4 })
 	sess := dialSession(t, addr, "")
 	hdr := streamHeader{service: "x"}.marshal()
 	opened := 0

@@ -57,21 +57,19 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 // sessions of keys authorized no more; it returns how many. A rule naming a
 // key that authorized does not hold admits nobody, and is logged.
 func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closing int, err error) {
-	resp, err := e.resp.Load().WithKeys(key, authorized)
+	resp, err := e.keys.Load().resp.WithKeys(key, authorized)
 	if err != nil {
 		return 0, err
 	}
 	acc, unresolved := resolveAccess(e.cfg.Access, authorized)
 	if len(unresolved) > 0 {
-		e.log.Warn().Strs("rules", unresolved).
-			Msg("access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them")
+		e.log.Warn().Strs("rules", ruleKeys(unresolved)).
+			Msg("access rules name keys that are no longer among the authorized keys: they admit nobody; name the keys that replace them")
 	}
-	// authorized first, then the sessions: a handshake that completes
+	// The keys first, then the sessions: a handshake that completes
 	// meanwhile either sees the new set (closeIfRevoked) or has its session
 	// listed here.
-	e.access.Store(&acc)
-	e.authorized.Store(authorized)
-	e.resp.Store(resp)
+	e.keys.Store(&exitKeys{resp: resp, authorized: authorized, access: acc})
 	keep := make(map[string]bool)
 	for _, fp := range authorized.Fingerprints() {
 		keep[fp] = true
@@ -87,7 +85,7 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 // closeIfRevoked closes sess, just established with an entry whose key is
 // peer, if a reload removed that key while the handshake ran.
 func (e *Exit) closeIfRevoked(log zerolog.Logger, sess *session.Session, peer *rsa.PublicKey) {
-	if _, ok := e.authorized.Load().Lookup(handshake.KeyID(peer)); !ok {
+	if _, ok := e.keys.Load().authorized.Lookup(handshake.KeyID(peer)); !ok {
 		log.Warn().Msg("closing the session: its key was removed from the authorized keys while the handshake ran")
 		sess.Close()
 	}

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -14,7 +13,7 @@ import (
 // entry's key gives its session GoAway, lets its open stream go on until the drain timeout
 // and refuses the entry's next session; putting the key back lets the entry in again.
 func TestExitReloadRevokes(t *testing.T) {
-	a := startWith(t, echoBackend(t), func(x *config.Exit, _ *config.Entry) { x.DrainTimeout = time.Second })
+	a := startWith(t, echoBackend(t), func(x *ExitSettings, _ *EntrySettings) { x.DrainTimeout = time.Second })
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
 	roundTrip(t, a.entryAddr, []byte("before"))

@@ -18,7 +18,6 @@ package tunnel
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -48,29 +47,50 @@ func (r *route) display() string { return config.DisplayName(r.name) }
 // once built.
 type routeTable struct {
 	byName map[string]*route
-	all    []*route // in the order of the settings, the default first
+	all    []*route // in the order of the settings
 }
 
-func newRouteTable(c config.Exit, books *ledger) *routeTable {
+// newRouteTable makes the table of the services c forwards. It refuses a
+// name that is not a service name, and a service given twice.
+func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
 	t := &routeTable{byName: map[string]*route{}}
-	for _, s := range c.AllServices() {
-		network, dialAddr := config.Network(s.Forward)
+	for _, s := range c.Services {
+		name, err := wireName(s.Name)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: exit settings: %w", err)
+		}
+		if t.byName[name] != nil {
+			return nil, fmt.Errorf("tunnel: exit settings: service %s is given twice", config.DisplayName(name))
+		}
+		if s.Backend == "" {
+			return nil, fmt.Errorf("tunnel: exit settings: service %s has no backend", config.DisplayName(name))
+		}
+		network, dialAddr := config.Network(s.Backend)
 		r := &route{
-			name:          s.Name,
-			addr:          s.Forward,
+			name:          name,
+			addr:          s.Backend,
 			network:       network,
 			dialAddr:      dialAddr,
-			proxyProtocol: slices.Contains(c.ProxyProtocol, config.DisplayName(s.Name)),
-			probe:         newBackendProbe(s.Forward, c.DialTimeout),
-			count:         books.service(config.DisplayName(s.Name)),
+			proxyProtocol: s.ProxyProtocol,
+			probe:         newBackendProbe(s.Backend, c.DialTimeout),
+			count:         books.service(config.DisplayName(name)),
 		}
-		t.byName[s.Name] = r
+		t.byName[name] = r
 		t.all = append(t.all, r)
-		if s.Name == "" {
-			t.byName[config.DefaultService] = r
-		}
 	}
-	return t
+	if r := t.byName[""]; r != nil {
+		t.byName[config.DefaultService] = r
+	}
+	return t, nil
+}
+
+// wireName is name as on the wire: "" for the default service, which
+// settings may call config.DefaultService too.
+func wireName(name string) (string, error) {
+	if name == "" || name == config.DefaultService {
+		return "", nil
+	}
+	return name, config.ValidServiceName(name)
 }
 
 // access is the exit's access rules, resolved to fingerprints: for each
@@ -97,8 +117,8 @@ func (a access) visible(t *routeTable, fp string) []string {
 
 // resolveAccess turns the rules into fingerprints with the keys of
 // authorized. A key name that matches no key, or a fingerprint that is not
-// authorized, is listed in unresolved (and admits nobody).
-func resolveAccess(rules []config.Access, authorized *handshake.KeySet) (a access, unresolved []string) {
+// authorized, admits nobody; unresolved lists them, by rule.
+func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, unresolved []AccessRule) {
 	a = access{}
 	known := map[string]bool{}
 	for _, fp := range authorized.Fingerprints() {
@@ -110,6 +130,7 @@ func resolveAccess(rules []config.Access, authorized *handshake.KeySet) (a acces
 			service = ""
 		}
 		keys := map[string]bool{}
+		var missing []string
 		for _, k := range rule.Keys {
 			var fps []string
 			if strings.HasPrefix(k, "SHA256:") {
@@ -120,21 +141,57 @@ func resolveAccess(rules []config.Access, authorized *handshake.KeySet) (a acces
 				fps = authorized.Named(k)
 			}
 			if len(fps) == 0 {
-				unresolved = append(unresolved, rule.Service+"="+k)
+				missing = append(missing, k)
 			}
 			for _, fp := range fps {
 				keys[fp] = true
 			}
+		}
+		if len(missing) > 0 {
+			unresolved = append(unresolved, AccessRule{Service: rule.Service, Keys: missing})
 		}
 		a[service] = keys
 	}
 	return a, unresolved
 }
 
-// errUnresolved describes the access rules that name no authorized key.
-func errUnresolved(unresolved []string) error {
-	return fmt.Errorf("tunnel: --allow %s: no such key in --authorized-keys: name a key by its fingerprint (tunnel fingerprint FILE prints it) or by its file's name without .pub (app1 for app1.pub), and authorize it",
-		strings.Join(unresolved, ", --allow "))
+// UnknownKeysError is NewExit's error when access rules name keys that are
+// not among the authorized keys: such a key admits nobody, which is
+// taken for a mistake.
+type UnknownKeysError struct {
+	// Rules are the access rules at fault, each with only its keys that
+	// match no authorized key (a name with no key of that name, or a
+	// fingerprint not authorized).
+	Rules []AccessRule
+}
+
+func (e *UnknownKeysError) Error() string {
+	var b strings.Builder
+	b.WriteString("tunnel: ")
+	for i, r := range e.Rules {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		verb := "are"
+		if len(r.Keys) == 1 {
+			verb = "is"
+		}
+		fmt.Fprintf(&b, "the access rule for service %s names %s, which %s not among the authorized keys",
+			config.DisplayName(r.Service), strings.Join(r.Keys, ", "), verb)
+	}
+	b.WriteString(": name an authorized key by its fingerprint (SHA256:...) or by its name (app1 for a key loaded from app1.pub)")
+	return b.String()
+}
+
+// ruleKeys lists the keys of rules as SERVICE=KEY, for a log line.
+func ruleKeys(rules []AccessRule) []string {
+	var out []string
+	for _, r := range rules {
+		for _, k := range r.Keys {
+			out = append(out, config.DisplayName(r.Service)+"="+k)
+		}
+	}
+	return out
 }
 
 // serviceCounters count the streams of one service. Updated atomically by

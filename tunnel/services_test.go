@@ -57,9 +57,8 @@ func readAll(t *testing.T, addr string) string {
 // exit with a backend per service; each application reaches its service's
 // backend, over one session, and each service counts its own streams.
 func TestServicesShareSession(t *testing.T) {
-	xs := config.DefaultExit()
-	xs.Forward = namedBackend(t, "A", nil)
-	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: namedBackend(t, "A", nil)}, {Name: "db", Backend: namedBackend(t, "DB", nil)}, {Name: "cache", Backend: namedBackend(t, "CACHE", nil)}}
 	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "db"}, {Listener: listen(t), Service: "cache"}, {Listener: listen(t), Service: "nope"}}
 	x, n := startServices(t, xs, lns)
 
@@ -110,9 +109,9 @@ func TestAccessControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	xs := config.DefaultExit()
-	xs.Services = []config.ExitService{{Name: "db", Forward: db}, {Name: "cache", Forward: cache}, {Name: "secret", Forward: db}}
-	xs.Access = []config.Access{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Name: "db", Backend: db}, {Name: "cache", Backend: cache}, {Name: "secret", Backend: db}}
+	xs.Access = []AccessRule{{Service: "db", Keys: []string{otherFP}}, {Service: "secret", Keys: []string{otherFP}}}
 	logs := &logBuffer{}
 	x, err := NewExit(ExitConfig{Settings: xs, Key: ks[1], Authorized: auth}, zerolog.New(logs))
 	if err != nil {
@@ -191,7 +190,7 @@ func TestResolveAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := func(i int) string { return handshake.Fingerprint(keys[i]) }
-	a, unresolved := resolveAccess([]config.Access{
+	a, unresolved := resolveAccess([]AccessRule{
 		{Service: "db", Keys: []string{"app1"}},
 		{Service: "cache", Keys: []string{"app2", fp(0)}},
 		{Service: config.DefaultService, Keys: []string{fp(2)}},
@@ -213,12 +212,13 @@ func TestResolveAccess(t *testing.T) {
 			t.Errorf("allows(%q, key %d) = %v, want %v", tc.service, tc.key, got, tc.want)
 		}
 	}
-	_, unresolved = resolveAccess([]config.Access{{Service: "db", Keys: []string{"app3", "SHA256:bm90IGEga2V5", "app1"}}}, auth)
-	if !slices.Equal(unresolved, []string{"db=app3", "db=SHA256:bm90IGEga2V5"}) {
-		t.Errorf("unresolved = %v, want db=app3 and the unknown fingerprint", unresolved)
+	_, unresolved = resolveAccess([]AccessRule{{Service: "db", Keys: []string{"app3", "SHA256:bm90IGEga2V5", "app1"}}}, auth)
+	if got := ruleKeys(unresolved); !slices.Equal(got, []string{"db=app3", "db=SHA256:bm90IGEga2V5"}) {
+		t.Errorf("unresolved = %v, want db=app3 and the unknown fingerprint", got)
 	}
-	if err := errUnresolved(unresolved); !strings.Contains(err.Error(), "--allow db=app3") || !strings.Contains(err.Error(), "tunnel fingerprint") {
-		t.Errorf("error %q does not say which rule and what to do", err)
+	msg := (&UnknownKeysError{Rules: unresolved}).Error()
+	if want := "the access rule for service db names app3, SHA256:bm90IGEga2V5, which are not among the authorized keys"; !strings.Contains(msg, want) || strings.Contains(msg, "--") {
+		t.Errorf("error %q does not say which rule, in the settings' terms", msg)
 	}
 }
 
@@ -249,9 +249,9 @@ func TestAccessReload(t *testing.T) {
 		}
 		return set
 	}
-	xs := config.DefaultExit()
-	xs.Services = []config.ExitService{{Name: "db", Forward: namedBackend(t, "DB", nil)}, {Name: "cache", Forward: namedBackend(t, "CACHE", nil)}}
-	xs.Access = []config.Access{{Service: "db", Keys: []string{"app1"}}}
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Name: "db", Backend: namedBackend(t, "DB", nil)}, {Name: "cache", Backend: namedBackend(t, "CACHE", nil)}}
+	xs.Access = []AccessRule{{Service: "db", Keys: []string{"app1"}}}
 	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
 	logs := &logBuffer{}
 	x, err := NewExit(ExitConfig{Settings: xs, Key: ks[1], Authorized: keyDir(map[string]*rsa.PublicKey{"app1.pub": &ks[0].PublicKey})}, zerolog.New(logs))
@@ -290,7 +290,7 @@ func TestAccessReload(t *testing.T) {
 	if _, err := x.Reload(ks[1], keyDir(map[string]*rsa.PublicKey{"app2.pub": &ks[0].PublicKey})); err != nil {
 		t.Fatal(err)
 	}
-	if l := logs.wait(t, "access rules name keys that --authorized-keys no longer holds: they admit nobody; name the keys that replace them"); !strings.Contains(fmt.Sprint(l["rules"]), "db=app1") {
+	if l := logs.wait(t, "access rules name keys that are no longer among the authorized keys: they admit nobody; name the keys that replace them"); !strings.Contains(fmt.Sprint(l["rules"]), "db=app1") {
 		t.Errorf("the reload's warning does not name the rule: %v", l)
 	}
 	last := dialSession(t, ln.Addr().String(), "")

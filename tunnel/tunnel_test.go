@@ -18,7 +18,6 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
@@ -98,13 +97,13 @@ func start(t testing.TB, backend string) *agents {
 }
 
 // startWith is start with a hook to adjust the exit before it serves.
-func startWith(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry)) *agents {
+func startWith(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings)) *agents {
 	return startStall(t, backend, adjust, 0)
 }
 
 // startStall is startWith with a write-stall timeout for both agents
 // (zero keeps the default).
-func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry), stall time.Duration) *agents {
+func startStall(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings), stall time.Duration) *agents {
 	t.Helper()
 	return startTuned(t, backend, adjust, func(x *Exit, n *Entry) {
 		if stall > 0 {
@@ -115,18 +114,17 @@ func startStall(t testing.TB, backend string, adjust func(*config.Exit, *config.
 
 // startTuned is startWith with a hook to adjust the agents themselves
 // before they serve.
-func startTuned(t testing.TB, backend string, adjust func(*config.Exit, *config.Entry), tune func(*Exit, *Entry)) *agents {
+func startTuned(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings), tune func(*Exit, *Entry)) *agents {
 	t.Helper()
 	ks := testKeys()
 	entryKey, exitKey := ks[0], ks[1]
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 
-	xs := config.DefaultExit()
-	xs.Forward, xs.Key, xs.AuthorizedKeys = backend, "unused", "unused"
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: backend}}
 	xs.DrainTimeout = time.Second
 	xs.DialTimeout = time.Second
-	ns := config.DefaultEntry()
-	ns.Key, ns.PeerKey = "unused", "unused"
+	ns := EntrySettings{}
 	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
 
 	if adjust != nil {
@@ -173,8 +171,8 @@ func (a *agents) restartExit(t testing.TB, backend string) {
 		t.Fatalf("re-listen on %s: %v", a.exitAddr, err)
 	}
 	ks := testKeys()
-	xs := config.DefaultExit()
-	xs.Forward = backend
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: backend}}
 	xs.DrainTimeout = time.Second
 	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 	if err != nil {
@@ -190,7 +188,7 @@ func (a *agents) restartExit(t testing.TB, backend string) {
 // startServices runs an exit with the settings xs (its timeouts made
 // short) and an entry that serves lns towards it, with the keys of
 // testKeys (the entry's first); both stop in t.Cleanup.
-func startServices(t *testing.T, xs config.Exit, lns []ServiceListener) (*Exit, *Entry) {
+func startServices(t *testing.T, xs ExitSettings, lns []ServiceListener) (*Exit, *Entry) {
 	t.Helper()
 	ks := testKeys()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
@@ -200,7 +198,7 @@ func startServices(t *testing.T, xs config.Exit, lns []ServiceListener) (*Exit, 
 		t.Fatal(err)
 	}
 	exitLn := listen(t)
-	ns := config.DefaultEntry()
+	ns := EntrySettings{}
 	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, log)
 	if err != nil {
@@ -215,7 +213,7 @@ func startServices(t *testing.T, xs config.Exit, lns []ServiceListener) (*Exit, 
 }
 
 // newExitForTest builds an exit with in-memory keys (Validate wants files).
-func newExitForTest(s config.Exit, key *rsa.PrivateKey, entry *rsa.PublicKey, log zerolog.Logger) (*Exit, error) {
+func newExitForTest(s ExitSettings, key *rsa.PrivateKey, entry *rsa.PublicKey, log zerolog.Logger) (*Exit, error) {
 	auth, err := handshake.NewKeySet(entry)
 	if err != nil {
 		return nil, err
@@ -349,7 +347,7 @@ func TestRejectedKeyFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := config.DefaultEntry()
+	ns := EntrySettings{}
 	ns.Peers, ns.DialTimeout = []string{a.exitAddr}, 5*time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: other, PeerKey: &testKeys()[1].PublicKey}, zerolog.Nop())
 	if err != nil {
@@ -426,8 +424,8 @@ func newSwitchRelay(t *testing.T, target string) *switchRelay {
 func TestGoAwayMovesToNewSession(t *testing.T) {
 	ks := testKeys()
 	newExit := func(drain time.Duration) (addr string, stop func()) {
-		xs := config.DefaultExit()
-		xs.Forward, xs.DrainTimeout = echoBackend(t), drain
+		xs := ExitSettings{}
+		xs.Services, xs.DrainTimeout = []ExitService{{Backend: echoBackend(t)}}, drain
 		x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
 		if err != nil {
 			t.Fatal(err)
@@ -444,7 +442,7 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 	oldAddr, stopOld := newExit(20 * time.Second)
 	relay := newSwitchRelay(t, oldAddr)
 
-	ns := config.DefaultEntry()
+	ns := EntrySettings{}
 	ns.Peers = []string{relay.ln.Addr().String()}
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.Nop())
 	if err != nil {

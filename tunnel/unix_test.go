@@ -69,15 +69,14 @@ func TestUnixSockets(t *testing.T) {
 		headers <- got{h, data}
 		c.Write(data)
 	})
-	xs := config.DefaultExit()
+	xs := ExitSettings{}
 	// A backend that resets every connection once it has read something.
 	resets := backend(t, func(c *net.TCPConn) {
 		c.Read(make([]byte, 1))
 		c.SetLinger(0)
 		c.Close()
 	})
-	xs.Services = []config.ExitService{{Name: "db", Forward: addr}, {Name: "resets", Forward: resets}}
-	xs.ProxyProtocol = []string{"db"}
+	xs.Services = []ExitService{{Name: "db", Backend: addr, ProxyProtocol: true}, {Name: "resets", Backend: resets}}
 	appSock := filepath.Join(dir, "app.sock")
 	unixLn, err := ListenUnix(context.Background(), appSock, 0o600)
 	if err != nil {
@@ -123,7 +122,7 @@ func TestUnixSockets(t *testing.T) {
 	checkKey := func(h *proxyproto.Header) {
 		t.Helper()
 		tlvs, err := h.TLVs()
-		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.authorized.Load().Fingerprints()[0] {
+		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.keys.Load().authorized.Fingerprints()[0] {
 			t.Errorf("TLVs %+v, %v; want the entry key's fingerprint", tlvs, err)
 		}
 	}

@@ -5,8 +5,6 @@ import (
 	"io"
 	"net"
 	"testing"
-
-	"github.com/tunnel-dev/tunnel/config"
 )
 
 // plainListener hands out connections that are neither sockets nor
@@ -28,8 +26,8 @@ func (l plainListener) Accept() (net.Conn, error) {
 // panicked): bytes go both ways intact, and closing the application's side
 // ends the stream.
 func TestWrappedListener(t *testing.T) {
-	xs := config.DefaultExit()
-	xs.Forward = echoBackend(t)
+	xs := ExitSettings{}
+	xs.Services = []ExitService{{Backend: echoBackend(t)}}
 	ln := listen(t)
 	startServices(t, xs, []ServiceListener{{Listener: plainListener{ln}}})
 	c, err := net.Dial("tcp", ln.Addr().String())

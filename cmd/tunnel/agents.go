@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,7 +76,10 @@ func (c *exitCmd) Run(e *env) error {
 	if err != nil {
 		return usagef("--authorized-keys %v", err)
 	}
-	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: s, Key: key, Authorized: auth, Version: e.build.Version}, e.log)
+	x, err := tunnel.NewExit(tunnel.ExitConfig{Settings: exitSettings(s), Key: key, Authorized: auth, Version: e.build.Version}, e.log)
+	if unknown := (*tunnel.UnknownKeysError)(nil); errors.As(err, &unknown) {
+		return usageError{allowError(unknown, s.AuthorizedKeys)}
+	}
 	if err != nil {
 		return usageError{err}
 	}
@@ -163,7 +167,7 @@ func (c *entryCmd) Run(e *env) error {
 	if err != nil {
 		return usageError{err}
 	}
-	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: s, Key: key, PeerKeys: pinned, ExitKeys: exitKeys, Version: e.build.Version}, e.log)
+	n, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: entrySettings(s), Key: key, PeerKeys: pinned, ExitKeys: exitKeys, Version: e.build.Version}, e.log)
 	if err != nil {
 		return err
 	}
@@ -199,6 +203,54 @@ func (c *entryCmd) Run(e *env) error {
 				Strs("peers", s.Peers).Strs("peer_fingerprints", pinnedFingerprints(pinned, exitKeys))
 		},
 	})
+}
+
+// allowError says, in the terms of the flags, which --allow rules name keys that
+// --authorized-keys does not hold.
+func allowError(e *tunnel.UnknownKeysError, authorizedKeys string) error {
+	var rules []string
+	for _, r := range e.Rules {
+		rules = append(rules, "--allow "+config.DisplayName(r.Service)+"="+strings.Join(r.Keys, ","))
+	}
+	return fmt.Errorf("%s: no such key in --authorized-keys %s: name a key by its fingerprint (tunnel fingerprint FILE prints it) "+
+		"or by its file's name without .pub (app1 for app1.pub), and authorize it", strings.Join(rules, ", "), authorizedKeys)
+}
+
+// exitSettings maps the exit's validated settings onto the library's: its
+// services, the default first, and their access rules. The rest (listen and
+// status addresses, key paths) is the command's.
+func exitSettings(s config.Exit) tunnel.ExitSettings {
+	t := tunnel.ExitSettings{
+		DialTimeout: s.DialTimeout, HandshakeTimeout: s.HandshakeTimeout,
+		MaxHandshakes: s.MaxHandshakes, MaxStreams: s.MaxStreams,
+		KeepAlive: s.KeepAlive, Window: s.Window, DrainTimeout: s.DrainTimeout,
+		HandshakeRate: s.HandshakeRate, RequireSignedHello: s.RequireSignedHello,
+	}
+	for _, svc := range s.AllServices() {
+		t.Services = append(t.Services, tunnel.ExitService{
+			Name: svc.Name, Backend: svc.Forward,
+			ProxyProtocol: slices.Contains(s.ProxyProtocol, config.DisplayName(svc.Name)),
+		})
+	}
+	for _, a := range s.Access {
+		t.Access = append(t.Access, tunnel.AccessRule{Service: a.Service, Keys: a.Keys})
+	}
+	return t
+}
+
+// entrySettings maps the entry's validated settings onto the library's:
+// the exits' addresses without their key paths, and the tunables. The
+// listeners are the command's (serve binds them).
+func entrySettings(s config.Entry) tunnel.EntrySettings {
+	t := tunnel.EntrySettings{
+		DialTimeout: s.DialTimeout, HandshakeTimeout: s.HandshakeTimeout,
+		KeepAlive: s.KeepAlive, Window: s.Window, DrainTimeout: s.DrainTimeout,
+	}
+	for _, spec := range s.Peers {
+		addr, _ := config.ParsePeer(spec)
+		t.Peers = append(t.Peers, addr)
+	}
+	return t
 }
 
 // loadPinned loads the exits' keys the entry pins: --peer-key (nil if it is not given), and the

@@ -93,6 +93,9 @@ func TestUsageErrors(t *testing.T) {
 		// would accept allow: [] from starting.
 		{[]string{"exit", "--services", "{db: {forward: h:1, allow: []}}", "--key", pub + ".key", "--authorized-keys", pub + ".pub", "--status-addr", "x"},
 			"--allow db= (allow: [] or an allow: with no value under the service in the file) names no key"},
+		// The library's error, in the terms of the flags.
+		{[]string{"exit", "--forward", "db=h:1", "--allow", "db=k,app9", "--key", pub + ".key", "--authorized-keys", pub + ".pub"},
+			"--allow db=app9: no such key in --authorized-keys " + pub + ".pub: name a key by its fingerprint"},
 		{[]string{"entry", "--peer", "h:1", "--key", pub + ".key"}, "--peer-key is required"},
 		// One directory of keys for both sides: any entry could pose as the exit. (The
 		// --listen address, which no interface here has, stops with status 1 an entry that

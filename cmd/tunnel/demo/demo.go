@@ -28,7 +28,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
 )
@@ -145,10 +144,10 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	if err != nil {
 		return res, err
 	}
-	xs := config.DefaultExit()
-	xs.Listen = exitLn.Addr().String()
-	xs.Forward = backendLn.Addr().String()
-	xs.DrainTimeout = 2 * time.Second
+	xs := tunnel.ExitSettings{
+		Services:     []tunnel.ExitService{{Backend: backendLn.Addr().String()}},
+		DrainTimeout: 2 * time.Second,
+	}
 	auth, err := handshake.NewKeySet(&entryKey.PublicKey)
 	if err != nil {
 		exitLn.Close()
@@ -176,10 +175,7 @@ func runDemo(ctx context.Context, out io.Writer, log zerolog.Logger, opt demoOpt
 	if err != nil {
 		return res, err
 	}
-	ns := config.DefaultEntry()
-	ns.Listen = entryLn.Addr().String()
-	ns.Peers = []string{relayLn.Addr().String()}
-	ns.DrainTimeout = 2 * time.Second
+	ns := tunnel.EntrySettings{Peers: []string{relayLn.Addr().String()}, DrainTimeout: 2 * time.Second}
 	entry, err := tunnel.NewEntry(tunnel.EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
 	if err != nil {
 		entryLn.Close()
