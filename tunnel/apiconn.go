@@ -40,7 +40,7 @@ import (
 // are.
 type Conn struct {
 	st          *session.Stream
-	service     string
+	service     serviceName
 	fingerprint string
 	origin      string
 	moved       tally // this agent's service counters: Write adds fromConn, Read toConn
@@ -58,7 +58,7 @@ type Conn struct {
 
 // newConn makes a Conn of st, whose header and status have been
 // exchanged. onDone, if not nil, runs once the stream is over after Close.
-func newConn(st *session.Stream, service, fingerprint, origin string, moved tally, onDone func(*Conn)) *Conn {
+func newConn(st *session.Stream, service serviceName, fingerprint, origin string, moved tally, onDone func(*Conn)) *Conn {
 	return &Conn{
 		st: st, service: service, fingerprint: fingerprint, origin: origin,
 		moved: moved, done: make(chan struct{}), onDone: onDone,
@@ -67,7 +67,7 @@ func newConn(st *session.Stream, service, fingerprint, origin string, moved tall
 
 // Service returns the name of the exit's service the stream goes to, as on
 // the wire: "" for the default service.
-func (c *Conn) Service() string { return c.service }
+func (c *Conn) Service() string { return c.service.wire() }
 
 // PeerFingerprint returns the fingerprint (SHA256:...) of the other agent's
 // key, which the handshake authenticated: on the entry the exit's key, on

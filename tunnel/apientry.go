@@ -13,7 +13,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -37,7 +36,7 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("tunnel: the exit refused a stream to service %s: %s: %s",
-		config.DisplayName(e.Service), e.Status, e.Message)
+		wireServiceName(e.Service), e.Status, e.Message)
 }
 
 // entryRun is an entry's state while Run or ServeListeners runs.
@@ -105,16 +104,12 @@ func (e *Entry) awaitRun(ctx context.Context) (*entryRun, error) {
 // drain waits for it. Each service dialed has its own counters in Stats
 // and the metrics, as each listener's service does.
 func (e *Entry) DialContext(ctx context.Context, network, service string) (net.Conn, error) {
+	name, err := parseServiceName(service)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: dial: %w", err)
+	}
 	if network != "tcp" {
-		return nil, fmt.Errorf("tunnel: dial %s: network %q: a stream to a service is a \"tcp\" connection", config.DisplayName(service), network)
-	}
-	if service == config.DefaultService {
-		service = ""
-	}
-	if service != "" {
-		if err := config.ValidServiceName(service); err != nil {
-			return nil, fmt.Errorf("tunnel: dial: %w", err)
-		}
+		return nil, fmt.Errorf("tunnel: dial %s: network %q: a stream to a service is a \"tcp\" connection", name, network)
 	}
 	run, err := e.awaitRun(ctx)
 	if err != nil {
@@ -123,10 +118,10 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 	if run.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: the entry is shutting down", ErrNoSession)
 	}
-	svc := e.books.service(config.DisplayName(service))
+	svc := e.books.service(name.String())
 	e.books.began(svc)
 	run.dialed.Add(1)
-	c, err := e.dialStream(ctx, run, service, svc)
+	c, err := e.dialStream(ctx, run, name, svc)
 	if err != nil {
 		run.dialed.Done()
 		return nil, err
@@ -136,8 +131,8 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 
 // dialStream is DialContext once it is counted; on error it has counted the
 // stream's end under svc.
-func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, svc *serviceCounters) (*Conn, error) {
-	log := e.log.With().Str("service", config.DisplayName(service)).Logger()
+func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceName, svc *serviceCounters) (*Conn, error) {
+	log := e.log.With().Str("service", service.String()).Logger()
 	for carries := 1; ; carries++ {
 		o, err := e.attempt(ctx, log)
 		if err != nil {
@@ -158,12 +153,12 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 			e.done(o)
 			e.books.ended(svc, streamAborted)
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("tunnel: dial %s: %w", config.DisplayName(service), ctx.Err())
+				return nil, fmt.Errorf("tunnel: dial %s: %w", service, ctx.Err())
 			}
 			if o.s.sess.IsClosed() {
 				return nil, fmt.Errorf("%w: the session was lost before the exit answered", ErrNoSession)
 			}
-			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", config.DisplayName(service), err)
+			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", service, err)
 		case status != StatusOK:
 			o.st.Close()
 			e.done(o)
@@ -173,7 +168,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 				ev = ev.Str("fingerprint", e.fingerprint()) // for the operator who grants access
 			}
 			ev.Msg("the exit refused a stream dialed by the program")
-			return nil, &StatusError{Service: service, Status: status, Message: msg}
+			return nil, &StatusError{Service: service.wire(), Status: status, Message: msg}
 		}
 		return newConn(o.st, service, o.s.fingerprint, "", svc.moved, func(c *Conn) {
 			e.done(o)
@@ -193,8 +188,8 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service string, s
 
 // exchange sends the stream header for service on st and reads the exit's
 // answer, until ctx is done.
-func exchange(ctx context.Context, st *session.Stream, service string) (Status, string, error) {
-	if _, err := st.Write(streamHeader{service: service}.marshal()); err != nil {
+func exchange(ctx context.Context, st *session.Stream, service serviceName) (Status, string, error) {
+	if _, err := st.Write(streamHeader{service: service.wire()}.marshal()); err != nil {
 		return 0, "", err
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })

@@ -27,7 +27,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -41,13 +40,10 @@ const acceptBacklog = 128
 // use.
 type localServices struct {
 	mu     sync.Mutex
-	byName map[string]*Listener
+	byName map[serviceName]*Listener
 }
 
-func (s *localServices) get(name string) *Listener {
-	if name == config.DefaultService {
-		name = ""
-	}
+func (s *localServices) get(name serviceName) *Listener {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byName[name]
@@ -56,7 +52,7 @@ func (s *localServices) get(name string) *Listener {
 // Listener is a net.Listener for the streams to one service of an exit,
 // which its Accept returns as *Conns. Exit.Listen makes one.
 type Listener struct {
-	name    string // the service, as on the wire
+	name    serviceName
 	count   *serviceCounters
 	queue   chan *pendingStream
 	done    chan struct{} // closed by Close
@@ -99,32 +95,26 @@ const (
 // are answered status 2 (unreachable) until Listen is called again.
 // Serve's end does not close the Listener.
 func (e *Exit) Listen(service string) (*Listener, error) {
-	name := service
-	if name == config.DefaultService {
-		name = ""
+	name, err := parseServiceName(service)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen: %w", err)
 	}
-	if name != "" {
-		if err := config.ValidServiceName(name); err != nil {
-			return nil, fmt.Errorf("tunnel: listen: %w", err)
-		}
-	}
-	display := config.DisplayName(name)
 	if r := e.routes.byName[name]; r != nil {
-		return nil, fmt.Errorf("tunnel: listen %s: the settings forward this service to %s: serve a service with a backend or with a Listener, not both", display, r.addr)
+		return nil, fmt.Errorf("tunnel: listen %s: the settings forward this service to %s: serve a service with a backend or with a Listener, not both", name, r.addr)
 	}
 	e.local.mu.Lock()
 	defer e.local.mu.Unlock()
 	if l := e.local.byName[name]; l != nil && !closed(l.done) {
-		return nil, fmt.Errorf("tunnel: listen %s: the service has a Listener already: close it first", display)
+		return nil, fmt.Errorf("tunnel: listen %s: the service has a Listener already: close it first", name)
 	}
 	l := &Listener{
 		name:  name,
-		count: e.books.service(display),
+		count: e.books.service(name.String()),
 		queue: make(chan *pendingStream, e.backlog),
 		done:  make(chan struct{}),
 	}
 	if e.local.byName == nil {
-		e.local.byName = make(map[string]*Listener)
+		e.local.byName = make(map[serviceName]*Listener)
 	}
 	e.local.byName[name] = l
 	return l, nil
@@ -185,19 +175,19 @@ func (l *Listener) Close() error {
 
 // Addr returns the Listener's service: network "tunnel", and the service's
 // name as settings write it.
-func (l *Listener) Addr() net.Addr { return serviceAddr(l.name) }
+func (l *Listener) Addr() net.Addr { return serviceAddr{l.name} }
 
-// serviceAddr is the address of a Listener: its service's wire name.
-type serviceAddr string
+// serviceAddr is the address of a Listener: its service.
+type serviceAddr struct{ name serviceName }
 
 func (a serviceAddr) Network() string { return "tunnel" }
-func (a serviceAddr) String() string  { return config.DisplayName(string(a)) }
+func (a serviceAddr) String() string  { return a.name.String() }
 
 // serveLocal hands st, a stream to the service of l from peer, to the
 // program, and waits until the program is done with it; see serveStream.
 func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (Status, string) {
 	svc := l.count
-	display := config.DisplayName(l.name)
+	display := l.name.String()
 	if !peer.access.allows(l.name, peer.fingerprint) {
 		msg := policyRefusal(peer.fingerprint, display)
 		e.books.refused(svc, StatusRefused)
@@ -276,7 +266,7 @@ func (e *Exit) visible(peer streamPeer) []string {
 	var local []string
 	for name := range e.local.byName {
 		if peer.access.allows(name, peer.fingerprint) {
-			local = append(local, config.DisplayName(name))
+			local = append(local, name.String())
 		}
 	}
 	slices.Sort(local)

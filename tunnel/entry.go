@@ -12,7 +12,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -136,7 +135,7 @@ func (e *Entry) Healthy() bool {
 // service of the exit.
 type ServiceListener struct {
 	Listener net.Listener
-	Service  string // as on the wire: "" for the exit's default service
+	Service  string // "" or config.DefaultService for the exit's default service
 }
 
 // Serve accepts applications on ln, for the exit's default service, until
@@ -151,6 +150,14 @@ func (e *Entry) Serve(ctx context.Context, ln net.Listener) error {
 // timeout, closes everything and returns. Every service's streams share the
 // one session. It closes the listeners. With no listener it is Run.
 func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error {
+	names := make([]serviceName, len(lns))
+	for i, l := range lns {
+		name, err := parseServiceName(l.Service)
+		if err != nil {
+			return fmt.Errorf("tunnel: listener on %s: %w", l.Listener.Addr(), err)
+		}
+		names[i] = name
+	}
 	run, endRun, err := e.beginRun(ctx)
 	if err != nil {
 		return err
@@ -177,8 +184,9 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	var accepting sync.WaitGroup
 	var acceptErrOnce sync.Once
 	var acceptErr error
-	for _, l := range lns {
-		svc := e.books.service(config.DisplayName(l.Service))
+	for i, l := range lns {
+		name := names[i]
+		svc := e.books.service(name.String())
 		l.Listener = retrying(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()
@@ -195,7 +203,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 					return
 				}
 				conns.Add(1)
-				go e.serveApp(hard, c, l.Service, svc, conns.Done)
+				go e.serveApp(hard, c, name, svc, conns.Done)
 			}
 		}()
 	}

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -71,19 +70,20 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		log = log.With().Str("claimed_origin", hdr.origin).Logger()
 	}
 	// readStreamHeader let through printable ASCII only: safe to log.
-	log = log.With().Str("service", config.DisplayName(hdr.service)).Logger()
-	r := e.routes.byName[hdr.service]
+	name := wireServiceName(hdr.service)
+	log = log.With().Str("service", name.String()).Logger()
+	r := e.routes.byName[name]
 	if r == nil {
-		if l := e.local.get(hdr.service); l != nil {
+		if l := e.local.get(name); l != nil {
 			ended(e.serveLocal(ctx.Done(), log, st, peer, hdr.origin, l))
 			return
 		}
-		refuse(StatusUnknownService, unknownService(hdr.service, e.visible(peer)), nil)
+		refuse(StatusUnknownService, unknownService(name, e.visible(peer)), nil)
 		return
 	}
 	svc = r.count
 	if !peer.access.allows(r.name, peer.fingerprint) {
-		refuse(StatusRefused, policyRefusal(peer.fingerprint, r.display()), nil)
+		refuse(StatusRefused, policyRefusal(peer.fingerprint, r.name.String()), nil)
 		return
 	}
 	e.books.began(svc)
@@ -148,11 +148,11 @@ func (e *Exit) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Lo
 // unknownService is the message for a stream naming a service the exit
 // does not have: it lists the services visible, those the peer may reach,
 // and no other.
-func unknownService(name string, visible []string) string {
+func unknownService(name serviceName, visible []string) string {
 	if len(visible) == 0 {
-		return fmt.Sprintf("unknown service %q: this exit has no service for your key", config.DisplayName(name))
+		return fmt.Sprintf("unknown service %q: this exit has no service for your key", name)
 	}
-	return fmt.Sprintf("unknown service %q: this exit has %s", config.DisplayName(name), strings.Join(visible, ", "))
+	return fmt.Sprintf("unknown service %q: this exit has %s", name, strings.Join(visible, ", "))
 }
 
 // policyRefusal is the message for a stream the access rules refuse.

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -130,9 +129,9 @@ func (o *outgoing) refusedBeforeAccept(err error) bool {
 // in a fresh goroutine and serveApp returns: this goroutine's stack grew
 // while it opened the stream, and a connection that waits should hold two
 // small stacks.
-func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc *serviceCounters, ended func()) {
+func (e *Entry) serveApp(ctx context.Context, app net.Conn, service serviceName, svc *serviceCounters, ended func()) {
 	origin := appOrigin(app)
-	lc := e.log.With().Str("service", config.DisplayName(service))
+	lc := e.log.With().Str("service", service.String())
 	if origin != "" {
 		lc = lc.Str("origin", origin)
 	}
@@ -144,7 +143,7 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service string, svc 
 		ended()
 	}
 	sent := new(relay.Unacked) // what the application sent while no exit had accepted it
-	hdr := streamHeader{service: service, origin: origin}.marshal()
+	hdr := streamHeader{service: service.wire(), origin: origin}.marshal()
 	for carries := 1; ; carries++ {
 		res, status, state := e.carry(ctx, log, app, hdr, svc, sent, finish)
 		switch {

@@ -27,7 +27,7 @@ import (
 
 // route is one service of the exit.
 type route struct {
-	name string // as on the wire: "" for the default service
+	name serviceName
 	addr string // the backend as the settings give it: host:port or unix:PATH
 	// network and dialAddr are what the exit dials for addr: "tcp" and
 	// host:port, or "unix" and PATH.
@@ -39,31 +39,26 @@ type route struct {
 	count         *serviceCounters
 }
 
-// display is r's name as logs and settings write it.
-func (r *route) display() string { return config.DisplayName(r.name) }
-
-// routeTable maps the names a stream header may carry to the exit's
-// services; config.DefaultService names the default service too. Read-only
-// once built.
+// routeTable maps names to the exit's services. Read-only once built.
 type routeTable struct {
-	byName map[string]*route
+	byName map[serviceName]*route
 	all    []*route // in the order of the settings
 }
 
 // newRouteTable makes the table of the services c forwards. It refuses a
 // name that is not a service name, and a service given twice.
 func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
-	t := &routeTable{byName: map[string]*route{}}
+	t := &routeTable{byName: map[serviceName]*route{}}
 	for _, s := range c.Services {
-		name, err := wireName(s.Name)
+		name, err := parseServiceName(s.Name)
 		if err != nil {
 			return nil, fmt.Errorf("tunnel: exit settings: %w", err)
 		}
 		if t.byName[name] != nil {
-			return nil, fmt.Errorf("tunnel: exit settings: service %s is given twice", config.DisplayName(name))
+			return nil, fmt.Errorf("tunnel: exit settings: service %s is given twice", name)
 		}
 		if s.Backend == "" {
-			return nil, fmt.Errorf("tunnel: exit settings: service %s has no backend", config.DisplayName(name))
+			return nil, fmt.Errorf("tunnel: exit settings: service %s has no backend", name)
 		}
 		network, dialAddr := config.Network(s.Backend)
 		r := &route{
@@ -73,33 +68,21 @@ func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
 			dialAddr:      dialAddr,
 			proxyProtocol: s.ProxyProtocol,
 			probe:         newBackendProbe(s.Backend, c.DialTimeout),
-			count:         books.service(config.DisplayName(name)),
+			count:         books.service(name.String()),
 		}
 		t.byName[name] = r
 		t.all = append(t.all, r)
 	}
-	if r := t.byName[""]; r != nil {
-		t.byName[config.DefaultService] = r
-	}
 	return t, nil
-}
-
-// wireName is name as on the wire: "" for the default service, which
-// settings may call config.DefaultService too.
-func wireName(name string) (string, error) {
-	if name == "" || name == config.DefaultService {
-		return "", nil
-	}
-	return name, config.ValidServiceName(name)
 }
 
 // access is the exit's access rules, resolved to fingerprints: for each
 // restricted service (by wire name), the keys that may reach it. A service
 // not in the map admits every authorized key. Read-only once built.
-type access map[string]map[string]bool
+type access map[serviceName]map[string]bool
 
 // allows reports whether the key with fingerprint fp may reach service.
-func (a access) allows(service, fp string) bool {
+func (a access) allows(service serviceName, fp string) bool {
 	keys, restricted := a[service]
 	return !restricted || keys[fp]
 }
@@ -109,7 +92,7 @@ func (a access) visible(t *routeTable, fp string) []string {
 	var out []string
 	for _, r := range t.all {
 		if a.allows(r.name, fp) {
-			out = append(out, r.display())
+			out = append(out, r.name.String())
 		}
 	}
 	return out
@@ -125,10 +108,7 @@ func resolveAccess(rules []AccessRule, authorized *handshake.KeySet) (a access, 
 		known[fp] = true
 	}
 	for _, rule := range rules {
-		service := rule.Service
-		if service == config.DefaultService {
-			service = ""
-		}
+		service := wireServiceName(rule.Service)
 		keys := map[string]bool{}
 		var missing []string
 		for _, k := range rule.Keys {

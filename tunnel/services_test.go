@@ -199,7 +199,7 @@ func TestResolveAccess(t *testing.T) {
 		t.Fatalf("unresolved %v", unresolved)
 	}
 	for _, tc := range []struct {
-		service string
+		service serviceName
 		key     int
 		want    bool
 	}{

@@ -2,9 +2,13 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
+	"strings"
 	"testing"
+
+	"github.com/tunnel-dev/tunnel/config"
 )
 
 // plainListener hands out connections that are neither sockets nor
@@ -46,5 +50,22 @@ func TestWrappedListener(t *testing.T) {
 	}
 	if !bytes.Equal(got, payload) {
 		t.Fatalf("echoed %d bytes that differ from the %d sent", len(got), len(payload))
+	}
+}
+
+// TestServiceListenerNames: a listener's service is taken as the other
+// entry points take it: "default" is the default service, and a name that
+// is not a service name is refused before anything starts.
+func TestServiceListenerNames(t *testing.T) {
+	xs := ExitSettings{Services: []ExitService{{Name: "", Backend: echoBackend(t)}}}
+	ln := listen(t)
+	startServices(t, xs, []ServiceListener{{Listener: ln, Service: config.DefaultService}})
+	roundTrip(t, ln.Addr().String(), []byte("to the default service"))
+
+	_, n := startServices(t, xs, nil)
+	bad := listen(t)
+	err := n.ServeListeners(context.Background(), []ServiceListener{{Listener: bad, Service: "no spaces"}})
+	if err == nil || !strings.Contains(err.Error(), "no spaces") {
+		t.Errorf("a listener for service %q: %v, want an error naming it", "no spaces", err)
 	}
 }
