@@ -235,9 +235,13 @@ func (e *Entry) relayEnded(o *outgoing, res relay.Result, resent int64, finish f
 // appOrigin is the origin of app's streams (PROTOCOL.md section 4): its
 // address "ip:port" over TCP; empty over a UNIX socket, whose peer has no
 // address of that form (and usually no name at all).
+//
+// An IPv6 link-local address's zone (fe80::1%eth0) names an interface of
+// the entry's host, meaningless to the exit, which refuses an origin with
+// one: it is left out.
 func appOrigin(app net.Conn) string {
 	if a, ok := app.RemoteAddr().(*net.TCPAddr); ok {
-		return a.String()
+		return (&net.TCPAddr{IP: a.IP, Port: a.Port}).String()
 	}
 	return ""
 }

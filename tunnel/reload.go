@@ -76,7 +76,10 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 	}
 	revoked := e.books.sessions.except(keep)
 	for _, s := range revoked {
-		s.GoAway()
+		// Each GoAway may wait for its session's send queue (up to yamux's
+		// write timeout): one session that does not read must not hold up
+		// the others, nor Reload.
+		go s.GoAway()
 		time.AfterFunc(e.cfg.DrainTimeout, func() { s.Close() })
 	}
 	return len(revoked), nil

@@ -69,3 +69,22 @@ func TestServiceListenerNames(t *testing.T) {
 		t.Errorf("a listener for service %q: %v, want an error naming it", "no spaces", err)
 	}
 }
+
+// TestAppOriginZone: a link-local application address loses its zone in
+// the stream header, so that the exit, which refuses an origin with a
+// zone, accepts it (issue 17: such connections were refused).
+func TestAppOriginZone(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 4000, Zone: "eth0"}, "[fe80::1]:4000"},
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 5000}, "192.0.2.1:5000"},
+		{&net.UnixAddr{Name: "/run/app.sock", Net: "unix"}, ""},
+	} {
+		got := appOrigin(addrConn{remote: c.addr})
+		if got != c.want || !validOrigin(got) {
+			t.Errorf("origin of %v: %q (valid %v), want %q", c.addr, got, validOrigin(got), c.want)
+		}
+	}
+}
