@@ -378,7 +378,7 @@ func TestSessionRecycled(t *testing.T) {
 // made, the current one stays in use, and the replacement is tried again.
 func TestRecycleFailureKeepsSession(t *testing.T) {
 	a := start(t, echoBackend(t))
-	relay := newSwitchRelay(t, a.exitAddr)
+	relay := newLink(t, a.exitAddr)
 	var lines logLines
 	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.recycleAfter = 4 })
 	roundTrip(t, addr, []byte("first"))

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -16,160 +15,6 @@ import (
 
 	"github.com/tunnel-dev/tunnel/handshake"
 )
-
-// gateRelay forwards each connection to the address it holds at accept
-// time, record by record, and can hold back what the exits send: a link
-// whose latency the test controls.
-type gateRelay struct {
-	ln     net.Listener
-	target atomic.Value // string
-
-	mu     sync.Mutex
-	cond   *sync.Cond
-	paused bool
-	held   int // records from an exit that arrived while paused
-}
-
-func newGateRelay(t *testing.T, target string) *gateRelay {
-	r := &gateRelay{ln: listen(t)}
-	r.cond = sync.NewCond(&r.mu)
-	r.target.Store(target)
-	var wg sync.WaitGroup
-	var conns sync.Map
-	t.Cleanup(func() {
-		r.ln.Close()
-		r.resume()
-		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := r.ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", r.target.Load().(string))
-			if err != nil {
-				c.Close()
-				continue
-			}
-			conns.Store(c, nil)
-			conns.Store(up, nil)
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				io.Copy(up, c)
-				up.Close()
-				c.Close()
-			}()
-			go func() {
-				defer wg.Done()
-				r.back(c, up)
-				c.Close()
-				up.Close()
-			}()
-		}
-	}()
-	return r
-}
-
-// back copies the exit's records to the entry, holding them while paused.
-func (r *gateRelay) back(entry, exit net.Conn) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(exit, hdr[:]); err != nil {
-		return
-	}
-	// The first bytes are the handshake (type u8 | length u24 | body),
-	// never held; records follow.
-	body := make([]byte, int(binary.BigEndian.Uint32(hdr[:])&0xffffff))
-	if _, err := io.ReadFull(exit, body); err != nil {
-		return
-	}
-	if _, err := entry.Write(append(hdr[:], body...)); err != nil {
-		return
-	}
-	var queue [][]byte
-	ended := false
-	done := make(chan struct{})
-	go func() { // the entry's side: sends what is queued unless paused
-		defer close(done)
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		for {
-			for !ended && (r.paused || len(queue) == 0) {
-				r.cond.Wait()
-			}
-			if len(queue) == 0 {
-				return
-			}
-			rec := queue[0]
-			queue = queue[1:]
-			r.mu.Unlock()
-			_, err := entry.Write(rec)
-			r.mu.Lock()
-			if err != nil {
-				return
-			}
-		}
-	}()
-	for {
-		if _, err := io.ReadFull(exit, hdr[:]); err != nil {
-			break
-		}
-		rec := make([]byte, 4+binary.BigEndian.Uint32(hdr[:]))
-		copy(rec, hdr[:])
-		if _, err := io.ReadFull(exit, rec[4:]); err != nil {
-			break
-		}
-		r.mu.Lock()
-		if r.paused {
-			r.held++
-		}
-		queue = append(queue, rec)
-		r.cond.Broadcast()
-		r.mu.Unlock()
-	}
-	r.mu.Lock()
-	ended = true
-	r.cond.Broadcast()
-	r.mu.Unlock()
-	<-done
-}
-
-func (r *gateRelay) pause() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.paused, r.held = true, 0
-}
-
-func (r *gateRelay) resume() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.paused = false
-	r.cond.Broadcast()
-}
-
-// waitHeld waits until n records are held, for up to 10 s.
-func (r *gateRelay) waitHeld(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.AfterFunc(10*time.Second, func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.cond.Broadcast()
-	})
-	defer deadline.Stop()
-	start := time.Now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.held < n {
-		if time.Since(start) >= 10*time.Second {
-			t.Fatalf("%d records held after 10s, want %d", r.held, n)
-		}
-		r.cond.Wait()
-	}
-}
 
 // stoppableExit runs an exit with the test keys forwarding to backend, until
 // stop (or the end of the test); stop returns once Serve has.
@@ -203,7 +48,7 @@ func stoppableExitOn(t *testing.T, ln net.Listener, backend string, drain time.D
 func TestStreamCrossingGoAwayMovesOn(t *testing.T) {
 	oldAddr, stopOld := stoppableExit(t, echoBackend(t), 10*time.Second)
 	newAddr, _ := stoppableExit(t, echoBackend(t), time.Second)
-	relay := newGateRelay(t, oldAddr)
+	relay := newLink(t, oldAddr)
 	lines := &logLines{}
 	_, entryAddr := runEntry(t, relay.ln.Addr().String(), lines, nil, nil)
 	roundTrip(t, entryAddr, []byte("a session with the old exit"))

@@ -3,10 +3,12 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,10 +80,9 @@ func get(t *testing.T, url string) (int, string) {
 // backend.
 func TestReadyz(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
-	// A backend that is gone: its port refuses.
-	gone := listen(t)
-	goneAddr := gone.Addr().String()
-	gone.Close()
+	// A backend that is gone: its port refuses, and stays taken, so that
+	// no listener of this test binary gets it meanwhile.
+	goneAddr := refusingAddr(t)
 	for _, tc := range []struct {
 		name    string
 		backend string
@@ -170,4 +171,24 @@ func TestAttempted(t *testing.T) {
 	if err := a.entry.Ready(ctx); err != nil {
 		t.Errorf("Ready after the first attempt, exit up: %v", err)
 	}
+}
+
+// refusingAddr returns a loopback address whose port is bound by a socket
+// that does not listen: a connection to it is refused, and no other
+// listener can take the port until the test ends.
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }

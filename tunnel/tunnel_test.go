@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,208 +37,6 @@ var testKeys = sync.OnceValue(func() [2]*rsa.PrivateKey {
 	}
 	return ks
 })
-
-func listen(t testing.TB) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln
-}
-
-// backend serves every connection on a loopback port with handle, which
-// must close it; it stops in t.Cleanup.
-func backend(t testing.TB, handle func(*net.TCPConn)) string {
-	ln := listen(t)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// echoBackend echoes every connection, half-close included.
-func echoBackend(t testing.TB) string {
-	return backend(t, func(c *net.TCPConn) {
-		io.Copy(c, c)
-		c.CloseWrite()
-		io.Copy(io.Discard, c)
-		c.Close()
-	})
-}
-
-type agents struct {
-	entryAddr string
-	exitAddr  string
-	stopExit  func()
-	exit      *Exit
-	entry     *Entry
-}
-
-// start runs an exit forwarding to backend and an entry pointing at it.
-func start(t testing.TB, backend string) *agents {
-	return startWith(t, backend, nil)
-}
-
-// startWith is start with a hook to adjust the exit before it serves.
-func startWith(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings)) *agents {
-	return startStall(t, backend, adjust, 0)
-}
-
-// startStall is startWith with a write-stall timeout for both agents
-// (zero keeps the default).
-func startStall(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings), stall time.Duration) *agents {
-	t.Helper()
-	return startTuned(t, backend, adjust, func(x *Exit, n *Entry) {
-		if stall > 0 {
-			x.writeStall, n.writeStall = stall, stall
-		}
-	})
-}
-
-// startTuned is startWith with a hook to adjust the agents themselves
-// before they serve.
-func startTuned(t testing.TB, backend string, adjust func(*ExitSettings, *EntrySettings), tune func(*Exit, *Entry)) *agents {
-	t.Helper()
-	ks := testKeys()
-	entryKey, exitKey := ks[0], ks[1]
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-
-	xs := ExitSettings{}
-	xs.Services = []ExitService{{Backend: backend}}
-	xs.DrainTimeout = time.Second
-	xs.DialTimeout = time.Second
-	ns := EntrySettings{}
-	ns.DialTimeout, ns.DrainTimeout = 2*time.Second, time.Second
-
-	if adjust != nil {
-		adjust(&xs, &ns)
-	}
-	a := &agents{}
-	exitLn := listen(t)
-	a.exitAddr = exitLn.Addr().String()
-	ns.Peers = []string{a.exitAddr}
-	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := NewEntry(EntryConfig{Settings: ns, Key: entryKey, PeerKey: &exitKey.PublicKey}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.exit, a.entry = x, n
-	if tune != nil {
-		tune(x, n)
-	}
-	xctx, xcancel := context.WithCancel(context.Background())
-	xdone := make(chan struct{})
-	go func() { x.Serve(xctx, exitLn); close(xdone) }()
-	a.stopExit = func() { xcancel(); <-xdone }
-	t.Cleanup(func() { a.stopExit() })
-
-	entryLn := listen(t)
-	a.entryAddr = entryLn.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { n.Serve(ctx, entryLn); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return a
-}
-
-// restartExit serves a new exit, forwarding to backend, on the address of
-// the one that a.stopExit has stopped; a.exit and a.stopExit are the new
-// one's from then on.
-func (a *agents) restartExit(t testing.TB, backend string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", a.exitAddr)
-	if err != nil {
-		t.Fatalf("re-listen on %s: %v", a.exitAddr, err)
-	}
-	ks := testKeys()
-	xs := ExitSettings{}
-	xs.Services = []ExitService{{Backend: backend}}
-	xs.DrainTimeout = time.Second
-	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.Nop())
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { x.Serve(ctx, ln); close(done) }()
-	a.exit, a.stopExit = x, func() { cancel(); <-done }
-}
-
-// startServices runs an exit with the settings xs (its timeouts made
-// short) and an entry that serves lns towards it, with the keys of
-// testKeys (the entry's first); both stop in t.Cleanup.
-func startServices(t *testing.T, xs ExitSettings, lns []ServiceListener) (*Exit, *Entry) {
-	t.Helper()
-	ks := testKeys()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	xs.DrainTimeout, xs.DialTimeout = time.Second, time.Second
-	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exitLn := listen(t)
-	ns := EntrySettings{}
-	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
-	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	xdone, ndone := make(chan struct{}), make(chan struct{})
-	go func() { x.Serve(ctx, exitLn); close(xdone) }()
-	go func() { n.ServeListeners(ctx, lns); close(ndone) }()
-	t.Cleanup(func() { cancel(); <-ndone; <-xdone })
-	return x, n
-}
-
-// newExitForTest builds an exit with in-memory keys (Validate wants files).
-func newExitForTest(s ExitSettings, key *rsa.PrivateKey, entry *rsa.PublicKey, log zerolog.Logger) (*Exit, error) {
-	auth, err := handshake.NewKeySet(entry)
-	if err != nil {
-		return nil, err
-	}
-	return NewExit(ExitConfig{Settings: s, Key: key, Authorized: auth}, log)
-}
-
-func roundTrip(t *testing.T, addr string, payload []byte) {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	go func() {
-		c.Write(payload)
-		c.(*net.TCPConn).CloseWrite() // half-close: the reply must still come
-	}()
-	c.SetReadDeadline(time.Now().Add(20 * time.Second))
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	if sha256.Sum256(got) != sha256.Sum256(payload) {
-		t.Fatalf("echo of %d bytes came back as %d different bytes", len(payload), len(got))
-	}
-}
 
 func TestEchoThroughTunnel(t *testing.T) {
 	a := start(t, echoBackend(t))
@@ -379,45 +175,6 @@ func TestRejectedKeyFailsFast(t *testing.T) {
 	}
 }
 
-// switchRelay forwards each connection to the address it holds at accept
-// time: a stand-in for a service address that moves to a new exit.
-type switchRelay struct {
-	ln     net.Listener
-	target atomic.Value // string
-}
-
-func newSwitchRelay(t *testing.T, target string) *switchRelay {
-	r := &switchRelay{ln: listen(t)}
-	r.target.Store(target)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { r.ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := r.ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", r.target.Load().(string))
-			if err != nil {
-				c.Close()
-				continue
-			}
-			wg.Add(2)
-			pipe := func(dst, src net.Conn) {
-				defer wg.Done()
-				io.Copy(dst, src)
-				dst.Close()
-				src.Close()
-			}
-			go pipe(up, c)
-			go pipe(c, up)
-		}
-	}()
-	return r
-}
-
 // TestGoAwayMovesToNewSession: while an exit drains an open stream, new
 // application connections go to a new session (here, through the relay,
 // to a new exit) at once, and the old stream still finishes.
@@ -440,7 +197,7 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 		return ln.Addr().String(), stop
 	}
 	oldAddr, stopOld := newExit(20 * time.Second)
-	relay := newSwitchRelay(t, oldAddr)
+	relay := newLink(t, oldAddr)
 
 	ns := EntrySettings{}
 	ns.Peers = []string{relay.ln.Addr().String()}
@@ -491,16 +248,4 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 		t.Fatalf("held stream: %q, %v", got, err)
 	}
 	<-stopped
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after 10s: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
