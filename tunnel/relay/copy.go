@@ -89,7 +89,7 @@ const (
 func (rl *Relay) copyToConn() (total int64, readErr, writeErr error) {
 	conn, st, o, stopped := rl.conn, rl.st, &rl.o, &rl.stopped
 	large := false // the last read was large and drained the stream's buffer
-	var wd writeDeadline
+	wd := &rl.toWD
 	var out io.Writer = conn
 	if rl.raw != nil {
 		out = rl.raw
