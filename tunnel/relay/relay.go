@@ -112,8 +112,8 @@ type Relay struct {
 	// timers, and on the stream -> conn goroutine's first write it would
 	// double that goroutine's stack for good (it is moved again only once
 	// half of the stall time has passed).
-	toWD writeDeadline
-	toStream int64         // set by the conn -> stream direction before fromDone
+	toWD     writeDeadline
+	toStream int64 // set by the conn -> stream direction before fromDone
 
 	mu      sync.Mutex
 	first   error
