@@ -78,14 +78,15 @@ type Conn struct {
 	Socket
 	rc syscall.RawConn
 
-	rp      []byte // the Read in progress
-	rn      int
-	rerr    syscall.Errno
-	readFn  func(fd uintptr) bool
-	wp      []byte // the Write in progress
-	wn      int
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
+	rp         []byte // the Read in progress
+	rn         int
+	rerr       syscall.Errno
+	readFn     func(fd uintptr) bool
+	wp         []byte // the Write in progress
+	wn         int
+	werr       syscall.Errno
+	writeFn    func(fd uintptr) bool
+	tryWriteFn func(fd uintptr) bool
 }
 
 // ErrBlocking: a descriptor without O_NONBLOCK, on which a raw read or
@@ -113,7 +114,7 @@ func NewConn(c Socket) (*Conn, error) {
 		return nil, ErrBlocking
 	}
 	r := &Conn{Socket: c, rc: rc}
-	r.readFn, r.writeFn = r.readFD, r.writeFD
+	r.readFn, r.writeFn, r.tryWriteFn = r.readFD, r.writeFD, r.tryWriteFD
 	return r, nil
 }
 
@@ -166,6 +167,29 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// TryWrite writes what of p the socket takes now, without waiting: n may
+// be short, with a nil error, when the socket's buffer is full.
+func (c *Conn) TryWrite(p []byte) (int, error) {
+	c.wp, c.wn, c.werr = p, 0, 0
+	err := c.rc.Write(c.tryWriteFn)
+	n, errno := c.wn, c.werr
+	c.wp = nil
+	switch {
+	case err != nil:
+		return n, err
+	case errno != 0:
+		return n, c.opError("write", errno)
+	}
+	return n, nil
+}
+
+// tryWriteFD is TryWrite's callback: it writes until the socket is full,
+// and never asks to wait.
+func (c *Conn) tryWriteFD(fd uintptr) bool {
+	c.writeFD(fd)
+	return true
 }
 
 // Write writes all of p, waiting for the connection to be writable as

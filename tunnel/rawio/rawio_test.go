@@ -197,3 +197,30 @@ func TestRawIOBlocking(t *testing.T) {
 		t.Error("withRawIO on a TCP connection of package net gave the connection itself, want a rawConn")
 	}
 }
+
+// TestRawConnTryWrite: TryWrite takes what the socket takes now and
+// returns short, without an error, once it is full; after the peer reads,
+// it takes more.
+func TestRawConnTryWrite(t *testing.T) {
+	r, peer := rawPair(t)
+	big := make([]byte, 64<<20)
+	n, err := r.TryWrite(big)
+	if err != nil || n == 0 || n >= len(big) {
+		t.Fatalf("TryWrite of %d bytes to a peer that does not read: %d, %v; want a short write", len(big), n, err)
+	}
+	go io.CopyN(io.Discard, peer, int64(n))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := r.TryWrite(big[n:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("TryWrite took nothing more after the peer read")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -87,13 +87,8 @@ const (
 // that the deadline copyToConn sets for shrinkAfter never hides an abort.
 // readErr is the stream's failure, writeErr conn's; both are nil after EOF.
 func (rl *Relay) copyToConn() (total int64, readErr, writeErr error) {
-	conn, st, o, stopped := rl.conn, rl.st, &rl.o, &rl.stopped
+	st, o, stopped := rl.st, &rl.o, &rl.stopped
 	large := false // the last read was large and drained the stream's buffer
-	wd := &rl.toWD
-	var out io.Writer = conn
-	if rl.raw != nil {
-		out = rl.raw
-	}
 	for {
 		if large {
 			st.SetReadDeadline(time.Now().Add(shrinkAfter))
@@ -118,8 +113,7 @@ func (rl *Relay) copyToConn() (total int64, readErr, writeErr error) {
 		n, err := st.Read(*buf)
 		large = n >= largeRead && n < len(*buf)
 		if n > 0 {
-			wd.arm(conn, o.Stall)
-			w, werr := out.Write((*buf)[:n])
+			w, werr := rl.writeConn((*buf)[:n])
 			total += int64(w)
 			add(o.ToConn, int64(w))
 			if werr != nil {
@@ -135,6 +129,26 @@ func (rl *Relay) copyToConn() (total int64, readErr, writeErr error) {
 			return total, err, nil
 		}
 	}
+}
+
+// writeConn writes all of p to conn, waiting for a reader that is slow for
+// up to the stall time. With raw I/O, a write that the socket takes at once
+// moves no deadline: that goes deep into the runtime's timers, and would
+// double the stack of the goroutine that waits here for good. Only a write
+// that must wait sets one, and clears it when done.
+func (rl *Relay) writeConn(p []byte) (int, error) {
+	if rl.raw == nil {
+		rl.toWD.arm(rl.conn, rl.o.Stall)
+		return rl.conn.Write(p)
+	}
+	n, err := rl.raw.TryWrite(p)
+	if err != nil || n == len(p) {
+		return n, err
+	}
+	rl.conn.SetWriteDeadline(time.Now().Add(rl.o.Stall))
+	m, err := rl.raw.Write(p[n:])
+	rl.conn.SetWriteDeadline(time.Time{})
+	return n + m, err
 }
 
 // chunkReader reads a connection in chunks, each in a buffer borrowed

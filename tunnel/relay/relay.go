@@ -107,13 +107,8 @@ type Relay struct {
 	o    Options
 
 	fromDone chan struct{} // closed when the conn -> stream direction has ended
-	// toWD is conn's write deadline, first armed by Start on the caller's
-	// goroutine: moving a socket's deadline goes deep into the runtime's
-	// timers, and on the stream -> conn goroutine's first write it would
-	// double that goroutine's stack for good (it is moved again only once
-	// half of the stall time has passed).
-	toWD     writeDeadline
-	toStream int64 // set by the conn -> stream direction before fromDone
+	toWD     writeDeadline // conn's write deadline, when it has no raw I/O (writeConn)
+	toStream int64         // set by the conn -> stream direction before fromDone
 
 	mu      sync.Mutex
 	first   error
@@ -141,7 +136,6 @@ func Start(conn net.Conn, st *session.Stream, o Options) *Relay {
 	if s, ok := conn.(rawio.Socket); ok {
 		r.raw, _ = rawio.NewConn(s) // nil for a blocking descriptor: plain I/O
 	}
-	r.toWD.arm(conn, o.Stall)
 	st.OnLost(r.sessionLost)
 	go r.fromConn()
 	return r
