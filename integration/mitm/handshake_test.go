@@ -162,8 +162,11 @@ func handshakeAttacks(t *testing.T, e *harness.Rig) []hsAttack {
 			entry: []string{rejected, "protocol_error"}, exit: []string{"exceeds 8192"}},
 		{name: "flip/HELLO_I/length-low", match: hi, f: flipLowLen,
 			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I is truncated"}},
+		// The fields after it shift by one byte: the signature's length is
+		// then read from whatever bytes land there, and the message is too
+		// short or too long for it.
 		{name: "flip/HELLO_I/n_suites", match: hi, f: flip(hiNSuites, 0),
-			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"HELLO_I is truncated"}},
+			entry: []string{rejected, "bad HELLO_I"}, exit: []string{"malformed message: HELLO_I"}},
 		{name: "flip/HELLO_I/suite", match: hi, f: flip(hiSuite, 1),
 			entry: []string{rejected, "no_common_suite"}, exit: []string{"no common record suite"}},
 		badSigAtExit("flip/HELLO_I/random", flip(hiRandom+3, 4)),
