@@ -36,7 +36,7 @@ type Exit struct {
 	pool       *relay.Pool
 	dialer     net.Dialer
 	routes     *routeTable      // the services (services.go)
-	local      localServices    // the services the program serves (listener.go)
+	local      localServices    // the services the program serves (apiexit.go)
 	backlog    int              // of each Listener: acceptBacklog; tests make it small
 	noService  *serviceCounters // streams refused before they named one of routes
 	books      *ledger          // every count, once (ledger.go)
