@@ -66,7 +66,7 @@ func runAPI(t *testing.T, adjust func(*ExitSettings, *EntrySettings), tune func(
 	if tune != nil {
 		tune(r.exit)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	xctx, xcancel := context.WithCancel(context.Background())
 	xdone := make(chan struct{})
 	go func() { r.exit.Serve(xctx, ln); close(xdone) }()
@@ -274,7 +274,7 @@ func TestDialNoSession(t *testing.T) {
 		}
 	}
 
-	deadPort := listen(t)
+	deadPort := loopback(t)
 	dead := deadPort.Addr().String()
 	deadPort.Close()
 	check("entry not running", newEntry(dead), context.Background(), "not running")
@@ -293,7 +293,7 @@ func TestDialNoSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	xctx, xcancel := context.WithCancel(context.Background())
 	xdone := make(chan struct{})
 	go func() { x.Serve(xctx, ln); close(xdone) }()

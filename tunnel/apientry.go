@@ -13,6 +13,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -181,7 +182,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceNa
 			}
 			run.dialed.Done()
 			ev.Int64("bytes_to_backend", c.written.Load()).Int64("bytes_to_app", c.read.Load()).
-				Str("duration", logDuration(time.Since(o.start))).Msg("connection closed")
+				Str("duration", logfield.Duration(time.Since(o.start))).Msg("connection closed")
 		}), nil
 	}
 }

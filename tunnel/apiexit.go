@@ -27,6 +27,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -253,7 +254,7 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 		e.books.ended(svc, int(StatusOK))
 	}
 	ev.Int64("bytes_to_backend", c.read.Load()).Int64("bytes_to_app", c.written.Load()).
-		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
+		Str("duration", logfield.Duration(time.Since(start))).Msg("stream closed")
 	return StatusOK, ""
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/rawio"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -108,6 +109,6 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net
 	}
 	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
-		Str("handshake", logDuration(res.Duration)).Msg("session established")
+		Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil
 }

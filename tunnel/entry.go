@@ -13,6 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -187,7 +189,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	for i, l := range lns {
 		name := names[i]
 		svc := e.books.service(name.String())
-		l.Listener = retrying(l.Listener, e.log) // EMFILE and the like wait, and do not end it
+		l.Listener = listen.Wrap(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()
 		accepting.Add(1)
@@ -215,7 +217,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	drained := make(chan struct{})
 	go func() { conns.Wait(); close(drained) }()
 	if acceptErr == nil {
-		e.log.Info().Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).Msg("shutting down: draining open connections")
+		e.log.Info().Str("drain_timeout", logfield.Duration(e.cfg.DrainTimeout)).Msg("shutting down: draining open connections")
 		deadline := time.NewTimer(e.cfg.DrainTimeout)
 		defer deadline.Stop()
 	drain:

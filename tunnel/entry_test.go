@@ -71,7 +71,7 @@ func runEntry(t *testing.T, peer string, lines *logLines, adjust func(*EntrySett
 	if tune != nil {
 		tune(n)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { n.Serve(ctx, ln); close(done) }()
@@ -137,7 +137,7 @@ func acceptCounter(t *testing.T, handle func(net.Conn)) (addr string, accepted *
 // as such, not as handshake failures; an exit that starts listening is used
 // by the application still waiting.
 func TestRefusedDialRetriedQuietly(t *testing.T) {
-	probe := listen(t)
+	probe := loopback(t)
 	exitAddr := probe.Addr().String()
 	probe.Close()
 	var lines logLines
@@ -274,7 +274,7 @@ func TestYoungSessionBacksOff(t *testing.T) {
 // TestFailureCounters: a dial that fails, a handshake that times out and
 // one the exit rejects each count as what they are.
 func TestFailureCounters(t *testing.T) {
-	probe := listen(t)
+	probe := loopback(t)
 	closed := probe.Addr().String()
 	probe.Close()
 	n, _ := runEntry(t, closed, nil, nil, nil)
@@ -301,7 +301,7 @@ func TestFailureCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()
@@ -382,7 +382,7 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 	var lines logLines
 	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.recycleAfter = 4 })
 	roundTrip(t, addr, []byte("first"))
-	probe := listen(t)
+	probe := loopback(t)
 	dead := probe.Addr().String()
 	probe.Close()
 	relay.target.Store(dead) // new connections to the exit fail during the handshake

@@ -13,6 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -32,7 +34,7 @@ type Exit struct {
 	log        zerolog.Logger
 	keys       atomic.Pointer[exitKeys] // swapped whole by Reload
 	limiter    *sourceLimiter
-	pending    *pendingGate // connections accepted whose handshake has not ended
+	pending    *listen.Gate // connections accepted whose handshake has not ended
 	pool       *relay.Pool
 	dialer     net.Dialer
 	routes     *routeTable      // the services (services.go)
@@ -75,7 +77,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		cfg:        settings,
 		log:        log.With().Str("role", "exit").Logger(),
 		limiter:    newSourceLimiter(settings.HandshakeRate),
-		pending:    processPendingGate(),
+		pending:    listen.ProcessGate(),
 		pool:       relay.NewPool(),
 		dialer:     net.Dialer{Timeout: settings.DialTimeout},
 		writeStall: relay.DefaultWriteStall,
@@ -116,7 +118,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	var streams openStreams
 
-	ln = retrying(ln, e.log) // EMFILE and the like wait, and do not end Serve
+	ln = listen.Wrap(ln, e.log) // EMFILE and the like wait, and do not end Serve
 	stopAccept := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopAccept()
 	var acceptErr error
@@ -128,12 +130,12 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			break
 		}
-		if !e.pending.enter() {
+		if !e.pending.Enter() {
 			// Too many connections without a finished handshake: this one
 			// is closed at once, without an answer, so that a flood cannot
 			// hold every descriptor.
 			e.books.handshakeRefused()
-			e.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", e.pending.pending()).
+			e.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", e.pending.Pending()).
 				Msg("connection closed: too many connections have not finished their handshake")
 			conn.Close()
 			continue
@@ -152,7 +154,7 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 	sessionsDone := make(chan struct{})
 	go func() { wg.Wait(); close(sessionsDone) }()
 	if acceptErr == nil {
-		e.log.Info().Str("drain_timeout", logDuration(e.cfg.DrainTimeout)).Msg("shutting down: draining open streams")
+		e.log.Info().Str("drain_timeout", logfield.Duration(e.cfg.DrainTimeout)).Msg("shutting down: draining open streams")
 		deadline := time.NewTimer(e.cfg.DrainTimeout)
 		defer deadline.Stop()
 		select {

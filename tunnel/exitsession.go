@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/rawio"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -24,7 +25,7 @@ import (
 func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *openStreams) {
 	peer := conn.RemoteAddr().String()
 	log := e.log.With().Str("peer", peer).Logger()
-	handshaken := sync.OnceFunc(e.pending.leave) // the place Serve took in the pending gate
+	handshaken := sync.OnceFunc(e.pending.Leave) // the place Serve took in the pending gate
 	defer handshaken()
 	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
 	if err != nil {
@@ -49,7 +50,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		return
 	}
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
-	log.Info().Str("handshake", logDuration(res.Duration)).Msg("session established")
+	log.Info().Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
 
 	sess, err := session.Server(res.Conn, e.muxSettings(), log)
 	if err != nil {
@@ -142,7 +143,7 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
 	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal.Load()).
-		Str("duration", logDuration(time.Since(start))).Msg("session closed")
+		Str("duration", logfield.Duration(time.Since(start))).Msg("session closed")
 }
 
 // streamPeer is what the exit knows of the entry that opened a stream.

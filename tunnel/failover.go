@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 )
 
 // Reaching an exit, and failing over between several. Settings.Peers lists
@@ -112,7 +113,7 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 		log := e.log
 		if r.failures > 0 {
 			log = log.With().Int("failed_attempts", r.failures).
-				Str("failing_for", logDuration(time.Since(r.firstFail))).Logger()
+				Str("failing_for", logfield.Duration(time.Since(r.firstFail))).Logger()
 		}
 		exits, errs := e.resolve(ctx)
 		exits = rotateAfter(exits, r.left.addr)
@@ -164,8 +165,8 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 		}
 		if same != r.logged || !now.Before(r.nextLog) {
 			e.log.Error().Err(err).Strs("peers", e.peers).Int("failed_attempts", r.unlogged).
-				Str("failing_for", logDuration(now.Sub(r.firstFail))).
-				Str("retry_in", logDuration(wait)).
+				Str("failing_for", logfield.Duration(now.Sub(r.firstFail))).
+				Str("retry_in", logfield.Duration(wait)).
 				Msg("cannot establish a session with the exit")
 			r.logged, r.nextLog, r.unlogged = same, now.Add(max(wait, logStep)), 0
 		}

@@ -19,7 +19,7 @@ import (
 // stoppableExit runs an exit with the test keys forwarding to backend, until
 // stop (or the end of the test); stop returns once Serve has.
 func stoppableExit(t *testing.T, backend string, drain time.Duration) (addr string, stop func()) {
-	return stoppableExitOn(t, listen(t), backend, drain)
+	return stoppableExitOn(t, loopback(t), backend, drain)
 }
 
 // stoppableExitOn is stoppableExit on ln.
@@ -94,7 +94,7 @@ func TestStreamCrossingGoAwayMovesOn(t *testing.T) {
 // and the entry says so, with the reason. When the second goes too, the
 // first, back up at the same address, takes over.
 func TestFailoverToNextExit(t *testing.T) {
-	ln1 := listen(t)
+	ln1 := loopback(t)
 	addr1 := ln1.Addr().String()
 	_, stop1 := stoppableExitOn(t, ln1, echoBackend(t), time.Second)
 	addr2, stop2 := stoppableExit(t, echoBackend(t), time.Second)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
 // admitted reports whether l admits a handshake from addr at now; it keeps
@@ -209,9 +210,9 @@ func TestWriteStallAborts(t *testing.T) {
 
 func TestStatusEndpoint(t *testing.T) {
 	a := startWith(t, echoBackend(t), nil)
-	ln := listen(t)
+	ln := loopback(t)
 	addr := ln.Addr().String()
-	stop := StartStatus(ln, zerolog.Nop(), StatusConfig{Stats: a.entry.Stats, Ready: a.entry.Ready})
+	stop := status.Serve(ln, zerolog.Nop(), status.Config{Stats: func() any { return a.entry.Stats() }, Ready: a.entry.Ready})
 	defer stop()
 	roundTrip(t, a.entryAddr, []byte("hello"))
 	resp, err := http.Get("http://" + addr + "/healthz")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
 // TestBackendProbe: however often readiness is asked, the backend sees at most one probe per
@@ -93,8 +94,8 @@ func TestReadyz(t *testing.T) {
 	} {
 		a := start(t, tc.backend)
 		status := func(ready func(context.Context) error) string {
-			ln := listen(t)
-			stop := StartStatus(ln, zerolog.Nop(), StatusConfig{Stats: a.exit.Stats, Ready: ready})
+			ln := loopback(t)
+			stop := status.Serve(ln, zerolog.Nop(), status.Config{Stats: func() any { return a.exit.Stats() }, Ready: ready})
 			t.Cleanup(stop)
 			return "http://" + ln.Addr().String()
 		}
@@ -151,7 +152,7 @@ func TestAttempted(t *testing.T) {
 		t.Fatalf("Attempted before Serve = %v, want the context's deadline (no attempt is made)", err)
 	}
 
-	gone := listen(t)
+	gone := loopback(t)
 	goneAddr := gone.Addr().String()
 	gone.Close()
 	failing, _ := runEntry(t, goneAddr, nil, nil, nil)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -141,7 +142,7 @@ func (e *Exit) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Lo
 		ev = ev.AnErr("reason", res.Err)
 	}
 	ev.Int64("bytes_to_backend", res.FromStream).Int64("bytes_to_app", res.ToStream).
-		Str("duration", logDuration(time.Since(start))).Msg("stream closed")
+		Str("duration", logfield.Duration(time.Since(start))).Msg("stream closed")
 	ended(StatusOK, "")
 }
 

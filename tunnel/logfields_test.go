@@ -14,26 +14,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-func TestLogDuration(t *testing.T) {
-	for _, tc := range []struct {
-		d    time.Duration
-		want string
-	}{
-		{0, "0s"},
-		{999, "999ns"},
-		{1234, "1.23µs"},
-		{16330512 * time.Nanosecond, "16.3ms"},
-		{163305120 * time.Nanosecond, "163ms"},
-		{2345600 * time.Microsecond, "2.35s"},
-		{30 * time.Second, "30s"},
-		{90 * time.Minute, "1h30m0s"},
-	} {
-		if got := logDuration(tc.d); got != tc.want {
-			t.Errorf("logDuration(%d) = %q, want %q", tc.d, got, tc.want)
-		}
-	}
-}
-
 // logBuffer collects JSON log lines; safe for concurrent use.
 type logBuffer struct {
 	mu  sync.Mutex
@@ -82,14 +62,14 @@ func TestLogFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exitLn := listen(t)
+	exitLn := loopback(t)
 	ns := EntrySettings{}
 	ns.Peers, ns.DrainTimeout = []string{exitLn.Addr().String()}, time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, zerolog.New(&entryLog))
 	if err != nil {
 		t.Fatal(err)
 	}
-	entryLn := listen(t)
+	entryLn := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(2)

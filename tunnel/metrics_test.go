@@ -20,6 +20,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
 // scraper reads an agent's /metrics over HTTP.
@@ -31,9 +32,9 @@ type scraper struct {
 // serveMetrics serves g on a status endpoint until the test ends, and
 // returns its scraper.
 func serveMetrics(t *testing.T, g prometheus.Gatherer) scraper {
-	ln := listen(t)
-	stop := StartStatus(ln, zerolog.Nop(), StatusConfig{
-		Stats:   func() Stats { return Stats{} },
+	ln := loopback(t)
+	stop := status.Serve(ln, zerolog.Nop(), status.Config{
+		Stats:   func() any { return Stats{} },
 		Ready:   func(context.Context) error { return nil },
 		Metrics: g,
 	})
@@ -304,7 +305,7 @@ func TestMetricsKeyUpdates(t *testing.T) {
 // know and an exit key the entry does not pin are counted by their names.
 func TestMetricsRefusals(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
-	gone := listen(t)
+	gone := loopback(t)
 	goneAddr := gone.Addr().String()
 	gone.Close()
 	a := start(t, goneAddr)
@@ -341,7 +342,7 @@ func TestMetricsRefusals(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
-		go func() { e.Serve(ctx, listen(t)); close(done) }()
+		go func() { e.Serve(ctx, loopback(t)); close(done) }()
 		t.Cleanup(func() { cancel(); <-done })
 		return serveMetrics(t, e.Metrics())
 	}
@@ -360,7 +361,7 @@ func TestMetricsRefusals(t *testing.T) {
 // t.Cleanup.
 func tcpPair(t *testing.T) (client, server net.Conn) {
 	t.Helper()
-	ln := listen(t)
+	ln := loopback(t)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); accepted <- c }()

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -264,5 +265,5 @@ func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, 
 		ev = ev.Int("status", int(status))
 	}
 	ev.Int64("bytes_to_backend", res.ToStream).Int64("bytes_to_app", res.FromStream).
-		Str("duration", logDuration(d)).Msg("connection closed")
+		Str("duration", logfield.Duration(d)).Msg("connection closed")
 }

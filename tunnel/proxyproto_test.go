@@ -56,7 +56,7 @@ func TestProxyProtocol(t *testing.T) {
 	plain, proxied := newRecordingBackend(t), newRecordingBackend(t)
 	xs := ExitSettings{}
 	xs.Services = []ExitService{{Backend: plain.addr}, {Name: "pp", Backend: proxied.addr, ProxyProtocol: true}}
-	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "pp"}}
+	lns := []ServiceListener{{Listener: loopback(t)}, {Listener: loopback(t), Service: "pp"}}
 	startServices(t, xs, lns)
 
 	payload := []byte("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nnot a header, the application's bytes")

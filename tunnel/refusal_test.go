@@ -53,7 +53,7 @@ func serveExit(t *testing.T, backend string, adjust func(*ExitSettings)) (*Exit,
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()

@@ -20,7 +20,7 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 )
 
-func listen(t testing.TB) net.Listener {
+func loopback(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -32,7 +32,7 @@ func listen(t testing.TB) net.Listener {
 // backend serves every connection on a loopback port with handle, which
 // must close it; it stops in t.Cleanup.
 func backend(t testing.TB, handle func(*net.TCPConn)) string {
-	ln := listen(t)
+	ln := loopback(t)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -111,7 +111,7 @@ func startTuned(t testing.TB, backend string, adjust func(*ExitSettings, *EntryS
 		adjust(&xs, &ns)
 	}
 	a := &agents{}
-	exitLn := listen(t)
+	exitLn := loopback(t)
 	a.exitAddr = exitLn.Addr().String()
 	ns.Peers = []string{a.exitAddr}
 	x, err := newExitForTest(xs, exitKey, &entryKey.PublicKey, log)
@@ -132,7 +132,7 @@ func startTuned(t testing.TB, backend string, adjust func(*ExitSettings, *EntryS
 	a.stopExit = func() { xcancel(); <-xdone }
 	t.Cleanup(func() { a.stopExit() })
 
-	entryLn := listen(t)
+	entryLn := loopback(t)
 	a.entryAddr = entryLn.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -177,7 +177,7 @@ func startServices(t *testing.T, xs ExitSettings, lns []ServiceListener) (*Exit,
 	if err != nil {
 		t.Fatal(err)
 	}
-	exitLn := listen(t)
+	exitLn := loopback(t)
 	ns := EntrySettings{}
 	ns.Peers, ns.DialTimeout, ns.DrainTimeout = []string{exitLn.Addr().String()}, 2*time.Second, time.Second
 	n, err := NewEntry(EntryConfig{Settings: ns, Key: ks[0], PeerKey: &ks[1].PublicKey}, log)
@@ -249,7 +249,7 @@ type link struct {
 }
 
 func newLink(t *testing.T, target string) *link {
-	r := &link{ln: listen(t)}
+	r := &link{ln: loopback(t)}
 	r.cond = sync.NewCond(&r.mu)
 	r.target.Store(target)
 	var wg sync.WaitGroup

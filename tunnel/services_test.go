@@ -59,7 +59,7 @@ func readAll(t *testing.T, addr string) string {
 func TestServicesShareSession(t *testing.T) {
 	xs := ExitSettings{}
 	xs.Services = []ExitService{{Backend: namedBackend(t, "A", nil)}, {Name: "db", Backend: namedBackend(t, "DB", nil)}, {Name: "cache", Backend: namedBackend(t, "CACHE", nil)}}
-	lns := []ServiceListener{{Listener: listen(t)}, {Listener: listen(t), Service: "db"}, {Listener: listen(t), Service: "cache"}, {Listener: listen(t), Service: "nope"}}
+	lns := []ServiceListener{{Listener: loopback(t)}, {Listener: loopback(t), Service: "db"}, {Listener: loopback(t), Service: "cache"}, {Listener: loopback(t), Service: "nope"}}
 	x, n := startServices(t, xs, lns)
 
 	for _, tc := range []struct {
@@ -117,7 +117,7 @@ func TestAccessControl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()
@@ -258,7 +258,7 @@ func TestAccessReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { x.Serve(ctx, ln); close(done) }()

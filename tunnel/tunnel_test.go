@@ -54,7 +54,7 @@ func TestEchoThroughTunnel(t *testing.T) {
 }
 
 func TestBackendDownClosesApp(t *testing.T) {
-	ln := listen(t)
+	ln := loopback(t)
 	dead := ln.Addr().String()
 	ln.Close()
 	a := start(t, dead)
@@ -149,7 +149,7 @@ func TestRejectedKeyFailsFast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := listen(t)
+	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { n.Serve(ctx, ln); close(done) }()
@@ -187,7 +187,7 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln := listen(t)
+		ln := loopback(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { x.Serve(ctx, ln); close(done) }()
@@ -205,7 +205,7 @@ func TestGoAwayMovesToNewSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entryLn := listen(t)
+	entryLn := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { n.Serve(ctx, entryLn); close(done) }()

@@ -16,6 +16,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/tunnel-dev/tunnel/config"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
 )
 
 // unixBackend serves every connection on a UNIX socket in dir with handle,
@@ -78,13 +79,13 @@ func TestUnixSockets(t *testing.T) {
 	})
 	xs.Services = []ExitService{{Name: "db", Backend: addr, ProxyProtocol: true}, {Name: "resets", Backend: resets}}
 	appSock := filepath.Join(dir, "app.sock")
-	unixLn, err := ListenUnix(context.Background(), appSock, 0o600)
+	unixLn, err := listen.Unix(context.Background(), appSock, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tcpLn := listen(t)
+	tcpLn := loopback(t)
 	resetSock := filepath.Join(dir, "resets.sock")
-	resetLn, err := ListenUnix(context.Background(), resetSock, 0)
+	resetLn, err := listen.Unix(context.Background(), resetSock, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -116,7 +117,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				lived := time.Since(born)
 				r.left, r.leftWhy = s.exit, fmt.Sprintf("session lost: %v", reason)
 				ev := e.log.Warn().Err(reason).Str("peer", s.exit.peer).Str("addr", s.exit.addr).
-					Str("duration", logDuration(lived))
+					Str("duration", logfield.Duration(lived))
 				if lived >= stableSession {
 					r.reset()
 					ev.Msg("session with the exit lost; reconnecting")
@@ -130,7 +131,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 					break watch
 				}
 				wait := r.step() // it died young: back off
-				ev.Str("retry_in", logDuration(wait)).Msg("session with the exit lost; reconnecting")
+				ev.Str("retry_in", logfield.Duration(wait)).Msg("session with the exit lost; reconnecting")
 				if !sleep(ctx, wait, nil) {
 					return
 				}
@@ -151,7 +152,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				if ctx.Err() == nil {
 					e.countFailure(err)
 					wait := r.step()
-					e.log.Warn().Err(err).Str("retry_in", logDuration(wait)).
+					e.log.Warn().Err(err).Str("retry_in", logfield.Duration(wait)).
 						Msg("cannot establish a replacement session; the current one stays in use")
 					retry = time.After(wait)
 				}

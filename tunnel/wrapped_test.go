@@ -32,7 +32,7 @@ func (l plainListener) Accept() (net.Conn, error) {
 func TestWrappedListener(t *testing.T) {
 	xs := ExitSettings{}
 	xs.Services = []ExitService{{Backend: echoBackend(t)}}
-	ln := listen(t)
+	ln := loopback(t)
 	startServices(t, xs, []ServiceListener{{Listener: plainListener{ln}}})
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -58,12 +58,12 @@ func TestWrappedListener(t *testing.T) {
 // is not a service name is refused before anything starts.
 func TestServiceListenerNames(t *testing.T) {
 	xs := ExitSettings{Services: []ExitService{{Name: "", Backend: echoBackend(t)}}}
-	ln := listen(t)
+	ln := loopback(t)
 	startServices(t, xs, []ServiceListener{{Listener: ln, Service: config.DefaultService}})
 	roundTrip(t, ln.Addr().String(), []byte("to the default service"))
 
 	_, n := startServices(t, xs, nil)
-	bad := listen(t)
+	bad := loopback(t)
 	err := n.ServeListeners(context.Background(), []ServiceListener{{Listener: bad, Service: "no spaces"}})
 	if err == nil || !strings.Contains(err.Error(), "no spaces") {
 		t.Errorf("a listener for service %q: %v, want an error naming it", "no spaces", err)
@@ -88,3 +88,12 @@ func TestAppOriginZone(t *testing.T) {
 		}
 	}
 }
+
+// addrConn is a connection with a peer address and nothing else.
+type addrConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
+func (c addrConn) LocalAddr() net.Addr  { return &net.TCPAddr{} }

@@ -21,6 +21,8 @@ import (
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
+	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
 type exitCmd struct {
@@ -419,9 +421,9 @@ func serve(e *env, a agent) error {
 		}
 		var ln net.Listener
 		if network, path := config.Network(l.Addr); network == "unix" {
-			ln, err = tunnel.ListenUnix(e.ctx, path, l.Mode)
+			ln, err = listen.Unix(e.ctx, path, l.Mode)
 		} else {
-			ln, err = tunnel.Listen(e.ctx, l.Addr)
+			ln, err = listen.TCP(e.ctx, l.Addr)
 		}
 		if err != nil {
 			closeAll()
@@ -450,12 +452,12 @@ func serve(e *env, a agent) error {
 		}
 		ev.Str("version", e.build.Version).Int("procs", procs).Msg("listening")
 	}
-	tunnel.WarnLowFileLimit(log)
+	listen.WarnLowFileLimit(log)
 	// An accept that fails for want of descriptors or memory is retried, not the end of the
 	// agent; one that keeps failing for a watchdog interval makes the agent unhealthy.
-	retrying := make([]*tunnel.RetryingListener, len(lns))
+	retrying := make([]*listen.Retrying, len(lns))
 	for i := range lns {
-		retrying[i] = tunnel.NewRetryingListener(lns[i].Listener, log)
+		retrying[i] = listen.NewRetrying(lns[i].Listener, log)
 		lns[i].Listener = retrying[i]
 	}
 	live := func(within time.Duration) error { return acceptHealth(retrying, time.Now(), within) }
@@ -471,8 +473,8 @@ func serve(e *env, a agent) error {
 			ev = ev.Bool("systemd_socket", true)
 		}
 		ev.Msg("status endpoint listening")
-		stop := tunnel.StartStatus(statusLn, log, tunnel.StatusConfig{
-			Stats:   a.stats,
+		stop := status.Serve(statusLn, log, status.Config{
+			Stats:   func() any { return a.stats() },
 			Metrics: a.metrics,
 			// Readiness goes down as the drain starts: e.ctx ends first.
 			Ready: func(ctx context.Context) error {
@@ -547,7 +549,7 @@ func serve(e *env, a agent) error {
 // now: the agent takes no new connection there, and a restart (which closes whatever holds the
 // descriptors) may be what it takes. A peer or backend that is down is not such a reason: a
 // restart does not bring it back.
-func acceptHealth(lns []*tunnel.RetryingListener, now time.Time, within time.Duration) error {
+func acceptHealth(lns []*listen.Retrying, now time.Time, within time.Duration) error {
 	for _, l := range lns {
 		if d := l.FailingFor(now); d >= within {
 			return fmt.Errorf("accepting connections on %s has failed for %s (see the warning that started it)", l.Addr(), d.Round(time.Millisecond))

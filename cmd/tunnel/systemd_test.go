@@ -23,6 +23,7 @@ import (
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/integration/harness"
 	"github.com/tunnel-dev/tunnel/tunnel"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
 )
 
 // notifySocket plays the service manager's end of the notify protocol: a unixgram socket (the
@@ -659,16 +660,16 @@ func TestAcceptHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	good := tunnel.NewRetryingListener(ln, zerolog.Nop())
+	good := listen.NewRetrying(ln, zerolog.Nop())
 	stuck := &stuckListener{Listener: ln, retried: make(chan struct{}), closed: make(chan struct{})}
-	bad := tunnel.NewRetryingListener(stuck, zerolog.Nop())
+	bad := listen.NewRetrying(stuck, zerolog.Nop())
 	done := make(chan struct{})
 	go func() { defer close(done); bad.Accept() }()
 	defer func() { bad.Close(); <-done }()
 	<-stuck.retried // Accept failed, waited, and tries again
 
 	now := time.Now()
-	lns := []*tunnel.RetryingListener{good, bad}
+	lns := []*listen.Retrying{good, bad}
 	if err := acceptHealth(lns, now.Add(time.Hour), 30*time.Second); err == nil || !strings.Contains(err.Error(), "accepting connections on "+ln.Addr().String()+" has failed for") {
 		t.Errorf("accepts failing for an hour, watchdog 30s: %v, want unhealthy", err)
 	}

@@ -1,4 +1,4 @@
-package tunnel
+package listen
 
 import (
 	"context"
@@ -21,12 +21,12 @@ const (
 	keepAliveCount    = 9
 )
 
-// Listen announces on the TCP address addr as net.Listen does, with TCP
+// TCP announces on the TCP address addr as net.Listen does, with TCP
 // keepalive on every accepted connection as net.Listen gives it. The
 // keepalive options are set once, on the listening socket, and Linux copies
 // them to each socket it accepts, where net.Listen sets them on every
 // accepted connection: four system calls fewer per connection.
-func Listen(ctx context.Context, addr string) (net.Listener, error) {
+func TCP(ctx context.Context, addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
 		var err error
 		ctrl := c.Control(func(fd uintptr) { err = setKeepAlive(int(fd)) })
@@ -53,7 +53,7 @@ func setKeepAlive(fd int) error {
 	return nil
 }
 
-// ListenUnix announces on the UNIX socket path. A socket file left at path
+// Unix announces on the UNIX socket path. A socket file left at path
 // by an agent that did not stop cleanly is replaced, and only that: if a
 // process accepts connections on it, or path is not a socket, ListenUnix
 // refuses and removes nothing. mode, if not 0, is the socket file's mode
@@ -69,7 +69,7 @@ func setKeepAlive(fd int) error {
 // has appeared at path since it was checked, where rename(2) would replace
 // it. Accepted connections' local address names the path the socket was
 // bound at (as getsockname reports it), the listener's Addr is path.
-func ListenUnix(ctx context.Context, path string, mode os.FileMode) (net.Listener, error) {
+func Unix(ctx context.Context, path string, mode os.FileMode) (net.Listener, error) {
 	if err := removeStaleSocket(ctx, path); err != nil {
 		return nil, err
 	}

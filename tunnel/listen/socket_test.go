@@ -1,4 +1,4 @@
-package tunnel
+package listen
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 // TestListenAcceptedKeepAlive checks that a connection accepted from Listen
 // has keepalive on with the agents' timing, inherited from the listener.
 func TestListenAcceptedKeepAlive(t *testing.T) {
-	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	ln, err := TCP(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestListenUnixStale(t *testing.T) {
 		if _, err := os.Lstat(path); err != nil {
 			t.Fatalf("the stale socket file should exist: %v", err)
 		}
-		ln, err := ListenUnix(ctx, path, 0)
+		ln, err := Unix(ctx, path, 0)
 		if err != nil {
 			t.Fatalf("ListenUnix over a stale socket: %v", err)
 		}
@@ -103,7 +103,7 @@ func TestListenUnixStale(t *testing.T) {
 		path := filepath.Join(dir, "live.sock")
 		live := unixListener(t, path)
 		defer live.Close()
-		ln, err := ListenUnix(ctx, path, 0)
+		ln, err := Unix(ctx, path, 0)
 		if err == nil {
 			ln.Close()
 			t.Fatal("ListenUnix took over the socket of a live listener")
@@ -138,7 +138,7 @@ func TestListenUnixStale(t *testing.T) {
 				t.Fatal(err)
 			}
 			before, _ := os.Lstat(path)
-			ln, err := ListenUnix(ctx, path, 0)
+			ln, err := Unix(ctx, path, 0)
 			if err == nil {
 				ln.Close()
 				t.Fatalf("ListenUnix replaced %s", tc.kind)
@@ -165,7 +165,7 @@ func TestListenUnixMode(t *testing.T) {
 	dir := t.TempDir()
 	for _, mode := range []fs.FileMode{0o600, 0o660, 0o666} {
 		path := filepath.Join(dir, fmt.Sprintf("m%o.sock", mode))
-		ln, err := ListenUnix(context.Background(), path, mode)
+		ln, err := Unix(context.Background(), path, mode)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +175,7 @@ func TestListenUnixMode(t *testing.T) {
 			t.Fatal(err)
 		}
 		if fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != mode {
-			t.Errorf("ListenUnix(mode %04o): the file's mode is %v, want a socket with %v", mode, fi.Mode(), mode)
+			t.Errorf("Unix(mode %04o): the file's mode is %v, want a socket with %v", mode, fi.Mode(), mode)
 		}
 	}
 }
@@ -225,7 +225,7 @@ func TestListenUnixModeBeforeVisible(t *testing.T) {
 	dir := t.TempDir()
 	events := dirEvents(t, dir)
 	path := filepath.Join(dir, "app.sock")
-	ln, err := ListenUnix(context.Background(), path, 0o600)
+	ln, err := Unix(context.Background(), path, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestListenUnixPublishRefuses(t *testing.T) {
 func TestListenUnixClose(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "app.sock")
-	ln, err := ListenUnix(context.Background(), path, 0)
+	ln, err := Unix(context.Background(), path, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package tunnel
+package status
 
 import (
 	"bufio"
@@ -32,8 +32,8 @@ func statusRequest(h *statusHandler, target string, local bool) (int, string) {
 func TestStatusLocalOnly(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	now := t0
-	h := &statusHandler{now: func() time.Time { return now }, cfg: StatusConfig{
-		Stats: func() Stats { return Stats{Role: "exit"} },
+	h := &statusHandler{now: func() time.Time { return now }, cfg: Config{
+		Stats: func() any { return map[string]string{"role": "exit"} },
 		Ready: func(context.Context) error { return errors.New("backend 10.1.2.3:5432 does not accept connections") },
 	}}
 
@@ -150,8 +150,8 @@ func TestStatusConnLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	ln := &countingListener{Listener: inner}
-	stop := StartStatus(ln, zerolog.Nop(), StatusConfig{
-		Stats: func() Stats { return Stats{} },
+	stop := Serve(ln, zerolog.Nop(), Config{
+		Stats: func() any { return struct{}{} },
 		Ready: func(context.Context) error { return nil },
 	})
 	defer stop()

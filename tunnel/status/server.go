@@ -1,4 +1,7 @@
-package tunnel
+// Package status serves an agent's status endpoint: its counters as JSON,
+// liveness and readiness probes, and Prometheus metrics, with bounds that
+// keep it from taking what the agent's own connections need.
+package status
 
 import (
 	"context"
@@ -6,63 +9,19 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/listen"
 )
 
-// Stats are an agent's counters and its process's resource use, as the
-// status endpoint shows them.
-type Stats struct {
-	Role              string `json:"role"`
-	Sessions          int64  `json:"sessions"`      // sessions up now
-	Streams           int64  `json:"streams"`       // streams open now
-	StreamsTotal      int64  `json:"streams_total"` // streams opened since start
-	HandshakeFailures int64  `json:"handshake_failures"`
-	HandshakesRefused int64  `json:"handshakes_refused"` // busy or over the per-source rate
-	Goroutines        int    `json:"goroutines"`
-	HeapBytes         uint64 `json:"heap_bytes"`
-	OpenFDs           int    `json:"open_fds"` // -1 where /proc/self/fd is not readable
-	// Entry only: records of the current session.
-	RecordsSent     uint64 `json:"records_sent,omitempty"`
-	RecordsReceived uint64 `json:"records_received,omitempty"`
-
-	// Entry only: failed TCP dials to the exit (HandshakeFailures counts
-	// only handshakes begun); of the handshake failures, those refused by
-	// either side (an ALERT from the exit, or its key or signature is
-	// wrong) and those that ran out of time; and the sessions replaced
-	// after maxSessionStreams streams.
-	DialFailures        int64 `json:"dial_failures"`
-	HandshakeRejections int64 `json:"handshake_rejections"`
-	HandshakeTimeouts   int64 `json:"handshake_timeouts"`
-	SessionsRecycled    int64 `json:"sessions_recycled"`
-
-	// Services are the counters of each service, by name (the default
-	// service is "default").
-	Services map[string]ServiceStats `json:"services"`
-}
-
-// processStats returns the process's part of Stats: goroutines, heap and
-// open descriptors.
-func processStats() Stats {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	fds := -1
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		fds = len(ents)
-	}
-	return Stats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, OpenFDs: fds}
-}
-
-// StatusConfig is what the status endpoint serves.
-type StatusConfig struct {
-	Stats func() Stats // /status
+// Config is what the status endpoint serves.
+type Config struct {
+	Stats func() any // /status, marshalled as JSON
 	// Ready is /readyz: nil while the agent should be sent traffic,
 	// otherwise why not. It may block for a probe; it honours ctx.
 	Ready func(ctx context.Context) error
@@ -94,7 +53,7 @@ const (
 	gcEvery = time.Second
 )
 
-// StartStatus serves, on ln:
+// Serve serves, on ln:
 //
 //	GET /status   cfg.Stats as JSON; with ?gc=1 after a garbage collection,
 //	              so that heap_bytes counts live memory only
@@ -113,13 +72,13 @@ const (
 // It holds at most maxStatusConns connections at once: past that it
 // accepts no more until one closes, and closes those idle in keep-alive to
 // make room. An accept that fails for want of descriptors is retried
-// (RetryingListener). The caller has bound ln, so that a command can bind
+// (listen.Retrying). The caller has bound ln, so that a command can bind
 // every listener before it reports itself ready. The returned stop closes
 // the server and ln, and waits until it has stopped.
-func StartStatus(ln net.Listener, log zerolog.Logger, cfg StatusConfig) (stop func()) {
+func Serve(ln net.Listener, log zerolog.Logger, cfg Config) (stop func()) {
 	h := &statusHandler{cfg: cfg, now: time.Now}
 	idle := &idleConns{conns: make(map[net.Conn]struct{})}
-	lim := newLimitListener(NewRetryingListener(ln, log), maxStatusConns, idle.closeAll)
+	lim := newLimitListener(listen.NewRetrying(ln, log), maxStatusConns, idle.closeAll)
 	srv := &http.Server{
 		Handler:           h.mux(),
 		ReadHeaderTimeout: statusHeaderTimeout,
@@ -166,7 +125,7 @@ func fromThisHost(c net.Conn) bool {
 
 // statusHandler answers the status endpoint's requests.
 type statusHandler struct {
-	cfg    StatusConfig
+	cfg    Config
 	now    func() time.Time
 	lastGC atomic.Int64 // UnixNano of the last collection ?gc=1 made; 0: none
 }
@@ -222,102 +181,4 @@ func (h *statusHandler) readyz(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.Error(w, "not ready (the reason is given to this host only: ask from 127.0.0.1, e.g. tunnel healthcheck, or see the agent's log)", http.StatusServiceUnavailable)
 	}
-}
-
-// idleConns are the status endpoint's connections idle in keep-alive.
-// Safe for concurrent use.
-type idleConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
-
-// track records whether c is idle now.
-func (ic *idleConns) track(c net.Conn, idle bool) {
-	ic.mu.Lock()
-	defer ic.mu.Unlock()
-	if idle {
-		ic.conns[c] = struct{}{}
-	} else {
-		delete(ic.conns, c)
-	}
-}
-
-// closeAll closes every idle connection.
-func (ic *idleConns) closeAll() {
-	ic.mu.Lock()
-	defer ic.mu.Unlock()
-	for c := range ic.conns {
-		c.Close()
-		delete(ic.conns, c)
-	}
-}
-
-// limitListener accepts at most n connections open at once: Accept waits
-// while n are open, after calling full once per wait, so that its owner can
-// close some. A connection it returns gives its place back when closed
-// (once, however often it is closed). Close ends a wait. Safe for concurrent
-// use.
-type limitListener struct {
-	net.Listener
-	slots    chan struct{}
-	full     func()
-	blocked  atomic.Int32 // Accept calls waiting for a place
-	stopOnce sync.Once
-	stopped  chan struct{}
-}
-
-func newLimitListener(ln net.Listener, n int, full func()) *limitListener {
-	return &limitListener{Listener: ln, slots: make(chan struct{}, n), full: full, stopped: make(chan struct{})}
-}
-
-// waiting reports whether an Accept waits for a place.
-func (l *limitListener) waiting() bool { return l.blocked.Load() > 0 }
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	default:
-		l.blocked.Add(1)
-		l.full()
-		select {
-		case l.slots <- struct{}{}:
-			l.blocked.Add(-1)
-		case <-l.stopped:
-			l.blocked.Add(-1)
-			return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
-		}
-	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
-	}
-	return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
-}
-
-func (l *limitListener) Close() error {
-	l.stopOnce.Do(func() { close(l.stopped) })
-	return l.Listener.Close()
-}
-
-// limitConn is a connection of a limitListener.
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
-}
-
-// CloseWrite is the wrapped connection's, which net/http uses to end an
-// answer it closes the connection after.
-func (c *limitConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
 }
