@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/rawio"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -58,10 +59,10 @@ func (v *v1Exits) remove(addr string) {
 
 // connect dials the exit at x, runs the handshake and starts the
 // multiplexer; it logs the new session to log.
-func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exitAddr) (*entrySession, error) {
-	c, err := e.dial(ctx, x.addr)
+func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) (*entrySession, error) {
+	c, err := e.dial(ctx, x.Addr)
 	if err != nil {
-		return nil, &dialError{err}
+		return nil, &exits.DialError{Err: err}
 	}
 	return e.start(ctx, log, x, c)
 }
@@ -74,9 +75,9 @@ func (e *Entry) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 
 // start runs the handshake on c, connected to the exit at x, and starts
 // the multiplexer; it logs the new session to log.
-func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net.Conn) (*entrySession, error) {
-	cfg := *e.keys.Load().forExit(x.peer)
-	v1 := e.v1.has(x.addr, time.Now())
+func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*entrySession, error) {
+	cfg := *e.keys.Load().forExit(x.Peer)
+	v1 := e.v1.has(x.Addr, time.Now())
 	cfg.Version, cfg.Fallback = handshake.Version2, false
 	if v1 {
 		cfg.Version, cfg.Fallback = handshake.Version1, true
@@ -86,18 +87,18 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net
 		// A version 1 exit: handshake again, on a new connection, in its
 		// version, signalling that this is a fallback (a version 2 exit
 		// refuses that: someone forged the refusal).
-		e.v1.add(x.addr, time.Now())
-		log.Warn().Str("peer", x.peer).Str("addr", x.addr).
+		e.v1.add(x.Addr, time.Now())
+		log.Warn().Str("peer", x.Peer).Str("addr", x.Addr).
 			Msg("the exit speaks protocol version 1 only: falling back to it (no signed hello, so the exit cannot shed forged handshakes before its RSA work); upgrade the exit")
-		c, err = e.dial(ctx, x.addr)
+		c, err = e.dial(ctx, x.Addr)
 		if err != nil {
-			return nil, &dialError{err}
+			return nil, &exits.DialError{Err: err}
 		}
 		cfg.Version, cfg.Fallback = handshake.Version1, true
 		res, err = handshake.Initiate(ctx, rawio.Wrap(c), &cfg)
 	}
 	if errors.Is(err, handshake.ErrInappropriateFallback) {
-		e.v1.remove(x.addr) // it speaks version 2 after all: the refusal was forged
+		e.v1.remove(x.Addr) // it speaks version 2 after all: the refusal was forged
 	}
 	if err != nil {
 		return nil, err
@@ -108,7 +109,7 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exitAddr, c net
 		return nil, err
 	}
 	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
-	log.Info().Str("peer", x.peer).Str("addr", x.addr).Str("peer_fingerprint", res.PeerFingerprint).
+	log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil
 }

@@ -2,15 +2,15 @@ package tunnel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/netip"
 	"slices"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 )
 
@@ -22,12 +22,6 @@ import (
 // just ended (so a dead or draining exit is tried last), and the first
 // handshake that succeeds wins; a failed TCP dial moves on at once. The
 // entry does not move back to an exit it left while its session lives.
-
-// exitAddr is one address of an exit, for one attempt.
-type exitAddr struct {
-	peer string // as configured (HOST:PORT): names the exit in logs, and its pinned keys
-	addr string // IP:PORT
-}
 
 // pins are the entry's own key and the exits' keys it pins, swapped
 // together by Reload.
@@ -85,10 +79,10 @@ type redial struct {
 	nextLog   time.Time // no line for the same failure before this
 	unlogged  int       // failures since the last line
 
-	choices     int      // addresses of exits the last attempt had
-	left        exitAddr // the exit whose session just ended: tried last
-	leftWhy     string   // why it ended
-	youngLosses int      // sessions lost young in a row, not backed off
+	choices     int        // addresses of exits the last attempt had
+	left        exits.Addr // the exit whose session just ended: tried last
+	leftWhy     string     // why it ended
+	youngLosses int        // sessions lost young in a row, not backed off
 }
 
 // reset starts the backoff over: a session proved stable, or the exit
@@ -102,11 +96,11 @@ func (r *redial) step() time.Duration {
 	return w
 }
 
-// establish reaches an exit (see exitAddr) until a session is up, which
+// establish reaches an exit (package exits) until a session is up, which
 // it makes current and returns, or ctx ends (nil).
 func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 	for {
-		if !sleep(ctx, minBackoff-time.Since(r.last), nil) {
+		if !exits.Sleep(ctx, minBackoff-time.Since(r.last), nil) {
 			return nil
 		}
 		r.last = time.Now()
@@ -115,19 +109,21 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 			log = log.With().Int("failed_attempts", r.failures).
 				Str("failing_for", logfield.Duration(time.Since(r.firstFail))).Logger()
 		}
-		exits, errs := e.resolve(ctx)
-		exits = rotateAfter(exits, r.left.addr)
-		r.choices = len(exits)
-		s, failed := e.reach(ctx, log, exits)
+		addrs, errs := exits.Resolve(ctx, e.peers, e.cfg.DialTimeout, e.lookup)
+		addrs = exits.RotateAfter(addrs, r.left.Addr)
+		r.choices = len(addrs)
+		s, failed := exits.Reach(ctx, addrs, e.dial, func(x exits.Addr, c net.Conn) (*entrySession, error) {
+			return e.start(ctx, log, x, c)
+		})
 		errs = append(errs, failed...)
 		if s != nil {
-			if r.left.addr != "" && r.left.addr != s.exit.addr {
-				e.log.Info().Str("peer", s.exit.peer).Str("addr", s.exit.addr).
-					Str("previous_peer", r.left.peer).Str("previous_addr", r.left.addr).
-					Str("reason", r.leftWhy).AnErr("skipped", attemptsError(errs).orNil()).
+			if r.left.Addr != "" && r.left.Addr != s.exit.Addr {
+				e.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
+					Str("previous_peer", r.left.Peer).Str("previous_addr", r.left.Addr).
+					Str("reason", r.leftWhy).AnErr("skipped", exits.Attempts(errs).OrNil()).
 					Msg("failed over to another exit")
 			}
-			r.failures, r.logged, r.left = 0, "", exitAddr{}
+			r.failures, r.logged, r.left = 0, "", exits.Addr{}
 			e.setSession(s)
 			e.books.made.Add(1)
 			return s
@@ -135,9 +131,9 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var err error = attemptsError(errs)
+		var err error = exits.Attempts(errs)
 		if len(errs) == 1 {
-			err = errs[0].(*exitError).err // one exit: its error, as it is
+			err = errs[0].(*exits.Error).Err // one exit: its error, as it is
 		}
 		kind := failure(0)
 		for _, xe := range errs {
@@ -170,167 +166,34 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 				Msg("cannot establish a session with the exit")
 			r.logged, r.nextLog, r.unlogged = same, now.Add(max(wait, logStep)), 0
 		}
-		if !sleep(ctx, wait, wake) {
+		if !exits.Sleep(ctx, wait, wake) {
 			return nil
 		}
 	}
 }
 
-// dialStagger is how long the entry waits for a TCP dial to an exit to
-// connect before it dials the next one as well.
-const dialStagger = 250 * time.Millisecond
+// failure is why an attempt to reach the exit failed.
+type failure int
 
-// dialed is the outcome of a dial to an exit.
-type dialed struct {
-	exit exitAddr
-	conn net.Conn
-	err  error
-}
+const (
+	failedDial     failure = iota + 1 // the TCP dial
+	failedTimeout                     // the handshake ran out of time
+	failedRejected                    // either side refused the handshake
+	failedOther                       // the handshake failed otherwise (e.g. cut)
+)
 
-// reach tries exits in order until a handshake succeeds, and returns the
-// session, with the failures before it (*exitErrors). The dials overlap:
-// the next exit is dialed when the dial before has failed or has not
-// connected within dialStagger, so an exit that does not answer at all
-// delays the others by dialStagger, not by the dial timeout. No dial
-// starts while a handshake runs; a handshake that fails lets the next
-// exit be dialed at once. The dials that remain are abandoned, and the
-// connections they make closed, once a session is up.
-func (e *Entry) reach(ctx context.Context, log zerolog.Logger, exits []exitAddr) (*entrySession, []error) {
-	var errs []error
-	if len(exits) == 0 {
-		return nil, nil
+// countFailure counts a failed attempt to reach the exit by its cause,
+// which it returns.
+func (e *Entry) countFailure(err error) failure {
+	if de := (*exits.DialError)(nil); errors.As(err, &de) {
+		e.books.dialFailures.Add(1)
+		return failedDial
 	}
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	results := make(chan dialed, len(exits))
-	next, pending := 0, 0
-	var stagger *time.Timer
-	var staggered <-chan time.Time
-	start := func() {
-		x := exits[next]
-		next, pending = next+1, pending+1
-		go func() {
-			c, err := e.dial(dctx, x.addr)
-			results <- dialed{x, c, err}
-		}()
-		if stagger != nil {
-			stagger.Stop()
-		}
-		staggered = nil
-		if next < len(exits) {
-			stagger = time.NewTimer(dialStagger)
-			staggered = stagger.C
-		}
+	switch f := e.books.handshakeFailed(err, true); {
+	case f == handshake.FailTimeout:
+		return failedTimeout
+	case f.Refused():
+		return failedRejected
 	}
-	defer func() {
-		if stagger != nil {
-			stagger.Stop()
-		}
-		cancel()
-		go func(pending int) { // close what the abandoned dials connect
-			for ; pending > 0; pending-- {
-				if r := <-results; r.conn != nil {
-					r.conn.Close()
-				}
-			}
-		}(pending)
-	}()
-	start()
-	for pending > 0 {
-		select {
-		case <-staggered:
-			start()
-			continue
-		case <-ctx.Done():
-			return nil, errs
-		case r := <-results:
-			pending--
-			if r.err == nil {
-				if stagger != nil {
-					stagger.Stop()
-				}
-				staggered = nil
-				s, err := e.start(ctx, log, r.exit, r.conn)
-				if err == nil {
-					return s, errs
-				}
-				r.err = err
-			} else {
-				r.err = &dialError{r.err}
-			}
-			if ctx.Err() != nil {
-				return nil, errs
-			}
-			errs = append(errs, &exitError{r.exit, r.err})
-			if next < len(exits) {
-				start()
-			}
-		}
-	}
-	return nil, errs
-}
-
-// resolve returns the addresses of the exits in the order of Peers, a name
-// looked up again, and a failure to resolve one (an *exitError).
-func (e *Entry) resolve(ctx context.Context) ([]exitAddr, []error) {
-	var exits []exitAddr
-	var errs []error
-	seen := map[string]bool{}
-	add := func(x exitAddr) {
-		if !seen[x.addr] {
-			seen[x.addr] = true
-			exits = append(exits, x)
-		}
-	}
-	for _, peer := range e.peers {
-		host, port, err := net.SplitHostPort(peer)
-		if err != nil { // Validate has seen it
-			errs = append(errs, &exitError{exitAddr{peer, peer}, &dialError{err}})
-			continue
-		}
-		if _, err := netip.ParseAddr(host); err == nil {
-			add(exitAddr{peer, peer})
-			continue
-		}
-		lctx, cancel := context.WithTimeout(ctx, e.cfg.DialTimeout)
-		ips, err := e.lookup(lctx, host)
-		cancel()
-		if err == nil && len(ips) == 0 {
-			err = fmt.Errorf("%s has no address", host)
-		}
-		if err != nil {
-			errs = append(errs, &exitError{exitAddr{peer, peer}, &dialError{err}})
-			continue
-		}
-		for _, ip := range ips {
-			add(exitAddr{peer, net.JoinHostPort(ip, port)})
-		}
-	}
-	return exits, errs
-}
-
-// rotateAfter returns exits starting after the one at addr, which comes
-// last; exits as they are if none is at addr.
-func rotateAfter(exits []exitAddr, addr string) []exitAddr {
-	for i, x := range exits {
-		if x.addr == addr {
-			return append(exits[i+1:], exits[:i+1]...)
-		}
-	}
-	return exits
-}
-
-// sleep waits for d, or until wake fires or ctx ends; it reports whether
-// ctx is still alive.
-func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
-	if d > 0 {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-wake:
-		case <-ctx.Done():
-		}
-	}
-	return ctx.Err() == nil
+	return failedOther
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -39,7 +40,7 @@ func (e *Entry) session(ctx context.Context) (*entrySession, error) {
 		if s != nil && !s.sess.IsClosed() && !s.retiring.Load() {
 			return s, nil
 		}
-		if lasting(lastErr) {
+		if exits.Lasting(lastErr) {
 			return nil, lastErr
 		}
 		select {
@@ -108,7 +109,7 @@ func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, err
 	e.books.streamOpened()
 	return &outgoing{
 		s: s, st: st, start: time.Now(),
-		log: log.With().Str("peer", s.exit.peer).Uint32("stream", st.ID()).Logger(),
+		log: log.With().Str("peer", s.exit.Peer).Uint32("stream", st.ID()).Logger(),
 	}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -33,7 +34,7 @@ const maxSessionStreams = 1 << 15
 // entrySession is one authenticated session with an exit, as the entry
 // keeps it.
 type entrySession struct {
-	exit        exitAddr
+	exit        exits.Addr
 	fingerprint string // the exit's key, as the handshake proved it
 	sess        *session.Session
 
@@ -89,18 +90,18 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			select {
 			case <-s.sess.PeerGoneAway():
 				e.clearSession(s, errors.New("the exit is going away"))
-				e.log.Info().Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+				e.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
 					Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
 				handOver(s)
 				r.reset()
 				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
 				break watch
 			case <-e.repin:
-				if e.keys.Load().pins(s.exit.peer, s.fingerprint) {
+				if e.keys.Load().pins(s.exit.Peer, s.fingerprint) {
 					continue
 				}
 				e.clearSession(s, errors.New("the exit's key is no longer pinned"))
-				e.log.Warn().Str("peer", s.exit.peer).Str("peer_fingerprint", s.fingerprint).
+				e.log.Warn().Str("peer", s.exit.Peer).Str("peer_fingerprint", s.fingerprint).
 					Msg("the exit's key is no longer pinned: new connections go to a new session; those open on this one may finish (restart the entry to cut them, if the key was compromised)")
 				handOver(s)
 				r.reset()
@@ -116,7 +117,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				}
 				lived := time.Since(born)
 				r.left, r.leftWhy = s.exit, fmt.Sprintf("session lost: %v", reason)
-				ev := e.log.Warn().Err(reason).Str("peer", s.exit.peer).Str("addr", s.exit.addr).
+				ev := e.log.Warn().Err(reason).Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
 					Str("duration", logfield.Duration(lived))
 				if lived >= stableSession {
 					r.reset()
@@ -132,7 +133,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 				}
 				wait := r.step() // it died young: back off
 				ev.Str("retry_in", logfield.Duration(wait)).Msg("session with the exit lost; reconnecting")
-				if !sleep(ctx, wait, nil) {
+				if !exits.Sleep(ctx, wait, nil) {
 					return
 				}
 				break watch
