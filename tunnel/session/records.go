@@ -16,7 +16,9 @@ package session
 // queued before it, and Write returns once it has; any other Write is
 // copied, so correctness does not depend on how yamux splits its frames.
 // A RST this side sends goes out at the next frame boundary. A failure of
-// the record layer is sticky: Write returns it, and yamux ends the session.
+// the record layer is sticky: Write returns it, and yamux ends the session;
+// unless the session can resume (resume.go), and then a broken link parks
+// the session instead, until a new link takes over or the window ends.
 //
 // Read side: before yamux sees the peer's bytes, recordConn limits the
 // peer's pings (see pingRate), records which streams the peer acknowledged
@@ -53,23 +55,25 @@ const bigBody = 64 << 10
 const flushTimeout = 2 * time.Second
 
 type recordConn struct {
-	*frame.Conn
 	streams *streamTable
+	res     *resumption // nil: the session cannot resume
 
 	mu      sync.Mutex
-	wake    *sync.Cond // on mu: frames queued, space freed, closing, writer done
-	queue   []byte     // whole frames waiting for the writer (and the frame in progress)
-	ready   int        // queue[:ready] ends at a frame boundary
-	spare   []byte     // the writer's other buffer
-	big     []byte     // a large body, after queue[:ready], until the writer has sealed it
-	out     tracker    // the frames yamux writes
-	resets  []uint32   // streams to reset at the next frame boundary
-	err     error      // sticky: the record layer failed
+	wake    *sync.Cond  // on mu: frames queued, space freed, closing, writer done
+	queue   []byte      // whole frames waiting for the writer (and the frame in progress)
+	ready   int         // queue[:ready] ends at a frame boundary
+	spare   []byte      // the writer's other buffer
+	big     []byte      // a large body, after queue[:ready], until the writer has sealed it
+	out     tracker     // the frames yamux writes
+	resets  []uint32    // streams to reset at the next frame boundary
+	link    *frame.Conn // the writer's; with res, replaced when the session resumes
+	err     error       // sticky: the record layer failed, or the resumption window ended
 	closing bool
 	done    chan struct{} // closed when the writer has returned
 	closed  sync.Once
 
-	in     tracker // the peer's frames; yamux reads from one goroutine
+	rlink  *frame.Conn // the link Read reads; only the reading goroutine uses it
+	in     tracker     // the peer's frames; yamux reads from one goroutine
 	pings  pingBucket
 	local  localResets
 	goAway chan struct{} // closed when the peer sends GoAway
@@ -79,10 +83,15 @@ type recordConn struct {
 var errClosed = errors.New("tunnel: session connection closed")
 
 // newRecordConn wraps c and starts the writer; Close stops it. c may be
-// nil in tests of the read side only, and then nothing starts.
-func newRecordConn(c *frame.Conn, streams *streamTable) *recordConn {
-	m := &recordConn{Conn: c, streams: streams, goAway: make(chan struct{}), done: make(chan struct{})}
+// nil in tests of the read side only, and then nothing starts. res, when
+// not nil, makes the session resumable over c, which must have negotiated
+// it (ACK records).
+func newRecordConn(c *frame.Conn, streams *streamTable, res *resumption) *recordConn {
+	m := &recordConn{link: c, rlink: c, streams: streams, res: res, goAway: make(chan struct{}), done: make(chan struct{})}
 	m.wake = sync.NewCond(&m.mu)
+	if res != nil {
+		res.start(m, c)
+	}
 	if c != nil {
 		go m.writer()
 	} else {
@@ -91,81 +100,11 @@ func newRecordConn(c *frame.Conn, streams *streamTable) *recordConn {
 	return m
 }
 
-// Read passes the peer's bytes to yamux, watching its frames; between two
-// of the peer's frames it passes the RSTs of localResets.
-func (m *recordConn) Read(p []byte) (int, error) {
-	if m.in.atBoundary() {
-		if n := m.local.read(p); n > 0 {
-			return n, nil
-		}
-	}
-	n, err := m.Conn.Read(p)
-	for rest := p[:n]; len(rest) > 0; {
-		k, complete := m.in.step(rest)
-		rest = rest[k:]
-		if complete {
-			if ferr := m.peerFrame(&m.in.hdr); ferr != nil {
-				return 0, ferr // yamux ends the session with this reason, and closes the conn
-			}
-		}
-	}
-	return n, err
-}
-
-var errPingFlood = errors.New("tunnel: peer sent pings faster than the limit (ping flood); session closed")
-
-// peerFrame sees each of the peer's frame headers.
-func (m *recordConn) peerFrame(h *header) error {
-	switch h.typ() {
-	case typePing:
-		if h.flags()&flagSYN != 0 && !m.pings.take(time.Now()) {
-			return errPingFlood
-		}
-		return nil
-	case typeGoAway:
-		m.gaOnce.Do(func() { close(m.goAway) })
-		return nil
-	}
-	id, flags := h.stream(), h.flags()
-	if flags&flagSYN != 0 {
-		// A stream the peer opens; this side's ACK goes out when it
-		// accepts the stream, so it counts as acknowledged.
-		m.streams.watch(id)
-		m.streams.set(id, stateAcked)
-	}
-	if flags&flagACK != 0 {
-		m.streams.set(id, stateAcked) // a stream this side opened
-	}
-	if flags&flagFIN != 0 {
-		m.streams.set(id, statePeerFIN)
-	}
-	return nil
-}
-
-// pingBucket is a token bucket for the peer's ping requests.
-type pingBucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func (b *pingBucket) take(now time.Time) bool {
-	if b.last.IsZero() {
-		b.tokens, b.last = pingBurst, now
-	}
-	b.tokens = min(pingBurst, b.tokens+now.Sub(b.last).Seconds()*pingRate)
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
 // Write queues p, a part of yamux's frame stream, for the writer.
 func (m *recordConn) Write(p []byte) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for len(m.queue) >= maxQueued && m.err == nil && !m.closing {
+	for (len(m.queue) >= maxQueued || m.res.full(len(m.queue))) && m.err == nil && !m.closing {
 		m.wake.Wait()
 	}
 	if m.err != nil {
@@ -229,28 +168,49 @@ func (m *recordConn) boundary(end int) {
 	m.wake.Broadcast()
 }
 
-// writer hands whole queued frames to the record layer until Close.
+// writer hands whole queued frames to the record layer until Close. On a
+// resumable session it also sends the ACKs due, sends again what the peer
+// did not receive once a new link takes over, and waits while the link is
+// down (resume.go).
 func (m *recordConn) writer() {
 	defer close(m.done)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for {
-		for m.ready == 0 && m.big == nil && !m.closing {
+		for !m.writable() && !m.closing && m.err == nil {
 			m.wake.Wait()
 		}
-		if m.ready == 0 && m.big == nil {
-			return // closing, and every whole frame is out
+		if m.err != nil || m.closing && (m.ready == 0 && m.big == nil || !m.res.up()) {
+			return // closing, and every whole frame is out (or cannot go out)
 		}
+		if m.res != nil && m.res.control(m) {
+			continue // an ACK, or what the peer missed, went out (or the link broke)
+		}
+		link := m.link
 		out, big := m.queue[:m.ready], m.big
 		m.queue = append(m.spare[:0], m.queue[m.ready:]...)
 		m.ready = 0
+		var spare []byte
+		if m.res != nil {
+			// Kept before it goes: the peer's ACK for it may come before
+			// the write returns. Whether the peer got it, its ACK says.
+			spare = m.res.keep(out, big)
+		}
 		m.mu.Unlock()
-		_, err := m.Conn.WriteBuffers(out, big)
+		_, err := link.WriteBuffers(out, big)
 		m.mu.Lock()
-		m.spare = out
 		if big != nil {
 			m.big = nil // Write waits for this; no other big can be set meanwhile
 		}
+		if m.res != nil {
+			m.spare = spare
+			if err != nil {
+				m.res.down(m, link, err) // what went into the broken link is kept too
+			}
+			m.wake.Broadcast()
+			continue
+		}
+		m.spare = out
 		if err != nil {
 			// The connection is broken (no write deadline is set on it):
 			// the read side fails too, with the reason the peer gave (a
@@ -262,6 +222,15 @@ func (m *recordConn) writer() {
 		}
 		m.wake.Broadcast()
 	}
+}
+
+// writable reports whether the writer has frames to hand to an established
+// link, or other work (resume.go). Callers hold mu.
+func (m *recordConn) writable() bool {
+	if m.res != nil {
+		return m.res.work(m.ready > 0 || m.big != nil)
+	}
+	return m.ready > 0 || m.big != nil
 }
 
 // reset aborts stream id towards the peer with a RST (the peer's stream
@@ -305,48 +274,33 @@ func (m *recordConn) Close() error {
 		case <-m.done:
 		case <-time.After(flushTimeout):
 		}
-		err = m.Conn.Close()
+		m.mu.Lock()
+		link := m.link
+		m.res.stop()
+		m.mu.Unlock()
+		err = link.Close()
 		<-m.done
 	})
 	return err
 }
 
-// localResets are RST frames for this side's yamux, one per stream this
-// side reset, so that yamux ends its stream as if the peer had reset it.
-// Read passes them in between two of the peer's frames: at the latest with
-// the peer's next frame (a keepalive comes every keepalive interval). Safe
-// for concurrent use; read is called by yamux's single read goroutine.
-type localResets struct {
-	mu      sync.Mutex
-	pending []uint32
-	frame   header
-	left    []byte // of frame, not yet read
+// current is the link the writer uses now.
+func (m *recordConn) current() *frame.Conn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.link
 }
 
-func (l *localResets) add(id uint32) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.pending = append(l.pending, id)
-}
-
-// read copies the next RST frame, or what is left of it, into p.
-func (l *localResets) read(p []byte) int {
-	if len(l.left) == 0 {
-		l.mu.Lock()
-		if len(l.pending) == 0 {
-			l.mu.Unlock()
-			return 0
-		}
-		id := l.pending[0]
-		l.pending = l.pending[1:]
-		if len(l.pending) == 0 {
-			l.pending = nil // give the backing array back
-		}
-		l.mu.Unlock()
-		l.frame = rstFrame(id)
-		l.left = l.frame[:]
+// failure is what ended a resumable session other than its link: the
+// window ran out, or the peer's ACK made no sense.
+func (m *recordConn) failure() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.res == nil {
+		return nil
 	}
-	n := copy(p, l.left)
-	l.left = l.left[n:]
-	return n
+	if m.res.violation != nil {
+		return m.res.violation
+	}
+	return m.err
 }

@@ -23,7 +23,7 @@ type readPipe struct {
 func newReadPipe(t *testing.T) *readPipe {
 	a, b := net.Pipe()
 	p := &readPipe{
-		m:    newRecordConn(frame.New(a, frame.Keys{}, nil), &streamTable{}),
+		m:    newRecordConn(frame.New(a, frame.Keys{}, nil), &streamTable{}, nil),
 		peer: frame.New(b, frame.Keys{}, nil),
 	}
 	p.wg.Add(1)
@@ -180,7 +180,7 @@ func recordPipe(t *testing.T) (*recordConn, *frame.Conn, <-chan []byte) {
 		all, _ := io.ReadAll(rc)
 		got <- all
 	}()
-	m := newRecordConn(fc, &streamTable{})
+	m := newRecordConn(fc, &streamTable{}, nil)
 	t.Cleanup(func() { m.Close(); rc.Close() })
 	return m, fc, got
 }
@@ -253,7 +253,7 @@ func TestRecordConnLargeBodies(t *testing.T) {
 // it, instead of waiting for ever.
 func TestRecordConnLargeBodyAfterFailure(t *testing.T) {
 	a, b := net.Pipe()
-	m := newRecordConn(frame.New(a, frame.Keys{}, nil), &streamTable{})
+	m := newRecordConn(frame.New(a, frame.Keys{}, nil), &streamTable{}, nil)
 	t.Cleanup(func() { m.Close() })
 	// A whole frame: the writer takes it and blocks, since nobody reads b.
 	if _, err := m.Write(frameHeader(typePing, flagSYN, 0, 7)); err != nil {

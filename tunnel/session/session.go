@@ -29,6 +29,10 @@ import (
 type Settings struct {
 	KeepAlive time.Duration // interval of keepalive pings
 	Window    uint32        // each stream's maximum receive window, bytes
+	// Resume, when not zero, makes the session resumable for this long
+	// after its connection breaks (resume.go). Only for a connection whose
+	// handshake negotiated resumption.
+	Resume time.Duration
 }
 
 // sweepInterval is how often a session drops the receive buffers of the
@@ -39,7 +43,6 @@ const sweepInterval = time.Second
 // safe for concurrent use.
 type Session struct {
 	mux   *yamux.Session
-	conn  *frame.Conn
 	rc    *recordConn
 	table streamTable
 }
@@ -57,8 +60,12 @@ func Server(conn *frame.Conn, s Settings, log zerolog.Logger) (*Session, error) 
 }
 
 func start(conn *frame.Conn, s Settings, log zerolog.Logger, mk func(io.ReadWriteCloser, *yamux.Config) (*yamux.Session, error)) (*Session, error) {
-	sess := &Session{conn: conn}
-	sess.rc = newRecordConn(conn, &sess.table)
+	sess := &Session{}
+	var res *resumption
+	if s.Resume > 0 {
+		res = newResumption(s.Resume, s.KeepAlive, log)
+	}
+	sess.rc = newRecordConn(conn, &sess.table, res)
 	mux, err := mk(sess.rc, s.yamuxConfig(log))
 	if err != nil {
 		sess.rc.Close()
@@ -75,6 +82,13 @@ func (s Settings) yamuxConfig(log zerolog.Logger) *yamux.Config {
 	c.MaxStreamWindowSize = s.Window
 	c.ConnectionWriteTimeout = 10 * time.Second
 	c.StreamOpenTimeout = 10 * time.Second
+	if s.Resume > 0 {
+		// The keepalive runs below yamux (resume.go), and while the
+		// connection is down yamux must wait, not time out.
+		c.EnableKeepAlive = false
+		c.ConnectionWriteTimeout += s.Resume
+		c.StreamOpenTimeout += s.Resume
+	}
 	c.LogOutput = nil
 	c.Logger = yamuxLogger{log}
 	return c
@@ -100,8 +114,11 @@ func (s *Session) supervise() {
 				st.sessionEnded()
 			}
 			return
-		case <-t.C:
+		case now := <-t.C:
 			s.sweep()
+			if s.rc.res != nil {
+				s.rc.res.tick(s.rc, now)
+			}
 		}
 	}
 }
@@ -156,8 +173,39 @@ func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
 // NumStreams is how many streams are open.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
-// Stats are the record layer's counts.
-func (s *Session) Stats() frame.Stats { return s.conn.Stats() }
+// Stats are the record layer's counts, of the current connection.
+func (s *Session) Stats() frame.Stats { return s.rc.current().Stats() }
+
+// Resume hands a resumable session a new connection, after a handshake
+// that resumed it (handshake.Resume, or a responder's resumption). The
+// session's streams go on over it; the old connection, if it still looked
+// alive, is dropped. It fails, closing conn, once the session has ended.
+func (s *Session) Resume(conn *frame.Conn) error {
+	if s.rc.res == nil {
+		conn.Close()
+		return errors.New("tunnel: the session is not resumable")
+	}
+	return s.rc.res.resume(s.rc, conn)
+}
+
+// LinkDown receives each time the connection of a resumable session
+// breaks and the session waits for Resume (nil channel otherwise).
+func (s *Session) LinkDown() <-chan struct{} {
+	if s.rc.res == nil {
+		return nil
+	}
+	return s.rc.res.downs
+}
+
+// Link describes the connection of a resumable session.
+func (s *Session) Link() LinkState {
+	if s.rc.res == nil {
+		return LinkState{}
+	}
+	s.rc.mu.Lock()
+	defer s.rc.mu.Unlock()
+	return s.rc.res.linkState()
+}
 
 // LocalAddr is this side's address of the session's connection.
 func (s *Session) LocalAddr() net.Addr { return s.mux.LocalAddr() }
@@ -179,7 +227,10 @@ const (
 // Outcome classifies the session, once ended, from its record layer's
 // read error.
 func (s *Session) Outcome() Outcome {
-	switch err := s.conn.ReadError(); {
+	if s.rc.failure() != nil {
+		return Failed
+	}
+	switch err := s.rc.current().ReadError(); {
 	case err == nil, errors.Is(err, net.ErrClosed):
 		return ClosedLocally
 	case errors.Is(err, io.EOF):
@@ -195,7 +246,10 @@ func (s *Session) Outcome() Outcome {
 // local close), from yamux's own reason. clean is false for every end that
 // may have cut data.
 func (s *Session) End() (reason error, clean bool) {
-	readErr := s.conn.ReadError()
+	if err := s.rc.failure(); err != nil {
+		return err, false
+	}
+	readErr := s.rc.current().ReadError()
 	if readErr == nil || errors.Is(readErr, net.ErrClosed) {
 		if _, err := s.mux.AcceptStream(); err != nil && !errors.Is(err, yamux.ErrSessionShutdown) {
 			return err, false // e.g. yamux.ErrKeepAliveTimeout

@@ -1,0 +1,426 @@
+package session
+
+// Resumption (PROTOCOL-v2.md section 6): a session that negotiated it
+// outlives the TCP connection it runs on. The connection between yamux and
+// the record layer (a link) may break (a reset, EOF without CLOSE, a write
+// error, a keepalive with no answer); the session then parks: yamux sees
+// nothing but a pause, its Reads and Writes wait, and the agent brings a
+// new link (Session.Resume) within the resumption window. Each side keeps
+// what it sent that the peer has not acknowledged (at most maxKept bytes;
+// Write waits past that), and acknowledges what it received in ACK records
+// (every ackEvery bytes, and in answer to a probe). On a new link each
+// side's first record after FINISHED is an ACK with what it received; the
+// other sends again from there. No byte is lost, repeated or reordered. A
+// session whose window ends fails as a broken session does today.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tunnel-dev/tunnel/frame"
+	"github.com/tunnel-dev/tunnel/tunnel/logfield"
+)
+
+const (
+	// maxKept bounds, per session, the bytes sent and not yet acknowledged
+	// that are kept for sending again (counted by the memory they hold).
+	// Past it Write waits for the peer's ACK. 4 MiB keeps a link of 1 Gbit/s
+	// with a round trip of 30 ms busy.
+	maxKept = 4 << 20
+	// ackEvery is how many bytes received call for an ACK.
+	ackEvery = 256 << 10
+	// probeTimeout is how long a keepalive probe waits for any record
+	// before the link counts as broken (or two keepalive intervals, if
+	// shorter).
+	probeTimeout = 10 * time.Second
+	// keptChunk is the size of the buffers small writes are packed into.
+	keptChunk = 64 << 10
+)
+
+var (
+	errKeepAlive  = errors.New("no record from the peer within the keepalive timeout")
+	errSuperseded = errors.New("the peer resumed the session on a new connection")
+)
+
+// linkState is where a resumable session's link stands.
+type linkState int
+
+const (
+	linkUp       linkState = iota
+	linkDown               // broken: waiting for a new link within the window
+	linkResuming           // a new link: this side's ACK is sent, the peer's awaited
+)
+
+// resumption is the resumable part of a recordConn. Its fields are guarded
+// by the recordConn's mu unless said otherwise.
+type resumption struct {
+	window    time.Duration
+	keepAlive time.Duration
+	log       zerolog.Logger
+	downs     chan struct{} // buffered 1: the link went down (Session.LinkDown)
+
+	state   linkState
+	fresh   *frame.Conn // a new link from Resume, for the reader to take
+	downAt  time.Time   // when the link went down; zero while up
+	downErr error       // why
+	expiry  *time.Timer // ends the session when the window is over
+
+	sent, acked uint64   // stream offsets: bytes [acked, sent) are in kept
+	kept        [][]byte // what was sent and not acknowledged, in order
+	head        int      // bytes of kept[0] acknowledged
+	keptMem     int      // the memory kept holds (capacities)
+	free        []byte   // a chunk given back by an ACK, for reuse
+	resend      bool     // a new link is up: send kept again first
+	needAck     bool     // an ACK is due (ackEvery received, or asked for)
+	probe       bool     // a probe is due
+
+	probeAt   time.Time // when the probe in flight went out; zero: none
+	probeSeen uint64    // seen when it went out
+	lastProbe time.Time
+	violation error // the peer's ACK made no sense: ends the session
+
+	resumes uint64 // new links that took over
+	resent  uint64 // bytes sent again on them
+
+	recv    atomic.Uint64 // DATA bytes received; written by the reading goroutine
+	lastAck atomic.Uint64 // recv as of the last ACK sent
+	seen    atomic.Uint64 // reads and ACKs from the peer, for the keepalive
+}
+
+func newResumption(window, keepAlive time.Duration, log zerolog.Logger) *resumption {
+	return &resumption{window: window, keepAlive: keepAlive, log: log, downs: make(chan struct{}, 1), lastProbe: time.Now()}
+}
+
+// start hooks the first link's ACKs.
+func (r *resumption) start(m *recordConn, c *frame.Conn) {
+	if c != nil {
+		c.SetOnAck(func(n uint64, reply bool) { r.onAck(m, n, reply) })
+	}
+}
+
+// full reports whether Write must wait for the peer's ACK before it queues
+// more: what is kept and queued has reached maxKept. Nil-safe.
+func (r *resumption) full(queued int) bool {
+	return r != nil && r.keptMem+queued >= maxKept
+}
+
+// up reports whether the link is established. Nil-safe: a session that
+// cannot resume has one link, always up while it lives.
+func (r *resumption) up() bool { return r == nil || r.state == linkUp }
+
+// stop ends the window's timer, and drops a new link not yet taken, as the
+// session closes. Nil-safe.
+func (r *resumption) stop() {
+	if r == nil {
+		return
+	}
+	if r.expiry != nil {
+		r.expiry.Stop()
+	}
+	if r.fresh != nil {
+		r.fresh.NetConn().Close()
+		r.fresh = nil
+	}
+}
+
+// work reports whether the writer has something to do on an established
+// link: frames (frames), or what resumption sends.
+func (r *resumption) work(frames bool) bool {
+	return r.state == linkUp && (frames || r.resend || r.needAck || r.probe)
+}
+
+// control sends, on an established link, what is kept once a new link
+// took over, then a due ACK; it reports whether it sent anything (it
+// unlocks mu meanwhile). Only the writer calls it, holding mu.
+func (r *resumption) control(m *recordConn) bool {
+	link := m.link
+	switch {
+	case r.resend:
+		r.resend = false
+		bufs := make([][]byte, len(r.kept))
+		copy(bufs, r.kept)
+		if len(bufs) > 0 {
+			bufs[0] = bufs[0][r.head:]
+		}
+		n := r.sent - r.acked
+		m.mu.Unlock()
+		_, err := link.WriteBuffers(bufs...)
+		m.mu.Lock()
+		r.resent += n
+		if err != nil {
+			r.down(m, link, err)
+		}
+		return true
+	case r.needAck || r.probe:
+		n, reply := r.recv.Load(), r.probe
+		r.needAck, r.probe = false, false
+		r.lastAck.Store(n)
+		m.mu.Unlock()
+		err := link.WriteAck(n, reply)
+		m.mu.Lock()
+		if err != nil {
+			r.down(m, link, err)
+		}
+		return true
+	}
+	return false
+}
+
+// keep takes what the writer is about to hand to a link, out (its queue)
+// and big (a body still yamux's), as sent. It returns a buffer for the
+// writer's next queue once the write is done, if one is free. Callers hold
+// mu.
+func (r *resumption) keep(out, big []byte) []byte {
+	r.sent += uint64(len(out) + len(big))
+	if len(out) >= keptChunk/2 && cap(out) <= 2*len(out) {
+		r.kept = append(r.kept, out) // adopted: the writer gets another
+		r.keptMem += cap(out)
+		out = nil
+	} else {
+		r.pack(out)
+	}
+	r.pack(big)
+	if out != nil {
+		return out
+	}
+	spare := r.free
+	r.free = nil
+	return spare
+}
+
+// pack copies p into the kept chunks.
+func (r *resumption) pack(p []byte) {
+	for len(p) > 0 {
+		last := len(r.kept) - 1
+		if last < 0 || len(r.kept[last]) == cap(r.kept[last]) || cap(r.kept[last]) != keptChunk {
+			c := r.free
+			if cap(c) != keptChunk {
+				c = make([]byte, 0, keptChunk)
+			}
+			r.free = nil
+			r.kept = append(r.kept, c[:0])
+			r.keptMem += keptChunk
+			last++
+		}
+		k := r.kept[last]
+		n := copy(k[len(k):cap(k)], p)
+		r.kept[last] = k[:len(k)+n]
+		p = p[n:]
+	}
+}
+
+// drop forgets what the peer acknowledged up to offset n.
+func (r *resumption) drop(n uint64) {
+	gone := int(n - r.acked)
+	r.acked = n
+	for gone > 0 {
+		k := r.kept[0]
+		left := len(k) - r.head
+		if gone < left {
+			r.head += gone
+			return
+		}
+		gone -= left
+		r.keptMem -= cap(k)
+		if r.free == nil || cap(k) > cap(r.free) {
+			r.free = k[:0]
+		}
+		r.kept[0] = nil
+		r.kept = r.kept[1:]
+		r.head = 0
+	}
+	if len(r.kept) == 0 {
+		r.kept = nil
+	}
+}
+
+// onAck takes the peer's ACK: it received n bytes. Called by the reading
+// goroutine, inside the link's Read.
+func (r *resumption) onAck(m *recordConn, n uint64, reply bool) {
+	r.seen.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if n < r.acked || n > r.sent {
+		r.violation = fmt.Errorf("tunnel: the peer acknowledged %d bytes, after %d, of %d sent: protocol error", n, r.acked, r.sent)
+		m.link.NetConn().Close() // ends the Read in progress; next returns the violation
+		return
+	}
+	r.drop(n)
+	if r.state == linkResuming {
+		r.state = linkUp
+		r.resumes++
+		r.resend = r.sent > r.acked
+		r.expiry.Stop()
+		r.log.Info().Str("down_for", logfield.Duration(time.Since(r.downAt))).
+			Uint64("resent_bytes", r.sent-r.acked).Msg("session resumed on a new connection")
+		r.downAt, r.downErr = time.Time{}, nil
+	}
+	if reply {
+		r.needAck = true
+	}
+	m.wake.Broadcast()
+}
+
+// received counts n bytes read from the peer, and asks for an ACK every
+// ackEvery bytes. Called by the reading goroutine; it returns the error
+// that ends the session if the peer's ACK made no sense.
+func (r *resumption) received(m *recordConn, n int) error {
+	if n > 0 {
+		r.seen.Add(1)
+		if got := r.recv.Add(uint64(n)); got-r.lastAck.Load() >= ackEvery {
+			r.lastAck.Store(got)
+			m.mu.Lock()
+			r.needAck = true
+			m.wake.Broadcast()
+			m.mu.Unlock()
+		}
+	}
+	if r.violation != nil { // set by onAck on this goroutine
+		return r.violation
+	}
+	return nil
+}
+
+// down parks the session because link broke with err, unless link is no
+// longer the current one or the session is already parked. Callers hold mu.
+func (r *resumption) down(m *recordConn, link *frame.Conn, err error) {
+	if link != m.link || r.state == linkDown {
+		return
+	}
+	link.NetConn().Close() // no CLOSE: the peer must not take this for the session's end
+	if r.state == linkResuming {
+		r.state = linkDown // the window runs on from the first break
+		return
+	}
+	r.state, r.downAt, r.downErr = linkDown, time.Now(), err
+	r.probeAt = time.Time{}
+	r.expiry = time.AfterFunc(r.window, func() { r.expire(m) })
+	r.log.Warn().Err(err).Str("resume_window", logfield.Duration(r.window)).
+		Msg("connection to the peer broken: the session and its streams wait for a new connection")
+	select {
+	case r.downs <- struct{}{}:
+	default:
+	}
+	m.wake.Broadcast()
+}
+
+// expire ends the session when the window is over and the link still down.
+func (r *resumption) expire(m *recordConn) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.state == linkUp || m.err != nil {
+		return
+	}
+	m.err = fmt.Errorf("tunnel: no new connection within the resumption window (%s) after the connection broke: %w", logfield.Duration(r.window), r.downErr)
+	r.log.Warn().Err(r.downErr).Str("down_for", logfield.Duration(time.Since(r.downAt))).
+		Msg("resumption window over: the session ends, and its streams are reset")
+	if r.fresh != nil {
+		r.fresh.NetConn().Close()
+		r.fresh = nil
+	}
+	m.wake.Broadcast()
+}
+
+// next is the reading goroutine's way past a broken link: it parks the
+// session (down) and waits for a new link, which it returns once this
+// side's ACK is on it; or it returns the error that ends the session.
+func (r *resumption) next(m *recordConn, link *frame.Conn, err error) (*frame.Conn, error) {
+	if errors.Is(err, io.EOF) {
+		return nil, err // the peer closed the session (CLOSE)
+	}
+	m.mu.Lock()
+	if r.violation != nil {
+		m.mu.Unlock()
+		return nil, r.violation
+	}
+	r.down(m, link, err)
+	for r.fresh == nil && m.err == nil && !m.closing {
+		m.wake.Wait()
+	}
+	if m.err != nil || m.closing {
+		failed := m.err
+		m.mu.Unlock()
+		if failed == nil {
+			failed = errClosed
+		}
+		return nil, failed
+	}
+	fresh := r.fresh
+	r.fresh, m.link, r.state = nil, fresh, linkResuming
+	n := r.recv.Load()
+	r.lastAck.Store(n)
+	m.mu.Unlock()
+	if err := fresh.WriteAck(n, false); err != nil {
+		m.mu.Lock()
+		r.down(m, fresh, err)
+		m.mu.Unlock()
+	}
+	return fresh, nil
+}
+
+// resume hands the session a new link. The reading goroutine takes it
+// over (next); if the current link still looks alive (the peer noticed the
+// break first), it is dropped.
+func (r *resumption) resume(m *recordConn, fresh *frame.Conn) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil || m.closing {
+		fresh.NetConn().Close()
+		if m.err != nil {
+			return m.err
+		}
+		return errClosed
+	}
+	fresh.SetOnAck(func(n uint64, reply bool) { r.onAck(m, n, reply) })
+	if r.state != linkDown {
+		r.down(m, m.link, errSuperseded)
+	}
+	if r.fresh != nil {
+		r.fresh.NetConn().Close()
+	}
+	r.fresh = fresh
+	m.wake.Broadcast()
+	return nil
+}
+
+// tick runs the keepalive: a probe every keepAlive, and a link that sent
+// no record within probeTimeout of one counts as broken.
+func (r *resumption) tick(m *recordConn, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.state != linkUp || m.err != nil || m.closing {
+		return
+	}
+	seen := r.seen.Load()
+	if !r.probeAt.IsZero() {
+		if seen != r.probeSeen {
+			r.probeAt = time.Time{}
+		} else if now.Sub(r.probeAt) >= min(probeTimeout, 2*r.keepAlive) {
+			r.down(m, m.link, errKeepAlive)
+			return
+		}
+	}
+	if r.probeAt.IsZero() && now.Sub(r.lastProbe) >= r.keepAlive {
+		r.probe, r.probeAt, r.lastProbe, r.probeSeen = true, now, now, seen
+		m.wake.Broadcast()
+	}
+}
+
+// LinkState is what a resumable session's link looks like.
+type LinkState struct {
+	Resumable bool
+	Down      bool      // parked, waiting for a new connection
+	DownSince time.Time // when it broke, while Down
+	Resumes   uint64    // new connections that took over
+	Resent    uint64    // bytes sent again on them
+	Kept      int       // memory held by bytes sent and not acknowledged
+}
+
+func (r *resumption) linkState() LinkState {
+	return LinkState{Resumable: true, Down: r.state != linkUp, DownSince: r.downAt, Resumes: r.resumes, Resent: r.resent, Kept: r.keptMem}
+}
