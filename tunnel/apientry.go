@@ -61,9 +61,10 @@ func (e *Entry) beginRun(ctx context.Context) (*entryRun, func(), error) {
 	if !e.running.CompareAndSwap(nil, r) {
 		return nil, nil, errors.New("tunnel: the entry is running already: call one of Run, Serve and ServeListeners at a time")
 	}
-	e.mu.Lock()
-	e.notify() // wakes DialContext calls waiting for it (awaitRun)
-	e.mu.Unlock()
+	e.runMu.Lock()
+	close(e.runChanged) // wakes DialContext calls waiting for it (awaitRun)
+	e.runChanged = make(chan struct{})
+	e.runMu.Unlock()
 	return r, func() { e.running.Store(nil) }, nil
 }
 
@@ -74,9 +75,9 @@ func (e *Entry) awaitRun(ctx context.Context) (*entryRun, error) {
 	timer := time.NewTimer(e.cfg.DialTimeout)
 	defer timer.Stop()
 	for {
-		e.mu.Lock()
-		changed := e.changed
-		e.mu.Unlock()
+		e.runMu.Lock()
+		changed := e.runChanged
+		e.runMu.Unlock()
 		if r := e.running.Load(); r != nil {
 			return r, nil
 		}
@@ -166,7 +167,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceNa
 			e.books.ended(svc, statusLabel(status))
 			ev := o.log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
 			if status == StatusRefused {
-				ev = ev.Str("fingerprint", e.fingerprint()) // for the operator who grants access
+				ev = ev.Str("fingerprint", e.keeper.fingerprint()) // for the operator who grants access
 			}
 			ev.Msg("the exit refused a stream dialed by the program")
 			return nil, &StatusError{Service: service.wire(), Status: status, Message: msg}

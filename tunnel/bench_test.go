@@ -103,7 +103,7 @@ func (c cpuClock) report(b *testing.B, units float64, name string) {
 func waitSession(b *testing.B, e *Entry) *session.Session {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if s := e.current(); s != nil {
+		if s := e.keeper.cur.get(); s != nil {
 			return s.sess
 		}
 		time.Sleep(time.Millisecond)

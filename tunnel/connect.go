@@ -59,25 +59,25 @@ func (v *v1Exits) remove(addr string) {
 
 // connect dials the exit at x, runs the handshake and starts the
 // multiplexer; it logs the new session to log.
-func (e *Entry) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) (*entrySession, error) {
-	c, err := e.dial(ctx, x.Addr)
+func (k *keeper) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) (*entrySession, error) {
+	c, err := k.dial(ctx, x.Addr)
 	if err != nil {
 		return nil, &exits.DialError{Err: err}
 	}
-	return e.start(ctx, log, x, c)
+	return k.start(ctx, log, x, c)
 }
 
-// dialTCP is Entry.dial: a TCP dial to an exit, within the dial timeout.
-func (e *Entry) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: e.cfg.DialTimeout, KeepAlive: e.cfg.KeepAlive}
+// dialTCP is keeper.dial: a TCP dial to an exit, within the dial timeout.
+func (k *keeper) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: k.cfg.DialTimeout, KeepAlive: k.cfg.KeepAlive}
 	return d.DialContext(ctx, "tcp", addr)
 }
 
 // start runs the handshake on c, connected to the exit at x, and starts
 // the multiplexer; it logs the new session to log.
-func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*entrySession, error) {
-	cfg := *e.keys.Load().forExit(x.Peer)
-	v1 := e.v1.has(x.Addr, time.Now())
+func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*entrySession, error) {
+	cfg := *k.keys.Load().forExit(x.Peer)
+	v1 := k.v1.has(x.Addr, time.Now())
 	cfg.Version, cfg.Fallback = handshake.Version2, false
 	if v1 {
 		cfg.Version, cfg.Fallback = handshake.Version1, true
@@ -87,10 +87,10 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c n
 		// A version 1 exit: handshake again, on a new connection, in its
 		// version, signalling that this is a fallback (a version 2 exit
 		// refuses that: someone forged the refusal).
-		e.v1.add(x.Addr, time.Now())
+		k.v1.add(x.Addr, time.Now())
 		log.Warn().Str("peer", x.Peer).Str("addr", x.Addr).
 			Msg("the exit speaks protocol version 1 only: falling back to it (no signed hello, so the exit cannot shed forged handshakes before its RSA work); upgrade the exit")
-		c, err = e.dial(ctx, x.Addr)
+		c, err = k.dial(ctx, x.Addr)
 		if err != nil {
 			return nil, &exits.DialError{Err: err}
 		}
@@ -98,17 +98,17 @@ func (e *Entry) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c n
 		res, err = handshake.Initiate(ctx, rawio.Wrap(c), &cfg)
 	}
 	if errors.Is(err, handshake.ErrInappropriateFallback) {
-		e.v1.remove(x.Addr) // it speaks version 2 after all: the refusal was forged
+		k.v1.remove(x.Addr) // it speaks version 2 after all: the refusal was forged
 	}
 	if err != nil {
 		return nil, err
 	}
-	sess, err := session.Client(res.Conn, e.muxSettings(), e.log)
+	sess, err := session.Client(res.Conn, k.muxSettings(), k.log)
 	if err != nil {
 		res.Conn.Close()
 		return nil, err
 	}
-	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	k.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil

@@ -35,30 +35,20 @@ type EntryConfig struct {
 }
 
 // Entry accepts application connections and carries each as a stream of
-// one long-lived, authenticated session to the exit.
+// one long-lived, authenticated session to the exit. Keeping that session
+// is its keeper's job (keeper.go); the Entry carries connections on it.
 type Entry struct {
-	cfg        EntrySettings        // with the defaults filled in
-	peers      []string             // the exits' addresses (HOST:PORT), cfg.Peers
-	keys       atomic.Pointer[pins] // swapped by Reload
-	v1         v1Exits              // exits that speak protocol version 1 only
-	lookup     func(ctx context.Context, host string) ([]string, error)
-	dial       func(ctx context.Context, addr string) (net.Conn, error) // dialTCP; tests replace it
+	cfg        EntrySettings // with the defaults filled in
+	keeper     *keeper       // the session with an exit, and the keys
 	log        zerolog.Logger
 	pool       *relay.Pool
 	writeStall time.Duration
 	books      *ledger    // every count, once (ledger.go)
 	met        *metricSet // /metrics, read from books
-	// recycleAfter is maxSessionStreams; tests make it small.
-	recycleAfter int64
 
-	kick    chan struct{}            // an application waits: retry now (buffered, 1)
-	repin   chan struct{}            // Reload changed the pinned keys (buffered, 1)
-	running atomic.Pointer[entryRun] // while Run or ServeListeners runs (apientry.go)
-
-	mu      sync.Mutex
-	cur     *entrySession // nil while there is none
-	changed chan struct{} // closed, and replaced, whenever cur or lastErr changes
-	lastErr error         // why the last attempt to reach the exit failed
+	running    atomic.Pointer[entryRun] // while Run or ServeListeners runs (apientry.go)
+	runMu      sync.Mutex
+	runChanged chan struct{} // closed, and replaced, when a run begins; under runMu
 }
 
 // NewEntry checks cfg and returns an entry agent. It starts nothing.
@@ -75,20 +65,9 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 	if len(settings.Peers) == 0 {
 		return nil, errors.New("tunnel: entry needs at least one exit")
 	}
-	n := &Entry{
-		cfg:          settings,
-		peers:        settings.Peers,
-		lookup:       net.DefaultResolver.LookupHost,
-		log:          log.With().Str("role", "entry").Logger(),
-		pool:         relay.NewPool(),
-		writeStall:   relay.DefaultWriteStall,
-		recycleAfter: maxSessionStreams,
-		kick:         make(chan struct{}, 1),
-		repin:        make(chan struct{}, 1),
-		changed:      make(chan struct{}),
-	}
-	n.dial = n.dialTCP
-	n.keys.Store(&pins{
+	log = log.With().Str("role", "entry").Logger()
+	books := newLedger("entry")
+	keys := &pins{
 		hs: &handshake.Config{
 			PrivateKey: cfg.Key,
 			PeerKey:    cfg.PeerKey,
@@ -96,42 +75,32 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 			Timeout:    settings.HandshakeTimeout,
 		},
 		exits: cfg.ExitKeys,
-	})
-	n.books = newLedger("entry")
-	n.met = newMetrics(cfg.Version, n.books)
-	return n, nil
+	}
+	return &Entry{
+		cfg:        settings,
+		keeper:     newKeeper(settings, keys, log, books),
+		log:        log,
+		pool:       relay.NewPool(),
+		writeStall: relay.DefaultWriteStall,
+		books:      books,
+		met:        newMetrics(cfg.Version, books),
+		runChanged: make(chan struct{}),
+	}, nil
 }
 
 // Stats returns the entry's counters, with the record counts of the
 // current session.
 func (e *Entry) Stats() Stats {
 	st := e.books.stats()
-	if s := e.current(); s != nil {
+	if s := e.keeper.cur.get(); s != nil {
 		rs := s.sess.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
 	return st
 }
 
-// fingerprint is the fingerprint of the entry's own key, the one its next
-// handshake uses.
-func (e *Entry) fingerprint() string {
-	return handshake.Fingerprint(&e.keys.Load().hs.PrivateKey.PublicKey)
-}
-
-// current returns the current session, or nil.
-func (e *Entry) current() *entrySession {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.cur
-}
-
 // Healthy reports whether a session with the exit is up.
-func (e *Entry) Healthy() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.cur != nil && !e.cur.sess.IsClosed()
-}
+func (e *Entry) Healthy() bool { return e.keeper.cur.healthy() }
 
 // ServiceListener is a listener whose application connections go to one
 // service of the exit.
@@ -177,7 +146,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		e.maintain(ctx, hard)
+		e.keeper.maintain(ctx, hard)
 	}()
 
 	// One accept loop per listener; the first that fails stops them all.

@@ -319,7 +319,7 @@ func TestFailureCounters(t *testing.T) {
 // sessions end once their streams have.
 func TestSessionRecycled(t *testing.T) {
 	const bound, workers, each = 16, 8, 40
-	a := startTuned(t, echoBackend(t), nil, func(_ *Exit, n *Entry) { n.recycleAfter = bound })
+	a := startTuned(t, echoBackend(t), nil, func(_ *Exit, n *Entry) { n.keeper.recycleAfter = bound })
 	held, err := net.Dial("tcp", a.entryAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -380,7 +380,7 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 	a := start(t, echoBackend(t))
 	relay := newLink(t, a.exitAddr)
 	var lines logLines
-	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.recycleAfter = 4 })
+	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.keeper.recycleAfter = 4 })
 	roundTrip(t, addr, []byte("first"))
 	probe := loopback(t)
 	dead := probe.Addr().String()
@@ -429,9 +429,7 @@ func TestResetStreamsEndLocally(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("a connection after 300 reset ones not served within 20s: yamux's stream-open slots are held")
 	}
-	a.entry.mu.Lock()
-	s := a.entry.cur
-	a.entry.mu.Unlock()
+	s := a.entry.keeper.cur.get()
 	waitFor(t, "the reset streams gone from the entry's session", func() bool {
 		roundTrip(t, a.entryAddr, []byte("traffic")) // the peer's frames carry the local reset in
 		return s.sess.NumStreams() == 0

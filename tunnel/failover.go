@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
@@ -68,14 +69,18 @@ const (
 	stableSession = 10 * time.Second
 )
 
-// redial paces the attempts to reach the exit, and their log lines.
+// redial paces the attempts to reach the exit, and their log lines. One
+// lives as long as maintain runs.
 type redial struct {
+	log   zerolog.Logger // the keeper's
+	peers []string       // the exits, for the log
+
 	backoff time.Duration // the base of the next wait
 	last    time.Time     // when the last attempt started
 
 	failures  int       // attempts failed since the last session
 	firstFail time.Time // when the first of them failed
-	logged    string    // the failure last logged (see establish)
+	logged    string    // the failure last logged (see failed)
 	nextLog   time.Time // no line for the same failure before this
 	unlogged  int       // failures since the last line
 
@@ -96,36 +101,97 @@ func (r *redial) step() time.Duration {
 	return w
 }
 
+// attemptLog is the log of the next attempt: with the failures so far.
+func (r *redial) attemptLog() zerolog.Logger {
+	if r.failures == 0 {
+		return r.log
+	}
+	return r.log.With().Int("failed_attempts", r.failures).
+		Str("failing_for", logfield.Duration(time.Since(r.firstFail))).Logger()
+}
+
+// failed records an attempt that failed with err, the worst of whose
+// causes was kind, and returns the wait before the next attempt. It logs
+// the failure, unless it logged the same one less than a backoff step ago.
+func (r *redial) failed(kind failure, err error) time.Duration {
+	now := time.Now()
+	if r.failures == 0 {
+		r.firstFail = now
+	}
+	r.failures++
+	r.unlogged++
+	logStep := r.backoff
+	wait := r.step()
+	if kind == failedDial {
+		wait = min(wait, maxDialWait)
+	}
+	// Same failure: the same kind, and for a refusal the same words
+	// (other messages carry the local port, new on every attempt).
+	same := fmt.Sprint(kind)
+	if kind == failedRejected {
+		same += err.Error()
+	}
+	if same != r.logged || !now.Before(r.nextLog) {
+		r.log.Error().Err(err).Strs("peers", r.peers).Int("failed_attempts", r.unlogged).
+			Str("failing_for", logfield.Duration(now.Sub(r.firstFail))).
+			Str("retry_in", logfield.Duration(wait)).
+			Msg("cannot establish a session with the exit")
+		r.logged, r.nextLog, r.unlogged = same, now.Add(max(wait, logStep)), 0
+	}
+	return wait
+}
+
+// lost records that the session with the exit at x ended, for reason,
+// after it lived for lived; it logs that, and returns the wait before the
+// next attempt: none after a stable session, nor after the first of young
+// losses in a row while there is another exit to try.
+func (r *redial) lost(x exits.Addr, reason error, lived time.Duration) time.Duration {
+	r.left, r.leftWhy = x, fmt.Sprintf("session lost: %v", reason)
+	ev := r.log.Warn().Err(reason).Str("peer", x.Peer).Str("addr", x.Addr).
+		Str("duration", logfield.Duration(lived))
+	const msg = "session with the exit lost; reconnecting"
+	switch {
+	case lived >= stableSession:
+		r.reset()
+	case r.choices > 1 && r.youngLosses == 0:
+		// Another exit is tried first, at once; a second young loss in a
+		// row backs off.
+		r.youngLosses++
+	default:
+		wait := r.step() // it died young: back off
+		ev.Str("retry_in", logfield.Duration(wait)).Msg(msg)
+		return wait
+	}
+	ev.Msg(msg)
+	return 0
+}
+
 // establish reaches an exit (package exits) until a session is up, which
 // it makes current and returns, or ctx ends (nil).
-func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
+func (k *keeper) establish(ctx context.Context, r *redial) *entrySession {
 	for {
 		if !exits.Sleep(ctx, minBackoff-time.Since(r.last), nil) {
 			return nil
 		}
 		r.last = time.Now()
-		log := e.log
-		if r.failures > 0 {
-			log = log.With().Int("failed_attempts", r.failures).
-				Str("failing_for", logfield.Duration(time.Since(r.firstFail))).Logger()
-		}
-		addrs, errs := exits.Resolve(ctx, e.peers, e.cfg.DialTimeout, e.lookup)
+		log := r.attemptLog()
+		addrs, errs := exits.Resolve(ctx, k.peers, k.cfg.DialTimeout, k.lookup)
 		addrs = exits.RotateAfter(addrs, r.left.Addr)
 		r.choices = len(addrs)
-		s, failed := exits.Reach(ctx, addrs, e.dial, func(x exits.Addr, c net.Conn) (*entrySession, error) {
-			return e.start(ctx, log, x, c)
+		s, failed := exits.Reach(ctx, addrs, k.dial, func(x exits.Addr, c net.Conn) (*entrySession, error) {
+			return k.start(ctx, log, x, c)
 		})
 		errs = append(errs, failed...)
 		if s != nil {
 			if r.left.Addr != "" && r.left.Addr != s.exit.Addr {
-				e.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
+				k.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
 					Str("previous_peer", r.left.Peer).Str("previous_addr", r.left.Addr).
 					Str("reason", r.leftWhy).AnErr("skipped", exits.Attempts(errs).OrNil()).
 					Msg("failed over to another exit")
 			}
 			r.failures, r.logged, r.left = 0, "", exits.Addr{}
-			e.setSession(s)
-			e.books.made.Add(1)
+			k.cur.set(s)
+			k.books.made.Add(1)
 			return s
 		}
 		if ctx.Err() != nil {
@@ -137,34 +203,13 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 		}
 		kind := failure(0)
 		for _, xe := range errs {
-			kind = max(kind, e.countFailure(xe))
+			kind = max(kind, k.countFailure(xe))
 		}
-		e.setFailure(err)
-		now := time.Now()
-		if r.failures == 0 {
-			r.firstFail = now
-		}
-		r.failures++
-		r.unlogged++
-		logStep := r.backoff
-		wait := r.step()
+		k.cur.fail(err)
+		wait := r.failed(kind, err)
 		var wake <-chan struct{}
 		if kind == failedDial {
-			wait = min(wait, maxDialWait)
-			wake = e.kick // an application waits: the dial is cheap, retry now
-		}
-		// Same failure: the same kind, and for a refusal the same words
-		// (other messages carry the local port, new on every attempt).
-		same := fmt.Sprint(kind)
-		if kind == failedRejected {
-			same += err.Error()
-		}
-		if same != r.logged || !now.Before(r.nextLog) {
-			e.log.Error().Err(err).Strs("peers", e.peers).Int("failed_attempts", r.unlogged).
-				Str("failing_for", logfield.Duration(now.Sub(r.firstFail))).
-				Str("retry_in", logfield.Duration(wait)).
-				Msg("cannot establish a session with the exit")
-			r.logged, r.nextLog, r.unlogged = same, now.Add(max(wait, logStep)), 0
+			wake = k.kick // an application waits: the dial is cheap, retry now
 		}
 		if !exits.Sleep(ctx, wait, wake) {
 			return nil
@@ -184,12 +229,12 @@ const (
 
 // countFailure counts a failed attempt to reach the exit by its cause,
 // which it returns.
-func (e *Entry) countFailure(err error) failure {
+func (k *keeper) countFailure(err error) failure {
 	if de := (*exits.DialError)(nil); errors.As(err, &de) {
-		e.books.dialFailures.Add(1)
+		k.books.dialFailures.Add(1)
 		return failedDial
 	}
-	switch f := e.books.handshakeFailed(err, true); {
+	switch f := k.books.handshakeFailed(err, true); {
 	case f == handshake.FailTimeout:
 		return failedTimeout
 	case f.Refused():

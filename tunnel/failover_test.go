@@ -146,7 +146,7 @@ func TestPeerNameResolvedAgain(t *testing.T) {
 	var lookups atomic.Int64
 	lines := &logLines{}
 	_, entryAddr := runEntry(t, "exits.test:"+port, lines, nil, func(n *Entry) {
-		n.lookup = func(_ context.Context, host string) ([]string, error) {
+		n.keeper.lookup = func(_ context.Context, host string) ([]string, error) {
 			if host != "exits.test" {
 				t.Errorf("looked up %q", host)
 			}
@@ -218,8 +218,8 @@ func TestSilentExitDelaysNoSession(t *testing.T) {
 		c.Peers = append(c.Peers, addr)
 		c.DialTimeout = time.Minute
 	}, func(n *Entry) {
-		dial := n.dial
-		n.dial = func(ctx context.Context, a string) (net.Conn, error) {
+		dial := n.keeper.dial
+		n.keeper.dial = func(ctx context.Context, a string) (net.Conn, error) {
 			if a != silent {
 				return dial(ctx, a)
 			}
@@ -264,7 +264,7 @@ func TestReloadExitKeys(t *testing.T) {
 	if err := n.Reload(ks[0], shared, map[string]*handshake.KeySet{"127.0.0.1:1": own}); err != nil {
 		t.Fatal(err)
 	}
-	p := n.keys.Load()
+	p := n.keeper.keys.Load()
 	if got := p.forExit("127.0.0.1:1"); got.PeerKeys != own || got.PeerKey != nil {
 		t.Errorf("exit with its own keys pins %v, want its own", got.PeerKeys.Fingerprints())
 	}
@@ -283,7 +283,7 @@ func TestReloadExitKeys(t *testing.T) {
 func TestReloadUnpinsExit(t *testing.T) {
 	a := start(t, echoBackend(t))
 	roundTrip(t, a.entryAddr, []byte("before"))
-	old := a.entry.current()
+	old := a.entry.keeper.cur.get()
 	if old == nil {
 		t.Fatal("no session after a round trip")
 	}
@@ -315,7 +315,7 @@ func TestReloadUnpinsExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the session with the unpinned exit retired", func() bool { return old.retiring.Load() })
-	if s := a.entry.current(); s == old {
+	if s := a.entry.keeper.cur.get(); s == old {
 		t.Error("the session with the unpinned exit is still current")
 	}
 	if err := echo("still"); err != nil {

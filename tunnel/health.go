@@ -31,39 +31,13 @@ var errNoSession = errors.New("no session with the exit yet")
 
 // Ready returns nil while the entry has a session with the exit, and
 // otherwise why it has none. Safe for concurrent use.
-func (e *Entry) Ready(context.Context) error {
-	if e.Healthy() {
-		return nil
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.lastErr != nil {
-		return fmt.Errorf("no session with the exit: %w", e.lastErr)
-	}
-	return errNoSession
-}
+func (e *Entry) Ready(context.Context) error { return e.keeper.cur.ready() }
 
 // Attempted waits until the entry's first attempt to reach the exit has
 // ended, with a session or a failure (Ready then tells which), and returns
 // nil; or until ctx ends, and returns its error. Serve makes the attempts.
 // Safe for concurrent use.
-func (e *Entry) Attempted(ctx context.Context) error {
-	for {
-		e.mu.Lock()
-		// Every attempt that ends sets one of them; neither is cleared
-		// without setting the other.
-		done, changed := e.cur != nil || e.lastErr != nil, e.changed
-		e.mu.Unlock()
-		if done {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
+func (e *Entry) Attempted(ctx context.Context) error { return e.keeper.cur.attempted(ctx) }
 
 // Ready returns nil while the backend of every service of the exit accepts
 // TCP connections (see above), and otherwise the first dial error, naming

@@ -22,70 +22,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
-
-// session returns the current session, waiting up to the dial timeout for
-// one (and asking maintain to retry now); the error says why there is none.
-func (e *Entry) session(ctx context.Context) (*entrySession, error) {
-	timer := time.NewTimer(e.cfg.DialTimeout)
-	defer timer.Stop()
-	for {
-		e.mu.Lock()
-		s, changed, lastErr := e.cur, e.changed, e.lastErr
-		e.mu.Unlock()
-		if s != nil && !s.sess.IsClosed() && !s.retiring.Load() {
-			return s, nil
-		}
-		if exits.Lasting(lastErr) {
-			return nil, lastErr
-		}
-		select {
-		case e.kick <- struct{}{}:
-		default:
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			if lastErr == nil {
-				lastErr = fmt.Errorf("no session after %v", e.cfg.DialTimeout)
-			}
-			return nil, lastErr
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// openStream opens a stream on the current session. A session the exit is
-// just shutting down refuses it; then it tries the next session once. A
-// session just replaced refuses it too; its replacement is current already.
-func (e *Entry) openStream(ctx context.Context) (*entrySession, *session.Stream, error) {
-	goneAway := false
-	for {
-		s, err := e.session(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		st, err := s.open()
-		switch {
-		case err == nil:
-			if s.opened.Add(1) == e.recycleAfter {
-				close(s.full)
-			}
-			return s, st, nil
-		case errors.Is(err, errRetiring):
-		case errors.Is(err, session.ErrGoneAway) && !goneAway:
-			goneAway = true
-			e.clearSession(s, err)
-		default:
-			return nil, nil, err
-		}
-	}
-}
 
 // maxCarries bounds how often one application connection is offered to
 // an exit.
@@ -102,7 +42,7 @@ type outgoing struct {
 
 // attempt opens a stream on the current session and counts it.
 func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, error) {
-	s, st, err := e.openStream(ctx)
+	s, st, err := e.keeper.open(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +197,7 @@ func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, 
 	}
 	if status == StatusRefused {
 		// Which key the exit refused, for the operator who grants access.
-		ev = ev.Str("fingerprint", e.fingerprint())
+		ev = ev.Str("fingerprint", e.keeper.fingerprint())
 	}
 	if res.Err != nil && !session.IsClosedErr(res.Err) {
 		ev = ev.AnErr("reason", res.Err)

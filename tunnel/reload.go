@@ -13,7 +13,6 @@ package tunnel
 import (
 	"crypto/rsa"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,23 +31,7 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
 	}
-	for _, peer := range e.peers {
-		ks := exitKeys[peer]
-		if ks == nil {
-			ks = peerKeys
-		}
-		if ks == nil || ks.Len() == 0 {
-			return fmt.Errorf("tunnel: reload needs at least one key for the exit at %s", peer)
-		}
-	}
-	cfg := *e.keys.Load().hs
-	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
-	e.keys.Store(&pins{hs: &cfg, exits: exitKeys})
-	select { // maintain retires a session whose exit key is pinned no more
-	case e.repin <- struct{}{}:
-	default:
-	}
-	return nil
+	return e.keeper.reload(key, peerKeys, exitKeys)
 }
 
 // Reload makes the exit answer with key and accept the entry keys in

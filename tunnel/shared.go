@@ -17,8 +17,8 @@ import (
 type tally struct{ fromConn, toConn *atomic.Int64 }
 
 // muxSettings are the session settings of the entry's configuration.
-func (e *Entry) muxSettings() session.Settings {
-	return session.Settings{KeepAlive: e.cfg.KeepAlive, Window: e.cfg.Window}
+func (k *keeper) muxSettings() session.Settings {
+	return session.Settings{KeepAlive: k.cfg.KeepAlive, Window: k.cfg.Window}
 }
 
 // muxSettings are the session settings of the exit's configuration.

@@ -1,10 +1,11 @@
 package tunnel
 
-// Session upkeep on the entry: one session to an exit is current at a
-// time (Entry.cur); maintain keeps one up, replaces it when the exit goes
-// away (GoAway) or when it has carried its share of streams, and retires
-// the one it replaces: the retired session takes no new streams and ends
-// once its last stream has. How an exit is reached is in failover.go.
+// Session upkeep on the entry (the keeper, keeper.go): one session to an
+// exit is current at a time (keeper.cur); maintain keeps one up, replaces
+// it when the exit goes away (GoAway), when its key is pinned no more, or
+// when it has carried its share of streams, and retires the one it
+// replaces: the retired session takes no new streams and ends once its
+// last stream has. How an exit is reached is in failover.go.
 
 import (
 	"context"
@@ -66,19 +67,19 @@ func (s *entrySession) open() (*session.Stream, error) {
 // while new ones go to the next session, when the exit sends GoAway (it is
 // shutting down; the next session is made at once) and when it has carried
 // recycleAfter streams (the next session is made first).
-func (e *Entry) maintain(ctx, hard context.Context) {
+func (k *keeper) maintain(ctx, hard context.Context) {
 	var retiring sync.WaitGroup
 	defer retiring.Wait()
 	handOver := func(s *entrySession) {
 		retiring.Add(1)
 		go func() {
 			defer retiring.Done()
-			e.retire(s, hard)
+			k.retire(s, hard)
 		}()
 	}
-	r := redial{backoff: minBackoff}
+	r := redial{log: k.log, peers: k.peers, backoff: minBackoff}
 	for ctx.Err() == nil {
-		s := e.establish(ctx, &r)
+		s := k.establish(ctx, &r)
 		if s == nil {
 			return
 		}
@@ -89,19 +90,19 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 		for {
 			select {
 			case <-s.sess.PeerGoneAway():
-				e.clearSession(s, errors.New("the exit is going away"))
-				e.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
+				k.clearSession(s, errors.New("the exit is going away"))
+				k.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
 					Msg("the exit is shutting this session down; its open streams may finish, new ones go to a new session")
 				handOver(s)
 				r.reset()
 				r.left, r.leftWhy = s.exit, "the exit is going away (GoAway)"
 				break watch
-			case <-e.repin:
-				if e.keys.Load().pins(s.exit.Peer, s.fingerprint) {
+			case <-k.repin:
+				if k.keys.Load().pins(s.exit.Peer, s.fingerprint) {
 					continue
 				}
-				e.clearSession(s, errors.New("the exit's key is no longer pinned"))
-				e.log.Warn().Str("peer", s.exit.Peer).Str("peer_fingerprint", s.fingerprint).
+				k.clearSession(s, errors.New("the exit's key is no longer pinned"))
+				k.log.Warn().Str("peer", s.exit.Peer).Str("peer_fingerprint", s.fingerprint).
 					Msg("the exit's key is no longer pinned: new connections go to a new session; those open on this one may finish (restart the entry to cut them, if the key was compromised)")
 				handOver(s)
 				r.reset()
@@ -111,56 +112,38 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 			case <-retry:
 			case <-s.sess.Done():
 				reason, _ := s.sess.End()
-				e.clearSession(s, fmt.Errorf("session lost: %v", reason))
+				k.clearSession(s, fmt.Errorf("session lost: %v", reason))
 				if ctx.Err() != nil {
 					return
 				}
-				lived := time.Since(born)
-				r.left, r.leftWhy = s.exit, fmt.Sprintf("session lost: %v", reason)
-				ev := e.log.Warn().Err(reason).Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
-					Str("duration", logfield.Duration(lived))
-				if lived >= stableSession {
-					r.reset()
-					ev.Msg("session with the exit lost; reconnecting")
-					break watch
-				}
-				if r.choices > 1 && r.youngLosses == 0 {
-					// Another exit is tried first, at once; a second
-					// young loss in a row backs off.
-					r.youngLosses++
-					ev.Msg("session with the exit lost; reconnecting")
-					break watch
-				}
-				wait := r.step() // it died young: back off
-				ev.Str("retry_in", logfield.Duration(wait)).Msg("session with the exit lost; reconnecting")
-				if !exits.Sleep(ctx, wait, nil) {
+				if !exits.Sleep(ctx, r.lost(s.exit, reason, time.Since(born)), nil) {
 					return
 				}
 				break watch
 			case <-ctx.Done():
-				e.clearSession(s, errors.New("entry is shutting down"))
-				e.hold(s, hard)
+				k.clearSession(s, errors.New("entry is shutting down"))
+				k.hold(s, hard)
 				return
 			}
 			// s has carried its share of streams: replace it, keeping it
 			// current until the replacement is up.
 			full, retry = nil, nil
-			e.log.Info().Int64("streams", s.opened.Load()).
+			k.log.Info().Int64("streams", s.opened.Load()).
 				Str("reason", "yamux keeps a few bytes per stream until its session ends (hashicorp/yamux#148)").
 				Msg("replacing the session after its share of streams; its open connections stay on it")
-			next, err := e.connect(ctx, e.log, s.exit)
+			next, err := k.connect(ctx, k.log, s.exit)
 			if err != nil {
 				if ctx.Err() == nil {
-					e.countFailure(err)
+					k.countFailure(err)
 					wait := r.step()
-					e.log.Warn().Err(err).Str("retry_in", logfield.Duration(wait)).
+					k.log.Warn().Err(err).Str("retry_in", logfield.Duration(wait)).
 						Msg("cannot establish a replacement session; the current one stays in use")
 					retry = time.After(wait)
 				}
 				continue
 			}
-			e.setSession(next)
-			e.books.recycled.Add(1)
+			k.cur.set(next)
+			k.books.recycled.Add(1)
 			handOver(s)
 			s, born, full = next, time.Now(), next.full
 		}
@@ -168,7 +151,7 @@ func (e *Entry) maintain(ctx, hard context.Context) {
 }
 
 // hold waits for s to close, closing it when hard ends.
-func (e *Entry) hold(s *entrySession, hard context.Context) {
+func (k *keeper) hold(s *entrySession, hard context.Context) {
 	select {
 	case <-s.sess.Done():
 	case <-hard.Done():
@@ -184,7 +167,7 @@ const retirePoll = 100 * time.Millisecond
 // session the exit sent GoAway on: if the exit closed it instead, the close
 // could overtake the FINs yamux has queued but not yet sent, and the entry
 // would take complete streams for cut ones.
-func (e *Entry) retire(s *entrySession, hard context.Context) {
+func (k *keeper) retire(s *entrySession, hard context.Context) {
 	s.retiring.Store(true)
 	t := time.NewTicker(retirePoll)
 	defer t.Stop()
@@ -192,7 +175,7 @@ func (e *Entry) retire(s *entrySession, hard context.Context) {
 		select {
 		case <-s.sess.Done():
 			if reason, clean := s.sess.End(); !clean {
-				e.log.Warn().Err(reason).Msg("a session finishing its streams was lost")
+				k.log.Warn().Err(reason).Msg("a session finishing its streams was lost")
 			}
 			return
 		case <-hard.Done():
@@ -205,34 +188,4 @@ func (e *Entry) retire(s *entrySession, hard context.Context) {
 			}
 		}
 	}
-}
-
-// notify wakes the waiters of the current session. Callers hold mu.
-func (e *Entry) notify() {
-	close(e.changed)
-	e.changed = make(chan struct{})
-}
-
-func (e *Entry) setSession(s *entrySession) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.cur, e.lastErr = s, nil
-	e.notify()
-}
-
-// clearSession forgets s, if it is still the current session.
-func (e *Entry) clearSession(s *entrySession, why error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.cur == s {
-		e.cur, e.lastErr = nil, why
-		e.notify()
-	}
-}
-
-func (e *Entry) setFailure(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.lastErr = err
-	e.notify()
 }

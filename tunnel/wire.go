@@ -5,14 +5,24 @@
 //	app --TCP--> Entry --stream header + bytes--> [session / frame / TCP] --> Exit --TCP--> backend
 //	                   <--status + bytes---------                         <--
 //
-// The entry: entry.go (the agent, its listeners and drain), upkeep.go (one
-// current session, replaced on GoAway or after its share of streams),
-// failover.go (reaching an exit), connect.go (one connection to one exit),
-// failures.go (why an attempt failed), outgoing.go (an application
-// connection's stream). The exit: exit.go (the agent, accept and drain), exitsession.go
-// (a session's streams and refusals), incoming.go (one stream: header,
-// access, backend). The Go API: apientry.go, apiexit.go, apiconn.go. This
-// file: the stream header and status on the wire.
+// The entry: entry.go (the agent, its listeners and drain); the keeper,
+// which keeps its session with an exit: keeper.go (the current session,
+// handed out to streams; the pinned keys), upkeep.go (one current session,
+// replaced on GoAway or after its share of streams), failover.go (reaching
+// an exit, backoff), connect.go (one connection to one exit); outgoing.go
+// (an application connection's stream). The exit: exit.go (the agent,
+// accept and drain), exitsession.go (a session's streams and refusals),
+// incoming.go (one stream: header, access, backend). The Go API:
+// apientry.go, apiexit.go, apiconn.go. Both: ledger.go (the one accounting
+// sink), metrics.go, health.go, reload.go. This file: the stream header
+// and status on the wire.
+//
+// The packages under it: session (yamux over the record layer, and all of
+// yamux's wire), relay (one connection through one stream, both ways),
+// rawio (raw system calls on non-blocking sockets), listen (listening
+// sockets, accept retries, bounds on descriptors and pending connections),
+// status (the status endpoint: counters, probes, metrics), exits (resolving
+// and reaching the entry's exits) and logfield (log field conventions).
 package tunnel
 
 import (
