@@ -23,6 +23,21 @@ type Config struct {
 	// KeyUpdateInterval is how long one sending key lives. Zero means
 	// DefaultKeyUpdateInterval.
 	KeyUpdateInterval time.Duration
+	// Acks enables ACK records (type 0x04, PROTOCOL-v2.md section 6.2):
+	// only on a connection whose handshake negotiated session resumption,
+	// which package handshake decides (it sets this field itself). Without
+	// it an ACK is an unknown record type, a protocol error, as version 1
+	// says.
+	Acks bool
+	// OnAck, with Acks, is called for each ACK received, from the reading
+	// goroutine, inside Read, with the read lock held: it must not call
+	// Read, and should be quick (WriteAck is allowed: the directions do not
+	// share a lock). received is the peer's count of DATA payload bytes it
+	// has received in the session; reply is set when the peer asks for an
+	// ACK at once. Whether received makes sense (never decreasing, never
+	// beyond what was sent) is the caller's to check. Nil: ACKs are
+	// verified and dropped. SetOnAck replaces it on one Conn.
+	OnAck func(received uint64, reply bool)
 }
 
 // Defaults of Config, from PROTOCOL.md section 3.
@@ -94,7 +109,30 @@ func New(conn net.Conn, keys Keys, cfg *Config) *Conn {
 	c.in.th = keys.Transcript
 	c.in.c = newRecordCipher(keys.Recv)
 	c.in.raw = make([]byte, 2*maxRecord)
+	c.in.acks, c.in.onAck = cf.Acks, cf.OnAck
 	return c
+}
+
+// SetOnAck replaces Config.OnAck for this connection: for a caller that
+// learns which session the connection belongs to only after the handshake.
+// Set before the first Read, it sees every ACK. Safe to call while another
+// goroutine reads: it waits for the Read in progress.
+func (c *Conn) SetOnAck(f func(received uint64, reply bool)) {
+	c.in.mu.Lock()
+	c.in.onAck = f
+	c.in.mu.Unlock()
+}
+
+// WriteAck sends one ACK record: received is this side's count of DATA
+// payload bytes received from the peer in the session, reply asks the peer
+// to answer with an ACK at once (a keepalive probe). It sends FINISHED
+// first if that is still owed. It is safe to call while another goroutine
+// Writes or Reads; it waits for a Write in progress, as Writes wait for
+// each other. Without Config.Acks it returns ErrNoAcks and sends nothing.
+func (c *Conn) WriteAck(received uint64, reply bool) error {
+	c.out.mu.Lock()
+	defer c.out.mu.Unlock()
+	return c.out.sendAck(received, reply)
 }
 
 // SendFinished sends this side's FINISHED record unless it was sent already.

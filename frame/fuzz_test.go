@@ -97,3 +97,49 @@ func TestCFBMatchesStdlib(t *testing.T) {
 		}
 	}
 }
+
+// fuzzAckSession is fuzzSession with ACKs between the DATA records, on a
+// connection that negotiated them.
+func fuzzAckSession() (wire, plain []byte, acks []ack) {
+	mc := &memConn{}
+	c := New(mc, Keys{Send: fuzzKeys.Recv, Recv: fuzzKeys.Send, Transcript: fuzzKeys.Transcript}, &Config{Acks: true})
+	c.out.iv.r = bytes.NewReader(bytes.Repeat([]byte{0x5a}, 16*8))
+	acks = []ack{{0, true}, {18, false}, {1 << 40, true}}
+	c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	c.WriteAck(acks[0].received, acks[0].reply)
+	c.WriteAck(acks[1].received, acks[1].reply)
+	c.Write([]byte("body"))
+	c.WriteAck(acks[2].received, acks[2].reply)
+	c.CloseWrite()
+	return mc.w.Bytes(), []byte("GET / HTTP/1.1\r\n\r\nbody"), acks
+}
+
+// FuzzReaderAcks: as FuzzReader, on a connection with ACKs. Invariants
+// besides FuzzReader's: OnAck sees only ACKs the sender sent, in order.
+func FuzzReaderAcks(f *testing.F) {
+	wire, plain, acks := fuzzAckSession()
+	f.Add(wire)
+	f.Add(wire[:len(wire)-1])
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var rec ackRecorder
+		got, err := readAll(New(&memConn{r: bytes.NewReader(in)}, fuzzKeys, &Config{Acks: true, OnAck: rec.onAck}))
+		if !bytes.HasPrefix(plain, got) {
+			t.Fatalf("released bytes never sent: %q", got)
+		}
+		seen := rec.got()
+		if len(seen) > len(acks) {
+			t.Fatalf("%d ACKs seen, %d sent", len(seen), len(acks))
+		}
+		for i, a := range seen {
+			if a != acks[i] {
+				t.Fatalf("ACK %d seen as %+v, sent %+v", i, a, acks[i])
+			}
+		}
+		if err == io.EOF && (!bytes.HasPrefix(in, wire) || len(seen) != len(acks)) {
+			t.Fatalf("modified session read to a clean end")
+		}
+		if err == nil {
+			t.Fatal("readAll ended without an error")
+		}
+	})
+}

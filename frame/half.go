@@ -202,6 +202,30 @@ func (h *outHalf) write(bufs [][]byte) (int, error) {
 	return total, nil
 }
 
+// sendAck sends an ACK (after FINISHED, if that is still owed, and a
+// KEY_UPDATE if one is due). Callers hold mu.
+func (h *outHalf) sendAck(received uint64, reply bool) error {
+	switch {
+	case !h.cfg.Acks:
+		return ErrNoAcks
+	case h.closed:
+		return ErrWriteClosed
+	}
+	if err := h.sendFinished(); err != nil {
+		return err
+	}
+	if err := h.maybeUpdateKey(); err != nil {
+		return err
+	}
+	p := h.payloadArea()
+	binary.BigEndian.PutUint64(p, received)
+	p[8] = 0
+	if reply {
+		p[8] = ackFlagReply
+	}
+	return h.seal(typeAck, ackLen)
+}
+
 // sendClose sends CLOSE (after FINISHED, if that is still owed) and marks
 // the direction closed. Callers hold mu.
 func (h *outHalf) sendClose() error {
@@ -250,6 +274,8 @@ type inHalf struct {
 	seq      uint64 // seq expected of the next record
 	finished bool   // the peer's FINISHED has been verified
 	err      error  // sticky: io.EOF after CLOSE, or the failure that closed the connection
+	acks     bool   // Config.Acks: ACK records are allowed
+	onAck    func(received uint64, reply bool)
 
 	raw     []byte
 	r, w    int
@@ -297,7 +323,8 @@ func (h *inHalf) fill(k int) error {
 }
 
 // readRecord reads, verifies and decrypts the next record, and acts on its
-// type: FINISHED is checked, KEY_UPDATE switches the receiving key. Callers
+// type: FINISHED is checked, KEY_UPDATE switches the receiving key, an ACK
+// is checked and handed to onAck. Callers
 // hold mu. Nothing of a record is decrypted before its tag has verified.
 // When dst has room for the payload, the payload is decrypted into it and
 // is a prefix of dst; otherwise it is decrypted in place, in the read
@@ -357,6 +384,13 @@ func (h *inHalf) readRecord(dst []byte) (typ byte, payload []byte, err error) {
 		if typ == typeKeyUpdate {
 			h.c = h.c.next()
 			h.updates.Add(1)
+		}
+	case typ == typeAck && h.acks:
+		if len(payload) != ackLen || payload[8]&^ackFlagReply != 0 {
+			return 0, nil, h.fail(ErrProtocol)
+		}
+		if h.onAck != nil {
+			h.onAck(binary.BigEndian.Uint64(payload), payload[8]&ackFlagReply != 0)
 		}
 	default: // FINISHED after seq 0, or an unknown type
 		return 0, nil, h.fail(ErrProtocol)

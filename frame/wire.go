@@ -40,6 +40,16 @@ const (
 	typeFinished  byte = 0x01
 	typeClose     byte = 0x02
 	typeKeyUpdate byte = 0x03
+	// typeAck exists only on connections whose handshake negotiated session
+	// resumption (Config.Acks; PROTOCOL-v2.md section 6.2): elsewhere it is
+	// an unknown type, as version 1 requires.
+	typeAck byte = 0x04
+)
+
+// ACK payload (PROTOCOL-v2.md section 6.2): received u64 | flags u8.
+const (
+	ackLen       = 9
+	ackFlagReply = 0x01 // the sender asks for an ACK at once (keepalive probe)
 )
 
 // SecretLen is the size of a traffic secret and of the transcript hash.
@@ -67,10 +77,15 @@ var (
 	// transcript hash.
 	ErrFinished = errors.New("frame: peer's FINISHED missing or wrong")
 	// ErrProtocol: an authenticated record that the protocol forbids
-	// (unknown type, FINISHED after the first record, a non-empty CLOSE).
+	// (unknown type, FINISHED after the first record, a non-empty CLOSE, an
+	// ACK without Config.Acks or whose payload is not 9 bytes with only
+	// known flags).
 	ErrProtocol = errors.New("frame: protocol violation")
 	// ErrSeqExhausted: the sequence number would wrap; the connection is closed.
 	ErrSeqExhausted = errors.New("frame: sequence number exhausted")
 	// ErrWriteClosed: Write after CloseWrite or Close.
 	ErrWriteClosed = errors.New("frame: write after CLOSE")
+	// ErrNoAcks: WriteAck on a connection without ACK records
+	// (Config.Acks false). Nothing is sent and the connection stays open.
+	ErrNoAcks = errors.New("frame: ACK records are not enabled on this connection")
 )
