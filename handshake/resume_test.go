@@ -430,3 +430,125 @@ func TestResumeUnknownSessionFallsBack(t *testing.T) {
 		t.Fatal("the new session reuses the old one's id or secret")
 	}
 }
+
+// TestResumptionExtensionChecks: HELLO_R's resumption extension is refused
+// (ALERT protocol_error) when the hello did not offer it, when its value
+// is not 20 bytes, or when its window is 0; HELLO_I's offer must be empty.
+func TestResumptionExtensionChecks(t *testing.T) {
+	ik, rk, _ := keys()
+	accept := func(id byte, window uint32) []byte {
+		a := &resumptionAccept{id: [SessionIDLen]byte{id}, window: window}
+		return a.value()
+	}
+	for _, tc := range []struct {
+		name    string
+		offered bool
+		val     []byte
+		ok      bool
+	}{
+		{"accepted as offered", true, accept(1, 60), true},
+		{"not offered", false, accept(1, 60), false},
+		{"window 0", true, accept(1, 0), false},
+		{"19 bytes", true, accept(1, 60)[:19], false},
+		{"21 bytes", true, append(accept(1, 60), 0), false},
+		{"empty", true, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			icfg := &Config{PrivateKey: ik, PeerKey: &rk.PublicKey, Version: Version2}
+			if tc.offered {
+				icfg.ResumeWindow = testWindow
+			}
+			ini, err := newInitiator(icfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m1, err := ini.hello()
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := &responder{cfg: &Config{PrivateKey: rk, Authorized: mustKeySet(t, &ik.PublicKey)}, version: Version2, m1: m1}
+			hi, err := res.checkHelloI2(m1[prefaceLen:])
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2, err := res.helloR(context.Background(), &hi.helloI)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The responder's HELLO_R with the extension of the case, signed again.
+			h2, _ := parseHelloR2(m2[msgHeaderLen:])
+			h2.ext = appendExtensions(nil, extension{typ: extResumption, val: tc.val})
+			if h2.sig, err = sign(rk, contextResponder2, digest(m1, h2.signedBody())); err != nil {
+				t.Fatal(err)
+			}
+			err = ini.handleHelloR(appendMsg(nil, msgHelloR, h2.body()))
+			if tc.ok {
+				if err != nil || ini.ticket == nil || ini.ticket.ID != [SessionIDLen]byte{1} || ini.ticket.Window != time.Minute {
+					t.Fatalf("err %v, ticket %+v", err, ini.ticket)
+				}
+				return
+			}
+			if code := alertOf(err); code != AlertProtocolError || !errors.Is(err, ErrProtocol) {
+				t.Fatalf("err = %v, want ALERT protocol_error", err)
+			}
+		})
+	}
+
+	// A responder refuses an offer that is not empty, before any cost.
+	now := time.Now()
+	r := resumeResponder(t, &sessionStore{}, func(c *Config) { c.Now = func() time.Time { return now } })
+	m1 := helloV2(t, ik, ik, now, func(h *helloI2) { h.ext = appendExtensions(nil, extension{typ: extResumption, val: []byte{0}}) })
+	reply, err := rawExchange(t, r, m1)
+	if !errors.Is(err, ErrProtocol) || readAlert(t, reply).code != AlertProtocolError {
+		t.Fatalf("non-empty offer: %v", err)
+	}
+	if ops, taken := r.adm.privateOps.Load(), r.adm.slotsTaken.Load(); ops != 0 || taken != 0 {
+		t.Fatalf("refusal cost %d private-key operations and %d slots", ops, taken)
+	}
+}
+
+// TestBogusResumptionFlood: many RESUME_I of every bogus kind cost no slot,
+// no private-key operation, and keep nothing; a real resumption works
+// meanwhile.
+func TestBogusResumptionFlood(t *testing.T) {
+	ik, _, other := keys()
+	store := &sessionStore{}
+	r := resumeResponder(t, store, func(c *Config) { c.Authorized = mustKeySet(t, &ik.PublicKey, &other.PublicKey) })
+	it, rt := fullWithTickets(t, r, store)
+	ops, taken := r.adm.privateOps.Load(), r.adm.slotsTaken.Load()
+	flipped := resumeMsg(t, ik, rt, nil)
+	flipped[prefaceLen+msgHeaderLen+SessionIDLen+KeyIDLen] ^= 1 // random_i, after the MAC was made
+	bogus := [][]byte{
+		resumeMsg(t, ik, Ticket{ID: [SessionIDLen]byte{0xee}, Secret: rt.Secret}, nil), // unknown session
+		resumeMsg(t, other, rt, nil),                                  // another authorized key
+		resumeMsg(t, ik, Ticket{ID: rt.ID, Secret: [32]byte{1}}, nil), // not the secret
+		flipped, // a bad MAC
+	}
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			a, b := tcpPair(t)
+			done := make(chan struct{})
+			go func() { r.Handshake(context.Background(), b); close(done) }()
+			a.Write(bogus[i%len(bogus)])
+			a.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if typ, _, err := readMsg(a, msgAlert); err != nil || typ != msgAlert {
+				t.Errorf("bogus RESUME_I %d: %x, %v; want an ALERT", i%len(bogus), typ, err)
+			}
+			a.Close()
+			<-done
+		})
+	}
+	a, b := tcpPair(t)
+	ini, res := resumeBoth(t, a, b, resumeInitiatorCfg(), it, r)
+	if ini.err != nil || res.err != nil {
+		t.Fatalf("real resumption during the flood: %v; %v", ini.err, res.err)
+	}
+	wg.Wait()
+	if got := r.adm.slotsTaken.Load() - taken; got != 1 {
+		t.Fatalf("%d slots taken, want 1 (the real resumption's)", got)
+	}
+	if r.adm.privateOps.Load() != ops {
+		t.Fatal("a resumption cost a private-key operation")
+	}
+}
