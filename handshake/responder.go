@@ -107,6 +107,13 @@ func (st *responder) takeSlot(signed bool, keyID [KeyIDLen]byte) error {
 // version 2, its signature); before that it is bounded by HelloTimeout, so
 // that silent or garbage connections cannot keep real initiators out. After
 // HELLO_R, KEY_I must come within Config.KeyIDeadline.
+//
+// After a version 2 preface the first message may also be RESUME_I, a
+// resumption of a session that Config.Sessions knows (PROTOCOL-v2.md
+// section 6): Handshake then checks it without taking a slot, takes one
+// counted as unverified until RESUME_F's MAC has verified (within
+// Config.KeyIDeadline), and returns a Result whose Resumed names the
+// session. The caller attaches Result.Conn to that session.
 func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, error) {
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
