@@ -12,18 +12,19 @@ import (
 type Failure int
 
 const (
-	FailOther        Failure = iota // none of these: an I/O error, a cut connection
-	FailTimeout                     // the handshake ran out of time
-	FailBusy                        // the responder had too many handshakes in progress (ALERT 8)
-	FailUnknownKey                  // a key was not authorized, or not the pinned one (ALERT 4)
-	FailBadSignature                // a signature did not verify (ALERT 5)
-	FailDecrypt                     // the key transport did not decrypt (ALERT 6)
-	FailIncompatible                // not a tunnel peer, another protocol version, or no common suite
-	FailProtocol                    // a malformed message (ALERT 1)
-	FailInternal                    // the peer failed (ALERT 7)
-	FailAlert                       // an ALERT with a code this build does not know
-	FailStale                       // a version 2 hello outside the clock window, or replayed (ALERT 9)
-	FailDowngrade                   // a fallback to version 1 that the responder refused (ALERT 10)
+	FailOther          Failure = iota // none of these: an I/O error, a cut connection
+	FailTimeout                       // the handshake ran out of time
+	FailBusy                          // the responder had too many handshakes in progress (ALERT 8)
+	FailUnknownKey                    // a key was not authorized, or not the pinned one (ALERT 4)
+	FailBadSignature                  // a signature did not verify (ALERT 5)
+	FailDecrypt                       // the key transport did not decrypt (ALERT 6)
+	FailIncompatible                  // not a tunnel peer, another protocol version, or no common suite
+	FailProtocol                      // a malformed message (ALERT 1)
+	FailInternal                      // the peer failed (ALERT 7)
+	FailAlert                         // an ALERT with a code this build does not know
+	FailStale                         // a version 2 hello outside the clock window, or replayed (ALERT 9)
+	FailDowngrade                     // a fallback to version 1 that the responder refused (ALERT 10)
+	FailUnknownSession                // a resumption of a session the responder cannot resume (ALERT 11): make a full handshake
 )
 
 // Classify names err, an error of Initiate or a Responder's Handshake.
@@ -54,6 +55,8 @@ func Classify(err error) Failure {
 		return FailStale
 	case errors.Is(err, ErrInappropriateFallback):
 		return FailDowngrade
+	case errors.Is(err, ErrUnknownSession):
+		return FailUnknownSession
 	case errors.As(err, &ae):
 		return FailAlert
 	}

@@ -36,6 +36,8 @@ func TestClassify(t *testing.T) {
 		{&AlertError{Code: AlertStaleHello}, FailStale, true, false, true},
 		{fmt.Errorf("x: %w", ErrReplayedHello), FailStale, true, false, false},
 		{&AlertError{Code: AlertInappropriateFallback}, FailDowngrade, true, false, true},
+		{&AlertError{Code: AlertUnknownSession}, FailUnknownSession, true, false, true},
+		{fmt.Errorf("x: %w", ErrUnknownSession), FailUnknownSession, true, false, false},
 	} {
 		f := Classify(c.err)
 		if f != c.want || f.Refused() != c.refused || f.Lasting() != c.lasting || ByPeer(c.err) != c.fromPeer {

@@ -195,3 +195,102 @@ func FuzzHelloR2(f *testing.F) {
 		}
 	})
 }
+
+// fuzzResume loads the resumption vector's messages and keys for seeding.
+func fuzzResume(f *testing.F) (v *resumeVector, r1, r2, r3 []byte) {
+	v = loadResumeVector(f)
+	h := func(s string) []byte { b, _ := hex.DecodeString(s); return b }
+	return v, h(v.ResumeMsg1), h(v.ResumeMsg2), h(v.ResumeMsg3)
+}
+
+// FuzzParseResume: whatever parses as RESUME_I, RESUME_R or RESUME_F, or
+// as HELLO_R's resumption extension, re-encodes to the same bytes.
+func FuzzParseResume(f *testing.F) {
+	_, r1, r2, r3 := fuzzResume(f)
+	f.Add(byte(0), r1[prefaceLen+msgHeaderLen:])
+	f.Add(byte(1), r2[msgHeaderLen:])
+	f.Add(byte(2), r3[msgHeaderLen:])
+	f.Add(byte(3), (&resumptionAccept{id: [SessionIDLen]byte{1}, window: 60}).value())
+	f.Fuzz(func(t *testing.T, which byte, body []byte) {
+		var enc []byte
+		switch which % 4 {
+		case 0:
+			m, err := parseResumeI(body)
+			if err != nil {
+				return
+			}
+			enc = m.msg(nil)[msgHeaderLen:]
+		case 1:
+			m, err := parseResumeR(body)
+			if err != nil {
+				return
+			}
+			enc = m.msg()[msgHeaderLen:]
+		case 2:
+			m, err := parseResumeF(body)
+			if err != nil {
+				return
+			}
+			enc = m.msg()[msgHeaderLen:]
+		case 3:
+			a, err := parseResumptionAccept(body)
+			if err != nil {
+				return
+			}
+			if a.window == 0 {
+				t.Fatal("window 0 accepted")
+			}
+			enc = a.value()
+		}
+		if !bytes.Equal(enc, body) {
+			t.Fatalf("message %d parsed but re-encodes differently", which%4)
+		}
+	})
+}
+
+// FuzzResumeI: the responder of the vector, whose store holds the
+// vector's session, accepts exactly the vector's preface || RESUME_I.
+func FuzzResumeI(f *testing.F) {
+	v, r1, _, _ := fuzzResume(f)
+	f.Add(r1)
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if len(msg) < prefaceLen+msgHeaderLen {
+			return
+		}
+		_, res := resumeSides(t, v)
+		res.m1 = msg
+		_, err := res.checkResumeI(msg)
+		if err == nil && !bytes.Equal(msg, r1) {
+			t.Fatalf("modified RESUME_I accepted")
+		}
+	})
+}
+
+// FuzzResumeRF: the initiator of the vector accepts exactly the vector's
+// RESUME_R, and the responder exactly its RESUME_F.
+func FuzzResumeRF(f *testing.F) {
+	v, r1, r2, r3 := fuzzResume(f)
+	f.Add(false, r2)
+	f.Add(true, r3)
+	f.Fuzz(func(t *testing.T, final bool, msg []byte) {
+		if len(msg) < msgHeaderLen {
+			return
+		}
+		st, res := resumeSides(t, v)
+		if !final {
+			st.m1 = r1
+			if err := st.handleResumeR(msg); err == nil && !bytes.Equal(msg, r2) {
+				t.Fatalf("modified RESUME_R accepted")
+			}
+			return
+		}
+		res.m1 = r1
+		if _, err := res.checkResumeI(r1); err != nil {
+			t.Fatal(err)
+		}
+		res.m2 = r2
+		if err := res.checkResumeF(msg); err == nil && !bytes.Equal(msg[msgHeaderLen:], r3[msgHeaderLen:]) {
+			t.Fatalf("modified RESUME_F accepted")
+		}
+	})
+}

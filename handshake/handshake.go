@@ -11,12 +11,25 @@
 //	                    <------------------  FINISHED record
 //
 // Initiate and (*Responder).Handshake return an established *frame.Conn.
+//
+// A version 2 handshake may also negotiate session resumption
+// (PROTOCOL-v2.md section 6): both sides then get a Ticket, and the
+// initiator may later continue the session on a new connection with
+// Resume, which proves possession of the ticket's secret with MACs over
+// fresh randoms and a fresh X25519 exchange, without RSA:
+//
+//	initiator                               responder
+//	preface || RESUME_I (mac_i) --------->  session known? key? mac_i?
+//	                    <------------------  RESUME_R (mac_r)
+//	RESUME_F (mac_f), FINISHED record --->  mac_f? FINISHED?
+//	                    <------------------  FINISHED record
 package handshake
 
 import (
 	"context"
 	"crypto"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -77,6 +90,10 @@ var (
 	// initiator fall back was not the responder's; someone on the path
 	// forged it.
 	ErrInappropriateFallback = errors.New("handshake: version fallback refused: the responder speaks version 2")
+	// ErrUnknownSession: a resumption named a session the responder cannot
+	// resume: unknown, expired, or resumption is off there (ALERT
+	// unknown_session). The initiator makes a full handshake instead.
+	ErrUnknownSession = errors.New("handshake: unknown or expired session")
 )
 
 var alertErrors = map[AlertCode]error{
@@ -90,6 +107,7 @@ var alertErrors = map[AlertCode]error{
 	AlertBusy:                  ErrBusy,
 	AlertStaleHello:            ErrStaleHello,
 	AlertInappropriateFallback: ErrInappropriateFallback,
+	AlertUnknownSession:        ErrUnknownSession,
 }
 
 // AlertError is an ALERT the peer sent: it rejected the handshake.
@@ -146,6 +164,48 @@ type Config struct {
 	// Now is the clock of version 2 hellos: the initiator writes it, the
 	// responder compares with it. Nil means time.Now.
 	Now func() time.Time
+
+	// ResumeWindow turns session resumption on (PROTOCOL-v2.md section 6)
+	// for version 2 handshakes. An initiator with a positive window offers
+	// it in HELLO_I; a responder with a positive window accepts an offer
+	// and announces this window, in whole seconds rounded up. When both do,
+	// Result.Ticket is set on both sides. Zero: resumption off (a responder
+	// then answers RESUME_I with ALERT unknown_session).
+	ResumeWindow time.Duration
+	// Sessions is where a responder looks up the session a RESUME_I names.
+	// Nil: every resumption is answered ALERT unknown_session.
+	Sessions SessionLookup
+}
+
+// SessionLookup finds the sessions a responder can resume. Resumable is
+// called once per RESUME_I, before any other check but parsing, so it must
+// be cheap (a map lookup); it must report false for a session that is gone
+// or whose window has passed. It must be safe for concurrent use.
+type SessionLookup interface {
+	Resumable(id [SessionIDLen]byte) (Ticket, bool)
+}
+
+// Ticket is what either side keeps of a session that negotiated
+// resumption: enough to resume it on a new connection. Secret is rs, the
+// resumption secret; whoever holds it can resume the session, so it lives
+// only in memory and is wiped when the session ends.
+type Ticket struct {
+	ID     [SessionIDLen]byte // session_id, chosen by the responder
+	Secret [32]byte           // rs (PROTOCOL-v2.md section 6.1)
+	// PeerKeyID is the key id of the peer's RSA key: on the responder the
+	// initiator's key, which a resumption must present again; on the
+	// initiator the responder's key, which must still be pinned to resume.
+	PeerKeyID [KeyIDLen]byte
+	// Window is how long the responder keeps the session resumable after
+	// its connection breaks, as it announced it (whole seconds).
+	Window time.Duration
+}
+
+// resumeWindowSeconds is the window a responder announces: cfg's, in whole
+// seconds rounded up, within a u32.
+func (c *Config) resumeWindowSeconds() uint32 {
+	s := (c.ResumeWindow + time.Second - 1) / time.Second
+	return uint32(min(max(s, 1), 1<<32-1))
 }
 
 func (c *Config) timeout() time.Duration {
@@ -243,6 +303,15 @@ type Result struct {
 	Suite           byte
 	Version         int           // the protocol version spoken
 	Duration        time.Duration // from start to keys in hand
+	// Ticket is set after a full handshake that negotiated resumption, on
+	// both sides; Conn then carries ACK records (frame.Config.Acks). Nil
+	// otherwise, and after a resumption (the session's ticket is unchanged).
+	Ticket *Ticket
+	// Resumed names the session a resumption continued (Resume, or a
+	// responder that received RESUME_I); nil after a full handshake. Conn
+	// then carries ACK records, and its first record after FINISHED each
+	// way must be an ACK (PROTOCOL-v2.md section 6.2).
+	Resumed *[SessionIDLen]byte
 }
 
 // rejection is a local decision to end the handshake with an ALERT.
@@ -386,6 +455,73 @@ func (s *schedule) wipeSecrets(secret, x25519Shared, mlkemShared []byte) {
 	clear(secret)
 	clear(x25519Shared)
 	clear(mlkemShared)
+}
+
+// resumptionSecret is rs = HKDF-Expand(prk, "tunnel/2 resumption", 32) of
+// a full handshake's schedule (PROTOCOL-v2.md section 6.1); call it before
+// wipeSecrets.
+func (s *schedule) resumptionSecret() [32]byte {
+	return expand32(s.prk, labelResumption)
+}
+
+// deriveResumeSchedule is the key schedule of a resumption (PROTOCOL-v2.md
+// section 6.3): th over the three messages, prk from rs and the X25519
+// shared secret, and the traffic secrets under their own labels.
+func deriveResumeSchedule(m1, m2, m3 []byte, rs [32]byte, x25519Shared []byte) (*schedule, error) {
+	s := &schedule{th: [32]byte(digest(m1, m2, m3))}
+	ikm := make([]byte, 0, 64)
+	ikm = append(append(ikm, rs[:]...), x25519Shared...)
+	defer clear(ikm)
+	var err error
+	if s.prk, err = hkdf.Extract(sha256.New, ikm, s.th[:]); err != nil {
+		return nil, err
+	}
+	s.i2r = expand32(s.prk, labelResumeI2R)
+	s.r2i = expand32(s.prk, labelResumeR2I)
+	return s, nil
+}
+
+// expand32 is HKDF-Expand(secret, label, 32) with SHA-256.
+func expand32(secret []byte, label string) (out [32]byte) {
+	b, err := hkdf.Expand(sha256.New, secret, label, 32)
+	if err != nil {
+		panic("handshake: hkdf.Expand of 32 bytes: " + err.Error())
+	}
+	copy(out[:], b)
+	clear(b)
+	return out
+}
+
+// resumeKeys are the MAC keys of a resumption, from rs.
+type resumeKeys struct{ i, r, f [32]byte }
+
+func deriveResumeKeys(rs [32]byte) resumeKeys {
+	return resumeKeys{
+		i: expand32(rs[:], labelResumeI),
+		r: expand32(rs[:], labelResumeR),
+		f: expand32(rs[:], labelResumeF),
+	}
+}
+
+func (k *resumeKeys) wipe() { clear(k.i[:]); clear(k.r[:]); clear(k.f[:]) }
+
+// resumeMAC is HMAC-SHA256(key, SHA-256(parts...)).
+func resumeMAC(key [32]byte, parts ...[]byte) [macLen]byte {
+	h := hmac.New(sha256.New, key[:])
+	h.Write(digest(parts...))
+	return [macLen]byte(h.Sum(nil))
+}
+
+// frameConfig is cfg.Frame with ACK records on exactly when the connection
+// negotiated resumption or resumes a session: an ACK elsewhere is an
+// unknown record type.
+func (c *Config) frameConfig(acks bool) *frame.Config {
+	var fc frame.Config
+	if c.Frame != nil {
+		fc = *c.Frame
+	}
+	fc.Acks = acks
+	return &fc
 }
 
 func (s *schedule) initiatorKeys() frame.Keys {

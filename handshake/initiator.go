@@ -50,6 +50,7 @@ func Initiate(ctx context.Context, conn net.Conn, cfg *Config) (*Result, error) 
 		Suite:           SuiteAES256CFBHMACSHA256,
 		Version:         int(st.version),
 		Duration:        time.Since(start),
+		Ticket:          st.ticket,
 	}, nil
 }
 
@@ -66,6 +67,9 @@ type initiator struct {
 
 	m1, m2                    []byte
 	x25519Shared, mlkemShared []byte
+
+	offered bool    // HELLO_I offered resumption
+	ticket  *Ticket // HELLO_R accepted it; Secret is filled from the schedule
 }
 
 func newInitiator(cfg *Config) (*initiator, error) {
@@ -116,7 +120,10 @@ func (st *initiator) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	fc := frame.New(&alertConn{Conn: conn}, sched.initiatorKeys(), st.cfg.Frame)
+	if st.ticket != nil {
+		st.ticket.Secret = sched.resumptionSecret()
+	}
+	fc := frame.New(&alertConn{Conn: conn}, sched.initiatorKeys(), st.cfg.frameConfig(st.ticket != nil))
 	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
 	if err := fc.SendFinished(); err != nil {
 		return nil, ioError(ctx, "sending FINISHED", err)
@@ -209,6 +216,10 @@ func (st *initiator) hello() ([]byte, error) {
 		return st.m1, nil
 	}
 	h2 := &helloI2{helloI: m, time: uint64(max(st.cfg.now().Unix(), 0))}
+	if st.cfg.ResumeWindow > 0 {
+		st.offered = true
+		h2.ext = appendExtensions(nil, extension{typ: extResumption})
+	}
 	sig, err := sign(st.cfg.PrivateKey, contextHello2, digest(h2.signedMsg(prefaceV2[:], st.cfg.PrivateKey.Size())))
 	if err != nil {
 		return nil, err
@@ -222,11 +233,15 @@ func (st *initiator) hello() ([]byte, error) {
 // signature, X25519 share, ML-KEM ciphertext.
 func (st *initiator) handleHelloR(m2 []byte) error {
 	var hr *helloR
+	var accept *resumptionAccept
 	sigContext, signed := contextResponder, []byte(nil)
 	if st.version == Version2 {
 		h2, err := parseHelloR2(m2[msgHeaderLen:])
 		if err != nil {
 			return reject(AlertProtocolError, "bad HELLO_R", "%v", err)
+		}
+		if accept, err = st.checkResumptionAccept(h2.ext); err != nil {
+			return err
 		}
 		hr, sigContext, signed = &h2.helloR, contextResponder2, h2.signedBody()
 	} else {
@@ -270,7 +285,29 @@ func (st *initiator) handleHelloR(m2 []byte) error {
 		return reject(AlertProtocolError, "bad ML-KEM ciphertext", "responder ML-KEM ciphertext: %v", err)
 	}
 	st.m2 = m2
+	if accept != nil {
+		st.ticket = &Ticket{ID: accept.id, PeerKeyID: hr.keyID, Window: time.Duration(accept.window) * time.Second}
+	}
 	return nil
+}
+
+// checkResumptionAccept reads HELLO_R's resumption extension, if any: it
+// may come only in answer to an offer, and must be well formed (ALERT
+// protocol_error otherwise).
+func (st *initiator) checkResumptionAccept(ext []byte) (*resumptionAccept, error) {
+	val, ok := findExtension(ext, extResumption)
+	if !ok {
+		return nil, nil
+	}
+	if !st.offered {
+		return nil, reject(AlertProtocolError, "resumption accepted but not offered",
+			"HELLO_R accepts session resumption, which HELLO_I did not offer")
+	}
+	a, err := parseResumptionAccept(val)
+	if err != nil {
+		return nil, reject(AlertProtocolError, "bad resumption extension", "HELLO_R: %v", err)
+	}
+	return a, nil
 }
 
 // keyI returns M3 = KEY_I and the secret it transports.

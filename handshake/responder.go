@@ -107,6 +107,13 @@ func (st *responder) takeSlot(signed bool, keyID [KeyIDLen]byte) error {
 // version 2, its signature); before that it is bounded by HelloTimeout, so
 // that silent or garbage connections cannot keep real initiators out. After
 // HELLO_R, KEY_I must come within Config.KeyIDeadline.
+//
+// After a version 2 preface the first message may also be RESUME_I, a
+// resumption of a session that Config.Sessions knows (PROTOCOL-v2.md
+// section 6): Handshake then checks it without taking a slot, takes one
+// counted as unverified until RESUME_F's MAC has verified (within
+// Config.KeyIDeadline), and returns a Result whose Resumed names the
+// session. The caller attaches Result.Conn to that session.
 func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, error) {
 	start := time.Now()
 	stop := guard(ctx, conn, r.cfg.timeout())
@@ -134,14 +141,20 @@ func (r *Responder) Handshake(ctx context.Context, conn net.Conn) (*Result, erro
 	if r.adm != nil {
 		r.adm.proven.add(st.remote, KeyID(st.peerKey), time.Now())
 	}
-	return &Result{
+	res := &Result{
 		Conn:            fc,
 		PeerKey:         st.peerKey,
 		PeerFingerprint: Fingerprint(st.peerKey),
 		Suite:           SuiteAES256CFBHMACSHA256,
 		Version:         int(st.version),
 		Duration:        time.Since(start),
-	}, nil
+		Ticket:          st.ticket,
+	}
+	if st.resumed != nil {
+		id := st.resumed.ID
+		res.Resumed = &id
+	}
+	return res, nil
 }
 
 // responder is the responder's state, step by step.
@@ -157,6 +170,12 @@ type responder struct {
 
 	m1, m2                    []byte
 	x25519Shared, mlkemShared []byte
+
+	offered bool    // a version 2 HELLO_I offered resumption
+	ticket  *Ticket // HELLO_R accepted it; Secret is filled from the schedule
+	// A resumption (resume.go): the session's ticket, its MAC keys.
+	resumed *Ticket
+	rkeys   resumeKeys
 }
 
 func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error) {
@@ -183,7 +202,25 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 		return nil, reject(AlertUnsupportedVersion, "this exit speaks protocol versions 1 and 2",
 			"initiator speaks protocol version %d; this responder speaks 1 and 2", st.version)
 	}
-	m2, err := st.handleHelloI(ctx, pre[:], conn)
+	want := []byte{msgHelloI}
+	if st.version == Version2 {
+		want = append(want, msgResumeI)
+	}
+	typ, msg, err := readMsg(conn, want...)
+	if err != nil {
+		if errors.As(err, new(*unexpectedError)) {
+			return nil, reject(AlertProtocolError, "expected HELLO_I", "%v", err)
+		}
+		if errors.Is(err, errMalformed) {
+			return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
+		}
+		return nil, ioError(ctx, "reading HELLO_I", err)
+	}
+	st.m1 = append(slices.Clip(pre[:]), msg...)
+	if typ == msgResumeI {
+		return st.resume(ctx, conn)
+	}
+	m2, err := st.handleHelloI(ctx, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +252,10 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if err != nil {
 		return nil, err
 	}
-	fc := frame.New(conn, sched.responderKeys(), st.cfg.Frame)
+	if st.ticket != nil {
+		st.ticket.Secret = sched.resumptionSecret()
+	}
+	fc := frame.New(conn, sched.responderKeys(), st.cfg.frameConfig(st.ticket != nil))
 	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
 	if err := fc.ReadFinished(); err != nil {
 		return nil, fmt.Errorf("handshake: initiator's FINISHED: %w", err)
@@ -226,22 +266,12 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	return fc, nil
 }
 
-// handleHelloI reads and checks HELLO_I of st.version and returns M2 =
-// HELLO_R. Every check that needs no private key comes before the slot is
-// taken (PROTOCOL-v2.md section 2.4).
-func (st *responder) handleHelloI(ctx context.Context, pre []byte, conn net.Conn) ([]byte, error) {
-	_, msg, err := readMsg(conn, msgHelloI)
-	if err != nil {
-		if errors.As(err, new(*unexpectedError)) {
-			return nil, reject(AlertProtocolError, "expected HELLO_I", "%v", err)
-		}
-		if errors.Is(err, errMalformed) {
-			return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
-		}
-		return nil, ioError(ctx, "reading HELLO_I", err)
-	}
-	st.m1 = append(slices.Clip(pre), msg...)
+// handleHelloI checks HELLO_I (msg, whose M1 is st.m1) of st.version and
+// returns M2 = HELLO_R. Every check that needs no private key comes before
+// the slot is taken (PROTOCOL-v2.md section 2.4).
+func (st *responder) handleHelloI(ctx context.Context, msg []byte) ([]byte, error) {
 	var hi *helloI
+	var err error
 	if st.version == Version2 {
 		h2, err := st.checkHelloI2(msg)
 		if err != nil {
@@ -279,6 +309,12 @@ func (st *responder) checkHelloI2(msg []byte) (*helloI2, error) {
 	hi, err := parseHelloI2(msg[msgHeaderLen:])
 	if err != nil {
 		return nil, reject(AlertProtocolError, "bad HELLO_I", "%v", err)
+	}
+	if val, ok := findExtension(hi.ext, extResumption); ok {
+		if len(val) != 0 {
+			return nil, reject(AlertProtocolError, "bad HELLO_I", "HELLO_I offers resumption with a value of %d bytes; the offer is empty", len(val))
+		}
+		st.offered = true
 	}
 	if err := st.checkSuiteAndKey(&hi.helloI); err != nil {
 		return nil, err
@@ -370,7 +406,13 @@ func (st *responder) helloR(ctx context.Context, hi *helloI) ([]byte, error) {
 		keyID:   KeyID(&st.cfg.PrivateKey.PublicKey),
 	}
 	rand.Read(hr.random)
-	hr2 := &helloR2{helloR: hr} // no extensions defined yet
+	hr2 := &helloR2{helloR: hr}
+	if st.version == Version2 && st.offered && st.cfg.ResumeWindow > 0 {
+		a := &resumptionAccept{window: st.cfg.resumeWindowSeconds()}
+		rand.Read(a.id[:])
+		hr2.ext = appendExtensions(nil, extension{typ: extResumption, val: a.value()})
+		st.ticket = &Ticket{ID: a.id, PeerKeyID: hi.keyID, Window: time.Duration(a.window) * time.Second}
+	}
 	sigContext, signed := contextResponder, hr.signedBody()
 	if st.version == Version2 {
 		sigContext, signed = contextResponder2, hr2.signedBody()

@@ -27,6 +27,15 @@ const (
 	helloRFixed = 1 + randomLen + x25519Len + mlkemCTLen + KeyIDLen
 
 	timeLen = 8 // time u64 of a version 2 HELLO_I
+
+	// Session resumption (PROTOCOL-v2.md section 6).
+	SessionIDLen        = 16
+	macLen              = 32
+	windowLen           = 4                        // window u32, seconds
+	resumptionAcceptLen = SessionIDLen + windowLen // HELLO_R's ext 0x01 value
+	resumeIBody         = SessionIDLen + KeyIDLen + randomLen + x25519Len + macLen
+	resumeRBody         = randomLen + x25519Len + macLen
+	resumeFBody         = macLen
 )
 
 // Message types.
@@ -35,6 +44,12 @@ const (
 	msgHelloR byte = 0x02
 	msgKeyI   byte = 0x03
 	msgAlert  byte = 0x15
+
+	// Resumption (PROTOCOL-v2.md section 6.3): RESUME_I takes the place of
+	// HELLO_I after a version 2 preface.
+	msgResumeI byte = 0x04
+	msgResumeR byte = 0x05
+	msgResumeF byte = 0x06
 )
 
 // Protocol versions, the last byte of the preface (PROTOCOL-v2.md section 1).
@@ -77,11 +92,60 @@ const (
 	labelOAEP         = "tunnel/1 key transport"
 )
 
+// HKDF labels of session resumption (PROTOCOL-v2.md section 6).
+const (
+	labelResumption = "tunnel/2 resumption"       // rs, from a full handshake's prk
+	labelResumeI    = "tunnel/2 resume initiator" // k_i, from rs
+	labelResumeR    = "tunnel/2 resume responder" // k_r, from rs
+	labelResumeF    = "tunnel/2 resume finished"  // k_f, from rs
+	labelResumeI2R  = "tunnel/2 resume i2r"       // s_i2r, from a resumption's prk
+	labelResumeR2I  = "tunnel/2 resume r2i"       // s_r2i, from a resumption's prk
+)
+
 // Extension types of the extension blocks of version 2 (PROTOCOL-v2.md
 // section 2.3).
 const (
-	extResumption byte = 0x01 // reserved for session resumption (issue 20); not sent yet
+	extResumption byte = 0x01 // session resumption: offered (empty) in HELLO_I, accepted in HELLO_R (section 6.1)
 )
+
+// findExtension returns the value of the entry of type typ of a well
+// formed extension block (parseExtensions has accepted it).
+func findExtension(block []byte, typ byte) ([]byte, bool) {
+	exts, _ := parseExtensions(block)
+	for _, e := range exts {
+		if e.typ == typ {
+			return e.val, true
+		}
+	}
+	return nil, false
+}
+
+// resumptionAccept is the value of HELLO_R's ext 0x01: session_id [16] |
+// window u32 (seconds, at least 1).
+type resumptionAccept struct {
+	id     [SessionIDLen]byte
+	window uint32
+}
+
+func (a *resumptionAccept) value() []byte {
+	return binary.BigEndian.AppendUint32(append([]byte(nil), a.id[:]...), a.window)
+}
+
+func parseResumptionAccept(val []byte) (*resumptionAccept, error) {
+	r := &reader{b: val}
+	a := &resumptionAccept{}
+	copy(a.id[:], r.bytes(SessionIDLen))
+	if w := r.bytes(windowLen); w != nil {
+		a.window = binary.BigEndian.Uint32(w)
+	}
+	if err := r.done("resumption extension"); err != nil {
+		return nil, err
+	}
+	if a.window == 0 {
+		return nil, malformed("resumption extension with a window of 0 s")
+	}
+	return a, nil
+}
 
 // errMalformed is wrapped by every parser error; it maps to ALERT
 // protocol_error.
@@ -388,6 +452,77 @@ func parseKeyI(body []byte) (*keyI, error) {
 	return m, r.done("KEY_I")
 }
 
+// resumeI is RESUME_I, which the mac covers from the preface up to mac_i.
+type resumeI struct {
+	sessionID [SessionIDLen]byte
+	keyID     [KeyIDLen]byte
+	random    [randomLen]byte
+	x25519    [x25519Len]byte
+	mac       [macLen]byte
+}
+
+// signedMsg is what mac_i's digest covers: preface || header || body up
+// to mac_i, the header's length counting mac_i.
+func (m *resumeI) signedMsg(pre []byte) []byte {
+	b := append(slices.Clip(pre), msgResumeI, 0, 0, resumeIBody)
+	b = append(b, m.sessionID[:]...)
+	b = append(b, m.keyID[:]...)
+	b = append(b, m.random[:]...)
+	return append(b, m.x25519[:]...)
+}
+
+// msg is preface || RESUME_I.
+func (m *resumeI) msg(pre []byte) []byte { return append(m.signedMsg(pre), m.mac[:]...) }
+
+func parseResumeI(body []byte) (*resumeI, error) {
+	r := &reader{b: body}
+	m := &resumeI{}
+	copy(m.sessionID[:], r.bytes(SessionIDLen))
+	copy(m.keyID[:], r.bytes(KeyIDLen))
+	copy(m.random[:], r.bytes(randomLen))
+	copy(m.x25519[:], r.bytes(x25519Len))
+	copy(m.mac[:], r.bytes(macLen))
+	return m, r.done("RESUME_I")
+}
+
+// resumeR is RESUME_R.
+type resumeR struct {
+	random [randomLen]byte
+	x25519 [x25519Len]byte
+	mac    [macLen]byte
+}
+
+// signedMsg is the part of RESUME_R that mac_r's digest covers after M1:
+// header || body up to mac_r.
+func (m *resumeR) signedMsg() []byte {
+	b := []byte{msgResumeR, 0, 0, resumeRBody}
+	b = append(b, m.random[:]...)
+	return append(b, m.x25519[:]...)
+}
+
+func (m *resumeR) msg() []byte { return append(m.signedMsg(), m.mac[:]...) }
+
+func parseResumeR(body []byte) (*resumeR, error) {
+	r := &reader{b: body}
+	m := &resumeR{}
+	copy(m.random[:], r.bytes(randomLen))
+	copy(m.x25519[:], r.bytes(x25519Len))
+	copy(m.mac[:], r.bytes(macLen))
+	return m, r.done("RESUME_R")
+}
+
+// resumeF is RESUME_F.
+type resumeF struct{ mac [macLen]byte }
+
+func (m *resumeF) msg() []byte { return appendMsg(nil, msgResumeF, m.mac[:]) }
+
+func parseResumeF(body []byte) (*resumeF, error) {
+	r := &reader{b: body}
+	m := &resumeF{}
+	copy(m.mac[:], r.bytes(macLen))
+	return m, r.done("RESUME_F")
+}
+
 // AlertCode is the code of an ALERT message.
 type AlertCode byte
 
@@ -405,6 +540,10 @@ const (
 	// speak version 2, or a version 1 hello marked as a fallback from it.
 	AlertStaleHello            AlertCode = 9
 	AlertInappropriateFallback AlertCode = 10
+	// AlertUnknownSession answers a RESUME_I that names no session this
+	// responder can resume (unknown, expired, or resumption off): the
+	// initiator makes a full handshake instead (PROTOCOL-v2.md section 6.4).
+	AlertUnknownSession AlertCode = 11
 )
 
 var alertNames = map[AlertCode]string{
@@ -418,6 +557,7 @@ var alertNames = map[AlertCode]string{
 	AlertBusy:                  "busy",
 	AlertStaleHello:            "stale_hello",
 	AlertInappropriateFallback: "inappropriate_fallback",
+	AlertUnknownSession:        "unknown_session",
 }
 
 func (c AlertCode) String() string {
