@@ -46,6 +46,9 @@ type Exit struct {
 	// RequireSignedHello refuses entries that speak handshake version 1, whose hello is not
 	// signed (handshake/PROTOCOL-v2.md): then no forged hello costs the exit a slot or RSA work.
 	RequireSignedHello bool
+	// ResumeWindow is how long a session whose connection broke is kept for the entry to resume
+	// it (handshake/PROTOCOL-v2.md section 6), default 60s; 0 turns resumption off.
+	ResumeWindow time.Duration
 	// Services are the named services, each with its backend (services.go).
 	Services []ExitService
 	// Access restricts services to some authorized keys; a service no rule names admits every key.
@@ -69,6 +72,7 @@ type Entry struct {
 	Window           uint32        // yamux max stream window, default 1 MiB
 	DrainTimeout     time.Duration // how long open streams may finish on shutdown, default 30s
 	StatusAddr       string        // optional address of the status endpoint; a port alone (":9070") means loopback
+	ResumeWindow     time.Duration // how long a session whose connection broke tries to resume, default 60s; 0: off
 	// AllowInsecureKeyPerms accepts a Key file that group or others may access, for containers
 	// where a mounted Secret decides the mode (the command checks the mode when it loads Key).
 	AllowInsecureKeyPerms bool
@@ -86,6 +90,8 @@ const (
 	DefaultMaxHandshakes    = 64
 	DefaultMaxStreams       = 4096
 	DefaultHandshakeRate    = 10.0
+	DefaultResumeWindow     = 60 * time.Second
+	MaxResumeWindow         = time.Hour
 	DefaultExitListen       = ":7000"
 	DefaultEntryListen      = "127.0.0.1:5000"
 )
@@ -103,6 +109,7 @@ func DefaultExit() Exit {
 		Window:           DefaultWindow,
 		DrainTimeout:     DefaultDrainTimeout,
 		HandshakeRate:    DefaultHandshakeRate,
+		ResumeWindow:     DefaultResumeWindow,
 	}
 }
 
@@ -116,6 +123,7 @@ func DefaultEntry() Entry {
 		KeepAlive:        DefaultKeepAlive,
 		Window:           DefaultWindow,
 		DrainTimeout:     DefaultDrainTimeout,
+		ResumeWindow:     DefaultResumeWindow,
 	}
 }
 
@@ -137,6 +145,7 @@ func (c Exit) Validate() error {
 		window(c.Window),
 		positiveDuration("--drain-timeout", c.DrainTimeout),
 		positiveRate("--handshake-rate", c.HandshakeRate),
+		resumeWindow(c.ResumeWindow),
 		optionalListenAddr("--status-addr", c.StatusAddr),
 	}
 	return first(checks)
@@ -156,6 +165,7 @@ func (c Entry) Validate() error {
 		positiveDuration("--keepalive", c.KeepAlive),
 		window(c.Window),
 		positiveDuration("--drain-timeout", c.DrainTimeout),
+		resumeWindow(c.ResumeWindow),
 		optionalListenAddr("--status-addr", c.StatusAddr),
 	}
 	return first(checks)
@@ -367,6 +377,14 @@ func positiveInt(flag string, n int) error {
 func window(w uint32) error {
 	if w < MinWindow || uint64(w) > MaxWindow {
 		return fmt.Errorf("--window %d is out of range: give bytes from %d (256 KiB) to %d (2 GiB), e.g. 1048576", w, MinWindow, uint64(MaxWindow))
+	}
+	return nil
+}
+
+// resumeWindow checks --resume-window: 0 (off) up to MaxResumeWindow.
+func resumeWindow(d time.Duration) error {
+	if d < 0 || d > MaxResumeWindow {
+		return fmt.Errorf("--resume-window %v must be between 0 (resumption off) and %v: give a Go duration such as 60s", d, MaxResumeWindow)
 	}
 	return nil
 }

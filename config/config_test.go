@@ -32,13 +32,13 @@ func TestDefaults(t *testing.T) {
 	x := DefaultExit()
 	want := Exit{Listen: ":7000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
 		MaxHandshakes: 64, MaxStreams: 4096, KeepAlive: 15 * time.Second, Window: 1 << 20,
-		DrainTimeout: 30 * time.Second, HandshakeRate: 10}
+		DrainTimeout: 30 * time.Second, HandshakeRate: 10, ResumeWindow: time.Minute}
 	if !reflect.DeepEqual(x, want) {
 		t.Errorf("DefaultExit() = %+v, want %+v", x, want)
 	}
 	n := DefaultEntry()
 	wantN := Entry{Listen: "127.0.0.1:5000", DialTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
-		KeepAlive: 15 * time.Second, Window: 1 << 20, DrainTimeout: 30 * time.Second}
+		KeepAlive: 15 * time.Second, Window: 1 << 20, DrainTimeout: 30 * time.Second, ResumeWindow: time.Minute}
 	if !reflect.DeepEqual(n, wantN) {
 		t.Errorf("DefaultEntry() = %+v, want %+v", n, wantN)
 	}

@@ -77,6 +77,7 @@ func (k *keeper) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 // the multiplexer; it logs the new session to log.
 func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*entrySession, error) {
 	cfg := *k.keys.Load().forExit(x.Peer)
+	cfg.ResumeWindow = max(k.cfg.ResumeWindow, 0)
 	v1 := k.v1.has(x.Addr, time.Now())
 	cfg.Version, cfg.Fallback = handshake.Version2, false
 	if v1 {
@@ -103,13 +104,21 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 	if err != nil {
 		return nil, err
 	}
-	sess, err := session.Client(res.Conn, k.muxSettings(), k.log)
+	settings := k.muxSettings()
+	if res.Ticket != nil {
+		settings.Resume = min(k.cfg.ResumeWindow, res.Ticket.Window)
+	}
+	sess, err := session.Client(res.Conn, settings, k.log)
 	if err != nil {
 		res.Conn.Close()
 		return nil, err
 	}
 	k.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
-	log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
-		Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
-	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil
+	ev := log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
+		Str("handshake", logfield.Duration(res.Duration))
+	if settings.Resume > 0 {
+		ev = ev.Str("resume_window", logfield.Duration(settings.Resume))
+	}
+	ev.Msg("session established")
+	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, ticket: res.Ticket, full: make(chan struct{})}, nil
 }

@@ -235,7 +235,8 @@ func TestHandshakeFailureBacksOff(t *testing.T) {
 }
 
 // TestYoungSessionBacksOff: a session cut soon after its handshake is
-// redialled after a growing backoff, not at once.
+// redialled after a growing backoff, not at once. (With resumption, the
+// session is resumed instead: TestResumeFlappingBacksOff.)
 func TestYoungSessionBacksOff(t *testing.T) {
 	a := start(t, echoBackend(t))
 	// A relay to the exit that cuts every connection after 200ms.
@@ -251,7 +252,7 @@ func TestYoungSessionBacksOff(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	})
 	var lines logLines
-	runEntry(t, relay, &lines, nil, nil)
+	runEntry(t, relay, &lines, func(ns *EntrySettings) { ns.ResumeWindow = -1 }, nil)
 	time.Sleep(3500 * time.Millisecond)
 	got := accepted.Load()
 	var young []map[string]any

@@ -44,6 +44,7 @@ type Exit struct {
 	books      *ledger          // every count, once (ledger.go)
 	met        *metricSet       // /metrics, read from books
 	writeStall time.Duration
+	resumables *resumables // sessions a resumption may continue (resumable.go)
 }
 
 // exitKeys is the exit's key state: what NewExit builds and each Reload
@@ -69,6 +70,10 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 	if settings.RequireSignedHello {
 		hs.MinVersion = handshake.Version2
 	}
+	parked := &resumables{}
+	if settings.ResumeWindow > 0 {
+		hs.ResumeWindow, hs.Sessions = settings.ResumeWindow, parked
+	}
 	resp, err := handshake.NewResponder(hs, settings.MaxHandshakes)
 	if err != nil {
 		return nil, err
@@ -82,6 +87,7 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		dialer:     net.Dialer{Timeout: settings.DialTimeout},
 		writeStall: relay.DefaultWriteStall,
 		backlog:    acceptBacklog,
+		resumables: parked,
 	}
 	x.books = newLedger("exit")
 	x.met = newMetrics(cfg.Version, x.books)

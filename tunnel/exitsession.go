@@ -50,13 +50,33 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 		return
 	}
 	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
-	log.Info().Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
+	if res.Resumed != nil {
+		if err := e.resumables.resume(*res.Resumed, res.Conn); err != nil {
+			log.Warn().Err(err).Msg("resuming the session")
+			return
+		}
+		e.books.resumed.Add(1)
+		return
+	}
+	settings := e.muxSettings()
+	if res.Ticket != nil {
+		settings.Resume = res.Ticket.Window
+	}
+	ev := log.Info().Str("handshake", logfield.Duration(res.Duration))
+	if settings.Resume > 0 {
+		ev = ev.Str("resume_window", logfield.Duration(settings.Resume))
+	}
+	ev.Msg("session established")
 
-	sess, err := session.Server(res.Conn, e.muxSettings(), log)
+	sess, err := session.Server(res.Conn, settings, log)
 	if err != nil {
 		res.Conn.Close()
 		log.Error().Err(err).Msg("starting the multiplexer")
 		return
+	}
+	if res.Ticket != nil {
+		defer e.resumables.add(*res.Ticket, sess)()
+		go e.boundParking(ctx, log, sess, res.Ticket.PeerKeyID)
 	}
 	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
 	e.closeIfRevoked(log, sess, res.PeerKey)
@@ -138,12 +158,45 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 	endDrains()
 	running.Wait()
 	reason, clean := sess.End()
-	ev := log.Info()
+	ev = log.Info()
 	if !clean {
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
 	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal.Load()).
 		Str("duration", logfield.Duration(time.Since(start))).Msg("session closed")
+}
+
+// boundParking closes sess when its link breaks and it would park past the
+// exit's bounds (resumables.overParked), or while the exit drains (ctx has
+// ended): a parked session would hold the drain up for an entry that may
+// be gone. It returns when sess ends.
+func (e *Exit) boundParking(ctx context.Context, log zerolog.Logger, sess *session.Session, key [handshake.KeyIDLen]byte) {
+	draining := ctx.Done()
+	for {
+		why := ""
+		select {
+		case <-sess.Done():
+			return
+		case <-draining:
+			draining = nil
+			if sess.Link().Down {
+				why = "the exit is shutting down"
+			}
+		case <-sess.LinkDown():
+			switch {
+			case ctx.Err() != nil:
+				why = "the exit is shutting down"
+			case e.resumables.overParked(sess, key):
+				e.books.resumeRefused.Add(1)
+				why = fmt.Sprintf("too many sessions wait to be resumed (at most %d, %d per key)", maxParked, maxParkedPerKey)
+			}
+		}
+		if why != "" {
+			log.Warn().Str("reason", why).Msg("closing a session whose connection broke, without waiting for its resumption")
+			sess.Close()
+			return
+		}
+	}
 }
 
 // streamPeer is what the exit knows of the entry that opened a stream.

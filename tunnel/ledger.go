@@ -37,6 +37,11 @@ type ledger struct {
 	hsFailures atomic.Int64         // handshakes begun that failed
 	hsRefused  atomic.Int64         // exit: refused before or during the handshake for load (busy, rate, pending)
 
+	// resumptions of sessions whose connection broke: done, and refused
+	// (the entry then makes a new session; the exit did not know the one
+	// asked for)
+	resumed, resumeRefused atomic.Int64
+
 	// entry only
 	dialFailures, hsRejections, hsTimeouts atomic.Int64
 	recycled                               atomic.Int64 // sessions replaced after their share of streams

@@ -241,6 +241,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 type link struct {
 	ln     net.Listener
 	target atomic.Value // string
+	conns  sync.Map     // net.Conn: both sides of each relayed connection
 
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -253,11 +254,10 @@ func newLink(t *testing.T, target string) *link {
 	r.cond = sync.NewCond(&r.mu)
 	r.target.Store(target)
 	var wg sync.WaitGroup
-	var conns sync.Map
 	t.Cleanup(func() {
 		r.ln.Close()
 		r.resume()
-		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+		r.cut()
 		wg.Wait()
 	})
 	wg.Add(1)
@@ -273,8 +273,8 @@ func newLink(t *testing.T, target string) *link {
 				c.Close()
 				continue
 			}
-			conns.Store(c, nil)
-			conns.Store(up, nil)
+			r.conns.Store(c, nil)
+			r.conns.Store(up, nil)
 			wg.Add(2)
 			go func() {
 				defer wg.Done()
@@ -354,6 +354,19 @@ func (r *link) back(entry, exit net.Conn) {
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	<-done
+}
+
+// cut resets every connection relayed so far, both ways, as a middlebox
+// that loses its state does.
+func (r *link) cut() {
+	r.conns.Range(func(k, _ any) bool {
+		if tc, ok := k.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		k.(net.Conn).Close()
+		r.conns.Delete(k)
+		return true
+	})
 }
 
 func (r *link) pause() {

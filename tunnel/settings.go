@@ -26,6 +26,10 @@ type EntrySettings struct {
 	KeepAlive        time.Duration // interval of the session's keepalive pings; default 15s
 	Window           uint32        // per-stream flow-control window in bytes; default 1 MiB
 	DrainTimeout     time.Duration // how long open connections may finish on shutdown; default 30s
+	// ResumeWindow is how long a session whose connection broke waits for
+	// a new one, its streams paused, before they are reset; default 60s,
+	// negative: off. The shorter of the two agents' windows applies.
+	ResumeWindow time.Duration
 }
 
 // ExitSettings are an exit agent's settings. Zero fields take their
@@ -48,6 +52,9 @@ type ExitSettings struct {
 	// RequireSignedHello refuses entries that speak handshake version 1,
 	// whose hello is not signed.
 	RequireSignedHello bool
+	// ResumeWindow is how long a session whose connection broke is kept
+	// for the entry to resume it; default 60s, negative: off.
+	ResumeWindow time.Duration
 }
 
 // ExitService is one service of an exit and its backend.
@@ -79,6 +86,7 @@ func (s EntrySettings) withDefaults() EntrySettings {
 	orDefault(&s.KeepAlive, config.DefaultKeepAlive)
 	orDefault(&s.Window, config.DefaultWindow)
 	orDefault(&s.DrainTimeout, config.DefaultDrainTimeout)
+	orDefault(&s.ResumeWindow, config.DefaultResumeWindow)
 	return s
 }
 
@@ -92,6 +100,7 @@ func (s ExitSettings) withDefaults() ExitSettings {
 	orDefault(&s.Window, config.DefaultWindow)
 	orDefault(&s.DrainTimeout, config.DefaultDrainTimeout)
 	orDefault(&s.HandshakeRate, config.DefaultHandshakeRate)
+	orDefault(&s.ResumeWindow, config.DefaultResumeWindow)
 	return s
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/exits"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -38,6 +39,10 @@ type entrySession struct {
 	exit        exits.Addr
 	fingerprint string // the exit's key, as the handshake proved it
 	sess        *session.Session
+	ticket      *handshake.Ticket // resumes sess on a new connection; nil: it cannot resume
+	resuming    atomic.Bool       // a resume loop runs for it
+	resumedAt   time.Time         // the last resumption; of the resume loop
+	resumeWait  time.Duration     // the wait before the next, if it comes soon; of the resume loop
 
 	opened   atomic.Int64  // streams opened on it
 	full     chan struct{} // closed when opened reaches the entry's recycleAfter
@@ -108,6 +113,9 @@ func (k *keeper) maintain(ctx, hard context.Context) {
 				r.reset()
 				r.left, r.leftWhy = s.exit, "its key is no longer pinned"
 				break watch
+			case <-s.sess.LinkDown():
+				k.resumeLater(hard, s)
+				continue
 			case <-full:
 			case <-retry:
 			case <-s.sess.Done():
@@ -181,6 +189,8 @@ func (k *keeper) retire(s *entrySession, hard context.Context) {
 		case <-hard.Done():
 			s.sess.Close()
 			return
+		case <-s.sess.LinkDown():
+			k.resumeLater(hard, s)
 		case <-t.C:
 			if s.opening.Load() == 0 && s.sess.NumStreams() == 0 {
 				s.sess.Close()

@@ -43,6 +43,7 @@ type exitCmd struct {
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
+	ResumeWindow          time.Duration `help:"How long a session whose connection broke is kept, its streams and backend connections paused, for the entry to resume it on a new connection; 0 turns resumption off. The shorter of the two agents' windows applies." default:"${resume_window}"`
 	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
@@ -54,6 +55,7 @@ func (c *exitCmd) settings() (config.Exit, error) {
 		Window: c.Window, DrainTimeout: c.DrainTimeout,
 		HandshakeRate: c.HandshakeRate, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms, RequireSignedHello: c.RequireSignedHello,
+		ResumeWindow: c.ResumeWindow,
 	}
 	s.ProxyProtocol = c.ProxyProtocol
 	err := exitServiceSettings(&s, c.Forward, c.Allow, c.Services)
@@ -133,6 +135,7 @@ type entryCmd struct {
 	KeepAlive             time.Duration `name:"keepalive" help:"Interval of keepalive pings on the session, which also detect a dead exit." default:"${keepalive}"`
 	Window                uint32        `help:"Per-stream flow-control window in bytes (262144 to 2147483648); larger helps throughput on high-latency links." default:"${window}"`
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
+	ResumeWindow          time.Duration `help:"How long to keep resuming a session whose connection to the exit broke (a reset, a blackhole), its application connections paused, before they are reset; 0 turns resumption off. The shorter of the two agents' windows applies." default:"${resume_window}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 }
@@ -143,6 +146,7 @@ func (c *entryCmd) settings() (config.Entry, error) {
 		DialTimeout: c.DialTimeout, HandshakeTimeout: c.HandshakeTimeout, KeepAlive: c.KeepAlive,
 		Window: c.Window, DrainTimeout: c.DrainTimeout, StatusAddr: c.StatusAddr,
 		AllowInsecureKeyPerms: c.AllowInsecureKeyPerms, ListenMode: fs.FileMode(c.ListenMode),
+		ResumeWindow: c.ResumeWindow,
 	}
 	err := entryListenerSettings(&s, c.Listen, c.Services)
 	return s, err
@@ -227,6 +231,7 @@ func exitSettings(s config.Exit) tunnel.ExitSettings {
 		MaxHandshakes: s.MaxHandshakes, MaxStreams: s.MaxStreams,
 		KeepAlive: s.KeepAlive, Window: s.Window, DrainTimeout: s.DrainTimeout,
 		HandshakeRate: s.HandshakeRate, RequireSignedHello: s.RequireSignedHello,
+		ResumeWindow: libraryWindow(s.ResumeWindow),
 	}
 	for _, svc := range s.AllServices() {
 		t.Services = append(t.Services, tunnel.ExitService{
@@ -247,12 +252,22 @@ func entrySettings(s config.Entry) tunnel.EntrySettings {
 	t := tunnel.EntrySettings{
 		DialTimeout: s.DialTimeout, HandshakeTimeout: s.HandshakeTimeout,
 		KeepAlive: s.KeepAlive, Window: s.Window, DrainTimeout: s.DrainTimeout,
+		ResumeWindow: libraryWindow(s.ResumeWindow),
 	}
 	for _, spec := range s.Peers {
 		addr, _ := config.ParsePeer(spec)
 		t.Peers = append(t.Peers, addr)
 	}
 	return t
+}
+
+// libraryWindow maps --resume-window onto the library's ResumeWindow, where
+// zero means the default and a negative window turns resumption off.
+func libraryWindow(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // loadPinned loads the exits' keys the entry pins: --peer-key (nil if it is not given), and the

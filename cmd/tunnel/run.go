@@ -204,6 +204,7 @@ func defaultVars() kong.Vars {
 		"keepalive":         x.KeepAlive.String(),
 		"window":            strconv.FormatUint(uint64(x.Window), 10),
 		"drain_timeout":     x.DrainTimeout.String(),
+		"resume_window":     x.ResumeWindow.String(),
 		"key_bits":          strconv.Itoa(handshake.DefaultKeyBits),
 	}
 }
