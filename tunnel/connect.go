@@ -113,3 +113,8 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 		Str("handshake", logfield.Duration(res.Duration)).Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, full: make(chan struct{})}, nil
 }
+
+// muxSettings are the session settings of the entry's configuration.
+func (k *keeper) muxSettings() session.Settings {
+	return session.Settings{KeepAlive: k.cfg.KeepAlive, Window: k.cfg.Window}
+}
