@@ -69,7 +69,7 @@ func TestPendingGateClosesAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x.pending = listen.NewGate(1)
+	x.acceptor.pending = listen.NewGate(1)
 	ln := loopback(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -80,7 +80,7 @@ func TestPendingGateClosesAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the silent connection to hold the place", func() bool { return x.pending.Pending() == 1 })
+	waitFor(t, "the silent connection to hold the place", func() bool { return x.acceptor.pending.Pending() == 1 })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +94,7 @@ func TestPendingGateClosesAtOnce(t *testing.T) {
 		t.Errorf("handshakes refused %d, want 1", got)
 	}
 	silent.Close()
-	waitFor(t, "the place given back", func() bool { return x.pending.Pending() == 0 })
+	waitFor(t, "the place given back", func() bool { return x.acceptor.pending.Pending() == 0 })
 	dialSession(t, ln.Addr().String(), "")
 }
 

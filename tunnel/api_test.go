@@ -417,7 +417,7 @@ func TestListenerBacklog(t *testing.T) {
 	r := runAPI(t, func(x *ExitSettings, _ *EntrySettings) {
 		x.DialTimeout = 500 * time.Millisecond
 	}, func(x *Exit) {
-		x.backlog = 1
+		x.fwd.backlog = 1
 		var err error
 		if l, err = x.Listen("slow"); err != nil {
 			t.Fatal(err)

@@ -100,24 +100,29 @@ func (e *Exit) Listen(service string) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen: %w", err)
 	}
-	if r := e.routes.byName[name]; r != nil {
+	return e.fwd.listen(name)
+}
+
+// listen makes the Listener of service name (Exit.Listen).
+func (f *forwarder) listen(name serviceName) (*Listener, error) {
+	if r := f.routes.byName[name]; r != nil {
 		return nil, fmt.Errorf("tunnel: listen %s: the settings forward this service to %s: serve a service with a backend or with a Listener, not both", name, r.addr)
 	}
-	e.local.mu.Lock()
-	defer e.local.mu.Unlock()
-	if l := e.local.byName[name]; l != nil && !closed(l.done) {
+	f.local.mu.Lock()
+	defer f.local.mu.Unlock()
+	if l := f.local.byName[name]; l != nil && !closed(l.done) {
 		return nil, fmt.Errorf("tunnel: listen %s: the service has a Listener already: close it first", name)
 	}
 	l := &Listener{
 		name:  name,
-		count: e.books.service(name.String()),
-		queue: make(chan *pendingStream, e.backlog),
+		count: f.books.service(name.String()),
+		queue: make(chan *pendingStream, f.backlog),
 		done:  make(chan struct{}),
 	}
-	if e.local.byName == nil {
-		e.local.byName = make(map[serviceName]*Listener)
+	if f.local.byName == nil {
+		f.local.byName = make(map[serviceName]*Listener)
 	}
-	e.local.byName[name] = l
+	f.local.byName[name] = l
 	return l, nil
 }
 
@@ -186,19 +191,19 @@ func (a serviceAddr) String() string  { return a.name.String() }
 
 // serveLocal hands st, a stream to the service of l from peer, to the
 // program, and waits until the program is done with it; see serveStream.
-func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (Status, string) {
+func (f *forwarder) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.Stream, peer streamPeer, origin string, l *Listener) (Status, string) {
 	svc := l.count
 	display := l.name.String()
 	if !peer.access.allows(l.name, peer.fingerprint) {
 		msg := policyRefusal(peer.fingerprint, display)
-		e.books.refused(svc, StatusRefused)
+		f.books.refused(svc, StatusRefused)
 		logRefusal(log, StatusRefused, msg, nil)
 		return StatusRefused, msg
 	}
-	e.books.began(svc)
+	f.books.began(svc)
 	// fail ends the stream, which began, with s.
 	fail := func(s Status, msg string) (Status, string) {
-		e.books.ended(svc, statusLabel(s))
+		f.books.ended(svc, statusLabel(s))
 		logRefusal(log, s, msg, nil)
 		return s, msg
 	}
@@ -214,14 +219,14 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 		return fail(StatusBusy, fmt.Sprintf("service %q: %d streams are waiting for the program to accept them; retry later", display, cap(l.queue)))
 	}
 
-	timer := time.NewTimer(e.cfg.DialTimeout)
+	timer := time.NewTimer(f.dialTimeout)
 	defer timer.Stop()
 	var status Status
 	var msg string
 	select {
 	case <-p.taken:
 	case <-timer.C:
-		status, msg = StatusBusy, fmt.Sprintf("service %q: the program did not accept the stream within %v", display, e.cfg.DialTimeout)
+		status, msg = StatusBusy, fmt.Sprintf("service %q: the program did not accept the stream within %v", display, f.dialTimeout)
 	case <-l.done:
 		status, msg = StatusUnreachable, unreachable
 	case <-hard:
@@ -237,7 +242,7 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 	}
 	if p.err != nil {
 		log.Warn().Err(p.err).Msg("stream lost before the status was sent")
-		e.books.ended(svc, streamAborted)
+		f.books.ended(svc, streamAborted)
 		return StatusOK, ""
 	}
 	c := p.conn
@@ -248,10 +253,10 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 	aborted := c.aborted.Load() || !closed(c.done)
 	ev := log.Info()
 	if aborted {
-		e.books.ended(svc, streamAborted)
+		f.books.ended(svc, streamAborted)
 		ev = log.Warn().Bool("aborted", true)
 	} else {
-		e.books.ended(svc, int(StatusOK))
+		f.books.ended(svc, int(StatusOK))
 	}
 	ev.Int64("bytes_to_backend", c.read.Load()).Int64("bytes_to_app", c.written.Load()).
 		Str("duration", logfield.Duration(time.Since(start))).Msg("stream closed")
@@ -260,12 +265,12 @@ func (e *Exit) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *session.
 
 // visible lists the services that peer may reach, as settings name them:
 // those the exit forwards, then those Listeners serve.
-func (e *Exit) visible(peer streamPeer) []string {
-	out := peer.access.visible(e.routes, peer.fingerprint)
-	e.local.mu.Lock()
-	defer e.local.mu.Unlock()
+func (f *forwarder) visible(peer streamPeer) []string {
+	out := peer.access.visible(f.routes, peer.fingerprint)
+	f.local.mu.Lock()
+	defer f.local.mu.Unlock()
 	var local []string
-	for name := range e.local.byName {
+	for name := range f.local.byName {
 		if peer.access.allows(name, peer.fingerprint) {
 			local = append(local, name.String())
 		}

@@ -122,3 +122,8 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 	ev.Msg("session established")
 	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, ticket: res.Ticket, full: make(chan struct{})}, nil
 }
+
+// muxSettings are the session settings of the entry's configuration.
+func (k *keeper) muxSettings() session.Settings {
+	return session.Settings{KeepAlive: k.cfg.KeepAlive, Window: k.cfg.Window}
+}

@@ -15,7 +15,6 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
-	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -28,23 +27,19 @@ type ExitConfig struct {
 }
 
 // Exit accepts entry agents, authenticates them, and forwards each of their
-// streams to the backend.
+// streams to the backend. It runs the listener and the drain (Serve), and
+// holds the two values that do the work: the acceptor, which lets an entry
+// in and makes its session (acceptor.go), and the forwarder, which serves
+// the streams of the sessions (incoming.go, apiexit.go); exitSession
+// (exitsession.go) joins the two for one session.
 type Exit struct {
-	cfg        ExitSettings // with the defaults filled in
-	log        zerolog.Logger
-	keys       atomic.Pointer[exitKeys] // swapped whole by Reload
-	limiter    *sourceLimiter
-	pending    *listen.Gate // connections accepted whose handshake has not ended
-	pool       *relay.Pool
-	dialer     net.Dialer
-	routes     *routeTable      // the services (services.go)
-	local      localServices    // the services the program serves (apiexit.go)
-	backlog    int              // of each Listener: acceptBacklog; tests make it small
-	noService  *serviceCounters // streams refused before they named one of routes
-	books      *ledger          // every count, once (ledger.go)
-	met        *metricSet       // /metrics, read from books
-	writeStall time.Duration
-	resumables *resumables // sessions a resumption may continue (resumable.go)
+	cfg      ExitSettings // with the defaults filled in
+	log      zerolog.Logger
+	keys     atomic.Pointer[exitKeys] // swapped whole by Reload; acceptor and fwd read it
+	acceptor *acceptor                // admission, handshake, session
+	fwd      *forwarder               // the services: streams to backends and Listeners
+	books    *ledger                  // every count, once (ledger.go)
+	met      *metricSet               // /metrics, read from books
 }
 
 // exitKeys is the exit's key state: what NewExit builds and each Reload
@@ -79,20 +74,13 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		return nil, err
 	}
 	x := &Exit{
-		cfg:        settings,
-		log:        log.With().Str("role", "exit").Logger(),
-		limiter:    newSourceLimiter(settings.HandshakeRate),
-		pending:    listen.ProcessGate(),
-		pool:       relay.NewPool(),
-		dialer:     net.Dialer{Timeout: settings.DialTimeout},
-		writeStall: relay.DefaultWriteStall,
-		backlog:    acceptBacklog,
-		resumables: parked,
+		cfg: settings,
+		log: log.With().Str("role", "exit").Logger(),
 	}
 	x.books = newLedger("exit")
 	x.met = newMetrics(cfg.Version, x.books)
-	x.noService = x.books.service("")
-	if x.routes, err = newRouteTable(settings, x.books); err != nil {
+	x.acceptor = newAcceptor(settings, &x.keys, x.log, x.books, parked)
+	if x.fwd, err = newForwarder(settings, &x.keys, x.books); err != nil {
 		return nil, err
 	}
 	acc, unresolved := resolveAccess(settings.Access, cfg.Authorized)
@@ -136,20 +124,15 @@ func (e *Exit) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			break
 		}
-		if !e.pending.Enter() {
-			// Too many connections without a finished handshake: this one
-			// is closed at once, without an answer, so that a flood cannot
-			// hold every descriptor.
-			e.books.handshakeRefused()
-			e.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", e.pending.Pending()).
-				Msg("connection closed: too many connections have not finished their handshake")
-			conn.Close()
+		if !e.acceptor.enter(conn) {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.serveConn(ctx, hard, conn, &streams)
+			if in := e.acceptor.accept(ctx, hard, conn); in != nil {
+				newExitSession(in, e.fwd, e.cfg.MaxStreams, &streams).serve(ctx, hard)
+			}
 		}()
 	}
 

@@ -1,120 +1,66 @@
 package tunnel
 
-// The exit's side of a session: authenticate the entry (serveConn), accept
-// its streams within the session's limits, and refuse streams with a
-// status, draining what the entry still sends into them. What one accepted
-// stream becomes is in incoming.go.
+// The exit's side of a session, once the acceptor has made it: accept its
+// streams within the session's limits, hand each to the forwarder, and
+// refuse streams with a status, draining what the entry still sends into
+// them. One exitSession per session, joining the acceptor's result to the
+// forwarder; what one accepted stream becomes is in incoming.go.
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
-	"github.com/tunnel-dev/tunnel/tunnel/rawio"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// serveConn authenticates one peer connection and serves its session.
-func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *openStreams) {
-	peer := conn.RemoteAddr().String()
-	log := e.log.With().Str("peer", peer).Logger()
-	handshaken := sync.OnceFunc(e.pending.Leave) // the place Serve took in the pending gate
-	defer handshaken()
-	admitted, err := e.limiter.admit(conn.RemoteAddr(), time.Now())
-	if err != nil {
-		e.books.handshakeRefused()
-		log.Debug().Err(err).Msg("handshake refused") // a flood must not flood the log
-		reason := "too many handshakes from your address; retry later"
-		if errors.Is(err, errTooMany) {
-			reason = "too many handshakes in progress from your address; retry later"
-		}
-		e.keys.Load().resp.Refuse(conn, reason)
-		return
-	}
-	res, err := e.keys.Load().resp.Handshake(hard, rawio.Wrap(conn))
-	admitted()
-	handshaken()
-	if err != nil {
-		lvl := log.Warn()
-		if e.books.handshakeFailed(err, false) == handshake.FailBusy {
-			lvl = log.Debug() // a flood must not flood the log
-		}
-		lvl.Err(err).Msg("handshake failed")
-		return
-	}
-	log = log.With().Str("peer_fingerprint", res.PeerFingerprint).Logger()
-	if res.Resumed != nil {
-		if err := e.resumables.resume(*res.Resumed, res.Conn); err != nil {
-			log.Warn().Err(err).Msg("resuming the session")
-			return
-		}
-		e.books.resumed.Add(1)
-		return
-	}
-	settings := e.muxSettings()
-	if res.Ticket != nil {
-		settings.Resume = res.Ticket.Window
-	}
-	ev := log.Info().Str("handshake", logfield.Duration(res.Duration))
-	if settings.Resume > 0 {
-		ev = ev.Str("resume_window", logfield.Duration(settings.Resume))
-	}
-	ev.Msg("session established")
+// exitSession serves the streams of one session. serve runs once; the
+// stream goroutines it starts call refuse and end.
+type exitSession struct {
+	sess       *session.Session
+	peer       streamPeer
+	log        zerolog.Logger // with the peer's address and fingerprint
+	fwd        *forwarder     // serves each accepted stream
+	maxStreams int
+	streams    *openStreams // the exit's, for the drain
 
-	sess, err := session.Server(res.Conn, settings, log)
-	if err != nil {
-		res.Conn.Close()
-		log.Error().Err(err).Msg("starting the multiplexer")
-		return
-	}
-	if res.Ticket != nil {
-		defer e.resumables.add(*res.Ticket, sess)()
-		go e.boundParking(ctx, log, sess, res.Ticket.PeerKeyID)
-	}
-	e.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
-	e.closeIfRevoked(log, sess, res.PeerKey)
-	who := streamPeer{fingerprint: res.PeerFingerprint}
+	// active counts the streams being served, against maxStreams; refused
+	// those refused and not yet closed by the peer, against maxRefused.
+	active, refused, refusedTotal atomic.Int64
+	overRefused                   sync.Once
+	running                       sync.WaitGroup // every stream goroutine of the session
+	// drainsEnded ends the drains of refused streams when the session ends
+	// (endDrains): a yamux stream blocked in Read spins while its session
+	// shuts down, until Close gets to it, and hundreds of them starve the
+	// shutdown.
+	drainsEnded context.Context
+	endDrains   context.CancelFunc
+}
+
+// newExitSession returns the server of in's streams, which fwd serves,
+// at most maxStreams at a time, each counted in streams while served.
+func newExitSession(in *established, fwd *forwarder, maxStreams int, streams *openStreams) *exitSession {
+	s := &exitSession{sess: in.sess, peer: in.peer, log: in.log, fwd: fwd, maxStreams: maxStreams, streams: streams}
+	s.drainsEnded, s.endDrains = context.WithCancel(context.Background())
+	return s
+}
+
+// serve accepts and serves the session's streams until it ends, then logs
+// its end. It stops taking new streams when ctx ends (drain), and closes
+// the session at hard.
+func (s *exitSession) serve(ctx, hard context.Context) {
+	sess, log := s.sess, s.log
 	start := time.Now()
-	// Stop taking new streams when ctx ends (drain), close the session at hard.
 	stopGoAway := context.AfterFunc(ctx, func() { sess.GoAway() })
 	defer stopGoAway()
 	stopHard := context.AfterFunc(hard, func() { sess.Close() })
 	defer stopHard()
+	defer s.endDrains()
 
-	// active counts the streams being served, against MaxStreams; refused
-	// those refused and not yet closed by the peer, against maxRefused.
-	var active, refused, refusedTotal atomic.Int64
-	var overRefused sync.Once
-	var running sync.WaitGroup // every stream goroutine of the session
-	// endDrains stops the drains of refused streams when the session ends: a
-	// yamux stream blocked in Read spins while its session shuts down, until
-	// Close gets to it, and hundreds of them starve the shutdown.
-	drainsEnded, endDrains := context.WithCancel(context.Background())
-	defer endDrains()
-	// refuse answers a non-zero status on st and drains it until the peer
-	// closes it; a peer that keeps more than maxRefused refused streams open
-	// loses its session.
-	refuse := func(st *session.Stream, s Status, msg string) {
-		refusedTotal.Add(1)
-		defer refused.Add(-1)
-		if refused.Add(1) > maxRefused {
-			overRefused.Do(func() {
-				log.Warn().Int("max_refused", maxRefused).
-					Msg("closing the session: the peer keeps too many refused streams open")
-			})
-			endDrains()
-			sess.Close()
-			return
-		}
-		e.drainRefused(drainsEnded, st, s, msg)
-	}
 	var total int64
 	busyLogged := false
 	for {
@@ -123,80 +69,68 @@ func (e *Exit) serveConn(ctx, hard context.Context, conn net.Conn, streams *open
 			break
 		}
 		total++
-		running.Add(1)
-		if active.Add(1) > int64(e.cfg.MaxStreams) {
-			active.Add(-1)
+		s.running.Add(1)
+		if s.active.Add(1) > int64(s.maxStreams) {
+			s.active.Add(-1)
 			if !busyLogged {
 				busyLogged = true
-				log.Warn().Uint32("stream", st.ID()).Int("max_streams", e.cfg.MaxStreams).
+				log.Warn().Uint32("stream", st.ID()).Int("max_streams", s.maxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
-			e.books.refused(e.noService, StatusBusy)
+			s.fwd.books.refused(s.fwd.noService, StatusBusy)
 			go func() {
-				defer running.Done()
+				defer s.running.Done()
 				defer st.Close()
-				refuse(st, StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", e.cfg.MaxStreams))
+				s.refuse(st, StatusBusy, fmt.Sprintf("exit is at its limit of %d streams per session", s.maxStreams))
 			}()
 			continue
 		}
-		streams.Add(1)
-		e.books.streamOpened()
-		ended := func(s Status, msg string) {
-			defer running.Done()
-			defer st.Close()
-			// A refused stream no longer counts as served, nor holds up a drain.
-			active.Add(-1)
-			e.books.streamClosed()
-			streams.Done()
-			if s != StatusOK {
-				refuse(st, s, msg)
-			}
-		}
-		go e.serveStream(hard, log, st, who, ended)
+		s.streams.Add(1)
+		s.fwd.books.streamOpened()
+		go s.fwd.serveStream(hard, log, st, s.peer, func(status Status, msg string) { s.end(st, status, msg) })
 	}
 	<-sess.Done()
-	endDrains()
-	running.Wait()
+	s.endDrains()
+	s.running.Wait()
 	reason, clean := sess.End()
-	ev = log.Info()
+	ev := log.Info()
 	if !clean {
 		ev = log.Warn() // truncation, a failed record, a reset, a keepalive timeout, a flood
 	}
-	ev.Err(reason).Int64("streams", total).Int64("streams_refused", refusedTotal.Load()).
+	ev.Err(reason).Int64("streams", total).Int64("streams_refused", s.refusedTotal.Load()).
 		Str("duration", logfield.Duration(time.Since(start))).Msg("session closed")
 }
 
-// boundParking closes sess when its link breaks and it would park past the
-// exit's bounds (resumables.overParked), or while the exit drains (ctx has
-// ended): a parked session would hold the drain up for an entry that may
-// be gone. It returns when sess ends.
-func (e *Exit) boundParking(ctx context.Context, log zerolog.Logger, sess *session.Session, key [handshake.KeyIDLen]byte) {
-	draining := ctx.Done()
-	for {
-		why := ""
-		select {
-		case <-sess.Done():
-			return
-		case <-draining:
-			draining = nil
-			if sess.Link().Down {
-				why = "the exit is shutting down"
-			}
-		case <-sess.LinkDown():
-			switch {
-			case ctx.Err() != nil:
-				why = "the exit is shutting down"
-			case e.resumables.overParked(sess, key):
-				e.books.resumeRefused.Add(1)
-				why = fmt.Sprintf("too many sessions wait to be resumed (at most %d, %d per key)", maxParked, maxParkedPerKey)
-			}
-		}
-		if why != "" {
-			log.Warn().Str("reason", why).Msg("closing a session whose connection broke, without waiting for its resumption")
-			sess.Close()
-			return
-		}
+// end is called once the forwarder is done with st, an accepted stream:
+// with a status other than StatusOK, st is refused (and drained) here.
+func (s *exitSession) end(st *session.Stream, status Status, msg string) {
+	defer s.running.Done()
+	defer st.Close()
+	// A refused stream no longer counts as served, nor holds up a drain.
+	s.active.Add(-1)
+	s.fwd.books.streamClosed()
+	s.streams.Done()
+	if status != StatusOK {
+		s.refuse(st, status, msg)
 	}
+}
+
+// refuse answers a non-zero status on st and drains it until the peer
+// closes it; a peer that keeps more than maxRefused refused streams open
+// loses its session.
+func (s *exitSession) refuse(st *session.Stream, status Status, msg string) {
+	s.refusedTotal.Add(1)
+	defer s.refused.Add(-1)
+	if s.refused.Add(1) > maxRefused {
+		s.overRefused.Do(func() {
+			s.log.Warn().Int("max_refused", maxRefused).
+				Msg("closing the session: the peer keeps too many refused streams open")
+		})
+		s.endDrains()
+		s.sess.Close()
+		return
+	}
+	drainRefused(s.drainsEnded, st, status, msg)
 }
 
 // streamPeer is what the exit knows of the entry that opened a stream.
@@ -220,7 +154,7 @@ const maxRefused = 256
 // drainRefused answers a non-zero status and closes this side of st, then
 // reads and discards until the peer closes its side or ctx ends, so that a
 // peer writing into a refused stream makes the exit buffer nothing.
-func (e *Exit) drainRefused(ctx context.Context, st *session.Stream, s Status, msg string) {
+func drainRefused(ctx context.Context, st *session.Stream, s Status, msg string) {
 	stop := context.AfterFunc(ctx, func() { st.SetReadDeadline(time.Now()) })
 	defer stop()
 	st.SetWriteDeadline(time.Now().Add(time.Second))

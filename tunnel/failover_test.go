@@ -174,7 +174,7 @@ func TestDrainDialsAcceptedStream(t *testing.T) {
 	var once sync.Once
 	a := startTuned(t, echoBackend(t), func(x *ExitSettings, _ *EntrySettings) { x.DrainTimeout = 10 * time.Second },
 		func(x *Exit, _ *Entry) {
-			x.dialer.ControlContext = func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
+			x.fwd.dialer.ControlContext = func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
 				once.Do(func() { close(dialing) })
 				select { // hold the dial until the drain cancels it, or 500 ms
 				case <-ctx.Done():

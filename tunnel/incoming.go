@@ -15,13 +15,55 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
+	"github.com/tunnel-dev/tunnel/tunnel/proxyheader"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
+
+// forwarder serves the exit's incoming streams: it checks each against the
+// access rules in force, then dials its service's backend and relays, or
+// hands it to the service's Listener. It holds the services and what
+// reaching them takes, and nothing of sessions. Safe for concurrent use.
+type forwarder struct {
+	headerTimeout time.Duration             // for a stream's header: the handshake timeout
+	dialTimeout   time.Duration             // for a backend's dial, or a Listener's Accept
+	keys          *atomic.Pointer[exitKeys] // the Exit's: the access rules
+	routes        *routeTable               // the services (services.go)
+	local         localServices             // the services the program serves (apiexit.go)
+	backlog       int                       // of each Listener: acceptBacklog; tests make it small
+	noService     *serviceCounters          // streams refused before they named one of routes
+	books         *ledger                   // every count, once (ledger.go)
+	pool          *relay.Pool
+	dialer        net.Dialer
+	writeStall    time.Duration
+}
+
+// newForwarder returns the forwarder of an exit with settings cfg
+// (defaults filled in) and key state keys, which counts in books. It
+// refuses services that the settings give wrong (newRouteTable).
+func newForwarder(cfg ExitSettings, keys *atomic.Pointer[exitKeys], books *ledger) (*forwarder, error) {
+	routes, err := newRouteTable(cfg, books)
+	if err != nil {
+		return nil, err
+	}
+	return &forwarder{
+		headerTimeout: cfg.HandshakeTimeout,
+		dialTimeout:   cfg.DialTimeout,
+		keys:          keys,
+		routes:        routes,
+		backlog:       acceptBacklog,
+		noService:     books.service(""),
+		books:         books,
+		pool:          relay.NewPool(),
+		dialer:        net.Dialer{Timeout: cfg.DialTimeout},
+		writeStall:    relay.DefaultWriteStall,
+	}, nil
+}
 
 // serveStream reads the stream header, checks that the peer may reach the
 // service it names, dials the service's backend, answers the status and
@@ -30,19 +72,19 @@ import (
 // status and message to answer, and leaves st to ended. ctx bounds the
 // dial: it ends with the drain, not as the drain starts, so that a stream
 // accepted before GoAway is served.
-func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(s Status, msg string)) {
-	svc := e.noService
+func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *session.Stream, peer streamPeer, ended func(s Status, msg string)) {
+	svc := f.noService
 	// refuse ends a stream that had not begun under svc.
 	refuse := func(s Status, msg string, err error) {
-		e.books.refused(svc, s)
+		f.books.refused(svc, s)
 		logRefusal(log, s, msg, err)
 		ended(s, msg)
 	}
 	// Each stream is checked against the rules in force when it opens, so
 	// that a reload that narrows them reaches live sessions too.
-	peer.access = e.keys.Load().access
+	peer.access = f.keys.Load().access
 	log = log.With().Uint32("stream", st.ID()).Logger()
-	st.SetReadDeadline(time.Now().Add(e.cfg.HandshakeTimeout))
+	st.SetReadDeadline(time.Now().Add(f.headerTimeout))
 	hdr, err := readStreamHeader(st)
 	st.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -54,7 +96,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			msg = "stream closed before its header was complete"
 		case errors.As(err, &ne) && ne.Timeout():
-			msg = fmt.Sprintf("no complete stream header within %v", e.cfg.HandshakeTimeout)
+			msg = fmt.Sprintf("no complete stream header within %v", f.headerTimeout)
 		default:
 			msg = fmt.Sprintf("reading the stream header: %v", err)
 		}
@@ -73,13 +115,13 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 	// readStreamHeader let through printable ASCII only: safe to log.
 	name := wireServiceName(hdr.service)
 	log = log.With().Str("service", name.String()).Logger()
-	r := e.routes.byName[name]
+	r := f.routes.byName[name]
 	if r == nil {
-		if l := e.local.get(name); l != nil {
-			ended(e.serveLocal(ctx.Done(), log, st, peer, hdr.origin, l))
+		if l := f.local.get(name); l != nil {
+			ended(f.serveLocal(ctx.Done(), log, st, peer, hdr.origin, l))
 			return
 		}
-		refuse(StatusUnknownService, unknownService(name, e.visible(peer)), nil)
+		refuse(StatusUnknownService, unknownService(name, f.visible(peer)), nil)
 		return
 	}
 	svc = r.count
@@ -87,16 +129,16 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		refuse(StatusRefused, policyRefusal(peer.fingerprint, r.name.String()), nil)
 		return
 	}
-	e.books.began(svc)
+	f.books.began(svc)
 	// fail ends a stream that began, with a status other than 0.
 	fail := func(s Status, msg string, err error) {
-		e.books.ended(svc, statusLabel(s))
+		f.books.ended(svc, statusLabel(s))
 		logRefusal(log, s, msg, err)
 		ended(s, msg)
 	}
 	start := time.Now()
-	c, err := e.dialer.DialContext(ctx, r.network, r.dialAddr)
-	e.books.backendDial(time.Since(start), err)
+	c, err := f.dialer.DialContext(ctx, r.network, r.dialAddr)
+	f.books.backendDial(time.Since(start), err)
 	if err != nil {
 		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
 		if r.name != "" {
@@ -105,10 +147,10 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		fail(StatusUnreachable, msg, err)
 		return
 	}
-	r.probe.accepted(time.Now())
+	r.probe.Accepted(time.Now())
 	backend := c
 	if r.proxyProtocol {
-		if err := writeProxyHeader(backend, hdr.origin, peer.fingerprint, e.cfg.DialTimeout); err != nil {
+		if err := proxyheader.Write(backend, hdr.origin, peer.fingerprint, f.dialTimeout); err != nil {
 			backend.Close()
 			fail(StatusUnreachable, fmt.Sprintf("backend %s: sending the PROXY protocol header: %v", r.addr, err), err)
 			return
@@ -118,22 +160,22 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 		backend.Close()
 		st.CloseWrite()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		e.books.ended(svc, streamAborted)
+		f.books.ended(svc, streamAborted)
 		ended(StatusOK, "")
 		return
 	}
 	rl := relay.Start(backend, st, relay.Options{
-		Pool: e.pool, Stall: e.writeStall,
+		Pool: f.pool, Stall: f.writeStall,
 		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
 	})
 	// The relay goes on in goroutines of its own: this one's stack grew in
 	// the backend's dial (relay.Relay.Go).
-	rl.Go(func(res relay.Result) { e.relayEnded(res, svc, log, start, ended) })
+	rl.Go(func(res relay.Result) { f.relayEnded(res, svc, log, start, ended) })
 }
 
 // relayEnded counts, logs and ends a stream that was relayed until res.
-func (e *Exit) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
-	e.books.ended(svc, resultLabel(res))
+func (f *forwarder) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
+	f.books.ended(svc, resultLabel(res))
 	ev := log.Info()
 	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)
@@ -159,19 +201,6 @@ func unknownService(name serviceName, visible []string) string {
 // policyRefusal is the message for a stream the access rules refuse.
 func policyRefusal(fp, service string) string {
 	return fmt.Sprintf("key %s may not reach service %q: the exit's --allow rules do not list it", fp, service)
-}
-
-// writeProxyHeader sends backend the PROXY protocol v2 header of a stream
-// from origin through the entry key fp (proxyproto.go), within timeout.
-func writeProxyHeader(backend net.Conn, origin, fp string, timeout time.Duration) error {
-	b, err := proxyHeader(origin, backend.RemoteAddr(), fp)
-	if err != nil {
-		return err
-	}
-	backend.SetWriteDeadline(time.Now().Add(timeout))
-	_, err = backend.Write(b)
-	backend.SetWriteDeadline(time.Time{})
-	return err
 }
 
 // validOrigin reports whether origin, as an entry reports it in a stream

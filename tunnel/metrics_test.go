@@ -20,6 +20,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/sourcelimit"
 	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
@@ -649,10 +650,10 @@ func TestMetricsHandshakeFailures(t *testing.T) {
 	// rate_limited too: one silent connection more than it allows.
 	capped, cappedAddr, _ := serveExit(t, echoBackend(t), nil)
 	cm := serveMetrics(t, capped.Metrics())
-	for range maxHandshakesPerSource + 1 {
+	for range sourcelimit.MaxPerSource + 1 {
 		dial(cappedAddr)
 	}
 	cm.waitFor("capped exit: one refused", reaches("rate_limited", 1))
-	m = cm.waitFor("capped exit: the others timed out", reaches("timeout", maxHandshakesPerSource))
-	want(t, "capped exit", m, map[string]float64{result("rate_limited"): 1, result("timeout"): maxHandshakesPerSource})
+	m = cm.waitFor("capped exit: the others timed out", reaches("timeout", sourcelimit.MaxPerSource))
+	want(t, "capped exit", m, map[string]float64{result("rate_limited"): 1, result("timeout"): sourcelimit.MaxPerSource})
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
+	"github.com/tunnel-dev/tunnel/tunnel/sourcelimit"
 )
 
 // lines returns the log lines decoded.
@@ -126,7 +127,7 @@ func TestSilentSourceLeavesSlots(t *testing.T) {
 	}
 	// Let the exit take them up: all refused but those a source may have
 	// in progress, or (without that cap) give it a second.
-	want := int64(x.cfg.MaxHandshakes - maxHandshakesPerSource)
+	want := int64(x.cfg.MaxHandshakes - sourcelimit.MaxPerSource)
 	for end := time.Now().Add(time.Second); time.Now().Before(end) && x.Stats().HandshakesRefused < want; {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -137,7 +138,7 @@ func TestSilentSourceLeavesSlots(t *testing.T) {
 	}
 	st.Close()
 	if got := x.Stats().HandshakesRefused; got != want {
-		t.Errorf("exit refused %d handshakes of the silent source, want %d (%d may be in progress)", got, want, maxHandshakesPerSource)
+		t.Errorf("exit refused %d handshakes of the silent source, want %d (%d may be in progress)", got, want, sourcelimit.MaxPerSource)
 	}
 }
 

@@ -70,8 +70,8 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 
 // closeIfRevoked closes sess, just established with an entry whose key is
 // peer, if a reload removed that key while the handshake ran.
-func (e *Exit) closeIfRevoked(log zerolog.Logger, sess *session.Session, peer *rsa.PublicKey) {
-	if _, ok := e.keys.Load().authorized.Lookup(handshake.KeyID(peer)); !ok {
+func (a *acceptor) closeIfRevoked(log zerolog.Logger, sess *session.Session, peer *rsa.PublicKey) {
+	if _, ok := a.keys.Load().authorized.Lookup(handshake.KeyID(peer)); !ok {
 		log.Warn().Msg("closing the session: its key was removed from the authorized keys while the handshake ran")
 		sess.Close()
 	}

@@ -3,16 +3,19 @@ package tunnel
 // The exit's resumable sessions: a session whose handshake negotiated
 // resumption is kept here, by its id, for as long as it lives, so that a
 // resumption (a RESUME_I naming it) finds it; the handshake asks through
-// Resumable (handshake.SessionLookup) and serveConn hands the new
+// Resumable (handshake.SessionLookup) and the acceptor hands the new
 // connection over (resume). A session whose connection broke waits here,
 // parked, at most its window; the exit keeps at most maxParked of them,
 // and maxParkedPerKey per entry key, closing a session that parks past
 // either bound, so that broken links cannot pin the exit's memory.
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"sync"
 
+	"github.com/rs/zerolog"
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -107,4 +110,37 @@ func (r *resumables) parked() int {
 		}
 	}
 	return n
+}
+
+// boundParking closes sess when its link breaks and it would park past the
+// exit's bounds (resumables.overParked), or while the exit drains (ctx has
+// ended): a parked session would hold the drain up for an entry that may
+// be gone. It returns when sess ends.
+func (a *acceptor) boundParking(ctx context.Context, log zerolog.Logger, sess *session.Session, key [handshake.KeyIDLen]byte) {
+	draining := ctx.Done()
+	for {
+		why := ""
+		select {
+		case <-sess.Done():
+			return
+		case <-draining:
+			draining = nil
+			if sess.Link().Down {
+				why = "the exit is shutting down"
+			}
+		case <-sess.LinkDown():
+			switch {
+			case ctx.Err() != nil:
+				why = "the exit is shutting down"
+			case a.parked.overParked(sess, key):
+				a.books.resumeRefused.Add(1)
+				why = fmt.Sprintf("too many sessions wait to be resumed (at most %d, %d per key)", maxParked, maxParkedPerKey)
+			}
+		}
+		if why != "" {
+			log.Warn().Str("reason", why).Msg("closing a session whose connection broke, without waiting for its resumption")
+			sess.Close()
+			return
+		}
+	}
 }

@@ -87,7 +87,7 @@ func startStall(t testing.TB, backend string, adjust func(*ExitSettings, *EntryS
 	t.Helper()
 	return startTuned(t, backend, adjust, func(x *Exit, n *Entry) {
 		if stall > 0 {
-			x.writeStall, n.writeStall = stall, stall
+			x.fwd.writeStall, n.writeStall = stall, stall
 		}
 	})
 }

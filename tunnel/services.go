@@ -23,6 +23,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/backendprobe"
 )
 
 // route is one service of the exit.
@@ -33,9 +34,9 @@ type route struct {
 	// host:port, or "unix" and PATH.
 	network, dialAddr string
 	// proxyProtocol: the backend connection starts with a PROXY protocol
-	// v2 header (proxyproto.go).
+	// v2 header (package proxyheader).
 	proxyProtocol bool
-	probe         *backendProbe
+	probe         *backendprobe.Probe
 	count         *serviceCounters
 }
 
@@ -67,7 +68,7 @@ func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
 			network:       network,
 			dialAddr:      dialAddr,
 			proxyProtocol: s.ProxyProtocol,
-			probe:         newBackendProbe(s.Backend, c.DialTimeout),
+			probe:         backendprobe.New(s.Backend, c.DialTimeout),
 			count:         books.service(name.String()),
 		}
 		t.byName[name] = r

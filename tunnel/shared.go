@@ -1,13 +1,11 @@
 package tunnel
 
-// What both agents share: the multiplexer's settings, the counters a
-// relay adds bytes to, and the count of open streams a drain waits for.
+// What both agents share: the counters a relay adds bytes to, and the
+// count of open streams a drain waits for.
 
 import (
 	"sync"
 	"sync/atomic"
-
-	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
 // tally is where a relay adds the bytes it copies, once per chunk, as they
@@ -15,16 +13,6 @@ import (
 // toConn what the stream delivers to it. The counters are a service's,
 // shared by all its streams.
 type tally struct{ fromConn, toConn *atomic.Int64 }
-
-// muxSettings are the session settings of the entry's configuration.
-func (k *keeper) muxSettings() session.Settings {
-	return session.Settings{KeepAlive: k.cfg.KeepAlive, Window: k.cfg.Window}
-}
-
-// muxSettings are the session settings of the exit's configuration.
-func (e *Exit) muxSettings() session.Settings {
-	return session.Settings{KeepAlive: e.cfg.KeepAlive, Window: e.cfg.Window}
-}
 
 // closed reports whether ch is closed.
 func closed(ch <-chan struct{}) bool {

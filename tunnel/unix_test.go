@@ -17,6 +17,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
+	"github.com/tunnel-dev/tunnel/tunnel/proxyheader"
 )
 
 // unixBackend serves every connection on a UNIX socket in dir with handle,
@@ -123,7 +124,7 @@ func TestUnixSockets(t *testing.T) {
 	checkKey := func(h *proxyproto.Header) {
 		t.Helper()
 		tlvs, err := h.TLVs()
-		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyTLVFingerprint || string(tlvs[0].Value) != x.keys.Load().authorized.Fingerprints()[0] {
+		if err != nil || len(tlvs) != 1 || tlvs[0].Type != proxyheader.TLVFingerprint || string(tlvs[0].Value) != x.keys.Load().authorized.Fingerprints()[0] {
 			t.Errorf("TLVs %+v, %v; want the entry key's fingerprint", tlvs, err)
 		}
 	}

@@ -11,18 +11,24 @@
 // replaced on GoAway or after its share of streams), failover.go (reaching
 // an exit, backoff), connect.go (one connection to one exit); outgoing.go
 // (an application connection's stream). The exit: exit.go (the agent,
-// accept and drain), exitsession.go (a session's streams and refusals),
-// incoming.go (one stream: header, access, backend). The Go API:
-// apientry.go, apiexit.go, apiconn.go. Both: ledger.go (the one accounting
-// sink), metrics.go, health.go, reload.go. This file: the stream header
-// and status on the wire.
+// accept loop and drain); the acceptor, which lets an entry in: acceptor.go
+// (pending gate, per-source limit, handshake, session); exitsession.go (one
+// session's streams, its limits and refusals); the forwarder, which serves
+// a stream: incoming.go (header, access, backend dial, relay), services.go
+// (the services and access rules), apiexit.go (a service the program
+// serves itself). The Go API: apientry.go, apiexit.go, apiconn.go. Both:
+// ledger.go (the one accounting sink), metrics.go, health.go, reload.go.
+// This file: the stream header and status on the wire.
 //
 // The packages under it: session (yamux over the record layer, and all of
 // yamux's wire), relay (one connection through one stream, both ways),
 // rawio (raw system calls on non-blocking sockets), listen (listening
 // sockets, accept retries, bounds on descriptors and pending connections),
 // status (the status endpoint: counters, probes, metrics), exits (resolving
-// and reaching the entry's exits) and logfield (log field conventions).
+// and reaching the entry's exits), sourcelimit (the exit's per-source
+// handshake limit), proxyheader (the PROXY protocol header to a backend),
+// backendprobe (whether a backend accepts connections, for readiness) and
+// logfield (log field conventions).
 package tunnel
 
 import (

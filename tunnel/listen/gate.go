@@ -7,7 +7,7 @@ import (
 
 // Connections before their handshake. The exit's handshake slots
 // (--max-handshakes) bound the handshakes past a valid HELLO, and
-// sourceLimiter bounds those of one source; but a connection that sends
+// sourcelimit.Limiter bounds those of one source; but a connection that sends
 // nothing, or garbage, holds a descriptor and a goroutine for up to the
 // hello timeout before either applies, and a flood from many sources could
 // hold every descriptor the process may open. Gate bounds all of

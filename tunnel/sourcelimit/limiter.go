@@ -1,4 +1,9 @@
-package tunnel
+// Package sourcelimit admits an exit's new handshakes per source: a token
+// bucket for the rate, and a cap on the handshakes in progress, so that one
+// source can hold neither every handshake slot nor every private-key
+// operation. Its memory is bounded (the source seen least recently is
+// forgotten first). Model: wireguard-go's ratelimiter.
+package sourcelimit
 
 import (
 	"container/list"
@@ -9,11 +14,11 @@ import (
 	"time"
 )
 
-// maxHandshakesPerSource bounds the handshakes in progress from one source,
+// MaxPerSource bounds the handshakes in progress from one source,
 // from the accepted connection to the end of the handshake, so that one
 // source cannot hold every slot of --max-handshakes or every private-key
 // slot.
-const maxHandshakesPerSource = 8
+const MaxPerSource = 8
 
 // maxSources bounds the rate limiter's memory. Past it, the source seen
 // least recently is forgotten (it starts again with a full bucket if it
@@ -22,17 +27,17 @@ const maxHandshakesPerSource = 8
 // them pass unlimited would lift the limit for everyone.
 const maxSources = 1 << 16
 
-// Why sourceLimiter refuses a handshake.
+// Why Limiter refuses a handshake: the text goes to the exit's log.
 var (
-	errOverRate = errors.New("over the per-source handshake rate")
-	errTooMany  = errors.New("too many handshakes in progress from this source")
+	ErrOverRate = errors.New("over the per-source handshake rate")
+	ErrTooMany  = errors.New("too many handshakes in progress from this source")
 )
 
-// sourceLimiter admits new handshakes per source: a token bucket for the
+// Limiter admits new handshakes per source: a token bucket for the
 // rate and a cap on those in progress. A source is an IPv4 address or an
 // IPv6 /64 (a subscriber is commonly given a /64 or more, and picks any
 // address in it). It is safe for concurrent use.
-type sourceLimiter struct {
+type Limiter struct {
 	rate, burst float64 // tokens per second, bucket size
 
 	mu      sync.Mutex
@@ -47,8 +52,10 @@ type bucket struct {
 	last   time.Time
 }
 
-func newSourceLimiter(rate float64) *sourceLimiter {
-	return &sourceLimiter{
+// New returns a Limiter that lets each source make rate handshakes a
+// second, in bursts of up to twice that (at least one).
+func New(rate float64) *Limiter {
+	return &Limiter{
 		rate:    rate,
 		burst:   max(1, 2*rate),
 		buckets: make(map[netip.Prefix]*list.Element),
@@ -71,11 +78,11 @@ func source(addr net.Addr) (netip.Prefix, bool) {
 	return p, err == nil
 }
 
-// admit takes a token of addr's source and a place among its handshakes in
-// progress. It returns errOverRate or errTooMany to refuse, or the function
+// Admit takes a token of addr's source and a place among its handshakes in
+// progress. It returns ErrOverRate or ErrTooMany to refuse, or the function
 // that gives the place back when the handshake ends. Addresses that are not
 // IP are not limited.
-func (l *sourceLimiter) admit(addr net.Addr, now time.Time) (done func(), err error) {
+func (l *Limiter) Admit(addr net.Addr, now time.Time) (done func(), err error) {
 	src, ok := source(addr)
 	if !ok {
 		return func() {}, nil
@@ -83,10 +90,10 @@ func (l *sourceLimiter) admit(addr net.Addr, now time.Time) (done func(), err er
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.take(src, now) {
-		return nil, errOverRate
+		return nil, ErrOverRate
 	}
-	if l.active[src] >= maxHandshakesPerSource {
-		return nil, errTooMany
+	if l.active[src] >= MaxPerSource {
+		return nil, ErrTooMany
 	}
 	l.active[src]++
 	return func() {
@@ -100,7 +107,7 @@ func (l *sourceLimiter) admit(addr net.Addr, now time.Time) (done func(), err er
 
 // take takes a token of src's bucket and reports whether there was one.
 // Callers hold mu.
-func (l *sourceLimiter) take(src netip.Prefix, now time.Time) bool {
+func (l *Limiter) take(src netip.Prefix, now time.Time) bool {
 	var b *bucket
 	if e, ok := l.buckets[src]; ok {
 		b = e.Value.(*bucket)

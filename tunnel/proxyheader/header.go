@@ -1,6 +1,5 @@
-package tunnel
-
-// PROXY protocol v2 towards the backend (per service, --proxy-protocol).
+// Package proxyheader writes the PROXY protocol v2 header with which the
+// exit opens a backend connection (per service, --proxy-protocol).
 // A backend that speaks it (nginx, HAProxy, PostgreSQL poolers, ...) learns
 // the application's address as the entry saw it, instead of the exit's, and
 // which entry key the stream came through.
@@ -16,24 +15,26 @@ package tunnel
 //     family with port 0. Without an origin (an application that came over
 //     the entry's UNIX socket has none), command LOCAL, family UNSPEC and
 //     no addresses;
-//   - a TLV of type proxyTLVFingerprint (0xE0, the first of the range the
+//   - a TLV of type TLVFingerprint (0xE0, the first of the range the
 //     specification leaves to applications) whose value is the entry key's
 //     fingerprint in ASCII, "SHA256:...".
+package proxyheader
 
 import (
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/pires/go-proxyproto"
 )
 
-// proxyTLVFingerprint is the TLV type of the entry key's fingerprint.
-const proxyTLVFingerprint = proxyproto.PP2_TYPE_MIN_CUSTOM
+// TLVFingerprint is the TLV type of the entry key's fingerprint.
+const TLVFingerprint = proxyproto.PP2_TYPE_MIN_CUSTOM
 
-// proxyHeader returns the PROXY protocol v2 header for a stream from origin
+// Encode returns the PROXY protocol v2 header for a stream from origin
 // ("ip:port", or empty), through the entry key with fingerprint fp, to the
 // backend at backend.
-func proxyHeader(origin string, backend net.Addr, fp string) ([]byte, error) {
+func Encode(origin string, backend net.Addr, fp string) ([]byte, error) {
 	h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	if ap, err := netip.ParseAddrPort(origin); err == nil {
 		dst, ok := backend.(*net.TCPAddr)
@@ -45,8 +46,21 @@ func proxyHeader(origin string, backend net.Addr, fp string) ([]byte, error) {
 		}
 		h = proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(ap), dst)
 	}
-	if err := h.SetTLVs([]proxyproto.TLV{{Type: proxyTLVFingerprint, Value: []byte(fp)}}); err != nil {
+	if err := h.SetTLVs([]proxyproto.TLV{{Type: TLVFingerprint, Value: []byte(fp)}}); err != nil {
 		return nil, err
 	}
 	return h.Format()
+}
+
+// Write sends backend the header of a stream from origin through the entry
+// key fp (Encode), within timeout.
+func Write(backend net.Conn, origin, fp string, timeout time.Duration) error {
+	b, err := Encode(origin, backend.RemoteAddr(), fp)
+	if err != nil {
+		return err
+	}
+	backend.SetWriteDeadline(time.Now().Add(timeout))
+	_, err = backend.Write(b)
+	backend.SetWriteDeadline(time.Time{})
+	return err
 }
