@@ -185,6 +185,9 @@ func (l *ledger) stats() Stats {
 	st.HandshakeFailures, st.HandshakesRefused = l.hsFailures.Load(), l.hsRefused.Load()
 	st.DialFailures, st.HandshakeRejections = l.dialFailures.Load(), l.hsRejections.Load()
 	st.HandshakeTimeouts, st.SessionsRecycled = l.hsTimeouts.Load(), l.recycled.Load()
+	st.Resumptions, st.ResumptionsRefused = l.resumed.Load(), l.resumeRefused.Load()
+	v := l.sessions.view()
+	st.SessionsParked, st.BytesResent = int64(v.parked), v.resent
 	st.Services = map[string]ServiceStats{}
 	for _, c := range l.serviceList() {
 		if c.name != "" {

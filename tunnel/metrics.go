@@ -113,6 +113,9 @@ func newMetrics(version string, l *ledger) *metricSet {
 		"bytes":      desc("tunnel_bytes_total", "Application bytes carried by streams, by service and direction (to_backend, to_app), counted as they move.", "service", "direction"),
 		"records":    desc("tunnel_records_total", "Records sent and received on every session, control records included.", "direction"),
 		"keyUpdates": desc("tunnel_key_updates_total", "KEY_UPDATE records sent and received on every session: each is a change of one direction's traffic key.", "direction"),
+		"resumes":    desc("tunnel_session_resumptions_total", "Sessions continued on a new connection after theirs broke (resumed), and resumptions refused (entry: the exit no longer knew the session, so its connections were reset; exit: a parked session closed past the exit's bounds).", "result"),
+		"parked":     desc("tunnel_sessions_parked", "Sessions whose connection broke, waiting for a new one within the resumption window."),
+		"resent":     desc("tunnel_resent_bytes_total", "Bytes sent again on a resumed session's new connection: what the peer had not received when the old one broke."),
 	}
 	if l.dialTime != nil {
 		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
@@ -182,4 +185,8 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 	c("records", float64(v.records.RecordsReceived), "received")
 	c("keyUpdates", float64(v.records.KeyUpdatesSent), "sent")
 	c("keyUpdates", float64(v.records.KeyUpdatesReceived), "received")
+	c("resumes", float64(l.resumed.Load()), "resumed")
+	c("resumes", float64(l.resumeRefused.Load()), "refused")
+	g("parked", float64(v.parked))
+	c("resent", float64(v.resent))
 }

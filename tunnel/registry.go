@@ -13,9 +13,10 @@ import (
 // peer, and the exit's reload finds the sessions of revoked keys in it.
 // Safe for concurrent use.
 type sessionRegistry struct {
-	mu    sync.Mutex
-	live  map[*session.Session]string // the peer's fingerprint
-	ended map[string]*peerTotals      // by peer fingerprint: authenticated peers only
+	mu     sync.Mutex
+	live   map[*session.Session]string // the peer's fingerprint
+	ended  map[string]*peerTotals      // by peer fingerprint: authenticated peers only
+	resent uint64                      // bytes sent again after resumptions, by the ended sessions
 }
 
 // peerTotals are what the sessions of one peer that have ended add up to.
@@ -53,6 +54,7 @@ func (r *sessionRegistry) remove(sess *session.Session) {
 	}
 	t.outcomes[sess.Outcome()]++
 	addStats(&t.records, sess.Stats())
+	r.resent += sess.Link().Resent
 }
 
 // count is how many sessions are live.
@@ -81,6 +83,8 @@ type peerView struct {
 	up      map[string]int        // live sessions by peer
 	ended   map[string]peerTotals // ended sessions by peer
 	records frame.Stats           // of every session, live and ended
+	parked  int                   // live sessions whose connection broke, waiting for a new one
+	resent  uint64                // bytes sent again after resumptions, by every session
 }
 
 // view returns a copy of what the registry knows.
@@ -88,9 +92,15 @@ func (r *sessionRegistry) view() peerView {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v := peerView{up: make(map[string]int), ended: make(map[string]peerTotals, len(r.ended))}
+	v.resent = r.resent
 	for sess, fp := range r.live {
 		v.up[fp]++
 		addStats(&v.records, sess.Stats())
+		l := sess.Link()
+		v.resent += l.Resent
+		if l.Down {
+			v.parked++
+		}
 	}
 	for fp, t := range r.ended {
 		v.ended[fp] = *t

@@ -31,6 +31,15 @@ type Stats struct {
 	HandshakeTimeouts   int64 `json:"handshake_timeouts"`
 	SessionsRecycled    int64 `json:"sessions_recycled"`
 
+	// Sessions resumed on a new connection after theirs broke, and
+	// resumptions refused (entry: the exit did not know the session; exit:
+	// a parked session closed past its bounds); the sessions waiting for a
+	// new connection now, and the bytes sent again after resumptions.
+	Resumptions        int64  `json:"resumptions"`
+	ResumptionsRefused int64  `json:"resumptions_refused"`
+	SessionsParked     int64  `json:"sessions_parked"`
+	BytesResent        uint64 `json:"bytes_resent"`
+
 	// Services are the counters of each service, by name (the default
 	// service is "default").
 	Services map[string]ServiceStats `json:"services"`

@@ -45,17 +45,17 @@ func unblackhole(t *testing.T, n *topology) {
 }
 
 // TestDeadLinkDetectedAndRecovered cuts the entry-exit link under an
-// established session: the entry must notice within its keepalive bound,
-// abort the application connection that was in flight, refuse new ones
-// promptly rather than hang, and once the link is back reconnect so that
-// new connections work again.
+// established session that cannot resume (--resume-window 0): the entry
+// must notice within its keepalive bound, abort the application connection
+// that was in flight, refuse new ones promptly rather than hang, and once
+// the link is back reconnect so that new connections work again.
 func TestDeadLinkDetectedAndRecovered(t *testing.T) {
 	n := newTopology(t)
 	requireTool(t, "nft", "nftables")
 	a := harness.NewRig(t)
 	n.startBackend(t)
 	n.startExit(t, a)
-	entry := n.startEntry(t, a, exitAddr, "--keepalive", deadKeepalive.String(), "--dial-timeout", "2s")
+	entry := n.startEntry(t, a, exitAddr, "--keepalive", deadKeepalive.String(), "--dial-timeout", "2s", "--resume-window", "0")
 	if ev := n.bulk(t, 2, 1<<20, time.Minute); !ev.OK {
 		t.Fatalf("before the cut: %s", ev.Err)
 	}
@@ -99,6 +99,59 @@ func TestDeadLinkDetectedAndRecovered(t *testing.T) {
 		t.Fatalf("after the link came back: %d of %d connections failed: %s", ev.Failed, ev.Conns, ev.Err)
 	}
 	t.Logf("after the reconnect: %d connections x 1 MiB each way intact in %.2fs", ev.Conns, ev.Seconds)
+	loop.closeStdin()
+	loop.waitEvent(t, 10*time.Second, "loop done", isEvent("done"))
+}
+
+// outage is how long TestDeadLinkResumed keeps the link down: longer than
+// any keepalive bound, shorter than the default resumption window (60s).
+const outage = 40 * time.Second
+
+// TestDeadLinkResumed takes the entry-exit link down for 40s under a
+// resumable session (the default) with a connection in flight: the entry
+// notices the dead link within its keepalive bound and parks the session;
+// once the link is back it resumes it within moments, and the connection
+// in flight completes intact, as if the link had only paused.
+func TestDeadLinkResumed(t *testing.T) {
+	n := newTopology(t)
+	requireTool(t, "nft", "nftables")
+	a := harness.NewRig(t)
+	n.startBackend(t)
+	n.startExit(t, a)
+	entry := n.startEntry(t, a, exitAddr, "--keepalive", deadKeepalive.String(), "--dial-timeout", "2s")
+	if ev := n.bulk(t, 2, 1<<20, time.Minute); !ev.OK {
+		t.Fatalf("before the cut: %s", ev.Err)
+	}
+	loop := startHelper(t, n.app, "loop", "-addr", entryAddr, "-workers", "0",
+		"-slow-size", "4194304", "-slow-delay", "50ms", "-timeout", "3m")
+	loop.send(t, "slow")
+	loop.waitEvent(t, 30*time.Second, "slow connection flowing", isEvent("flowing"))
+
+	cut := time.Now()
+	blackhole(t, n)
+	// A probe after a keepalive of silence, answered within two keepalives,
+	// checked once a second.
+	bound := 4*deadKeepalive + 3*time.Second
+	entry.WaitMessage(t, 1, bound, "connection to the peer broken: the session and its streams wait for a new connection")
+	t.Logf("entry noticed the dead link %.2fs after the cut", time.Since(cut).Seconds())
+
+	time.Sleep(outage - time.Since(cut))
+	restored := time.Now()
+	unblackhole(t, n)
+	resumed := entry.WaitMessage(t, 1, 15*time.Second, "session resumed on a new connection")
+	t.Logf("entry resumed its session %.2fs after the link came back (down for %s, %v bytes sent again)",
+		time.Since(restored).Seconds(), resumed.String("down_for"), resumed.Fields["resent_bytes"])
+
+	slow := loop.waitEvent(t, 2*time.Minute, "slow connection's end", isEvent("conn"))
+	if !slow.OK {
+		t.Errorf("the connection in flight across a %v outage ended with %q (%s), want it intact", outage, slow.Class, slow.Err)
+	}
+	if ev := n.bulk(t, 4, 1<<20, time.Minute); !ev.OK {
+		t.Fatalf("after the link came back: %d of %d connections failed: %s", ev.Failed, ev.Conns, ev.Err)
+	}
+	if got := entry.Count(harness.Contains("session established")); got != 1 {
+		t.Errorf("entry made %d sessions, want its one resumed", got)
+	}
 	loop.closeStdin()
 	loop.waitEvent(t, 10*time.Second, "loop done", isEvent("done"))
 }

@@ -32,8 +32,11 @@ const (
 	// Past it Write waits for the peer's ACK. 4 MiB keeps a link of 1 Gbit/s
 	// with a round trip of 30 ms busy.
 	maxKept = 4 << 20
-	// ackEvery is how many bytes received call for an ACK.
+	// ackEvery is how many bytes received call for an ACK; what is received
+	// short of it is acknowledged within ackDelay, so that a sender that
+	// has stopped keeps nothing for long.
 	ackEvery = 256 << 10
+	ackDelay = 50 * time.Millisecond
 	// probeTimeout is how long a keepalive probe waits for any record
 	// before the link counts as broken (or two keepalive intervals, if
 	// shorter).
@@ -80,16 +83,19 @@ type resumption struct {
 	probe       bool     // a probe is due
 
 	probeAt   time.Time // when the probe in flight went out; zero: none
-	probeSeen uint64    // seen when it went out
-	lastProbe time.Time
-	violation error // the peer's ACK made no sense: ends the session
+	probeSeen uint64    // seen at the last tick that found it changed
+	lastProbe time.Time // when the peer was last heard from, or probed
+	violation error     // the peer's ACK made no sense: ends the session
 
-	resumes uint64 // new links that took over
-	resent  uint64 // bytes sent again on them
+	resumes uint64      // new links that took over
+	resent  uint64      // bytes sent again on them
+	past    frame.Stats // the record counts of the links before the current one
 
-	recv    atomic.Uint64 // DATA bytes received; written by the reading goroutine
-	lastAck atomic.Uint64 // recv as of the last ACK sent
-	seen    atomic.Uint64 // reads and ACKs from the peer, for the keepalive
+	recv     atomic.Uint64 // DATA bytes received; written by the reading goroutine
+	lastAck  atomic.Uint64 // recv as of the last ACK sent
+	seen     atomic.Uint64 // reads and ACKs from the peer, for the keepalive
+	ackTimer atomic.Bool   // an ACK of what was received is due within ackDelay
+	awaiting atomic.Bool   // on a new link: the peer's first ACK has not come
 }
 
 func newResumption(window, keepAlive time.Duration, log zerolog.Logger) *resumption {
@@ -227,8 +233,8 @@ func (r *resumption) drop(n uint64) {
 		}
 		gone -= left
 		r.keptMem -= cap(k)
-		if r.free == nil || cap(k) > cap(r.free) {
-			r.free = k[:0]
+		if cap(k) <= maxQueued && (r.free == nil || cap(k) > cap(r.free)) {
+			r.free = k[:0] // the writer's next queue
 		}
 		r.kept[0] = nil
 		r.kept = r.kept[1:]
@@ -252,6 +258,7 @@ func (r *resumption) onAck(m *recordConn, n uint64, reply bool) {
 	}
 	r.drop(n)
 	if r.state == linkResuming {
+		r.awaiting.Store(false)
 		r.state = linkUp
 		r.resumes++
 		r.resend = r.sent > r.acked
@@ -270,20 +277,41 @@ func (r *resumption) onAck(m *recordConn, n uint64, reply bool) {
 // ackEvery bytes. Called by the reading goroutine; it returns the error
 // that ends the session if the peer's ACK made no sense.
 func (r *resumption) received(m *recordConn, n int) error {
-	if n > 0 {
-		r.seen.Add(1)
-		if got := r.recv.Add(uint64(n)); got-r.lastAck.Load() >= ackEvery {
-			r.lastAck.Store(got)
-			m.mu.Lock()
-			r.needAck = true
-			m.wake.Broadcast()
-			m.mu.Unlock()
-		}
-	}
 	if r.violation != nil { // set by onAck on this goroutine
 		return r.violation
 	}
+	if n == 0 {
+		return nil
+	}
+	if r.awaiting.Load() {
+		return errors.New("tunnel: the peer sent data on a new connection before its ACK: protocol error")
+	}
+	r.seen.Add(1)
+	got := r.recv.Add(uint64(n))
+	switch {
+	case got-r.lastAck.Load() >= ackEvery:
+		r.lastAck.Store(got)
+		m.mu.Lock()
+		r.needAck = true
+		m.wake.Broadcast()
+		m.mu.Unlock()
+	case r.ackTimer.CompareAndSwap(false, true):
+		time.AfterFunc(ackDelay, func() { r.ackLate(m) })
+	}
 	return nil
+}
+
+// ackLate asks for an ACK of what was received since the last one, if
+// anything was.
+func (r *resumption) ackLate(m *recordConn) {
+	r.ackTimer.Store(false)
+	if r.recv.Load() == r.lastAck.Load() {
+		return
+	}
+	m.mu.Lock()
+	r.needAck = true
+	m.wake.Broadcast()
+	m.mu.Unlock()
 }
 
 // down parks the session because link broke with err, unless link is no
@@ -330,8 +358,8 @@ func (r *resumption) expire(m *recordConn) {
 // session (down) and waits for a new link, which it returns once this
 // side's ACK is on it; or it returns the error that ends the session.
 func (r *resumption) next(m *recordConn, link *frame.Conn, err error) (*frame.Conn, error) {
-	if errors.Is(err, io.EOF) {
-		return nil, err // the peer closed the session (CLOSE)
+	if errors.Is(err, io.EOF) || recordFailure(err) {
+		return nil, err // the peer closed the session (CLOSE), or a record failed
 	}
 	m.mu.Lock()
 	if r.violation != nil {
@@ -351,7 +379,9 @@ func (r *resumption) next(m *recordConn, link *frame.Conn, err error) (*frame.Co
 		return nil, failed
 	}
 	fresh := r.fresh
+	r.past = addStats(r.past, m.link.Stats())
 	r.fresh, m.link, r.state = nil, fresh, linkResuming
+	r.awaiting.Store(true)
 	n := r.recv.Load()
 	r.lastAck.Store(n)
 	m.mu.Unlock()
@@ -361,6 +391,20 @@ func (r *resumption) next(m *recordConn, link *frame.Conn, err error) (*frame.Co
 		m.mu.Unlock()
 	}
 	return fresh, nil
+}
+
+// recordFailure reports an error of the record layer's own checks: a
+// record that failed to authenticate, or broke the protocol. Only the
+// transport's failures (a reset, EOF without CLOSE, a timeout) park the
+// session; a record that fails its checks ends it, as without resumption,
+// so that nothing an attacker injects is taken for a broken link.
+func recordFailure(err error) bool {
+	for _, e := range []error{frame.ErrAuth, frame.ErrLength, frame.ErrFinished, frame.ErrProtocol, frame.ErrSeqExhausted} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // resume hands the session a new link. The reading goroutine takes it
@@ -397,13 +441,12 @@ func (r *resumption) tick(m *recordConn, now time.Time) {
 		return
 	}
 	seen := r.seen.Load()
-	if !r.probeAt.IsZero() {
-		if seen != r.probeSeen {
-			r.probeAt = time.Time{}
-		} else if now.Sub(r.probeAt) >= min(probeTimeout, 2*r.keepAlive) {
-			r.down(m, m.link, errKeepAlive)
-			return
-		}
+	if seen != r.probeSeen {
+		// The peer is heard from: no probe is needed for a while.
+		r.probeAt, r.lastProbe, r.probeSeen = time.Time{}, now, seen
+	} else if !r.probeAt.IsZero() && now.Sub(r.probeAt) >= min(probeTimeout, 2*r.keepAlive) {
+		r.down(m, m.link, errKeepAlive)
+		return
 	}
 	if r.probeAt.IsZero() && now.Sub(r.lastProbe) >= r.keepAlive {
 		r.probe, r.probeAt, r.lastProbe, r.probeSeen = true, now, now, seen
@@ -423,4 +466,13 @@ type LinkState struct {
 
 func (r *resumption) linkState() LinkState {
 	return LinkState{Resumable: true, Down: r.state != linkUp, DownSince: r.downAt, Resumes: r.resumes, Resent: r.resent, Kept: r.keptMem}
+}
+
+// addStats returns the sum of the record counts a and b.
+func addStats(a, b frame.Stats) frame.Stats {
+	a.RecordsSent += b.RecordsSent
+	a.RecordsReceived += b.RecordsReceived
+	a.KeyUpdatesSent += b.KeyUpdatesSent
+	a.KeyUpdatesReceived += b.KeyUpdatesReceived
+	return a
 }

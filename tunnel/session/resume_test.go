@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -223,5 +224,36 @@ func TestNotResumable(t *testing.T) {
 	fresh, _, _ := linkPair(t)
 	if err := client.Resume(fresh); err == nil {
 		t.Error("Resume of a session that cannot resume succeeded")
+	}
+}
+
+// TestResumeNotAfterBadRecord: a record that fails authentication ends a
+// resumable session, as it ends any: only the transport's failures park
+// it, so that nothing injected on the path passes for a broken link.
+func TestResumeNotAfterBadRecord(t *testing.T) {
+	c, s, _ := linkPair(t)
+	st := testSettings
+	st.Resume = time.Minute
+	client, err := Client(c, st, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	defer s.Close()
+	forged := make([]byte, 4+16+1+32)
+	forged[3] = byte(len(forged) - 4)
+	rand.Read(forged[4:])
+	if _, err := s.NetConn().Write(forged); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-client.Done():
+	case <-client.LinkDown():
+		t.Fatal("a forged record parked the session for resumption")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session lived on after a forged record")
+	}
+	if reason, _ := client.End(); !errors.Is(reason, frame.ErrAuth) {
+		t.Errorf("End = %v, want the record's authentication failure", reason)
 	}
 }

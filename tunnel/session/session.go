@@ -173,8 +173,17 @@ func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
 // NumStreams is how many streams are open.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
-// Stats are the record layer's counts, of the current connection.
-func (s *Session) Stats() frame.Stats { return s.rc.current().Stats() }
+// Stats are the record layer's counts, over every connection the session
+// has had.
+func (s *Session) Stats() frame.Stats {
+	s.rc.mu.Lock()
+	defer s.rc.mu.Unlock()
+	st := s.rc.link.Stats()
+	if s.rc.res != nil {
+		st = addStats(st, s.rc.res.past)
+	}
+	return st
+}
 
 // Resume hands a resumable session a new connection, after a handshake
 // that resumed it (handshake.Resume, or a responder's resumption). The
