@@ -21,6 +21,7 @@ import (
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
+	"github.com/tunnel-dev/tunnel/tunnel/sandbox"
 )
 
 type exitCmd struct {
@@ -41,6 +42,7 @@ type exitCmd struct {
 	HandshakeRate         float64       `help:"New handshakes per second allowed from one source IP (burst: twice that); more are answered busy." default:"${handshake_rate}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
+	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
 	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
@@ -108,8 +110,13 @@ func (c *exitCmd) Run(e *env) error {
 		ev.Msg("keys reloaded")
 		key, auth = newKey, newAuth
 	}
+	var policy *sandbox.Policy
+	if c.Sandbox {
+		p := exitSandbox(s, e.config.path)
+		policy = &p
+	}
 	return serve(e, agent{
-		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload,
+		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload, sandbox: policy,
 		serve: func(ctx context.Context, lns []tunnel.ServiceListener) error { return x.Serve(ctx, lns[0].Listener) },
 		stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
@@ -133,6 +140,7 @@ type entryCmd struct {
 	DrainTimeout          time.Duration `help:"On SIGINT/SIGTERM, how long open streams may finish before they are cut." default:"${drain_timeout}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
+	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
 }
 
 func (c *entryCmd) settings() (config.Entry, error) {
@@ -195,8 +203,13 @@ func (c *entryCmd) Run(e *env) error {
 			Msg("keys reloaded")
 		key, pinned, exitKeys = newKey, newPinned, newExitKeys
 	}
+	var policy *sandbox.Policy
+	if c.Sandbox {
+		p := entrySandbox(s, e.config.path)
+		policy = &p
+	}
 	return serve(e, agent{
-		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload,
+		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload, sandbox: policy,
 		serve: n.ServeListeners, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
@@ -385,6 +398,7 @@ type agent struct {
 	reload     func(zerolog.Logger)        // re-reads the key files and logs what changed
 	metrics    prometheus.Gatherer
 	ready      func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
+	sandbox    *sandbox.Policy                     // applied once every listener is bound; nil: off
 }
 
 // serve binds the agent's address and the status address (a port alone meaning loopback), or
@@ -464,6 +478,19 @@ func serve(e *env, a agent) error {
 			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
 				"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
 		}
+	}
+	if a.sandbox != nil {
+		// Everything that needs more than the sandbox allows is done: the settings, keys and
+		// listeners. Nothing has been served yet.
+		r, err := sandbox.Apply(*a.sandbox)
+		if err != nil {
+			closeAll()
+			if statusLn != nil {
+				statusLn.Close()
+			}
+			return fmt.Errorf("sandbox: %w (or run without it: --sandbox=false)", err)
+		}
+		logSandbox(log, *a.sandbox, r)
 	}
 	if statusLn != nil {
 		ev := log.Info().Str("addr", statusLn.Addr().String())

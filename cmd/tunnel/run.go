@@ -259,6 +259,7 @@ func defaultVars() kong.Vars {
 		"window":            strconv.FormatUint(uint64(x.Window), 10),
 		"drain_timeout":     x.DrainTimeout.String(),
 		"key_bits":          strconv.Itoa(handshake.DefaultKeyBits),
+		"sandbox_help":      sandboxHelp,
 	}
 }
 
