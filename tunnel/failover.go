@@ -163,7 +163,13 @@ func (e *Entry) establish(ctx context.Context, r *redial) *entrySession {
 			same += err.Error()
 		}
 		if same != r.logged || !now.Before(r.nextLog) {
-			e.log.Error().Err(err).Strs("peers", e.peers).Int("failed_attempts", r.unlogged).
+			// An exit not up yet (a refused dial at start) is expected for a while: warn;
+			// a refused handshake, or an exit away for a minute, is an error.
+			ev := e.log.Error()
+			if kind == failedDial && now.Sub(r.firstFail) < time.Minute {
+				ev = e.log.Warn()
+			}
+			ev.Err(err).Strs("peers", e.peers).Int("failed_attempts", r.unlogged).
 				Str("failing_for", logDuration(now.Sub(r.firstFail))).
 				Str("retry_in", logDuration(wait)).
 				Msg("cannot establish a session with the exit")

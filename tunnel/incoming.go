@@ -133,7 +133,7 @@ func (e *Exit) serveStream(ctx context.Context, log zerolog.Logger, st *session.
 // relayEnded counts, logs and ends a stream that was relayed until res.
 func (e *Exit) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
 	e.books.ended(svc, resultLabel(res))
-	ev := log.Info()
+	ev := log.Debug() // one per connection: at info they would swamp the sessions' lines
 	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)
 	}
