@@ -43,6 +43,7 @@ type exitCmd struct {
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
+	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
 	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
@@ -117,6 +118,7 @@ func (c *exitCmd) Run(e *env) error {
 	}
 	return serve(e, agent{
 		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload, sandbox: policy,
+		watch: []string{s.Key, s.AuthorizedKeys, e.config.path}, watchInterval: c.WatchInterval,
 		serve: func(ctx context.Context, lns []tunnel.ServiceListener) error { return x.Serve(ctx, lns[0].Listener) },
 		stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
@@ -141,6 +143,7 @@ type entryCmd struct {
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
+	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
 }
 
 func (c *entryCmd) settings() (config.Entry, error) {
@@ -210,6 +213,7 @@ func (c *entryCmd) Run(e *env) error {
 	}
 	return serve(e, agent{
 		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload, sandbox: policy,
+		watch: entryWatched(s, e.config.path), watchInterval: c.WatchInterval,
 		serve: n.ServeListeners, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
@@ -227,6 +231,16 @@ func allowError(e *tunnel.UnknownKeysError, authorizedKeys string) error {
 	}
 	return fmt.Errorf("%s: no such key in --authorized-keys %s: name a key by its fingerprint (tunnel fingerprint FILE prints it) "+
 		"or by its file's name without .pub (app1 for app1.pub), and authorize it", strings.Join(rules, ", "), authorizedKeys)
+}
+
+// entryWatched lists what the entry watches: its key files and --config file.
+func entryWatched(s config.Entry, configFile string) []string {
+	files := []string{s.Key, s.PeerKey, configFile}
+	for _, spec := range s.Peers {
+		_, path := config.ParsePeer(spec)
+		files = append(files, path)
+	}
+	return files
 }
 
 // exitSettings maps the exit's validated settings onto the library's: its
@@ -399,6 +413,10 @@ type agent struct {
 	metrics    prometheus.Gatherer
 	ready      func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
 	sandbox    *sandbox.Policy                     // applied once every listener is bound; nil: off
+	// watch are the files (or directories) whose contents are looked at every watchInterval
+	// (0: never); a change reloads as SIGHUP does.
+	watch         []string
+	watchInterval time.Duration
 }
 
 // serve binds the agent's address and the status address (a port alone meaning loopback), or
@@ -537,15 +555,24 @@ func serve(e *env, a agent) error {
 		}
 		sdn.readyNow(state)
 	}()
-	// SIGHUP reloads the keys (the ready line above may then be out of date).
+	// SIGHUP, and a change in a watched file, reload the keys (the ready line above may then be
+	// out of date).
 	stopReload, reloadDone := make(chan struct{}), make(chan struct{})
 	defer func() { close(stopReload); <-reloadDone }()
 	go func() {
 		defer close(reloadDone)
+		w := newFileWatch(a.watch, a.watchInterval)
+		defer w.stop()
 		for {
 			select {
 			case <-e.reload:
+				w.reset() // what this reload reads is the new baseline
 				sdn.reloading(func() { a.reload(log) })
+			case <-w.tick():
+				if files := w.changed(); len(files) > 0 {
+					log.Info().Strs("changed", files).Msg("a watched file changed; reloading")
+					sdn.reloading(func() { a.reload(log) })
+				}
 			case <-stopReload:
 				return
 			}

@@ -260,6 +260,8 @@ func defaultVars() kong.Vars {
 		"drain_timeout":     x.DrainTimeout.String(),
 		"key_bits":          strconv.Itoa(handshake.DefaultKeyBits),
 		"sandbox_help":      sandboxHelp,
+		"watch_help":        watchHelp,
+		"watch_interval":    defaultWatchInterval.String(),
 	}
 }
 
