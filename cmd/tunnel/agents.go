@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -25,7 +26,7 @@ import (
 )
 
 type exitCmd struct {
-	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
+	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one). Default ${default}, every interface, which is logged as a warning: name the address entries connect to." default:"${exit_listen}" placeholder:"ADDR"`
 	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT, or a UNIX socket, unix:PATH), for the default service; NAME=HOST:PORT (NAME=unix:PATH) forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
 	Allow                 []string      `help:"Let only these authorized keys reach a service: SERVICE=KEY[,KEY...], where KEY is a fingerprint (SHA256:...) or the name of a key file in --authorized-keys without .pub (app1 for app1.pub); the default service is called default. A service no --allow names admits every authorized key. Repeatable." placeholder:"SERVICE=KEY,..." sep:"none"`
 	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...], proxy-protocol: true}." placeholder:"YAML"`
@@ -44,6 +45,7 @@ type exitCmd struct {
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
 	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
+	PrintConfig           bool          `help:"Print the settings in effect (from flags, TUNNEL_* variables, the --config file and defaults) as a config file, and exit. Key files appear as paths; no key is read."`
 	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
@@ -63,7 +65,10 @@ func (c *exitCmd) settings() (config.Exit, error) {
 
 // Run validates the settings, loads the keys, binds, logs "exit ready" and serves until e.ctx
 // is done.
-func (c *exitCmd) Run(e *env) error {
+func (c *exitCmd) Run(e *env, kctx *kong.Context) error {
+	if c.PrintConfig {
+		return printConfig(e, kctx)
+	}
 	s, err := c.settings()
 	if err == nil {
 		err = s.Validate()
@@ -144,6 +149,7 @@ type entryCmd struct {
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
 	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
+	PrintConfig           bool          `help:"Print the settings in effect (from flags, TUNNEL_* variables, the --config file and defaults) as a config file, and exit. Key files appear as paths; no key is read."`
 }
 
 func (c *entryCmd) settings() (config.Entry, error) {
@@ -159,7 +165,10 @@ func (c *entryCmd) settings() (config.Entry, error) {
 
 // Run validates the settings, loads the keys, binds, logs "entry ready" and serves until e.ctx
 // is done.
-func (c *entryCmd) Run(e *env) error {
+func (c *entryCmd) Run(e *env, kctx *kong.Context) error {
+	if c.PrintConfig {
+		return printConfig(e, kctx)
+	}
 	s, err := c.settings()
 	if err == nil {
 		err = s.Validate()
@@ -492,9 +501,16 @@ func serve(e *env, a agent) error {
 	}
 	live := func(within time.Duration) error { return acceptHealth(retrying, time.Now(), within) }
 	for _, l := range lns {
-		if a.plaintext && !isLoopback(l.Listener.Addr()) {
+		switch {
+		case isLoopback(l.Listener.Addr()):
+		case a.plaintext:
 			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
 				"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
+		case isUnspecified(l.Listener.Addr()):
+			// The exit: only authenticated entries get in, but every interface, the default
+			// :7000, is more than most hosts mean to expose.
+			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the exit listens on every interface: " +
+				"any host that reaches one may try a handshake; give --listen the address entries connect to, e.g. 10.0.0.5:7000")
 		}
 	}
 	if a.sandbox != nil {
@@ -618,6 +634,12 @@ func statusListenAddr(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// isUnspecified reports whether a is a TCP address on every interface (0.0.0.0 or ::).
+func isUnspecified(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsUnspecified()
 }
 
 // isLoopback reports whether a is a TCP address on a loopback interface,

@@ -14,6 +14,7 @@ import (
 	"github.com/alecthomas/kong"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+	"github.com/willabides/kongplete"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
@@ -42,6 +43,7 @@ type cli struct {
 	Exit        exitCmd        `cmd:"" help:"Run the exit agent: accept entry agents, and dial the backend for each stream they open."`
 	Entry       entryCmd       `cmd:"" help:"Run the entry agent: accept plaintext TCP from apps and carry it, encrypted, to the exit agent."`
 	Demo        demoCmd        `cmd:"" help:"Run a self-contained loopback demo: fresh keys, a backend, an exit, an entry, and what the wire shows."`
+	Completion  completionCmd  `cmd:"" help:"Print the shell code that completes tunnel's commands and flags: add eval \"$(tunnel completion bash)\" to ~/.bashrc (zsh: ~/.zshrc; fish: tunnel completion fish | source)."`
 	Healthcheck healthcheckCmd `cmd:"" help:"Ask an agent's status endpoint (default /readyz on --status-addr); exit 0 if it answers 2xx, else 1. For container health checks."`
 }
 
@@ -193,6 +195,8 @@ func parse(args []string, stdout, stderr io.Writer, src *configSource) (*cli, *k
 	if err != nil {
 		return nil, nil, err
 	}
+	// The shell asks for completions by running the binary with COMP_LINE set: answer and exit.
+	kongplete.Complete(parser)
 	kctx, err := parser.Parse(args)
 	if err != nil {
 		return nil, nil, err

@@ -35,7 +35,7 @@ import (
 )
 
 // sandboxHelp is the --sandbox flag's help, the same for both agents.
-const sandboxHelp = "Restrict the agent with Landlock once it listens: read only the directories of its key and config files, bind only its listen ports, connect only to its peers' or backends' ports and DNS. Best effort: a kernel without Landlock runs it unrestricted. --sandbox=false turns it off."
+const sandboxHelp = "On by default: restrict the agent with Landlock once it listens: read only the directories of its key and config files, bind only its listen ports, connect only to its peers' or backends' ports and DNS. Best effort: a kernel without Landlock runs it unrestricted. --sandbox=false turns it off."
 
 // resolverFiles are what the Go resolver reads for a name lookup.
 var resolverFiles = []string{"/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf", "/etc/services", "/etc/localtime"}
