@@ -1,14 +1,19 @@
 # Container image of the tunnel sidecar: a static binary on an empty root,
 # run as an unprivileged user (65532).
 #
-# The base images are build arguments. The defaults name images that need no
-# registry: integration/container builds them with `docker import`
-# (tunnel-build-base:local holds /usr/local/go, busybox and CA certificates;
-# scratch is built in). With a registry, use the usual ones:
+# The base images are build arguments. The defaults are public images, so
+# that `docker build .` works on a fresh machine with a registry: the Go
+# image of the version go.mod names to build, and the empty scratch image
+# (built in, no registry needed) to run. Without a registry, pass images
+# you have; integration/container builds its own build base from the host
+# (/usr/local/go, busybox and CA certificates, `docker import`ed as
+# tunnel-build-base:local) and passes it:
 #
-#   docker build -t tunnel:latest \
-#     --build-arg BUILD_IMAGE=golang:1.26 \
-#     --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot .
+#   docker build -t tunnel:latest --build-arg BUILD_IMAGE=tunnel-build-base:local .
+#
+# Any image with a Go toolchain of go.mod's version and a shell will do;
+# RUNTIME_IMAGE may be any image too (e.g.
+# gcr.io/distroless/static-debian12:nonroot), since the binary is static.
 #
 # The build context has no .git, so the Go toolchain cannot stamp a version;
 # pass one in (`tunnel version` and the first log line show it), e.g.
@@ -18,7 +23,7 @@
 # Go modules are fetched in the build stage from GOPROXY (a build argument,
 # default the Go toolchain's own). Without network access, vendor them first
 # (`go mod vendor`, do not commit vendor/) and pass --build-arg GOFLAGS=-mod=vendor.
-ARG BUILD_IMAGE=tunnel-build-base:local
+ARG BUILD_IMAGE=golang:1.26
 ARG RUNTIME_IMAGE=scratch
 
 FROM ${BUILD_IMAGE} AS build

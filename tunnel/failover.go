@@ -132,7 +132,14 @@ func (r *redial) failed(kind failure, err error) time.Duration {
 		same += err.Error()
 	}
 	if same != r.logged || !now.Before(r.nextLog) {
-		r.log.Error().Err(err).Strs("peers", r.peers).Int("failed_attempts", r.unlogged).
+		// An exit not up yet (a refused dial at start) is expected for a
+		// while: warn; a refused handshake, or an exit away for a minute,
+		// is an error.
+		ev := r.log.Error()
+		if kind == failedDial && now.Sub(r.firstFail) < time.Minute {
+			ev = r.log.Warn()
+		}
+		ev.Err(err).Strs("peers", r.peers).Int("failed_attempts", r.unlogged).
 			Str("failing_for", logfield.Duration(now.Sub(r.firstFail))).
 			Str("retry_in", logfield.Duration(wait)).
 			Msg("cannot establish a session with the exit")

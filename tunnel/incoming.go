@@ -176,7 +176,7 @@ func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *ses
 // relayEnded counts, logs and ends a stream that was relayed until res.
 func (f *forwarder) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
 	f.books.ended(svc, resultLabel(res))
-	ev := log.Info()
+	ev := log.Debug() // one per connection: at info they would swamp the sessions' lines
 	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)
 	}

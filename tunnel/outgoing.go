@@ -189,9 +189,9 @@ func appOrigin(app net.Conn) string {
 }
 
 // logCarried logs the end of a stream that the exit accepted, or refused
-// with status.
+// with status: at debug when it ended cleanly, else at warn.
 func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, d time.Duration) {
-	ev := log.Info()
+	ev := log.Debug() // one per connection: at info they would swamp the sessions' lines
 	if res.Aborted() || status != StatusOK {
 		ev = log.Warn().Bool("aborted", true)
 	}

@@ -50,7 +50,7 @@ func serveExit(t *testing.T, backend string, adjust func(*ExitSettings)) (*Exit,
 		adjust(&xs)
 	}
 	logs := &logBuffer{}
-	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.New(logs).Level(zerolog.InfoLevel))
+	x, err := newExitForTest(xs, ks[1], &ks[0].PublicKey, zerolog.New(logs).Level(zerolog.DebugLevel))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -22,11 +23,12 @@ import (
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
+	"github.com/tunnel-dev/tunnel/tunnel/sandbox"
 	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
 
 type exitCmd struct {
-	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one)." default:"${exit_listen}" placeholder:"ADDR"`
+	Listen                string        `help:"Address to accept entry agents on (HOST:PORT or :PORT; port 0 picks a free one). Default ${default}, every interface, which is logged as a warning: name the address entries connect to." default:"${exit_listen}" placeholder:"ADDR"`
 	Forward               []string      `help:"Backend to dial for each stream (HOST:PORT, or a UNIX socket, unix:PATH), for the default service; NAME=HOST:PORT (NAME=unix:PATH) forwards the service NAME. Repeat it for several services. Required (here or under services: in the --config file)." placeholder:"[NAME=]HOST:PORT" sep:"none"`
 	Allow                 []string      `help:"Let only these authorized keys reach a service: SERVICE=KEY[,KEY...], where KEY is a fingerprint (SHA256:...) or the name of a key file in --authorized-keys without .pub (app1 for app1.pub); the default service is called default. A service no --allow names admits every authorized key. Repeatable." placeholder:"SERVICE=KEY,..." sep:"none"`
 	Services              exitServices  `help:"Named services as YAML, usually under services: in the --config file: a map of service name to {forward: HOST:PORT, allow: [KEY, ...], proxy-protocol: true}." placeholder:"YAML"`
@@ -44,6 +46,9 @@ type exitCmd struct {
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while the backend accepts connections) on this address, e.g. :9070, which means 127.0.0.1:9070 (name a host, such as 0.0.0.0:9070, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
 	ResumeWindow          time.Duration `help:"How long a session whose connection broke is kept, its streams and backend connections paused, for the entry to resume it on a new connection; 0 turns resumption off. The shorter of the two agents' windows applies." default:"${resume_window}"`
+	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
+	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
+	PrintConfig           bool          `help:"Print the settings in effect (from flags, TUNNEL_* variables, the --config file and defaults) as a config file, and exit. Key files appear as paths; no key is read."`
 	RequireSignedHello    bool          `help:"Refuse entries whose handshake hello is not signed (protocol version 1, from builds before signed hellos), so that a flood of forged hellos costs this exit neither a handshake slot nor RSA work. Turn it on once every entry is upgraded."`
 }
 
@@ -64,7 +69,10 @@ func (c *exitCmd) settings() (config.Exit, error) {
 
 // Run validates the settings, loads the keys, binds, logs "exit ready" and serves until e.ctx
 // is done.
-func (c *exitCmd) Run(e *env) error {
+func (c *exitCmd) Run(e *env, kctx *kong.Context) error {
+	if c.PrintConfig {
+		return printConfig(e, kctx)
+	}
 	s, err := c.settings()
 	if err == nil {
 		err = s.Validate()
@@ -112,8 +120,14 @@ func (c *exitCmd) Run(e *env) error {
 		ev.Msg("keys reloaded")
 		key, auth = newKey, newAuth
 	}
+	var policy *sandbox.Policy
+	if c.Sandbox {
+		p := exitSandbox(s, e.config.path)
+		policy = &p
+	}
 	return serve(e, agent{
-		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload,
+		role: "exit", listen: []config.EntryListener{{Addr: s.Listen}}, statusAddr: s.StatusAddr, reload: reload, sandbox: policy,
+		watch: []string{s.Key, s.AuthorizedKeys, e.config.path}, watchInterval: c.WatchInterval,
 		serve: func(ctx context.Context, lns []tunnel.ServiceListener) error { return x.Serve(ctx, lns[0].Listener) },
 		stats: x.Stats, readiness: x.Ready, metrics: x.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
@@ -138,6 +152,9 @@ type entryCmd struct {
 	ResumeWindow          time.Duration `help:"How long to keep resuming a session whose connection to the exit broke (a reset, a blackhole), its application connections paused, before they are reset; 0 turns resumption off. The shorter of the two agents' windows applies." default:"${resume_window}"`
 	StatusAddr            string        `help:"Serve /status (JSON counters), /metrics (Prometheus), /healthz (liveness) and /readyz (200 while a session with the exit is up) on this address, e.g. :9071, which means 127.0.0.1:9071 (name a host, such as 0.0.0.0:9071, to serve other hosts). Off when empty." placeholder:"ADDR"`
 	AllowInsecureKeyPerms bool          `help:"Use a --key file that group or others may read (refused otherwise), for containers where a mounted Secret sets its mode."`
+	Sandbox               bool          `help:"${sandbox_help}" default:"true" negatable:""`
+	WatchInterval         time.Duration `help:"${watch_help}" default:"${watch_interval}"`
+	PrintConfig           bool          `help:"Print the settings in effect (from flags, TUNNEL_* variables, the --config file and defaults) as a config file, and exit. Key files appear as paths; no key is read."`
 }
 
 func (c *entryCmd) settings() (config.Entry, error) {
@@ -154,7 +171,10 @@ func (c *entryCmd) settings() (config.Entry, error) {
 
 // Run validates the settings, loads the keys, binds, logs "entry ready" and serves until e.ctx
 // is done.
-func (c *entryCmd) Run(e *env) error {
+func (c *entryCmd) Run(e *env, kctx *kong.Context) error {
+	if c.PrintConfig {
+		return printConfig(e, kctx)
+	}
 	s, err := c.settings()
 	if err == nil {
 		err = s.Validate()
@@ -201,8 +221,14 @@ func (c *entryCmd) Run(e *env) error {
 			Msg("keys reloaded")
 		key, pinned, exitKeys = newKey, newPinned, newExitKeys
 	}
+	var policy *sandbox.Policy
+	if c.Sandbox {
+		p := entrySandbox(s, e.config.path)
+		policy = &p
+	}
 	return serve(e, agent{
-		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload,
+		role: "entry", listen: s.AllListeners(), statusAddr: s.StatusAddr, plaintext: true, reload: reload, sandbox: policy,
+		watch: entryWatched(s, e.config.path), watchInterval: c.WatchInterval,
 		serve: n.ServeListeners, stats: n.Stats, readiness: n.Ready, attempted: n.Attempted, metrics: n.Metrics(),
 		ready: func(ev *zerolog.Event) *zerolog.Event {
 			return ev.Str("fingerprint", handshake.Fingerprint(&key.PublicKey)).
@@ -220,6 +246,16 @@ func allowError(e *tunnel.UnknownKeysError, authorizedKeys string) error {
 	}
 	return fmt.Errorf("%s: no such key in --authorized-keys %s: name a key by its fingerprint (tunnel fingerprint FILE prints it) "+
 		"or by its file's name without .pub (app1 for app1.pub), and authorize it", strings.Join(rules, ", "), authorizedKeys)
+}
+
+// entryWatched lists what the entry watches: its key files and --config file.
+func entryWatched(s config.Entry, configFile string) []string {
+	files := []string{s.Key, s.PeerKey, configFile}
+	for _, spec := range s.Peers {
+		_, path := config.ParsePeer(spec)
+		files = append(files, path)
+	}
+	return files
 }
 
 // exitSettings maps the exit's validated settings onto the library's: its
@@ -402,6 +438,11 @@ type agent struct {
 	reload     func(zerolog.Logger)        // re-reads the key files and logs what changed
 	metrics    prometheus.Gatherer
 	ready      func(*zerolog.Event) *zerolog.Event // adds the fields of the "ready" line
+	sandbox    *sandbox.Policy                     // applied once every listener is bound; nil: off
+	// watch are the files (or directories) whose contents are looked at every watchInterval
+	// (0: never); a change reloads as SIGHUP does.
+	watch         []string
+	watchInterval time.Duration
 }
 
 // serve binds the agent's address and the status address (a port alone meaning loopback), or
@@ -477,10 +518,30 @@ func serve(e *env, a agent) error {
 	}
 	live := func(within time.Duration) error { return acceptHealth(retrying, time.Now(), within) }
 	for _, l := range lns {
-		if a.plaintext && !isLoopback(l.Listener.Addr()) {
+		switch {
+		case isLoopback(l.Listener.Addr()):
+		case a.plaintext:
 			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the plaintext side is reachable from the network: " +
 				"anyone who can connect to this address uses the tunnel; listen on 127.0.0.1 unless another host or container must connect")
+		case isUnspecified(l.Listener.Addr()):
+			// The exit: only authenticated entries get in, but every interface, the default
+			// :7000, is more than most hosts mean to expose.
+			log.Warn().Str("addr", l.Listener.Addr().String()).Msg("the exit listens on every interface: " +
+				"any host that reaches one may try a handshake; give --listen the address entries connect to, e.g. 10.0.0.5:7000")
 		}
+	}
+	if a.sandbox != nil {
+		// Everything that needs more than the sandbox allows is done: the settings, keys and
+		// listeners. Nothing has been served yet.
+		r, err := sandbox.Apply(*a.sandbox)
+		if err != nil {
+			closeAll()
+			if statusLn != nil {
+				statusLn.Close()
+			}
+			return fmt.Errorf("sandbox: %w (or run without it: --sandbox=false)", err)
+		}
+		logSandbox(log, *a.sandbox, r)
 	}
 	if statusLn != nil {
 		ev := log.Info().Str("addr", statusLn.Addr().String())
@@ -527,15 +588,24 @@ func serve(e *env, a agent) error {
 		}
 		sdn.readyNow(state)
 	}()
-	// SIGHUP reloads the keys (the ready line above may then be out of date).
+	// SIGHUP, and a change in a watched file, reload the keys (the ready line above may then be
+	// out of date).
 	stopReload, reloadDone := make(chan struct{}), make(chan struct{})
 	defer func() { close(stopReload); <-reloadDone }()
 	go func() {
 		defer close(reloadDone)
+		w := newFileWatch(a.watch, a.watchInterval)
+		defer w.stop()
 		for {
 			select {
 			case <-e.reload:
+				w.reset() // what this reload reads is the new baseline
 				sdn.reloading(func() { a.reload(log) })
+			case <-w.tick():
+				if files := w.changed(); len(files) > 0 {
+					log.Info().Strs("changed", files).Msg("a watched file changed; reloading")
+					sdn.reloading(func() { a.reload(log) })
+				}
 			case <-stopReload:
 				return
 			}
@@ -581,6 +651,12 @@ func statusListenAddr(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// isUnspecified reports whether a is a TCP address on every interface (0.0.0.0 or ::).
+func isUnspecified(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsUnspecified()
 }
 
 // isLoopback reports whether a is a TCP address on a loopback interface,

@@ -23,12 +23,15 @@ import (
 )
 
 // TestMain lets a test run this binary as the real command, so that signals and exit codes
-// can be checked in a child process.
+// can be checked in a child process. Agents that run inside the test process run without
+// their sandbox (TUNNEL_SANDBOX=false), which would restrict the whole process, every later
+// test included; integration/e2e's TestSandbox runs it in the real binary.
 func TestMain(m *testing.M) {
 	if os.Getenv("TUNNEL_TEST_AS_MAIN") == "1" {
 		main()
 		return
 	}
+	os.Setenv("TUNNEL_SANDBOX", "false")
 	os.Exit(m.Run())
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -233,7 +234,7 @@ entry:
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			c, _, err := parse(tc.args, new(bytes.Buffer), new(bytes.Buffer))
+			c, _, err := parse(tc.args, new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +250,7 @@ entry:
 	}
 
 	// The exit reads its own section; the entry's does not leak into it.
-	c, _, err := parse([]string{"--config", cfg, "exit"}, new(bytes.Buffer), new(bytes.Buffer))
+	c, _, err := parse([]string{"--config", cfg, "exit"}, new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,26 +265,67 @@ entry:
 
 func TestBadConfigFile(t *testing.T) {
 	dir := t.TempDir()
-	cases := []struct{ name, body, want string }{
-		{"not yaml", "listen: [unclosed\n", "not YAML"},
-		{"bad duration", "dial-timeout: soon\n", "--dial-timeout"},
+	cases := []struct {
+		name, body, want string
+		line             int
+	}{
+		{"not yaml", "listen: [unclosed\n", "not YAML", 1},
+		{"bad duration", "# settings\n\ndial-timeout: soon\n", `dial-timeout: "soon" is not a duration`, 3},
 		// YAML reads these as numbers, which kong alone takes as nanoseconds.
-		{"duration without unit", "dial-timeout: 5\n", "dial-timeout: 5: a duration needs a unit: write 5s"},
-		{"fraction without unit", "drain-timeout: 1.5\n", "drain-timeout: 1.5: a duration needs a unit: write 1.5s"},
-		{"duration without unit in section", "entry:\n  keepalive: 15\n", "entry: keepalive: 15: a duration needs a unit: write 15s"},
-		{"bad number", "window: lots\n", "--window"},
-		{"unknown key", "lisen: :1\n", `unknown key "lisen"`},
-		{"unknown key in section", "entry:\n  forward: a:1\n", `unknown key "forward" under "entry"`},
-		{"section not a map", "entry: 3\n", `"entry" must be a map`},
+		{"duration without unit", "dial-timeout: 5\n", "dial-timeout: 5: a duration needs a unit: write 5s", 1},
+		{"fraction without unit", "drain-timeout: 1.5\n", "drain-timeout: 1.5: a duration needs a unit: write 1.5s", 1},
+		{"duration without unit in section", "entry:\n  keepalive: 15\n", "entry.keepalive: 15: a duration needs a unit: write 15s", 2},
+		{"bad number", "window: lots\n", `window: expected a valid 32 bit uint but got "lots"`, 1},
+		{"unknown key", "lisen: :1\n", `unknown key "lisen" (did you mean "listen"?)`, 1},
+		{"unknown key in section", "entry:\n  forward: a:1\n", `entry: unknown key "forward"`, 2},
+		{"section not a map", "entry: 3\n", `entry: must be a map`, 1},
+		{"listener field", "entry:\n  services:\n    - listen: 127.0.0.1:1\n      servce: db\n",
+			`entry.services[0]: unknown field "servce" (did you mean "service"?)`, 4},
+		{"listener mode", "services:\n  - listen: unix:/run/a.sock\n    mode: 660\n", `services[0].mode: mode 660 is not permission bits`, 3},
+		{"listener without listen", "services:\n  - service: db\n", `services[0]: no listen:`, 2},
 	}
 	for _, tc := range cases {
 		cfg := writeFile(t, filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_")+".yaml"), tc.body)
-		code, _, errs := runCmd(t, "--config", cfg, "entry")
-		if code != exitUsage || !strings.HasPrefix(errs, "tunnel: ") || !strings.Contains(errs, tc.want) {
-			t.Errorf("%s: code %d stderr %q, want %d and %q", tc.name, code, errs, exitUsage, tc.want)
+		code, _, errs := runCmd(t, "--log-format", "console", "--config", cfg, "entry")
+		want := fmt.Sprintf("tunnel: %s:%d: %s", cfg, tc.line, tc.want)
+		if code != exitUsage || !strings.HasPrefix(errs, want) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%s: code %d stderr %q, want %d and a line starting %q", tc.name, code, errs, exitUsage, want)
 		}
-		if tc.name == "not yaml" && !strings.Contains(errs, cfg) {
-			t.Errorf("error %q does not name the file", errs)
+	}
+}
+
+// TestConfigFileErrorJSON: with JSON logs (the default on a non-terminal) an error in the
+// --config file is one fatal JSON line naming the file and the line in the whole file, the key
+// as the file writes it, and no "tunnel: " prefix; under services:, a misspelt field is named
+// as the file names it, with a suggestion, not as a Go type.
+func TestConfigFileErrorJSON(t *testing.T) {
+	dir := t.TempDir()
+	keyPair(t, dir, "k")
+	body := fmt.Sprintf(`# the exit next to the database
+key: %s
+authorized-keys: %s
+
+exit:
+  listen: 127.0.0.1:0
+  dial-timeout: 3s
+  services:
+    cache:
+      forward: 127.0.0.1:6379
+    db:
+      forwrd: 127.0.0.1:5432
+`, filepath.Join(dir, "k.key"), filepath.Join(dir, "k.pub"))
+	cfg := writeFile(t, filepath.Join(dir, "exit.yaml"), body)
+	for _, args := range [][]string{{"--config", cfg, "exit"}, {"exit", "--config", cfg, "--log-format", "json"}} {
+		code, _, errs := runCmd(t, args...)
+		var line map[string]any
+		if err := json.Unmarshal([]byte(errs), &line); err != nil || strings.Count(errs, "\n") != 1 {
+			t.Fatalf("%q: stderr %q is not one JSON line", args, errs)
+		}
+		want := cfg + `:12: exit.services.db: unknown field "forwrd" (did you mean "forward"?)`
+		msg, _ := line["message"].(string)
+		if code != exitUsage || line["level"] != "fatal" || !strings.HasPrefix(msg, want) || line["line"] != float64(12) ||
+			line["config_file"] != cfg || strings.Contains(errs, "tunnel: ") || strings.Contains(errs, "exitServiceSpec") {
+			t.Errorf("%q: code %d, line %v; want code %d and a fatal line with message %q", args, code, line, exitUsage, want)
 		}
 	}
 }
@@ -366,7 +408,7 @@ func TestInsecureKeyPerms(t *testing.T) {
 				t.Setenv(k, v)
 			}
 			for _, args := range [][]string{exit, entry} {
-				c, _, err := parse(append(append(tc.pre, args...), tc.post...), new(bytes.Buffer), new(bytes.Buffer))
+				c, _, err := parse(append(append(tc.pre, args...), tc.post...), new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 				if err != nil {
 					t.Fatal(err)
 				}

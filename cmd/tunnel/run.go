@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"reflect"
 	"strconv"
@@ -14,10 +12,9 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
-	kongyaml "github.com/alecthomas/kong-yaml"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
-	"gopkg.in/yaml.v3"
+	"github.com/willabides/kongplete"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
@@ -46,6 +43,7 @@ type cli struct {
 	Exit        exitCmd        `cmd:"" help:"Run the exit agent: accept entry agents, and dial the backend for each stream they open."`
 	Entry       entryCmd       `cmd:"" help:"Run the entry agent: accept plaintext TCP from apps and carry it, encrypted, to the exit agent."`
 	Demo        demoCmd        `cmd:"" help:"Run a self-contained loopback demo: fresh keys, a backend, an exit, an entry, and what the wire shows."`
+	Completion  completionCmd  `cmd:"" help:"Print the shell code that completes tunnel's commands and flags: add eval \"$(tunnel completion bash)\" to ~/.bashrc (zsh: ~/.zshrc; fish: tunnel completion fish | source)."`
 	Healthcheck healthcheckCmd `cmd:"" help:"Ask an agent's status endpoint (default /readyz on --status-addr); exit 0 if it answers 2xx, else 1. For container health checks."`
 }
 
@@ -57,6 +55,7 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    zerolog.Logger
+	config *configSource // the --config file, if any: its path, and where it sets each flag
 }
 
 // usageError is a problem with what the user gave (flags, environment, config or key files);
@@ -73,8 +72,11 @@ type kongExit int
 
 // run parses args and runs the command they name. It returns the process exit code. An error is
 // written to stderr as one line: a log line at level "fatal" with exit_code when logs are JSON,
-// else plain text starting "tunnel: " (as are errors in the flags, found before the log format
-// is known). An agent receives a value on reload per SIGHUP (nil: never).
+// else plain text starting "tunnel: ". Errors in the flags and the config file, found before
+// the log format is known, take the format that --log-format or TUNNEL_LOG_FORMAT on their own
+// ask for (JSON, by default, when stderr is not a terminal). An error about a setting that came
+// from the --config file names the file, the line and the key there. An agent receives a value
+// on reload per SIGHUP (nil: never).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -85,9 +87,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 			code = int(k)
 		}
 	}()
-	c, kctx, err := parse(args, stdout, stderr)
+	src := &configSource{}
+	c, kctx, err := parse(args, stdout, stderr, src)
 	if err != nil {
-		fmt.Fprintf(stderr, "tunnel: %v (see tunnel --help)\n", err)
+		err = src.locate(err)
+		log, jsonLogs, lerr := newLogger(stderr, "info", earlyLogFormat(args))
+		if lerr != nil {
+			jsonLogs = false
+		}
+		if !errors.As(err, new(*configError)) {
+			err = fmt.Errorf("%w (see tunnel --help)", err)
+		}
+		fatal(log, jsonLogs, stderr, exitUsage, err)
 		return exitUsage
 	}
 	log, jsonLogs, err := newLogger(stderr, c.LogLevel, c.LogFormat)
@@ -95,7 +106,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		fmt.Fprintf(stderr, "tunnel: %v\n", err)
 		return exitUsage
 	}
-	err = kctx.Run(&env{ctx: ctx, reload: reload, build: thisBuild(), stdout: stdout, stderr: stderr, log: log})
+	err = kctx.Run(&env{ctx: ctx, reload: reload, build: thisBuild(), stdout: stdout, stderr: stderr, log: log, config: src})
 	if err == nil {
 		return exitOK
 	}
@@ -103,13 +114,57 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 	if errors.As(err, new(usageError)) {
 		code = exitUsage
 	}
-	if jsonLogs {
-		// One more log line, so that whatever collects the logs sees why the process ended.
-		log.WithLevel(zerolog.FatalLevel).Int("exit_code", code).Msg(err.Error())
-	} else {
-		fmt.Fprintln(stderr, errorLine(err))
-	}
+	fatal(log, jsonLogs, stderr, code, src.locate(err))
 	return code
+}
+
+// fatal writes err, which ends the command with code: one more log line when logs are JSON, so
+// that whatever collects the logs sees why the process ended, else one line of text. A
+// *configError's file and line are fields of the JSON line too.
+func fatal(log zerolog.Logger, jsonLogs bool, stderr io.Writer, code int, err error) {
+	if !jsonLogs {
+		fmt.Fprintln(stderr, errorLine(err))
+		return
+	}
+	ev := log.WithLevel(zerolog.FatalLevel).Int("exit_code", code)
+	if ce := (*configError)(nil); errors.As(err, &ce) {
+		ev = ev.Str("config_file", ce.path)
+		if ce.line > 0 {
+			ev = ev.Int("line", ce.line)
+		}
+	}
+	ev.Msg(jsonMessage(err))
+}
+
+// jsonMessage is err as a JSON log line's message: without the program's name, which an error
+// from the tunnel package starts with (the line is the program's already).
+func jsonMessage(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "tunnel: ")
+	return strings.ReplaceAll(msg, ": tunnel: ", ": ")
+}
+
+// earlyLogFormat is the log format that args (--log-format X, --log-format=X) or else
+// TUNNEL_LOG_FORMAT ask for, for an error found while the flags are parsed: "auto" when
+// neither does, plain text when the value is not one of the formats.
+func earlyLogFormat(args []string) string {
+	format, given := os.LookupEnv("TUNNEL_LOG_FORMAT")
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		if v, ok := strings.CutPrefix(a, "--log-format="); ok {
+			format, given = v, true
+		} else if a == "--log-format" && i+1 < len(args) {
+			format, given = args[i+1], true
+		}
+	}
+	switch {
+	case format == "json" || format == "console" || format == "auto":
+		return format
+	case given:
+		return "console" // a format this build does not know: the error says so, in plain text
+	}
+	return "auto"
 }
 
 // errorLine is err as the command prints it: after the program's name, which an error from the
@@ -123,7 +178,7 @@ func errorLine(err error) string {
 
 // parse resolves args, the TUNNEL_* environment and the --config file into a cli. Help and
 // --version output make it panic with a kongExit, which run recovers.
-func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error) {
+func parse(args []string, stdout, stderr io.Writer, src *configSource) (*cli, *kong.Context, error) {
 	var c cli
 	parser, err := kong.New(&c,
 		kong.Name("tunnel"),
@@ -135,10 +190,13 @@ func parse(args []string, stdout, stderr io.Writer) (*cli, *kong.Context, error)
 		kong.Vars(defaultVars()),
 		kong.Vars{"version": thisBuild().String()},
 		kong.TypeMapper(reflect.TypeFor[time.Duration](), durationMapper()),
+		kong.Bind(src),
 	)
 	if err != nil {
 		return nil, nil, err
 	}
+	// The shell asks for completions by running the binary with COMP_LINE set: answer and exit.
+	kongplete.Complete(parser)
 	kctx, err := parser.Parse(args)
 	if err != nil {
 		return nil, nil, err
@@ -206,118 +264,10 @@ func defaultVars() kong.Vars {
 		"drain_timeout":     x.DrainTimeout.String(),
 		"resume_window":     x.ResumeWindow.String(),
 		"key_bits":          strconv.Itoa(handshake.DefaultKeyBits),
+		"sandbox_help":      sandboxHelp,
+		"watch_help":        watchHelp,
+		"watch_interval":    defaultWatchInterval.String(),
 	}
-}
-
-// configFlag is --config: a YAML file keyed by flag name. Setting it (by flag or TUNNEL_CONFIG)
-// adds the file as a resolver before the other flags are resolved.
-type configFlag string
-
-// BeforeResolve loads the file, rejects keys that name no flag, and adds its resolver.
-func (c configFlag) BeforeResolve(k *kong.Kong, kctx *kong.Context, trace *kong.Path) error {
-	path := kong.ExpandPath(string(kctx.FlagValue(trace.Flag).(configFlag)))
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("--config %s: %w", path, errors.Unwrap(err))
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return fmt.Errorf("--config %s: not YAML: %w", path, err)
-	}
-	if err := checkConfigKeys(k.Model.Node, doc); err != nil {
-		return fmt.Errorf("--config %s: %w", path, err)
-	}
-	r, err := yamlResolver(bytes.NewReader(data))
-	if err != nil {
-		return fmt.Errorf("--config %s: %w", path, err)
-	}
-	kctx.AddResolver(r)
-	return nil
-}
-
-// checkConfigKeys accepts, at the top level, any flag name of any command and, as a map, any
-// command name; under a command, that command's flags and the global ones. A duration must be
-// written with its unit: YAML reads "5" as a number, which kong would take as nanoseconds.
-func checkConfigKeys(app *kong.Node, doc map[string]any) error {
-	flags := func(n *kong.Node) map[string]*kong.Flag {
-		m := map[string]*kong.Flag{}
-		for _, group := range n.AllFlags(true) {
-			for _, f := range group {
-				if f.Name != "help" && f.Name != "config" && f.Name != "version" {
-					m[f.Name] = f
-				}
-			}
-		}
-		return m
-	}
-	all := flags(app)
-	cmds := map[string]*kong.Node{}
-	for _, cmd := range app.Children {
-		cmds[cmd.Name] = cmd
-		maps.Copy(all, flags(cmd))
-	}
-	for key, v := range doc {
-		if cmd, ok := cmds[key]; ok {
-			section, ok := v.(map[string]any)
-			if !ok {
-				return fmt.Errorf("%q must be a map of %s's flag names to values", key, key)
-			}
-			own := flags(cmd)
-			for k, v := range section {
-				f := own[k]
-				if f == nil {
-					return fmt.Errorf("unknown key %q under %q: keys are %s's flag names without the dashes in front, e.g. listen", k, key, key)
-				}
-				if err := checkConfigValue(f, v); err != nil {
-					return fmt.Errorf("%s: %s: %w", key, k, err)
-				}
-			}
-			continue
-		}
-		f := all[key]
-		if f == nil {
-			return fmt.Errorf("unknown key %q: keys are flag names without the dashes in front, e.g. listen, peer-key", key)
-		}
-		if err := checkConfigValue(f, v); err != nil {
-			return fmt.Errorf("%s: %w", key, err)
-		}
-	}
-	return nil
-}
-
-// checkConfigValue rejects a number given for a duration flag.
-func checkConfigValue(f *kong.Flag, v any) error {
-	if !f.Target.IsValid() || f.Target.Type() != reflect.TypeFor[time.Duration]() {
-		return nil
-	}
-	switch v.(type) {
-	case int, int64, uint64, float64:
-		return fmt.Errorf("%v: %w", v, errNoUnit(fmt.Sprint(v)))
-	}
-	return nil
-}
-
-// yamlResolver wraps kong-yaml's resolver. A key may be a flag name at the top level ("listen")
-// or under its command ("exit: {listen: ...}"), the latter winning. A flag whose TUNNEL_*
-// variable is set ignores the file, so that the environment beats the file (kong alone lets
-// resolvers win over the environment).
-func yamlResolver(r io.Reader) (kong.Resolver, error) {
-	inner, err := kongyaml.Loader(r)
-	if err != nil {
-		return nil, err
-	}
-	return kong.ResolverFunc(func(kctx *kong.Context, parent *kong.Path, flag *kong.Flag) (any, error) {
-		for _, name := range flag.Envs {
-			if _, ok := os.LookupEnv(name); ok {
-				return nil, nil
-			}
-		}
-		v, err := inner.Resolve(kctx, parent, flag)
-		if v != nil || err != nil {
-			return v, err
-		}
-		return inner.Resolve(kctx, &kong.Path{App: kctx.Model}, flag)
-	}), nil
 }
 
 // newLogger builds the zerolog logger on w, and says whether it writes JSON. Format "auto" is

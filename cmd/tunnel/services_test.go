@@ -35,7 +35,7 @@ entry:
 `)
 	exit := func(args ...string) (config.Exit, error) {
 		t.Helper()
-		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 		if err != nil {
 			return config.Exit{}, err
 		}
@@ -43,7 +43,7 @@ entry:
 	}
 	entry := func(args ...string) (config.Entry, error) {
 		t.Helper()
-		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 		if err != nil {
 			return config.Entry{}, err
 		}
@@ -137,7 +137,7 @@ func TestUnixSocketFlags(t *testing.T) {
 	dir := t.TempDir()
 	entry := func(args ...string) (config.Entry, error) {
 		t.Helper()
-		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer))
+		c, _, err := parse(args, new(bytes.Buffer), new(bytes.Buffer), &configSource{})
 		if err != nil {
 			return config.Entry{}, err
 		}

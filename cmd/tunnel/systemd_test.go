@@ -486,7 +486,7 @@ func TestSystemdUnits(t *testing.T) {
 			t.Fatalf("%s: ExecStart=%q, want /usr/local/bin/tunnel %s ...", path, cmdline, role)
 		}
 		args := strings.Fields(strings.ReplaceAll(strings.Join(cmdline[1:], " "), "%d", creds))
-		c, _, err := parse(args, new(strings.Builder), new(strings.Builder))
+		c, _, err := parse(args, new(strings.Builder), new(strings.Builder), &configSource{})
 		if err != nil {
 			t.Errorf("%s: ExecStart: %v", path, err)
 			continue

@@ -45,7 +45,8 @@ func TestUnixSocketPostgres(t *testing.T) {
 		return []string{"entry", "--peer", xaddrs[""], "--key", r.Entry.Key, "--peer-key", r.Exit.Pub,
 			"--listen", listen, "--listen-mode", "0660"}
 	}
-	entry, addrs, _ := startAgent(t, r.Bin, 1, append(entryArgs("unix:"+sock+"=db"), "--status-addr", "127.0.0.1:0")...)
+	// At debug: the line that ends a connection is checked below.
+	entry, addrs, _ := startAgent(t, r.Bin, 1, append(entryArgs("unix:"+sock+"=db"), "--status-addr", "127.0.0.1:0", "--log-level", "debug")...)
 	if addrs["db"] != sock {
 		t.Errorf("the entry's listening line says %q, want the socket %s", addrs["db"], sock)
 	}

@@ -34,11 +34,13 @@ func TestSlowloris(t *testing.T) {
 		// deadline.
 		early = 20 * time.Millisecond
 	)
-	// --max-handshakes 400 keeps the caps out of the way: the 50 KEY_I
+	// --max-handshakes 800 keeps the caps out of the way: the 50 KEY_I
 	// drippers hold a slot each from HELLO_I on, all for one key id, and
-	// version 1 hellos may hold an eighth of the slots per key id (50 of
-	// 400); the caps are not what is tested here.
-	r := startRig(t, harness.HashEcho, "--handshake-timeout", timeout.String(), "--max-handshakes", "400")
+	// version 1 hellos may hold an eighth of the slots per key id (100 of
+	// 800), twice what they need, so that a dripper reconnecting before
+	// the exit has given back its last slot is not refused busy; the caps
+	// are not what is tested here.
+	r := startRig(t, harness.HashEcho, "--handshake-timeout", timeout.String(), "--max-handshakes", "800")
 	before := r.mustStatus(t)
 
 	msg := helloI(t, r.entryPriv.keyID)    // preface || HELLO_I
