@@ -9,10 +9,12 @@
 // which keeps its session with an exit: keeper.go (the current session,
 // handed out to streams; the pinned keys), upkeep.go (one current session,
 // replaced on GoAway or after its share of streams), failover.go (reaching
-// an exit, backoff), connect.go (one connection to one exit); outgoing.go
+// an exit, backoff), connect.go (one connection to one exit), resume.go
+// (resuming a session whose connection broke); outgoing.go
 // (an application connection's stream). The exit: exit.go (the agent,
 // accept loop and drain); the acceptor, which lets an entry in: acceptor.go
-// (pending gate, per-source limit, handshake, session); exitsession.go (one
+// (pending gate, per-source limit, handshake, session), resumable.go (the
+// sessions a resumption may continue); exitsession.go (one
 // session's streams, its limits and refusals); the forwarder, which serves
 // a stream: incoming.go (header, access, backend dial, relay), services.go
 // (the services and access rules), apiexit.go (a service the program

@@ -4,12 +4,14 @@
 // section 4). It owns yamux and everything the agents need of its wire
 // format: which streams the peer acknowledged and finished, resets, the
 // peer's GoAway, ping limits, and dropping idle streams' buffers. No other
-// package imports yamux.
+// package imports yamux. A session that negotiated resumption outlives its
+// record connection (resume.go): a broken one is replaced by Resume.
 //
 //	agent: Open / Accept -> *Stream (Read, Write, CloseWrite, Reset, Close)
-//	Session: yamux.Session over recordConn (records.go)
-//	recordConn: batches yamux's frames into records; follows both directions' frames
-//	frame.Conn: the record layer
+//	Session: yamux.Session over recordConn (records.go: write side, receive.go: read side)
+//	recordConn: batches yamux's frames into records; follows both directions' frames;
+//	            with resumption, keeps what the peer has not acknowledged (resume.go)
+//	frame.Conn: the record layer, one per TCP connection
 package session
 
 import (
