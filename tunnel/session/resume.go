@@ -317,8 +317,8 @@ func (r *resumption) ackLate(m *recordConn) {
 // down parks the session because link broke with err, unless link is no
 // longer the current one or the session is already parked. Callers hold mu.
 func (r *resumption) down(m *recordConn, link *frame.Conn, err error) {
-	if link != m.link || r.state == linkDown {
-		return
+	if link != m.link || r.state == linkDown || m.closing || m.err != nil {
+		return // not the current link, parked already, or the session is ending
 	}
 	link.NetConn().Close() // no CLOSE: the peer must not take this for the session's end
 	if r.state == linkResuming {

@@ -257,3 +257,33 @@ func TestResumeNotAfterBadRecord(t *testing.T) {
 		t.Errorf("End = %v, want the record's authentication failure", reason)
 	}
 }
+
+// TestResumeCloseIsNotABreak: closing a resumable session, on either side,
+// ends it on both, with no side parking it for a resumption (a parked
+// session would be kept, with all it holds, for its window).
+func TestResumeCloseIsNotABreak(t *testing.T) {
+	for _, closer := range []string{"client", "server"} {
+		t.Run(closer, func(t *testing.T) {
+			client, server, _ := resumablePair(t, time.Minute)
+			a, b := client, server
+			if closer == "server" {
+				a, b = server, client
+			}
+			a.Close()
+			for _, s := range []*Session{a, b} {
+				select {
+				case <-s.Done():
+				case <-s.LinkDown():
+					t.Fatal("a closed session parked for resumption")
+				case <-time.After(5 * time.Second):
+					t.Fatal("a closed session lived on")
+				}
+				select {
+				case <-s.LinkDown():
+					t.Fatal("a closed session parked for resumption")
+				default:
+				}
+			}
+		})
+	}
+}

@@ -85,9 +85,10 @@ func (s Settings) yamuxConfig(log zerolog.Logger) *yamux.Config {
 	c.ConnectionWriteTimeout = 10 * time.Second
 	c.StreamOpenTimeout = 10 * time.Second
 	if s.Resume > 0 {
-		// The keepalive runs below yamux (resume.go), and while the
-		// connection is down yamux must wait, not time out.
-		c.EnableKeepAlive = false
+		// While the connection is down yamux must wait, not time out: a
+		// dead link is found below it (resume.go). Its pings go on: they
+		// carry the peer's frames that localResets waits for on an idle
+		// session.
 		c.ConnectionWriteTimeout += s.Resume
 		c.StreamOpenTimeout += s.Resume
 	}
