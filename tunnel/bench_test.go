@@ -296,7 +296,7 @@ func BenchmarkIdleConns(b *testing.B) {
 			c.Close()
 		}
 		waitFor(b, "the agents close the streams", func() bool {
-			return a.entry.books.streams.Load() == 0 && a.exit.books.streams.Load() == 0
+			return a.entry.Stats().Streams == 0 && a.exit.Stats().Streams == 0
 		})
 	}
 	b.ReportMetric(stacks/float64(b.N*n), "stack-B/conn")

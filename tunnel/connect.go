@@ -113,7 +113,7 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 		res.Conn.Close()
 		return nil, err
 	}
-	k.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	k.books.SessionUp(sess, res.PeerFingerprint, res.Duration)
 	ev := log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logfield.Duration(res.Duration))
 	if settings.Resume > 0 {

@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
@@ -43,8 +45,8 @@ type Entry struct {
 	log        zerolog.Logger
 	pool       *relay.Pool
 	writeStall time.Duration
-	books      *ledger    // every count, once (ledger.go)
-	met        *metricSet // /metrics, read from books
+	books      *ledger.Ledger       // every count, once (package ledger)
+	met        *prometheus.Registry // /metrics, read from books
 
 	running    atomic.Pointer[entryRun] // while Run or ServeListeners runs (apientry.go)
 	runMu      sync.Mutex
@@ -66,7 +68,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		return nil, errors.New("tunnel: entry needs at least one exit")
 	}
 	log = log.With().Str("role", "entry").Logger()
-	books := newLedger("entry")
+	books := ledger.New(ledger.Entry)
 	keys := &pins{
 		hs: &handshake.Config{
 			PrivateKey: cfg.Key,
@@ -83,7 +85,7 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		pool:       relay.NewPool(),
 		writeStall: relay.DefaultWriteStall,
 		books:      books,
-		met:        newMetrics(cfg.Version, books),
+		met:        ledger.NewRegistry(cfg.Version, books),
 		runChanged: make(chan struct{}),
 	}, nil
 }
@@ -91,13 +93,16 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 // Stats returns the entry's counters, with the record counts of the
 // current session.
 func (e *Entry) Stats() Stats {
-	st := e.books.stats()
+	st := e.books.Stats()
 	if s := e.keeper.cur.get(); s != nil {
 		rs := s.sess.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
 	return st
 }
+
+// Metrics returns the entry's registry, which the status endpoint serves.
+func (e *Entry) Metrics() *prometheus.Registry { return e.met }
 
 // Healthy reports whether a session with the exit is up.
 func (e *Entry) Healthy() bool { return e.keeper.cur.healthy() }
@@ -157,7 +162,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	var acceptErr error
 	for i, l := range lns {
 		name := names[i]
-		svc := e.books.service(name.String())
+		svc := e.books.Service(name.String())
 		l.Listener = listen.Wrap(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()

@@ -198,7 +198,7 @@ func (k *keeper) establish(ctx context.Context, r *redial) *entrySession {
 			}
 			r.failures, r.logged, r.left = 0, "", exits.Addr{}
 			k.cur.set(s)
-			k.books.made.Add(1)
+			k.books.SessionMade()
 			return s
 		}
 		if ctx.Err() != nil {
@@ -238,10 +238,10 @@ const (
 // which it returns.
 func (k *keeper) countFailure(err error) failure {
 	if de := (*exits.DialError)(nil); errors.As(err, &de) {
-		k.books.dialFailures.Add(1)
+		k.books.DialFailed()
 		return failedDial
 	}
-	switch f := k.books.handshakeFailed(err, true); {
+	switch f := k.books.HandshakeFailed(err, true); {
 	case f == handshake.FailTimeout:
 		return failedTimeout
 	case f.Refused():

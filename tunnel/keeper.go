@@ -34,6 +34,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/exits"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
@@ -48,7 +49,7 @@ type keeper struct {
 	lookup func(ctx context.Context, host string) ([]string, error)
 	dial   func(ctx context.Context, addr string) (net.Conn, error) // dialTCP; tests replace it
 	log    zerolog.Logger
-	books  *ledger // the entry's: sessions, handshakes, failures
+	books  *ledger.Ledger // the entry's: sessions, handshakes, failures
 	// recycleAfter is maxSessionStreams; tests make it small.
 	recycleAfter int64
 
@@ -61,7 +62,7 @@ type keeper struct {
 // newKeeper returns the keeper of an entry with settings cfg (defaults
 // filled in) and keys p, which logs to log and counts in books. It starts
 // nothing.
-func newKeeper(cfg EntrySettings, p *pins, log zerolog.Logger, books *ledger) *keeper {
+func newKeeper(cfg EntrySettings, p *pins, log zerolog.Logger, books *ledger.Ledger) *keeper {
 	k := &keeper{
 		cfg:          cfg,
 		peers:        cfg.Peers,

@@ -55,7 +55,7 @@ func (k *keeper) resume(hard context.Context, s *entrySession) {
 	for attempt := 1; s.sess.Link().Down; attempt++ {
 		err := k.resumeOnce(hard, s)
 		if err == nil {
-			k.books.resumed.Add(1)
+			k.books.Resumed()
 			s.resumedAt, s.resumeWait = time.Now(), min(2*wait, resumeRetryMax)
 			return
 		}
@@ -63,7 +63,7 @@ func (k *keeper) resume(hard context.Context, s *entrySession) {
 			return
 		}
 		if refusedResume(err) {
-			k.books.resumeRefused.Add(1)
+			k.books.ResumeRefused()
 			log.Warn().Err(err).Msg("the exit refused to resume the session (did it restart?): its connections are reset, and a new session is made")
 			s.sess.Close()
 			return

@@ -151,7 +151,7 @@ func (k *keeper) maintain(ctx, hard context.Context) {
 				continue
 			}
 			k.cur.set(next)
-			k.books.recycled.Add(1)
+			k.books.SessionRecycled()
 			handOver(s)
 			s, born, full = next, time.Now(), next.full
 		}

@@ -19,11 +19,14 @@
 // a stream: incoming.go (header, access, backend dial, relay), services.go
 // (the services and access rules), apiexit.go (a service the program
 // serves itself). The Go API: apientry.go, apiexit.go, apiconn.go. Both:
-// ledger.go (the one accounting sink), metrics.go, health.go, reload.go.
-// This file: the stream header and status on the wire.
+// stats.go (the ledger's Stats, a stream's end as the ledger labels it),
+// health.go, reload.go. This file: the stream header and status on the
+// wire.
 //
 // The packages under it: session (yamux over the record layer, and all of
-// yamux's wire), relay (one connection through one stream, both ways),
+// yamux's wire), ledger (each agent's one accounting sink: the counts
+// /status and /metrics both read, the live-session registry, the
+// Prometheus collector), relay (one connection through one stream, both ways),
 // rawio (raw system calls on non-blocking sockets), listen (listening
 // sockets, accept retries, bounds on descriptors and pending connections),
 // status (the status endpoint: counters, probes, metrics), exits (resolving
