@@ -158,7 +158,7 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceNa
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("tunnel: dial %s: %w", service, ctx.Err())
 			}
-			if o.s.sess.IsClosed() {
+			if o.s.Sess.IsClosed() {
 				return nil, fmt.Errorf("%w: the session was lost before the exit answered", ErrNoSession)
 			}
 			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", service, err)
@@ -168,12 +168,12 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceNa
 			e.books.Ended(svc, statusLabel(status))
 			ev := o.log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
 			if status == StatusRefused {
-				ev = ev.Str("fingerprint", e.keeper.fingerprint()) // for the operator who grants access
+				ev = ev.Str("fingerprint", e.keeper.Fingerprint()) // for the operator who grants access
 			}
 			ev.Msg("the exit refused a stream dialed by the program")
 			return nil, &StatusError{Service: service.wire(), Status: status, Message: msg}
 		}
-		return newConn(o.st, service, o.s.fingerprint, "", svc.Moved(), func(c *Conn) {
+		return newConn(o.st, service, o.s.Fingerprint, "", svc.Moved(), func(c *Conn) {
 			e.done(o)
 			ev := o.log.Info()
 			if c.aborted.Load() {

@@ -103,8 +103,8 @@ func (c cpuClock) report(b *testing.B, units float64, name string) {
 func waitSession(b *testing.B, e *Entry) *session.Session {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if s := e.keeper.cur.get(); s != nil {
-			return s.sess
+		if s := e.keeper.Current(); s != nil {
+			return s.Sess
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/keeper"
 	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
@@ -38,10 +39,10 @@ type EntryConfig struct {
 
 // Entry accepts application connections and carries each as a stream of
 // one long-lived, authenticated session to the exit. Keeping that session
-// is its keeper's job (keeper.go); the Entry carries connections on it.
+// is its keeper's job (package keeper); the Entry carries connections on it.
 type Entry struct {
-	cfg        EntrySettings // with the defaults filled in
-	keeper     *keeper       // the session with an exit, and the keys
+	cfg        EntrySettings  // with the defaults filled in
+	keeper     *keeper.Keeper // the session with an exit, and the keys
 	log        zerolog.Logger
 	pool       *relay.Pool
 	writeStall time.Duration
@@ -69,18 +70,18 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 	}
 	log = log.With().Str("role", "entry").Logger()
 	books := ledger.New(ledger.Entry)
-	keys := &pins{
-		hs: &handshake.Config{
+	keys := &keeper.Pins{
+		Handshake: &handshake.Config{
 			PrivateKey: cfg.Key,
 			PeerKey:    cfg.PeerKey,
 			PeerKeys:   cfg.PeerKeys,
 			Timeout:    settings.HandshakeTimeout,
 		},
-		exits: cfg.ExitKeys,
+		Exits: cfg.ExitKeys,
 	}
 	return &Entry{
 		cfg:        settings,
-		keeper:     newKeeper(settings, keys, log, books),
+		keeper:     keeper.New(keeperConfig(settings), keys, log, books),
 		log:        log,
 		pool:       relay.NewPool(),
 		writeStall: relay.DefaultWriteStall,
@@ -94,8 +95,8 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 // current session.
 func (e *Entry) Stats() Stats {
 	st := e.books.Stats()
-	if s := e.keeper.cur.get(); s != nil {
-		rs := s.sess.Stats()
+	if s := e.keeper.Current(); s != nil {
+		rs := s.Sess.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
 	return st
@@ -105,7 +106,7 @@ func (e *Entry) Stats() Stats {
 func (e *Entry) Metrics() *prometheus.Registry { return e.met }
 
 // Healthy reports whether a session with the exit is up.
-func (e *Entry) Healthy() bool { return e.keeper.cur.healthy() }
+func (e *Entry) Healthy() bool { return e.keeper.Healthy() }
 
 // ServiceListener is a listener whose application connections go to one
 // service of the exit.
@@ -151,7 +152,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		e.keeper.maintain(ctx, hard)
+		e.keeper.Maintain(ctx, hard)
 	}()
 
 	// One accept loop per listener; the first that fails stops them all.
@@ -208,4 +209,15 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	<-drained
 	wg.Wait()
 	return acceptErr
+}
+
+// keeperConfig is what the keeper needs of the entry's settings s.
+func keeperConfig(s EntrySettings) keeper.Config {
+	return keeper.Config{
+		Peers:        s.Peers,
+		DialTimeout:  s.DialTimeout,
+		KeepAlive:    s.KeepAlive,
+		Window:       s.Window,
+		ResumeWindow: s.ResumeWindow,
+	}
 }

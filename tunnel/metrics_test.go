@@ -242,7 +242,7 @@ func TestMetricsKeyUpdates(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
 	fc := &frame.Config{KeyUpdateRecords: 8}
 	a := startTuned(t, echoBackend(t), nil, func(x *Exit, n *Entry) {
-		n.keeper.keys.Load().hs.Frame = fc
+		n.keeper.Pins().Handshake.Frame = fc
 		ks := testKeys()
 		auth, err := handshake.NewKeySet(&ks[0].PublicKey)
 		if err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/keeper"
 	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
@@ -35,7 +36,7 @@ const maxCarries = 3
 // outgoing is one attempt to carry a connection: a stream on the current
 // session, counted among the entry's open streams until done.
 type outgoing struct {
-	s     *entrySession
+	s     *keeper.Session
 	st    *session.Stream
 	log   zerolog.Logger // with the exit and the stream
 	start time.Time
@@ -43,14 +44,14 @@ type outgoing struct {
 
 // attempt opens a stream on the current session and counts it.
 func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, error) {
-	s, st, err := e.keeper.open(ctx)
+	s, st, err := e.keeper.Open(ctx)
 	if err != nil {
 		return nil, err
 	}
 	e.books.StreamOpened()
 	return &outgoing{
 		s: s, st: st, start: time.Now(),
-		log: log.With().Str("peer", s.exit.Peer).Uint32("stream", st.ID()).Logger(),
+		log: log.With().Str("peer", s.Exit.Peer).Uint32("stream", st.ID()).Logger(),
 	}, nil
 }
 
@@ -198,7 +199,7 @@ func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, 
 	}
 	if status == StatusRefused {
 		// Which key the exit refused, for the operator who grants access.
-		ev = ev.Str("fingerprint", e.keeper.fingerprint())
+		ev = ev.Str("fingerprint", e.keeper.Fingerprint())
 	}
 	if res.Err != nil && !session.IsClosedErr(res.Err) {
 		ev = ev.AnErr("reason", res.Err)

@@ -31,7 +31,7 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
 	}
-	return e.keeper.reload(key, peerKeys, exitKeys)
+	return e.keeper.Reload(key, peerKeys, exitKeys)
 }
 
 // Reload makes the exit answer with key and accept the entry keys in
