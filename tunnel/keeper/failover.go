@@ -15,7 +15,7 @@ import (
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 )
 
-// Reaching an exit, and failing over between several. Settings.Peers lists
+// Reaching an exit, and failing over between several. Config.Peers lists
 // them, in order of preference; a
 // name stands for every address it resolves to, looked up again for every
 // attempt. The entry keeps one session, to one exit. An attempt to reach
@@ -70,7 +70,7 @@ const (
 )
 
 // redial paces the attempts to reach the exit, and their log lines. One
-// lives as long as maintain runs.
+// lives as long as Maintain runs.
 type redial struct {
 	log   zerolog.Logger // the keeper's
 	peers []string       // the exits, for the log

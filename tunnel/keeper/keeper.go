@@ -92,7 +92,7 @@ func New(cfg Config, p *Pins, log zerolog.Logger, books *ledger.Ledger) *Keeper 
 }
 
 // session returns the current session, waiting up to the dial timeout for
-// one (and asking maintain to retry now); the error says why there is none.
+// one (and asking Maintain to retry now); the error says why there is none.
 func (k *Keeper) session(ctx context.Context) (*Session, error) {
 	timer := time.NewTimer(k.cfg.DialTimeout)
 	defer timer.Stop()
@@ -155,7 +155,7 @@ func (k *Keeper) Fingerprint() string {
 }
 
 // reload pins peerKeys and exitKeys, and uses key, from the next handshake
-// on; maintain retires a session whose exit key is pinned no more.
+// on; Maintain retires a session whose exit key is pinned no more.
 func (k *Keeper) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
 	for _, peer := range k.peers {
 		ks := exitKeys[peer]

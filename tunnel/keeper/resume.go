@@ -42,7 +42,7 @@ func (k *Keeper) resumeLater(hard context.Context, s *Session) {
 
 // resume brings s a new connection to its exit until the session's link is
 // up again or the session ends. An exit that refuses the resumption gets
-// s closed: its streams are reset, and maintain makes a new session.
+// s closed: its streams are reset, and Maintain makes a new session.
 func (k *Keeper) resume(hard context.Context, s *Session) {
 	log := k.log.With().Str("peer", s.Exit.Peer).Str("addr", s.Exit.Addr).Logger()
 	wait := resumeRetryMin

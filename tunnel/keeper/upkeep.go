@@ -1,7 +1,7 @@
 package keeper
 
 // Session upkeep on the entry (the keeper, keeper.go): one session to an
-// exit is current at a time (keeper.cur); maintain keeps one up, replaces
+// exit is current at a time (Keeper.cur); Maintain keeps one up, replaces
 // it when the exit goes away (GoAway), when its key is pinned no more, or
 // when it has carried its share of streams, and retires the one it
 // replaces: the retired session takes no new streams and ends once its
@@ -70,7 +70,7 @@ func (s *Session) open() (*session.Stream, error) {
 	return s.Sess.Open()
 }
 
-// maintain keeps one session to the exit up while ctx lives, reconnecting
+// Maintain keeps one session to the exit up while ctx lives, reconnecting
 // with backoff. A session lives until hard ends, so that draining
 // connections keep it. A session is retired, left to finish its streams
 // while new ones go to the next session, when the exit sends GoAway (it is
