@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/rawio"
@@ -42,14 +43,14 @@ type acceptor struct {
 	limiter *sourcelimit.Limiter
 	pending *listen.Gate // connections accepted whose handshake has not ended
 	mux     session.Settings
-	books   *ledger     // handshakes, refusals, sessions
-	parked  *resumables // sessions a resumption may continue (resumable.go)
+	books   *ledger.Ledger // handshakes, refusals, sessions
+	parked  *resumables    // sessions a resumption may continue (resumable.go)
 }
 
 // newAcceptor returns the acceptor of an exit with settings cfg (defaults
 // filled in) and key state keys, which logs to log, counts in books and
 // keeps resumable sessions in parked (the responder's SessionLookup).
-func newAcceptor(cfg ExitSettings, keys *atomic.Pointer[exitKeys], log zerolog.Logger, books *ledger, parked *resumables) *acceptor {
+func newAcceptor(cfg ExitSettings, keys *atomic.Pointer[exitKeys], log zerolog.Logger, books *ledger.Ledger, parked *resumables) *acceptor {
 	return &acceptor{
 		log:     log,
 		keys:    keys,
@@ -78,7 +79,7 @@ func (a *acceptor) enter(conn net.Conn) bool {
 	// Too many connections without a finished handshake: this one is
 	// closed at once, without an answer, so that a flood cannot hold every
 	// descriptor.
-	a.books.handshakeRefused()
+	a.books.HandshakeRefused()
 	a.log.Debug().Str("peer", conn.RemoteAddr().String()).Int("pending", a.pending.Pending()).
 		Msg("connection closed: too many connections have not finished their handshake")
 	conn.Close()
@@ -95,7 +96,7 @@ func (a *acceptor) accept(ctx, hard context.Context, conn net.Conn) *established
 	defer handshaken()
 	admitted, err := a.limiter.Admit(conn.RemoteAddr(), time.Now())
 	if err != nil {
-		a.books.handshakeRefused()
+		a.books.HandshakeRefused()
 		log.Debug().Err(err).Msg("handshake refused") // a flood must not flood the log
 		reason := "too many handshakes from your address; retry later"
 		if errors.Is(err, sourcelimit.ErrTooMany) {
@@ -109,7 +110,7 @@ func (a *acceptor) accept(ctx, hard context.Context, conn net.Conn) *established
 	handshaken()
 	if err != nil {
 		lvl := log.Warn()
-		if a.books.handshakeFailed(err, false) == handshake.FailBusy {
+		if a.books.HandshakeFailed(err, false) == handshake.FailBusy {
 			lvl = log.Debug() // a flood must not flood the log
 		}
 		lvl.Err(err).Msg("handshake failed")
@@ -121,7 +122,7 @@ func (a *acceptor) accept(ctx, hard context.Context, conn net.Conn) *established
 			log.Warn().Err(err).Msg("resuming the session")
 			return nil
 		}
-		a.books.resumed.Add(1)
+		a.books.Resumed()
 		return nil
 	}
 	settings := a.mux
@@ -147,7 +148,7 @@ func (a *acceptor) accept(ctx, hard context.Context, conn net.Conn) *established
 			a.boundParking(ctx, log, sess, res.Ticket.PeerKeyID)
 		}()
 	}
-	a.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	a.books.SessionUp(sess, res.PeerFingerprint, res.Duration)
 	a.closeIfRevoked(log, sess, res.PeerKey)
 	return &established{sess: sess, peer: streamPeer{fingerprint: res.PeerFingerprint}, log: log}
 }

@@ -532,7 +532,7 @@ func TestConnEnds(t *testing.T) {
 	p = <-conns
 	defer p.Close()
 	defer c.Close()
-	r.exit.books.sessions.except(nil)[0].Close()
+	r.exit.books.SessionsExcept(nil)[0].Close()
 	if _, err := c.Read(make([]byte, 10)); err == io.EOF || !errors.Is(err, relay.ErrSessionLost) {
 		t.Errorf("entry side, session lost: %v; want relay.ErrSessionLost", err)
 	}

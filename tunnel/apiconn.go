@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -43,7 +44,7 @@ type Conn struct {
 	service     serviceName
 	fingerprint string
 	origin      string
-	moved       tally // this agent's service counters: Write adds fromConn, Read toConn
+	moved       ledger.Tally // this agent's service counters: Write adds FromConn, Read ToConn
 
 	rmu     sync.Mutex // held by Read, and by the wait for the peer's FIN after Close
 	dmu     sync.Mutex // orders Close and the deadline setters: a deadline set before Close cannot undo Close's
@@ -58,7 +59,7 @@ type Conn struct {
 
 // newConn makes a Conn of st, whose header and status have been
 // exchanged. onDone, if not nil, runs once the stream is over after Close.
-func newConn(st *session.Stream, service serviceName, fingerprint, origin string, moved tally, onDone func(*Conn)) *Conn {
+func newConn(st *session.Stream, service serviceName, fingerprint, origin string, moved ledger.Tally, onDone func(*Conn)) *Conn {
 	return &Conn{
 		st: st, service: service, fingerprint: fingerprint, origin: origin,
 		moved: moved, done: make(chan struct{}), onDone: onDone,
@@ -89,7 +90,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	n, err := c.st.Read(p)
 	if n > 0 {
 		c.st.Touch()
-		c.moved.toConn.Add(int64(n))
+		c.moved.ToConn.Add(int64(n))
 		c.read.Add(int64(n))
 	}
 	if err != nil {
@@ -104,7 +105,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, c.opError("write", net.ErrClosed)
 	}
 	n, err := c.st.Write(p)
-	c.moved.fromConn.Add(int64(n))
+	c.moved.FromConn.Add(int64(n))
 	c.written.Add(int64(n))
 	if err != nil {
 		err = c.streamError("write", err)

@@ -13,6 +13,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -120,8 +121,8 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 	if run.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: the entry is shutting down", ErrNoSession)
 	}
-	svc := e.books.service(name.String())
-	e.books.began(svc)
+	svc := e.books.Service(name.String())
+	e.books.Began(svc)
 	run.dialed.Add(1)
 	c, err := e.dialStream(ctx, run, name, svc)
 	if err != nil {
@@ -133,12 +134,12 @@ func (e *Entry) DialContext(ctx context.Context, network, service string) (net.C
 
 // dialStream is DialContext once it is counted; on error it has counted the
 // stream's end under svc.
-func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceName, svc *serviceCounters) (*Conn, error) {
+func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceName, svc *ledger.Service) (*Conn, error) {
 	log := e.log.With().Str("service", service.String()).Logger()
 	for carries := 1; ; carries++ {
 		o, err := e.attempt(ctx, log)
 		if err != nil {
-			e.books.ended(svc, streamNoSession)
+			e.books.Ended(svc, ledger.EndNoSession)
 			return nil, fmt.Errorf("%w: %w", ErrNoSession, err)
 		}
 		status, msg, err := exchange(ctx, o.st, service)
@@ -153,33 +154,33 @@ func (e *Entry) dialStream(ctx context.Context, run *entryRun, service serviceNa
 			o.st.Reset()
 			o.st.Close()
 			e.done(o)
-			e.books.ended(svc, streamAborted)
+			e.books.Ended(svc, ledger.EndAborted)
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("tunnel: dial %s: %w", service, ctx.Err())
 			}
-			if o.s.sess.IsClosed() {
+			if o.s.Sess.IsClosed() {
 				return nil, fmt.Errorf("%w: the session was lost before the exit answered", ErrNoSession)
 			}
 			return nil, fmt.Errorf("tunnel: dial %s: no answer from the exit: %w", service, err)
 		case status != StatusOK:
 			o.st.Close()
 			e.done(o)
-			e.books.ended(svc, statusLabel(status))
+			e.books.Ended(svc, statusLabel(status))
 			ev := o.log.Warn().Int("status", int(status)).Str("status_text", status.String()).Str("reason", msg)
 			if status == StatusRefused {
-				ev = ev.Str("fingerprint", e.keeper.fingerprint()) // for the operator who grants access
+				ev = ev.Str("fingerprint", e.keeper.Fingerprint()) // for the operator who grants access
 			}
 			ev.Msg("the exit refused a stream dialed by the program")
 			return nil, &StatusError{Service: service.wire(), Status: status, Message: msg}
 		}
-		return newConn(o.st, service, o.s.fingerprint, "", svc.moved, func(c *Conn) {
+		return newConn(o.st, service, o.s.Fingerprint, "", svc.Moved(), func(c *Conn) {
 			e.done(o)
 			ev := o.log.Info()
 			if c.aborted.Load() {
-				e.books.ended(svc, streamAborted)
+				e.books.Ended(svc, ledger.EndAborted)
 				ev = o.log.Warn().Bool("aborted", true)
 			} else {
-				e.books.ended(svc, int(StatusOK))
+				e.books.Ended(svc, ledger.EndOK)
 			}
 			run.dialed.Done()
 			ev.Int64("bytes_to_backend", c.written.Load()).Int64("bytes_to_app", c.read.Load()).

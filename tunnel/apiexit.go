@@ -27,6 +27,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
@@ -54,7 +55,7 @@ func (s *localServices) get(name serviceName) *Listener {
 // which its Accept returns as *Conns. Exit.Listen makes one.
 type Listener struct {
 	name    serviceName
-	count   *serviceCounters
+	count   *ledger.Service
 	queue   chan *pendingStream
 	done    chan struct{} // closed by Close
 	closing sync.Once
@@ -115,7 +116,7 @@ func (f *forwarder) listen(name serviceName) (*Listener, error) {
 	}
 	l := &Listener{
 		name:  name,
-		count: f.books.service(name.String()),
+		count: f.books.Service(name.String()),
 		queue: make(chan *pendingStream, f.backlog),
 		done:  make(chan struct{}),
 	}
@@ -154,7 +155,7 @@ func (l *Listener) take(p *pendingStream) *Conn {
 	if _, p.err = p.st.Write(marshalStatus(StatusOK, "")); p.err != nil {
 		return nil
 	}
-	p.conn = newConn(p.st, l.name, p.fingerprint, p.origin, l.count.moved, nil)
+	p.conn = newConn(p.st, l.name, p.fingerprint, p.origin, l.count.Moved(), nil)
 	return p.conn
 }
 
@@ -196,14 +197,14 @@ func (f *forwarder) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *ses
 	display := l.name.String()
 	if !peer.access.allows(l.name, peer.fingerprint) {
 		msg := policyRefusal(peer.fingerprint, display)
-		f.books.refused(svc, StatusRefused)
+		f.books.Refused(svc, statusLabel(StatusRefused))
 		logRefusal(log, StatusRefused, msg, nil)
 		return StatusRefused, msg
 	}
-	f.books.began(svc)
+	f.books.Began(svc)
 	// fail ends the stream, which began, with s.
 	fail := func(s Status, msg string) (Status, string) {
-		f.books.ended(svc, statusLabel(s))
+		f.books.Ended(svc, statusLabel(s))
 		logRefusal(log, s, msg, nil)
 		return s, msg
 	}
@@ -242,7 +243,7 @@ func (f *forwarder) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *ses
 	}
 	if p.err != nil {
 		log.Warn().Err(p.err).Msg("stream lost before the status was sent")
-		f.books.ended(svc, streamAborted)
+		f.books.Ended(svc, ledger.EndAborted)
 		return StatusOK, ""
 	}
 	c := p.conn
@@ -253,10 +254,10 @@ func (f *forwarder) serveLocal(hard <-chan struct{}, log zerolog.Logger, st *ses
 	aborted := c.aborted.Load() || !closed(c.done)
 	ev := log.Info()
 	if aborted {
-		f.books.ended(svc, streamAborted)
+		f.books.Ended(svc, ledger.EndAborted)
 		ev = log.Warn().Bool("aborted", true)
 	} else {
-		f.books.ended(svc, int(StatusOK))
+		f.books.Ended(svc, ledger.EndOK)
 	}
 	ev.Int64("bytes_to_backend", c.read.Load()).Int64("bytes_to_app", c.written.Load()).
 		Str("duration", logfield.Duration(time.Since(start))).Msg("stream closed")

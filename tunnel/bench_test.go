@@ -103,8 +103,8 @@ func (c cpuClock) report(b *testing.B, units float64, name string) {
 func waitSession(b *testing.B, e *Entry) *session.Session {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if s := e.keeper.cur.get(); s != nil {
-			return s.sess
+		if s := e.keeper.Current(); s != nil {
+			return s.Sess
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -296,7 +296,7 @@ func BenchmarkIdleConns(b *testing.B) {
 			c.Close()
 		}
 		waitFor(b, "the agents close the streams", func() bool {
-			return a.entry.books.streams.Load() == 0 && a.exit.books.streams.Load() == 0
+			return a.entry.Stats().Streams == 0 && a.exit.Stats().Streams == 0
 		})
 	}
 	b.ReportMetric(stacks/float64(b.N*n), "stack-B/conn")

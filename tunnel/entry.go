@@ -10,9 +10,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/keeper"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
@@ -36,15 +39,15 @@ type EntryConfig struct {
 
 // Entry accepts application connections and carries each as a stream of
 // one long-lived, authenticated session to the exit. Keeping that session
-// is its keeper's job (keeper.go); the Entry carries connections on it.
+// is its keeper's job (package keeper); the Entry carries connections on it.
 type Entry struct {
-	cfg        EntrySettings // with the defaults filled in
-	keeper     *keeper       // the session with an exit, and the keys
+	cfg        EntrySettings  // with the defaults filled in
+	keeper     *keeper.Keeper // the session with an exit, and the keys
 	log        zerolog.Logger
 	pool       *relay.Pool
 	writeStall time.Duration
-	books      *ledger    // every count, once (ledger.go)
-	met        *metricSet // /metrics, read from books
+	books      *ledger.Ledger       // every count, once (package ledger)
+	met        *prometheus.Registry // /metrics, read from books
 
 	running    atomic.Pointer[entryRun] // while Run or ServeListeners runs (apientry.go)
 	runMu      sync.Mutex
@@ -66,24 +69,24 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 		return nil, errors.New("tunnel: entry needs at least one exit")
 	}
 	log = log.With().Str("role", "entry").Logger()
-	books := newLedger("entry")
-	keys := &pins{
-		hs: &handshake.Config{
+	books := ledger.New(ledger.Entry)
+	keys := &keeper.Pins{
+		Handshake: &handshake.Config{
 			PrivateKey: cfg.Key,
 			PeerKey:    cfg.PeerKey,
 			PeerKeys:   cfg.PeerKeys,
 			Timeout:    settings.HandshakeTimeout,
 		},
-		exits: cfg.ExitKeys,
+		Exits: cfg.ExitKeys,
 	}
 	return &Entry{
 		cfg:        settings,
-		keeper:     newKeeper(settings, keys, log, books),
+		keeper:     keeper.New(keeperConfig(settings), keys, log, books),
 		log:        log,
 		pool:       relay.NewPool(),
 		writeStall: relay.DefaultWriteStall,
 		books:      books,
-		met:        newMetrics(cfg.Version, books),
+		met:        ledger.NewRegistry(cfg.Version, books),
 		runChanged: make(chan struct{}),
 	}, nil
 }
@@ -91,16 +94,19 @@ func NewEntry(cfg EntryConfig, log zerolog.Logger) (*Entry, error) {
 // Stats returns the entry's counters, with the record counts of the
 // current session.
 func (e *Entry) Stats() Stats {
-	st := e.books.stats()
-	if s := e.keeper.cur.get(); s != nil {
-		rs := s.sess.Stats()
+	st := e.books.Stats()
+	if s := e.keeper.Current(); s != nil {
+		rs := s.Sess.Stats()
 		st.RecordsSent, st.RecordsReceived = rs.RecordsSent, rs.RecordsReceived
 	}
 	return st
 }
 
+// Metrics returns the entry's registry, which the status endpoint serves.
+func (e *Entry) Metrics() *prometheus.Registry { return e.met }
+
 // Healthy reports whether a session with the exit is up.
-func (e *Entry) Healthy() bool { return e.keeper.cur.healthy() }
+func (e *Entry) Healthy() bool { return e.keeper.Healthy() }
 
 // ServiceListener is a listener whose application connections go to one
 // service of the exit.
@@ -146,7 +152,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		e.keeper.maintain(ctx, hard)
+		e.keeper.Maintain(ctx, hard)
 	}()
 
 	// One accept loop per listener; the first that fails stops them all.
@@ -157,7 +163,7 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	var acceptErr error
 	for i, l := range lns {
 		name := names[i]
-		svc := e.books.service(name.String())
+		svc := e.books.Service(name.String())
 		l.Listener = listen.Wrap(l.Listener, e.log) // EMFILE and the like wait, and do not end it
 		stop := context.AfterFunc(acceptCtx, func() { l.Listener.Close() })
 		defer stop()
@@ -203,4 +209,15 @@ func (e *Entry) ServeListeners(ctx context.Context, lns []ServiceListener) error
 	<-drained
 	wg.Wait()
 	return acceptErr
+}
+
+// keeperConfig is what the keeper needs of the entry's settings s.
+func keeperConfig(s EntrySettings) keeper.Config {
+	return keeper.Config{
+		Peers:        s.Peers,
+		DialTimeout:  s.DialTimeout,
+		KeepAlive:    s.KeepAlive,
+		Window:       s.Window,
+		ResumeWindow: s.ResumeWindow,
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/keeper"
 )
 
 // logLines keeps an agent's JSON log lines. Safe for concurrent use.
@@ -162,8 +163,8 @@ func TestRefusedDialRetriedQuietly(t *testing.T) {
 	var attempts float64
 	for _, l := range logged {
 		d, err := time.ParseDuration(fmt.Sprint(l["retry_in"]))
-		if err != nil || d <= 0 || d > maxDialWait {
-			t.Errorf("retry_in=%v: want a duration with its unit, up to %v", l["retry_in"], maxDialWait)
+		if err != nil || d <= 0 || d > keeper.MaxDialWait {
+			t.Errorf("retry_in=%v: want a duration with its unit, up to %v", l["retry_in"], keeper.MaxDialWait)
 		}
 		n, ok := l["failed_attempts"].(float64)
 		if !ok {
@@ -320,7 +321,7 @@ func TestFailureCounters(t *testing.T) {
 // sessions end once their streams have.
 func TestSessionRecycled(t *testing.T) {
 	const bound, workers, each = 16, 8, 40
-	a := startTuned(t, echoBackend(t), nil, func(_ *Exit, n *Entry) { n.keeper.recycleAfter = bound })
+	a := startTuned(t, echoBackend(t), nil, func(_ *Exit, n *Entry) { n.keeper.RecycleAfter = bound })
 	held, err := net.Dial("tcp", a.entryAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -381,7 +382,7 @@ func TestRecycleFailureKeepsSession(t *testing.T) {
 	a := start(t, echoBackend(t))
 	relay := newLink(t, a.exitAddr)
 	var lines logLines
-	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.keeper.recycleAfter = 4 })
+	n, addr := runEntry(t, relay.ln.Addr().String(), &lines, nil, func(n *Entry) { n.keeper.RecycleAfter = 4 })
 	roundTrip(t, addr, []byte("first"))
 	probe := loopback(t)
 	dead := probe.Addr().String()
@@ -430,9 +431,9 @@ func TestResetStreamsEndLocally(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("a connection after 300 reset ones not served within 20s: yamux's stream-open slots are held")
 	}
-	s := a.entry.keeper.cur.get()
+	s := a.entry.keeper.Current()
 	waitFor(t, "the reset streams gone from the entry's session", func() bool {
 		roundTrip(t, a.entryAddr, []byte("traffic")) // the peer's frames carry the local reset in
-		return s.sess.NumStreams() == 0
+		return s.Sess.NumStreams() == 0
 	})
 }

@@ -10,9 +10,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/listen"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -38,8 +40,8 @@ type Exit struct {
 	keys     atomic.Pointer[exitKeys] // swapped whole by Reload; acceptor and fwd read it
 	acceptor *acceptor                // admission, handshake, session
 	fwd      *forwarder               // the services: streams to backends and Listeners
-	books    *ledger                  // every count, once (ledger.go)
-	met      *metricSet               // /metrics, read from books
+	books    *ledger.Ledger           // every count, once (package ledger)
+	met      *prometheus.Registry     // /metrics, read from books
 }
 
 // exitKeys is the exit's key state: what NewExit builds and each Reload
@@ -77,8 +79,8 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 		cfg: settings,
 		log: log.With().Str("role", "exit").Logger(),
 	}
-	x.books = newLedger("exit")
-	x.met = newMetrics(cfg.Version, x.books)
+	x.books = ledger.New(ledger.Exit)
+	x.met = ledger.NewRegistry(cfg.Version, x.books)
 	x.acceptor = newAcceptor(settings, &x.keys, x.log, x.books, parked)
 	if x.fwd, err = newForwarder(settings, &x.keys, x.books); err != nil {
 		return nil, err
@@ -93,9 +95,12 @@ func NewExit(cfg ExitConfig, log zerolog.Logger) (*Exit, error) {
 
 // Stats returns the exit's counters, with those of each service.
 func (e *Exit) Stats() Stats {
-	st := e.books.stats()
+	st := e.books.Stats()
 	return st
 }
+
+// Metrics returns the exit's registry, which the status endpoint serves.
+func (e *Exit) Metrics() *prometheus.Registry { return e.met }
 
 // Serve accepts entry agents on ln until ctx is done, then stops accepting,
 // lets open streams finish for up to the drain timeout, closes everything

@@ -77,7 +77,7 @@ func (s *exitSession) serve(ctx, hard context.Context) {
 				log.Warn().Uint32("stream", st.ID()).Int("max_streams", s.maxStreams).
 					Msg("stream refused: session is at its stream limit (further refusals are counted in the session's closing line)")
 			}
-			s.fwd.books.refused(s.fwd.noService, StatusBusy)
+			s.fwd.books.Refused(s.fwd.noService, statusLabel(StatusBusy))
 			go func() {
 				defer s.running.Done()
 				defer st.Close()
@@ -86,7 +86,7 @@ func (s *exitSession) serve(ctx, hard context.Context) {
 			continue
 		}
 		s.streams.Add(1)
-		s.fwd.books.streamOpened()
+		s.fwd.books.StreamOpened()
 		go s.fwd.serveStream(hard, log, st, s.peer, func(status Status, msg string) { s.end(st, status, msg) })
 	}
 	<-sess.Done()
@@ -108,7 +108,7 @@ func (s *exitSession) end(st *session.Stream, status Status, msg string) {
 	defer st.Close()
 	// A refused stream no longer counts as served, nor holds up a drain.
 	s.active.Add(-1)
-	s.fwd.books.streamClosed()
+	s.fwd.books.StreamClosed()
 	s.streams.Done()
 	if status != StatusOK {
 		s.refuse(st, status, msg)

@@ -123,8 +123,8 @@ func TestFailoverToNextExit(t *testing.T) {
 	if fo := lines.with("failed over to another exit"); len(fo) != 2 || fo[1]["peer"] != addr1 {
 		t.Fatalf("failover lines %v, want a second one to %s", fo, addr1)
 	}
-	if got := n.books.made.Load(); got != 3 {
-		t.Errorf("%d sessions made after none was up, want 3 (two reconnects)", got)
+	if got := n.books.Reconnects(); got != 2 {
+		t.Errorf("%d sessions made again after none was up, want 2", got)
 	}
 }
 
@@ -146,7 +146,7 @@ func TestPeerNameResolvedAgain(t *testing.T) {
 	var lookups atomic.Int64
 	lines := &logLines{}
 	_, entryAddr := runEntry(t, "exits.test:"+port, lines, nil, func(n *Entry) {
-		n.keeper.lookup = func(_ context.Context, host string) ([]string, error) {
+		n.keeper.Lookup = func(_ context.Context, host string) ([]string, error) {
 			if host != "exits.test" {
 				t.Errorf("looked up %q", host)
 			}
@@ -218,8 +218,8 @@ func TestSilentExitDelaysNoSession(t *testing.T) {
 		c.Peers = append(c.Peers, addr)
 		c.DialTimeout = time.Minute
 	}, func(n *Entry) {
-		dial := n.keeper.dial
-		n.keeper.dial = func(ctx context.Context, a string) (net.Conn, error) {
+		dial := n.keeper.Dial
+		n.keeper.Dial = func(ctx context.Context, a string) (net.Conn, error) {
 			if a != silent {
 				return dial(ctx, a)
 			}
@@ -264,11 +264,11 @@ func TestReloadExitKeys(t *testing.T) {
 	if err := n.Reload(ks[0], shared, map[string]*handshake.KeySet{"127.0.0.1:1": own}); err != nil {
 		t.Fatal(err)
 	}
-	p := n.keeper.keys.Load()
-	if got := p.forExit("127.0.0.1:1"); got.PeerKeys != own || got.PeerKey != nil {
+	p := n.keeper.Pins()
+	if got := p.ForExit("127.0.0.1:1"); got.PeerKeys != own || got.PeerKey != nil {
 		t.Errorf("exit with its own keys pins %v, want its own", got.PeerKeys.Fingerprints())
 	}
-	if got := p.forExit("127.0.0.1:2"); got.PeerKeys != shared {
+	if got := p.ForExit("127.0.0.1:2"); got.PeerKeys != shared {
 		t.Errorf("exit without its own keys pins %v, want the shared set", got.PeerKeys.Fingerprints())
 	}
 }
@@ -283,7 +283,7 @@ func TestReloadExitKeys(t *testing.T) {
 func TestReloadUnpinsExit(t *testing.T) {
 	a := start(t, echoBackend(t))
 	roundTrip(t, a.entryAddr, []byte("before"))
-	old := a.entry.keeper.cur.get()
+	old := a.entry.keeper.Current()
 	if old == nil {
 		t.Fatal("no session after a round trip")
 	}
@@ -314,8 +314,8 @@ func TestReloadUnpinsExit(t *testing.T) {
 	if err := a.entry.Reload(testKeys()[0], pinned, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the session with the unpinned exit retired", func() bool { return old.retiring.Load() })
-	if s := a.entry.keeper.cur.get(); s == old {
+	waitFor(t, "the session with the unpinned exit retired", func() bool { return old.Retiring() })
+	if s := a.entry.keeper.Current(); s == old {
 		t.Error("the session with the unpinned exit is still current")
 	}
 	if err := echo("still"); err != nil {

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -16,19 +15,15 @@ import (
 // connection per backendprobe.Every.
 // Whether the agent is still accepting (not draining) is the caller's part.
 
-// errNoSession is the entry's reason for not being ready before any
-// attempt has failed.
-var errNoSession = errors.New("no session with the exit yet")
-
 // Ready returns nil while the entry has a session with the exit, and
 // otherwise why it has none. Safe for concurrent use.
-func (e *Entry) Ready(context.Context) error { return e.keeper.cur.ready() }
+func (e *Entry) Ready(context.Context) error { return e.keeper.Ready() }
 
 // Attempted waits until the entry's first attempt to reach the exit has
 // ended, with a session or a failure (Ready then tells which), and returns
 // nil; or until ctx ends, and returns its error. Serve makes the attempts.
 // Safe for concurrent use.
-func (e *Entry) Attempted(ctx context.Context) error { return e.keeper.cur.attempted(ctx) }
+func (e *Entry) Attempted(ctx context.Context) error { return e.keeper.Attempted(ctx) }
 
 // Ready returns nil while the backend of every service of the exit accepts
 // TCP connections (see above), and otherwise the first dial error, naming

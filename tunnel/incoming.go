@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/proxyheader"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
@@ -36,8 +37,8 @@ type forwarder struct {
 	routes        *routeTable               // the services (services.go)
 	local         localServices             // the services the program serves (apiexit.go)
 	backlog       int                       // of each Listener: acceptBacklog; tests make it small
-	noService     *serviceCounters          // streams refused before they named one of routes
-	books         *ledger                   // every count, once (ledger.go)
+	noService     *ledger.Service           // streams refused before they named one of routes
+	books         *ledger.Ledger            // every count, once (package ledger)
 	pool          *relay.Pool
 	dialer        net.Dialer
 	writeStall    time.Duration
@@ -46,7 +47,7 @@ type forwarder struct {
 // newForwarder returns the forwarder of an exit with settings cfg
 // (defaults filled in) and key state keys, which counts in books. It
 // refuses services that the settings give wrong (newRouteTable).
-func newForwarder(cfg ExitSettings, keys *atomic.Pointer[exitKeys], books *ledger) (*forwarder, error) {
+func newForwarder(cfg ExitSettings, keys *atomic.Pointer[exitKeys], books *ledger.Ledger) (*forwarder, error) {
 	routes, err := newRouteTable(cfg, books)
 	if err != nil {
 		return nil, err
@@ -57,7 +58,7 @@ func newForwarder(cfg ExitSettings, keys *atomic.Pointer[exitKeys], books *ledge
 		keys:          keys,
 		routes:        routes,
 		backlog:       acceptBacklog,
-		noService:     books.service(""),
+		noService:     books.Service(""),
 		books:         books,
 		pool:          relay.NewPool(),
 		dialer:        net.Dialer{Timeout: cfg.DialTimeout},
@@ -76,7 +77,7 @@ func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *ses
 	svc := f.noService
 	// refuse ends a stream that had not begun under svc.
 	refuse := func(s Status, msg string, err error) {
-		f.books.refused(svc, s)
+		f.books.Refused(svc, statusLabel(s))
 		logRefusal(log, s, msg, err)
 		ended(s, msg)
 	}
@@ -129,16 +130,16 @@ func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *ses
 		refuse(StatusRefused, policyRefusal(peer.fingerprint, r.name.String()), nil)
 		return
 	}
-	f.books.began(svc)
+	f.books.Began(svc)
 	// fail ends a stream that began, with a status other than 0.
 	fail := func(s Status, msg string, err error) {
-		f.books.ended(svc, statusLabel(s))
+		f.books.Ended(svc, statusLabel(s))
 		logRefusal(log, s, msg, err)
 		ended(s, msg)
 	}
 	start := time.Now()
 	c, err := f.dialer.DialContext(ctx, r.network, r.dialAddr)
-	f.books.backendDial(time.Since(start), err)
+	f.books.BackendDial(time.Since(start), err)
 	if err != nil {
 		msg := fmt.Sprintf("backend %s unreachable: %v", r.addr, err)
 		if r.name != "" {
@@ -160,13 +161,13 @@ func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *ses
 		backend.Close()
 		st.CloseWrite()
 		log.Warn().Err(err).Msg("stream lost before the status was sent")
-		f.books.ended(svc, streamAborted)
+		f.books.Ended(svc, ledger.EndAborted)
 		ended(StatusOK, "")
 		return
 	}
 	rl := relay.Start(backend, st, relay.Options{
 		Pool: f.pool, Stall: f.writeStall,
-		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
+		FromConn: svc.Moved().FromConn, ToConn: svc.Moved().ToConn,
 	})
 	// The relay goes on in goroutines of its own: this one's stack grew in
 	// the backend's dial (relay.Relay.Go).
@@ -174,8 +175,8 @@ func (f *forwarder) serveStream(ctx context.Context, log zerolog.Logger, st *ses
 }
 
 // relayEnded counts, logs and ends a stream that was relayed until res.
-func (f *forwarder) relayEnded(res relay.Result, svc *serviceCounters, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
-	f.books.ended(svc, resultLabel(res))
+func (f *forwarder) relayEnded(res relay.Result, svc *ledger.Service, log zerolog.Logger, start time.Time, ended func(s Status, msg string)) {
+	f.books.Ended(svc, resultLabel(res))
 	ev := log.Debug() // one per connection: at info they would swamp the sessions' lines
 	if res.Aborted() {
 		ev = log.Warn().Bool("aborted", true)

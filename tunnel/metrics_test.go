@@ -20,6 +20,7 @@ import (
 
 	"github.com/tunnel-dev/tunnel/frame"
 	"github.com/tunnel-dev/tunnel/handshake"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/sourcelimit"
 	"github.com/tunnel-dev/tunnel/tunnel/status"
 )
@@ -241,7 +242,7 @@ func TestMetricsKeyUpdates(t *testing.T) {
 	defer http.DefaultClient.CloseIdleConnections()
 	fc := &frame.Config{KeyUpdateRecords: 8}
 	a := startTuned(t, echoBackend(t), nil, func(x *Exit, n *Entry) {
-		n.keeper.keys.Load().hs.Frame = fc
+		n.keeper.Pins().Handshake.Frame = fc
 		ks := testKeys()
 		auth, err := handshake.NewKeySet(&ks[0].PublicKey)
 		if err != nil {
@@ -504,21 +505,21 @@ func TestClassifyHandshake(t *testing.T) {
 		_, err := handshake.Initiate(ctx, a, &handshake.Config{PrivateKey: entryKey, PeerKey: &exitKey.PublicKey})
 		return err
 	}
-	const none = hsResult(-1) // this side is not checked
+	const none = "" // this side is not checked
 	cases := []struct {
 		name     string
 		run      func(t *testing.T) (ini, res error)
-		ini, res hsResult
+		ini, res string // results as ledger.HandshakeResult names them
 	}{
 		{"entry key not authorized", func(t *testing.T) (error, error) {
 			return both(t, responder(t, 10*time.Second, 0), stranger, &exitKey.PublicKey, nil)
-		}, hsUnknownKey, hsUnknownKey},
+		}, "unknown_key", "unknown_key"},
 		{"exit key not pinned", func(t *testing.T) (error, error) {
 			return both(t, responder(t, 10*time.Second, 0), entryKey, &stranger.PublicKey, nil)
-		}, hsPinnedKeyMismatch, none},
+		}, "pinned_key_mismatch", none},
 		{"HELLO_R signature altered", func(t *testing.T) (error, error) {
 			return both(t, responder(t, 10*time.Second, 0), entryKey, &exitKey.PublicKey, func(c net.Conn) net.Conn { return &sigFlipConn{Conn: c} })
-		}, hsBadSignature, hsBadSignature},
+		}, "bad_signature", "bad_signature"},
 		{"responder's slots all taken", func(t *testing.T) (error, error) {
 			r := responder(t, 10*time.Second, 1)
 			a, b := tcpPair(t)
@@ -527,37 +528,37 @@ func TestClassifyHandshake(t *testing.T) {
 			end := holdHandshake(t, a)
 			defer func() { end(); <-held }()
 			return both(t, r, entryKey, &exitKey.PublicKey, nil)
-		}, hsBusy, hsBusy},
+		}, "busy", "busy"},
 		{"refused before the handshake", func(t *testing.T) (error, error) {
 			a, b := tcpPair(t)
 			go responder(t, 10*time.Second, 0).Refuse(b, "too many handshakes from your address; retry later")
 			_, err := handshake.Initiate(context.Background(), a, &handshake.Config{PrivateKey: entryKey, PeerKey: &exitKey.PublicKey})
 			return err, nil
-		}, hsBusy, none},
+		}, "busy", none},
 		{"silent peer", func(t *testing.T) (error, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
 			return initiatorOnly(t, ctx, nil), responderOnly(t, responder(t, 200*time.Millisecond, 0), nil)
-		}, hsTimeout, hsTimeout},
+		}, "timeout", "timeout"},
 		{"half a preface, then silence", func(t *testing.T) (error, error) {
 			return nil, responderOnly(t, responder(t, 200*time.Millisecond, 0), []byte("TUNN"))
-		}, none, hsTimeout},
+		}, none, "timeout"},
 		{"garbage", func(t *testing.T) (error, error) {
 			return initiatorOnly(t, context.Background(), []byte("HTTP/1.1 400 Bad Request\r\n\r\n")),
 				responderOnly(t, responder(t, 10*time.Second, 0), []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-		}, hsProtocolError, hsProtocolError},
+		}, "protocol_error", "protocol_error"},
 		{"protocol version 3", func(t *testing.T) (error, error) {
 			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x03"))
-		}, none, hsProtocolError},
+		}, none, "protocol_error"},
 		{"KEY_I first", func(t *testing.T) (error, error) {
 			return nil, responderOnly(t, responder(t, 10*time.Second, 0), []byte("TUNNEL\x00\x01\x03\x00\x00\x04\x00\x00\x00\x00"))
-		}, none, hsProtocolError},
+		}, none, "protocol_error"},
 		{"peer closes", func(t *testing.T) (error, error) {
 			a, b := tcpPair(t)
 			a.Close()
 			_, err := responder(t, 10*time.Second, 0).Handshake(context.Background(), b)
 			return nil, err
-		}, none, hsOther},
+		}, none, "other"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -565,7 +566,7 @@ func TestClassifyHandshake(t *testing.T) {
 			for _, side := range []struct {
 				name      string
 				err       error
-				want      hsResult
+				want      string
 				initiator bool
 			}{{"initiator", ini, tc.ini, true}, {"responder", res, tc.res, false}} {
 				if side.want == none {
@@ -573,8 +574,8 @@ func TestClassifyHandshake(t *testing.T) {
 				}
 				if side.err == nil {
 					t.Errorf("%s: the handshake succeeded", side.name)
-				} else if got := classifyHandshake(side.err, side.initiator); got != side.want {
-					t.Errorf("%s: %v\ncounted as %s, want %s", side.name, side.err, hsResultNames[got], hsResultNames[side.want])
+				} else if got := ledger.HandshakeResult(side.err, side.initiator); got != side.want {
+					t.Errorf("%s: %v\ncounted as %s, want %s", side.name, side.err, got, side.want)
 				}
 			}
 		})

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/tunnel-dev/tunnel/tunnel/keeper"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 	"github.com/tunnel-dev/tunnel/tunnel/relay"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
@@ -34,7 +36,7 @@ const maxCarries = 3
 // outgoing is one attempt to carry a connection: a stream on the current
 // session, counted among the entry's open streams until done.
 type outgoing struct {
-	s     *entrySession
+	s     *keeper.Session
 	st    *session.Stream
 	log   zerolog.Logger // with the exit and the stream
 	start time.Time
@@ -42,19 +44,19 @@ type outgoing struct {
 
 // attempt opens a stream on the current session and counts it.
 func (e *Entry) attempt(ctx context.Context, log zerolog.Logger) (*outgoing, error) {
-	s, st, err := e.keeper.open(ctx)
+	s, st, err := e.keeper.Open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	e.books.streamOpened()
+	e.books.StreamOpened()
 	return &outgoing{
 		s: s, st: st, start: time.Now(),
-		log: log.With().Str("peer", s.exit.Peer).Uint32("stream", st.ID()).Logger(),
+		log: log.With().Str("peer", s.Exit.Peer).Uint32("stream", st.ID()).Logger(),
 	}, nil
 }
 
 // done ends the count of o's stream.
-func (e *Entry) done(o *outgoing) { e.books.streamClosed() }
+func (e *Entry) done(o *outgoing) { e.books.StreamClosed() }
 
 // refusedBeforeAccept reports whether err, from o's stream, is the exit's
 // refusal before it accepted the stream: nothing reached it.
@@ -71,17 +73,17 @@ func (o *outgoing) refusedBeforeAccept(err error) bool {
 // in a fresh goroutine and serveApp returns: this goroutine's stack grew
 // while it opened the stream, and a connection that waits should hold two
 // small stacks.
-func (e *Entry) serveApp(ctx context.Context, app net.Conn, service serviceName, svc *serviceCounters, ended func()) {
+func (e *Entry) serveApp(ctx context.Context, app net.Conn, service serviceName, svc *ledger.Service, ended func()) {
 	origin := appOrigin(app)
 	lc := e.log.With().Str("service", service.String())
 	if origin != "" {
 		lc = lc.Str("origin", origin)
 	}
 	log := lc.Logger()
-	e.books.began(svc)
+	e.books.Began(svc)
 	// finish ends the connection, with a stream label.
-	finish := func(label int) {
-		e.books.ended(svc, label)
+	finish := func(label ledger.End) {
+		e.books.Ended(svc, label)
 		ended()
 	}
 	sent := new(relay.Unacked) // what the application sent while no exit had accepted it
@@ -98,7 +100,7 @@ func (e *Entry) serveApp(ctx context.Context, app net.Conn, service serviceName,
 			log.Warn().Int("attempts", carries).
 				Msg("closing application connection: every exit tried refused the stream before accepting it")
 			relay.Reset(app)
-			finish(streamAborted)
+			finish(ledger.EndAborted)
 			return
 		}
 		log.Info().Int("bytes", len(sent.Bytes())).
@@ -122,12 +124,12 @@ const (
 // is over: its end is logged and returned with the exit's status
 // (carryEnded), or app was reset because no stream could be had, which is
 // logged, and finish called (carryFailed).
-func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *serviceCounters, sent *relay.Unacked, finish func(label int)) (relay.Result, Status, carryState) {
+func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr []byte, svc *ledger.Service, sent *relay.Unacked, finish func(label ledger.End)) (relay.Result, Status, carryState) {
 	o, err := e.attempt(ctx, log)
 	if err != nil {
 		log.Warn().Err(err).Msg("closing application connection: no session with the exit")
 		relay.Reset(app)
-		finish(streamNoSession)
+		finish(ledger.EndNoSession)
 		return relay.Result{}, 0, carryFailed
 	}
 	resent := sent.Bytes()
@@ -138,12 +140,12 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 		relay.Reset(app)
 		o.st.Close()
 		e.done(o)
-		finish(streamAborted)
+		finish(ledger.EndAborted)
 		return relay.Result{}, 0, carryFailed
 	}
 	r := relay.Start(app, o.st, relay.Options{
 		Pool: e.pool, Stall: e.writeStall,
-		FromConn: svc.moved.fromConn, ToConn: svc.moved.toConn,
+		FromConn: svc.Moved().FromConn, ToConn: svc.Moved().ToConn,
 		Unacked: sent,
 	})
 	status, msg, err := readStatus(o.st)
@@ -167,7 +169,7 @@ func (e *Entry) carry(ctx context.Context, log zerolog.Logger, app net.Conn, hdr
 
 // relayEnded logs the end of o's accepted stream, relayed until res, and
 // finishes it.
-func (e *Entry) relayEnded(o *outgoing, res relay.Result, resent int64, finish func(label int)) {
+func (e *Entry) relayEnded(o *outgoing, res relay.Result, resent int64, finish func(label ledger.End)) {
 	res.ToStream += resent
 	e.logCarried(o.log, res, StatusOK, time.Since(o.start))
 	e.done(o)
@@ -197,7 +199,7 @@ func (e *Entry) logCarried(log zerolog.Logger, res relay.Result, status Status, 
 	}
 	if status == StatusRefused {
 		// Which key the exit refused, for the operator who grants access.
-		ev = ev.Str("fingerprint", e.keeper.fingerprint())
+		ev = ev.Str("fingerprint", e.keeper.Fingerprint())
 	}
 	if res.Err != nil && !session.IsClosedErr(res.Err) {
 		ev = ev.AnErr("reason", res.Err)

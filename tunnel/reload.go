@@ -31,7 +31,7 @@ func (e *Entry) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys
 	if key == nil {
 		return errors.New("tunnel: reload needs the entry's private key")
 	}
-	return e.keeper.reload(key, peerKeys, exitKeys)
+	return e.keeper.Reload(key, peerKeys, exitKeys)
 }
 
 // Reload makes the exit answer with key and accept the entry keys in
@@ -57,7 +57,7 @@ func (e *Exit) Reload(key *rsa.PrivateKey, authorized *handshake.KeySet) (closin
 	for _, fp := range authorized.Fingerprints() {
 		keep[fp] = true
 	}
-	revoked := e.books.sessions.except(keep)
+	revoked := e.books.SessionsExcept(keep)
 	for _, s := range revoked {
 		// Each GoAway may wait for its session's send queue (up to yamux's
 		// write timeout): one session that does not read must not hold up

@@ -133,7 +133,7 @@ func (a *acceptor) boundParking(ctx context.Context, log zerolog.Logger, sess *s
 			case ctx.Err() != nil:
 				why = "the exit is shutting down"
 			case a.parked.overParked(sess, key):
-				a.books.resumeRefused.Add(1)
+				a.books.ResumeRefused()
 				why = fmt.Sprintf("too many sessions wait to be resumed (at most %d, %d per key)", maxParked, maxParkedPerKey)
 			}
 		}

@@ -67,12 +67,12 @@ func TestResumeAcrossCuts(t *testing.T) {
 	echoAcross(t, addr, 8<<20, []int{1 << 20, 3 << 20, 6 << 20}, func() {
 		relay.cut()
 		cuts++
-		waitFor(t, "the session resumed", func() bool { return n.books.resumed.Load() == cuts })
+		waitFor(t, "the session resumed", func() bool { return n.Stats().Resumptions == cuts })
 	})
-	if got := n.books.resumed.Load(); got != 3 {
+	if got := n.Stats().Resumptions; got != 3 {
 		t.Errorf("entry counted %d resumptions, want 3", got)
 	}
-	if got := a.exit.books.resumed.Load(); got != 3 {
+	if got := a.exit.Stats().Resumptions; got != 3 {
 		t.Errorf("exit counted %d resumptions, want 3", got)
 	}
 	if st := n.Stats(); st.Sessions != 1 {
@@ -146,7 +146,7 @@ func TestResumeRefusedByNewExit(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("the connection was reset after %v, want at once (the refusal is final)", d)
 	}
-	if got := n.books.resumeRefused.Load(); got != 1 {
+	if got := n.Stats().ResumptionsRefused; got != 1 {
 		t.Errorf("entry counted %d refused resumptions, want 1", got)
 	}
 	roundTrip(t, addr, []byte("on a new session"))
@@ -177,13 +177,13 @@ func TestResumeFlappingBacksOff(t *testing.T) {
 	defer c.Close()
 	time.Sleep(3500 * time.Millisecond)
 	got := accepted.Load()
-	t.Logf("3.5s of connections cut after 200ms: %d connections, %d resumptions", got, n.books.resumed.Load())
+	t.Logf("3.5s of connections cut after 200ms: %d connections, %d resumptions", got, n.Stats().Resumptions)
 	// Without backoff: 17 connections. With it: the waits grow 100ms,
 	// 200ms, 400ms, 800ms, 1s.
 	if got > 8 {
 		t.Errorf("%d connections in 3.5s, want at most 8: a flapping link is resumed without backoff", got)
 	}
-	if n.books.resumed.Load() == 0 {
+	if n.Stats().Resumptions == 0 {
 		t.Error("no resumption")
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))

@@ -10,7 +10,7 @@ package tunnel
 // admits every authorized key. Every stream is checked against the rules
 // in force when it opens, on sessions old and new.
 //
-// Each service has its own counters (serviceCounters), which the status
+// Each service has its own counters (ledger.Service), which the status
 // endpoint and the metrics show by service. The set of services is fixed
 // when the agent starts, so a label value never comes from the wire: a
 // stream naming a service the exit does not have is counted under the
@@ -19,11 +19,11 @@ package tunnel
 import (
 	"fmt"
 	"strings"
-	"sync/atomic"
 
 	"github.com/tunnel-dev/tunnel/config"
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/backendprobe"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 )
 
 // route is one service of the exit.
@@ -37,7 +37,7 @@ type route struct {
 	// v2 header (package proxyheader).
 	proxyProtocol bool
 	probe         *backendprobe.Probe
-	count         *serviceCounters
+	count         *ledger.Service
 }
 
 // routeTable maps names to the exit's services. Read-only once built.
@@ -48,7 +48,7 @@ type routeTable struct {
 
 // newRouteTable makes the table of the services c forwards. It refuses a
 // name that is not a service name, and a service given twice.
-func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
+func newRouteTable(c ExitSettings, books *ledger.Ledger) (*routeTable, error) {
 	t := &routeTable{byName: map[serviceName]*route{}}
 	for _, s := range c.Services {
 		name, err := parseServiceName(s.Name)
@@ -69,7 +69,7 @@ func newRouteTable(c ExitSettings, books *ledger) (*routeTable, error) {
 			dialAddr:      dialAddr,
 			proxyProtocol: s.ProxyProtocol,
 			probe:         backendprobe.New(s.Backend, c.DialTimeout),
-			count:         books.service(name.String()),
+			count:         books.Service(name.String()),
 		}
 		t.byName[name] = r
 		t.all = append(t.all, r)
@@ -173,38 +173,4 @@ func ruleKeys(rules []AccessRule) []string {
 		}
 	}
 	return out
-}
-
-// serviceCounters count the streams of one service. Updated atomically by
-// stream goroutines, read by /status and /metrics.
-type serviceCounters struct {
-	name      string                        // as settings name it; "" for streams naming no service of the exit
-	open      atomic.Int64                  // streams open now
-	total     atomic.Int64                  // streams opened
-	ended     [numStreamLabels]atomic.Int64 // ended streams by status
-	toBackend atomic.Int64                  // bytes, application to backend, as they move
-	toApp     atomic.Int64                  // bytes, backend to application, as they move
-	moved     tally                         // toBackend and toApp, as forward sees them in the agent's role
-}
-
-// ServiceStats are one service's counters, as /status shows them.
-type ServiceStats struct {
-	Streams        int64 `json:"streams"`       // open now
-	StreamsTotal   int64 `json:"streams_total"` // since start
-	StreamsRefused int64 `json:"streams_refused"`
-	BytesToBackend int64 `json:"bytes_to_backend"` // counted as they move
-	BytesToApp     int64 `json:"bytes_to_app"`
-}
-
-func (c *serviceCounters) stats() ServiceStats {
-	var refused int64
-	for i := range c.ended {
-		if i != int(StatusOK) && i != streamAborted {
-			refused += c.ended[i].Load()
-		}
-	}
-	return ServiceStats{
-		Streams: c.open.Load(), StreamsTotal: c.total.Load(), StreamsRefused: refused,
-		BytesToBackend: c.toBackend.Load(), BytesToApp: c.toApp.Load(),
-	}
 }

@@ -1,18 +1,8 @@
 package tunnel
 
-// What both agents share: the counters a relay adds bytes to, and the
-// count of open streams a drain waits for.
+// What both agents share: the count of open streams a drain waits for.
 
-import (
-	"sync"
-	"sync/atomic"
-)
-
-// tally is where a relay adds the bytes it copies, once per chunk, as they
-// move: fromConn counts what the carried connection sends into the stream,
-// toConn what the stream delivers to it. The counters are a service's,
-// shared by all its streams.
-type tally struct{ fromConn, toConn *atomic.Int64 }
+import "sync"
 
 // closed reports whether ch is closed.
 func closed(ch <-chan struct{}) bool {

@@ -1,58 +1,43 @@
 package tunnel
 
+// The API's names for the ledger's counters (package ledger), and the
+// labels of how a stream ended, from the exit's Status and the relay's
+// result.
+
 import (
-	"os"
-	"runtime"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
+	"github.com/tunnel-dev/tunnel/tunnel/relay"
 )
 
 // Stats are an agent's counters and its process's resource use, as the
 // status endpoint shows them.
-type Stats struct {
-	Role              string `json:"role"`
-	Sessions          int64  `json:"sessions"`      // sessions up now
-	Streams           int64  `json:"streams"`       // streams open now
-	StreamsTotal      int64  `json:"streams_total"` // streams opened since start
-	HandshakeFailures int64  `json:"handshake_failures"`
-	HandshakesRefused int64  `json:"handshakes_refused"` // busy or over the per-source rate
-	Goroutines        int    `json:"goroutines"`
-	HeapBytes         uint64 `json:"heap_bytes"`
-	OpenFDs           int    `json:"open_fds"` // -1 where /proc/self/fd is not readable
-	// Entry only: records of the current session.
-	RecordsSent     uint64 `json:"records_sent,omitempty"`
-	RecordsReceived uint64 `json:"records_received,omitempty"`
+type Stats = ledger.Stats
 
-	// Entry only: failed TCP dials to the exit (HandshakeFailures counts
-	// only handshakes begun); of the handshake failures, those refused by
-	// either side (an ALERT from the exit, or its key or signature is
-	// wrong) and those that ran out of time; and the sessions replaced
-	// after maxSessionStreams streams.
-	DialFailures        int64 `json:"dial_failures"`
-	HandshakeRejections int64 `json:"handshake_rejections"`
-	HandshakeTimeouts   int64 `json:"handshake_timeouts"`
-	SessionsRecycled    int64 `json:"sessions_recycled"`
+// ServiceStats are one service's counters, as /status shows them.
+type ServiceStats = ledger.ServiceStats
 
-	// Sessions resumed on a new connection after theirs broke, and
-	// resumptions refused (entry: the exit did not know the session; exit:
-	// a parked session closed past its bounds); the sessions waiting for a
-	// new connection now, and the bytes sent again after resumptions.
-	Resumptions        int64  `json:"resumptions"`
-	ResumptionsRefused int64  `json:"resumptions_refused"`
-	SessionsParked     int64  `json:"sessions_parked"`
-	BytesResent        uint64 `json:"bytes_resent"`
-
-	// Services are the counters of each service, by name (the default
-	// service is "default").
-	Services map[string]ServiceStats `json:"services"`
+// statusLabel is the end of a stream the exit answered with s: statuses
+// are ledger ends by value, and those past StatusBusy count as "other".
+func statusLabel(s Status) ledger.End {
+	if s <= StatusBusy {
+		return ledger.End(s)
+	}
+	return ledger.EndOther
 }
 
-// processStats returns the process's part of Stats: goroutines, heap and
-// open descriptors.
-func processStats() Stats {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	fds := -1
-	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-		fds = len(ents)
+// resultLabel is the end of a carried connection that ended with res.
+func resultLabel(res relay.Result) ledger.End {
+	if res.Aborted() {
+		return ledger.EndAborted
 	}
-	return Stats{Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, OpenFDs: fds}
+	return ledger.EndOK
+}
+
+// endLabel is the end of an entry's connection whose stream the exit
+// answered with s and that ended with res.
+func endLabel(s Status, res relay.Result) ledger.End {
+	if s != StatusOK {
+		return statusLabel(s)
+	}
+	return resultLabel(res)
 }

@@ -5,13 +5,9 @@
 //	app --TCP--> Entry --stream header + bytes--> [session / frame / TCP] --> Exit --TCP--> backend
 //	                   <--status + bytes---------                         <--
 //
-// The entry: entry.go (the agent, its listeners and drain); the keeper,
-// which keeps its session with an exit: keeper.go (the current session,
-// handed out to streams; the pinned keys), upkeep.go (one current session,
-// replaced on GoAway or after its share of streams), failover.go (reaching
-// an exit, backoff), connect.go (one connection to one exit), resume.go
-// (resuming a session whose connection broke); outgoing.go
-// (an application connection's stream). The exit: exit.go (the agent,
+// The entry: entry.go (the agent, its listeners and drain; its keeper,
+// package keeper, keeps its session with an exit); outgoing.go (an
+// application connection's stream). The exit: exit.go (the agent,
 // accept loop and drain); the acceptor, which lets an entry in: acceptor.go
 // (pending gate, per-source limit, handshake, session), resumable.go (the
 // sessions a resumption may continue); exitsession.go (one
@@ -19,11 +15,16 @@
 // a stream: incoming.go (header, access, backend dial, relay), services.go
 // (the services and access rules), apiexit.go (a service the program
 // serves itself). The Go API: apientry.go, apiexit.go, apiconn.go. Both:
-// ledger.go (the one accounting sink), metrics.go, health.go, reload.go.
-// This file: the stream header and status on the wire.
+// stats.go (the ledger's Stats, a stream's end as the ledger labels it),
+// health.go, reload.go. This file: the stream header and status on the
+// wire.
 //
 // The packages under it: session (yamux over the record layer, and all of
-// yamux's wire), relay (one connection through one stream, both ways),
+// yamux's wire), keeper (the entry's session with an exit: reaching one,
+// failover and backoff, upkeep with GoAway and recycling, resumption),
+// ledger (each agent's one accounting sink: the counts /status and
+// /metrics both read, the live-session registry, the Prometheus
+// collector), relay (one connection through one stream, both ways),
 // rawio (raw system calls on non-blocking sockets), listen (listening
 // sockets, accept retries, bounds on descriptors and pending connections),
 // status (the status endpoint: counters, probes, metrics), exits (resolving

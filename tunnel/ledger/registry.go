@@ -1,4 +1,4 @@
-package tunnel
+package ledger
 
 import (
 	"sync"
@@ -7,12 +7,12 @@ import (
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// sessionRegistry knows an agent's live sessions, by peer fingerprint,
+// registry knows an agent's live sessions, by peer fingerprint,
 // from the handshake that made each until it ends, and what the ended ones
 // of each peer add up to. /status counts them, /metrics shows them by
 // peer, and the exit's reload finds the sessions of revoked keys in it.
 // Safe for concurrent use.
-type sessionRegistry struct {
+type registry struct {
 	mu     sync.Mutex
 	live   map[*session.Session]string // the peer's fingerprint
 	ended  map[string]*peerTotals      // by peer fingerprint: authenticated peers only
@@ -27,7 +27,7 @@ type peerTotals struct {
 
 // add registers sess, of the peer with fingerprint fp, until it ends (a
 // goroutine waits for that; it ends with the session).
-func (r *sessionRegistry) add(sess *session.Session, fp string) {
+func (r *registry) add(sess *session.Session, fp string) {
 	r.mu.Lock()
 	if r.live == nil {
 		r.live = make(map[*session.Session]string)
@@ -42,7 +42,7 @@ func (r *sessionRegistry) add(sess *session.Session, fp string) {
 }
 
 // remove moves an ended session from the live set into its peer's totals.
-func (r *sessionRegistry) remove(sess *session.Session) {
+func (r *registry) remove(sess *session.Session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fp := r.live[sess]
@@ -58,7 +58,7 @@ func (r *sessionRegistry) remove(sess *session.Session) {
 }
 
 // count is how many sessions are live.
-func (r *sessionRegistry) count() int {
+func (r *registry) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.live)
@@ -66,7 +66,7 @@ func (r *sessionRegistry) count() int {
 
 // except lists the live sessions of the peers not in keep (by
 // fingerprint): for a reload that removed their keys.
-func (r *sessionRegistry) except(keep map[string]bool) []*session.Session {
+func (r *registry) except(keep map[string]bool) []*session.Session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*session.Session
@@ -88,7 +88,7 @@ type peerView struct {
 }
 
 // view returns a copy of what the registry knows.
-func (r *sessionRegistry) view() peerView {
+func (r *registry) view() peerView {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v := peerView{up: make(map[string]int), ended: make(map[string]peerTotals, len(r.ended))}

@@ -1,20 +1,19 @@
-package tunnel
+package ledger
 
 // Prometheus metrics. Each agent owns one prometheus.Registry, made in its
 // constructor (never the default registry) and served by the status
 // endpoint at /metrics.
 //
-// Every number is the agent's ledger's (ledger.go), counted in atomics and
+// Every number is the agent's Ledger's, counted in atomics and
 // read by Collect at scrape time, as /status reads them; the two histograms
 // are observed once per handshake and once per backend dial. The one count
 // made per chunk is of application bytes: a relay adds each chunk it copies
-// to its service's counter of its direction (one atomic add, see tally;
-// nothing that locks or allocates), so a stream that lives for hours shows
+// to its service's counter of its direction (one atomic add, see Tally), so a stream that lives for hours shows
 // its traffic as it flows.
 //
 // Labels come from small, known sets: results, statuses, outcomes and
 // directions named below; service, which is one of the agent's services
-// as its settings name them (services.go), never a name read from the
+// as its settings name them (Service), never a name read from the
 // wire; and peer_fingerprint, which is only ever an authenticated peer's
 // (an authorized key on the exit, the pinned key on the entry). No label
 // carries an address.
@@ -71,35 +70,27 @@ func classifyHandshake(err error, initiator bool) hsResult {
 	return hsOther
 }
 
-// Stream statuses as labels: the exit's answer (Status), and two ends that
-// are not an answer. Status values past StatusBusy count as "other".
-const (
-	streamAborted   = int(StatusBusy) + 1 + iota // carried, then cut: a reset, or the session was lost
-	streamNoSession                              // entry: no session to open it on
-	streamOther                                  // a status this build does not know
-	numStreamLabels
-)
-
-var streamLabelNames = [numStreamLabels]string{
-	"ok", "unknown_service", "unreachable", "refused", "busy", "aborted", "no_session", "other",
+// HandshakeResult is the result label of tunnel_handshakes_total under
+// which HandshakeFailed counts a handshake that failed with err.
+func HandshakeResult(err error, initiator bool) string {
+	return hsResultNames[classifyHandshake(err, initiator)]
 }
 
 // outcomeNames label session.Outcome values.
 var outcomeNames = [session.NumOutcomes]string{"closed_locally", "closed_by_peer", "cut", "error"}
 
-// metricSet is an agent's Prometheus registry and the collector that reads
-// its ledger at scrape time.
-type metricSet struct {
-	reg   *prometheus.Registry
-	l     *ledger
+// collector reads a ledger at scrape time.
+type collector struct {
+	l     *Ledger
 	descs map[string]*prometheus.Desc
 }
 
-// newMetrics makes the registry of an agent of this version whose numbers
-// are l's, and registers the agent's metrics, the Go runtime's and the
-// process's on it.
-func newMetrics(version string, l *ledger) *metricSet {
-	m := &metricSet{reg: prometheus.NewRegistry(), l: l}
+// NewRegistry makes the Prometheus registry of an agent of this version
+// whose numbers are l's, and registers the agent's metrics, the Go
+// runtime's and the process's on it. The agent serves it at /metrics.
+func NewRegistry(version string, l *Ledger) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	m := &collector{l: l}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
@@ -119,31 +110,25 @@ func newMetrics(version string, l *ledger) *metricSet {
 	}
 	if l.dialTime != nil {
 		m.descs["dialErrors"] = desc("tunnel_backend_dial_errors_total", "The exit's dials to its backend that failed.")
-		m.reg.MustRegister(l.dialTime)
+		reg.MustRegister(l.dialTime)
 	} else {
 		m.descs["reconnects"] = desc("tunnel_entry_reconnects_total", "Sessions the entry made again after it had none (lost, or the exit went away); planned replacements are not counted.")
 	}
-	m.reg.MustRegister(m, l.hsDuration,
+	reg.MustRegister(m, l.hsDuration,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return m
+	return reg
 }
 
-// Metrics returns the exit's registry, which the status endpoint serves.
-func (e *Exit) Metrics() *prometheus.Registry { return e.met.reg }
-
-// Metrics returns the entry's registry, which the status endpoint serves.
-func (e *Entry) Metrics() *prometheus.Registry { return e.met.reg }
-
 // Describe sends the descriptions of the metrics Collect makes.
-func (m *metricSet) Describe(ch chan<- *prometheus.Desc) {
+func (m *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range m.descs {
 		ch <- d
 	}
 }
 
 // Collect reads the counters and the live sessions.
-func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
+func (m *collector) Collect(ch chan<- prometheus.Metric) {
 	c := func(name string, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.CounterValue, v, labels...)
 	}
@@ -158,7 +143,7 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range l.serviceList() {
 		g("streams", float64(s.open.Load()), s.name)
 		for i := range s.ended {
-			c("streamsEnd", float64(s.ended[i].Load()), s.name, streamLabelNames[i])
+			c("streamsEnd", float64(s.ended[i].Load()), s.name, endNames[i])
 		}
 		c("bytes", float64(s.toBackend.Load()), s.name, "to_backend")
 		c("bytes", float64(s.toApp.Load()), s.name, "to_app")
@@ -166,7 +151,7 @@ func (m *metricSet) Collect(ch chan<- prometheus.Metric) {
 	if l.dialTime != nil {
 		c("dialErrors", float64(l.dialErrors.Load()))
 	} else {
-		c("reconnects", float64(max(0, l.made.Load()-1)))
+		c("reconnects", float64(l.Reconnects()))
 	}
 
 	v := l.sessions.view()

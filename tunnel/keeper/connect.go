@@ -1,4 +1,4 @@
-package tunnel
+package keeper
 
 // One connection to one exit: the TCP dial, the handshake (version 2, or
 // version 1 for an exit that speaks only that), and the session over it.
@@ -59,8 +59,8 @@ func (v *v1Exits) remove(addr string) {
 
 // connect dials the exit at x, runs the handshake and starts the
 // multiplexer; it logs the new session to log.
-func (k *keeper) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) (*entrySession, error) {
-	c, err := k.dial(ctx, x.Addr)
+func (k *Keeper) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) (*Session, error) {
+	c, err := k.Dial(ctx, x.Addr)
 	if err != nil {
 		return nil, &exits.DialError{Err: err}
 	}
@@ -68,15 +68,15 @@ func (k *keeper) connect(ctx context.Context, log zerolog.Logger, x exits.Addr) 
 }
 
 // dialTCP is keeper.dial: a TCP dial to an exit, within the dial timeout.
-func (k *keeper) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+func (k *Keeper) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: k.cfg.DialTimeout, KeepAlive: k.cfg.KeepAlive}
 	return d.DialContext(ctx, "tcp", addr)
 }
 
 // start runs the handshake on c, connected to the exit at x, and starts
 // the multiplexer; it logs the new session to log.
-func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*entrySession, error) {
-	cfg := *k.keys.Load().forExit(x.Peer)
+func (k *Keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c net.Conn) (*Session, error) {
+	cfg := *k.keys.Load().ForExit(x.Peer)
 	cfg.ResumeWindow = max(k.cfg.ResumeWindow, 0)
 	v1 := k.v1.has(x.Addr, time.Now())
 	cfg.Version, cfg.Fallback = handshake.Version2, false
@@ -91,7 +91,7 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 		k.v1.add(x.Addr, time.Now())
 		log.Warn().Str("peer", x.Peer).Str("addr", x.Addr).
 			Msg("the exit speaks protocol version 1 only: falling back to it (no signed hello, so the exit cannot shed forged handshakes before its RSA work); upgrade the exit")
-		c, err = k.dial(ctx, x.Addr)
+		c, err = k.Dial(ctx, x.Addr)
 		if err != nil {
 			return nil, &exits.DialError{Err: err}
 		}
@@ -113,17 +113,17 @@ func (k *keeper) start(ctx context.Context, log zerolog.Logger, x exits.Addr, c 
 		res.Conn.Close()
 		return nil, err
 	}
-	k.books.sessionUp(sess, res.PeerFingerprint, res.Duration)
+	k.books.SessionUp(sess, res.PeerFingerprint, res.Duration)
 	ev := log.Info().Str("peer", x.Peer).Str("addr", x.Addr).Str("peer_fingerprint", res.PeerFingerprint).
 		Str("handshake", logfield.Duration(res.Duration))
 	if settings.Resume > 0 {
 		ev = ev.Str("resume_window", logfield.Duration(settings.Resume))
 	}
 	ev.Msg("session established")
-	return &entrySession{exit: x, fingerprint: res.PeerFingerprint, sess: sess, ticket: res.Ticket, full: make(chan struct{})}, nil
+	return &Session{Exit: x, Fingerprint: res.PeerFingerprint, Sess: sess, ticket: res.Ticket, full: make(chan struct{})}, nil
 }
 
 // muxSettings are the session settings of the entry's configuration.
-func (k *keeper) muxSettings() session.Settings {
+func (k *Keeper) muxSettings() session.Settings {
 	return session.Settings{KeepAlive: k.cfg.KeepAlive, Window: k.cfg.Window}
 }

@@ -1,24 +1,25 @@
-package tunnel
-
-// The keeper: how the entry keeps its session with an exit. One value per
-// entry holds everything that job needs, and nothing of carrying
-// connections; it gets its settings, log and ledger from the entry, and
-// knows nothing else of it.
+// Package keeper is how the entry keeps its session with an exit: reaching
+// one, failing over between several, keeping one session current and
+// replacing it, and resuming a session whose connection broke. A Keeper
+// holds everything that job needs, and nothing of carrying connections; it
+// gets its settings, keys, log and ledger from the entry, and knows
+// nothing else of it.
 //
-//	keeper.go   the keeper: handing out the current session and streams on
-//	            it (session, open), the pinned keys (reload); the current
+//	keeper.go   the Keeper: handing out the current session and streams on
+//	            it (session, Open), the pinned keys (Reload); the current
 //	            session itself, or why there is none (currentSession)
-//	upkeep.go   maintain: keep one session current, replace it on GoAway,
+//	upkeep.go   Maintain: keep one session current, replace it on GoAway,
 //	            on an unpinned key or after its share of streams; retire
 //	            the one replaced
 //	failover.go establish: reach one of the exits; the backoff and its log
-//	            lines (redial)
+//	            lines (redial); the pinned keys (Pins)
 //	connect.go  one connection to one exit: dial, handshake, session
+//	resume.go   resuming a session on a new connection
 //
-// The keeper hands out *entrySession (session, open) and learns that a
-// session is no longer current in one place (clearSession). The Entry runs
-// maintain while Run or ServeListeners runs, and calls open for every
-// stream.
+// The keeper hands out *Session (session, Open) and learns that a session
+// is no longer current in one place (clearSession). The entry runs
+// Maintain while it serves, and calls Open for every stream.
+package keeper
 
 import (
 	"context"
@@ -34,23 +35,35 @@ import (
 
 	"github.com/tunnel-dev/tunnel/handshake"
 	"github.com/tunnel-dev/tunnel/tunnel/exits"
+	"github.com/tunnel-dev/tunnel/tunnel/ledger"
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// keeper keeps the entry's session with an exit: one is current at a time
-// (cur), made by maintain, handed out by session and open. Its methods are
-// safe for concurrent use; maintain runs once at a time.
-type keeper struct {
-	cfg    EntrySettings        // with the defaults filled in
-	peers  []string             // the exits' addresses (HOST:PORT), cfg.Peers
-	keys   atomic.Pointer[pins] // swapped by reload
-	v1     v1Exits              // exits that speak protocol version 1 only
-	lookup func(ctx context.Context, host string) ([]string, error)
-	dial   func(ctx context.Context, addr string) (net.Conn, error) // dialTCP; tests replace it
-	log    zerolog.Logger
-	books  *ledger // the entry's: sessions, handshakes, failures
-	// recycleAfter is maxSessionStreams; tests make it small.
-	recycleAfter int64
+// Config is what the keeper needs of the entry's settings, with the
+// defaults filled in.
+type Config struct {
+	Peers        []string      // the exits' addresses (HOST:PORT), in order of preference
+	DialTimeout  time.Duration // to reach an exit, and wait for a session
+	KeepAlive    time.Duration // interval of the session's keepalive pings, and of TCP keepalive
+	Window       uint32        // per-stream flow-control window in bytes
+	ResumeWindow time.Duration // how long a broken session may be resumed; 0 or less: never
+}
+
+// Keeper keeps the entry's session with an exit: one is current at a time
+// (cur), made by Maintain, handed out by session and Open. Its methods are
+// safe for concurrent use; Maintain runs once at a time.
+type Keeper struct {
+	cfg   Config
+	peers []string             // the exits' addresses (HOST:PORT), cfg.Peers
+	keys  atomic.Pointer[Pins] // swapped by Reload
+	v1    v1Exits              // exits that speak protocol version 1 only
+	log   zerolog.Logger
+	books *ledger.Ledger // the entry's: sessions, handshakes, failures
+
+	// Set by New; tests replace them before Maintain runs.
+	Lookup       func(ctx context.Context, host string) ([]string, error) // net.DefaultResolver.LookupHost
+	Dial         func(ctx context.Context, addr string) (net.Conn, error) // a TCP dial within the dial timeout
+	RecycleAfter int64                                                    // streams per session before it is replaced: maxSessionStreams
 
 	kick  chan struct{} // an application waits: retry now (buffered, 1)
 	repin chan struct{} // reload changed the pinned keys (buffered, 1)
@@ -58,34 +71,34 @@ type keeper struct {
 	cur currentSession // the current session, or why there is none
 }
 
-// newKeeper returns the keeper of an entry with settings cfg (defaults
+// New returns the keeper of an entry with settings cfg (defaults
 // filled in) and keys p, which logs to log and counts in books. It starts
 // nothing.
-func newKeeper(cfg EntrySettings, p *pins, log zerolog.Logger, books *ledger) *keeper {
-	k := &keeper{
+func New(cfg Config, p *Pins, log zerolog.Logger, books *ledger.Ledger) *Keeper {
+	k := &Keeper{
 		cfg:          cfg,
 		peers:        cfg.Peers,
-		lookup:       net.DefaultResolver.LookupHost,
+		Lookup:       net.DefaultResolver.LookupHost,
 		log:          log,
 		books:        books,
-		recycleAfter: maxSessionStreams,
+		RecycleAfter: maxSessionStreams,
 		kick:         make(chan struct{}, 1),
 		repin:        make(chan struct{}, 1),
 	}
 	k.cur.changed = make(chan struct{})
-	k.dial = k.dialTCP
+	k.Dial = k.dialTCP
 	k.keys.Store(p)
 	return k
 }
 
 // session returns the current session, waiting up to the dial timeout for
-// one (and asking maintain to retry now); the error says why there is none.
-func (k *keeper) session(ctx context.Context) (*entrySession, error) {
+// one (and asking Maintain to retry now); the error says why there is none.
+func (k *Keeper) session(ctx context.Context) (*Session, error) {
 	timer := time.NewTimer(k.cfg.DialTimeout)
 	defer timer.Stop()
 	for {
 		s, changed, lastErr := k.cur.state()
-		if s != nil && !s.sess.IsClosed() && !s.retiring.Load() {
+		if s != nil && !s.Sess.IsClosed() && !s.retiring.Load() {
 			return s, nil
 		}
 		if exits.Lasting(lastErr) {
@@ -111,7 +124,7 @@ func (k *keeper) session(ctx context.Context) (*entrySession, error) {
 // open opens a stream on the current session. A session the exit is just
 // shutting down refuses it; then it tries the next session once. A session
 // just replaced refuses it too; its replacement is current already.
-func (k *keeper) open(ctx context.Context) (*entrySession, *session.Stream, error) {
+func (k *Keeper) Open(ctx context.Context) (*Session, *session.Stream, error) {
 	goneAway := false
 	for {
 		s, err := k.session(ctx)
@@ -121,7 +134,7 @@ func (k *keeper) open(ctx context.Context) (*entrySession, *session.Stream, erro
 		st, err := s.open()
 		switch {
 		case err == nil:
-			if s.opened.Add(1) == k.recycleAfter {
+			if s.opened.Add(1) == k.RecycleAfter {
 				close(s.full)
 			}
 			return s, st, nil
@@ -137,13 +150,13 @@ func (k *keeper) open(ctx context.Context) (*entrySession, *session.Stream, erro
 
 // fingerprint is the fingerprint of the entry's own key, the one its next
 // handshake uses.
-func (k *keeper) fingerprint() string {
-	return handshake.Fingerprint(&k.keys.Load().hs.PrivateKey.PublicKey)
+func (k *Keeper) Fingerprint() string {
+	return handshake.Fingerprint(&k.keys.Load().Handshake.PrivateKey.PublicKey)
 }
 
 // reload pins peerKeys and exitKeys, and uses key, from the next handshake
-// on; maintain retires a session whose exit key is pinned no more.
-func (k *keeper) reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
+// on; Maintain retires a session whose exit key is pinned no more.
+func (k *Keeper) Reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKeys map[string]*handshake.KeySet) error {
 	for _, peer := range k.peers {
 		ks := exitKeys[peer]
 		if ks == nil {
@@ -153,9 +166,9 @@ func (k *keeper) reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKey
 			return fmt.Errorf("tunnel: reload needs at least one key for the exit at %s", peer)
 		}
 	}
-	cfg := *k.keys.Load().hs
+	cfg := *k.keys.Load().Handshake
 	cfg.PrivateKey, cfg.PeerKey, cfg.PeerKeys = key, nil, peerKeys
-	k.keys.Store(&pins{hs: &cfg, exits: exitKeys})
+	k.keys.Store(&Pins{Handshake: &cfg, Exits: exitKeys})
 	select {
 	case k.repin <- struct{}{}:
 	default:
@@ -163,10 +176,27 @@ func (k *keeper) reload(key *rsa.PrivateKey, peerKeys *handshake.KeySet, exitKey
 	return nil
 }
 
+// Pins returns the keys in use: the entry's own, and the exits' it pins.
+func (k *Keeper) Pins() *Pins { return k.keys.Load() }
+
+// Current returns the current session, or nil.
+func (k *Keeper) Current() *Session { return k.cur.get() }
+
+// Healthy reports whether a session with the exit is up.
+func (k *Keeper) Healthy() bool { return k.cur.healthy() }
+
+// Ready returns nil while a session with the exit is up, and otherwise why
+// there is none.
+func (k *Keeper) Ready() error { return k.cur.ready() }
+
+// Attempted waits until the first attempt to reach the exit has ended,
+// with a session or a failure, or until ctx ends (its error).
+func (k *Keeper) Attempted(ctx context.Context) error { return k.cur.attempted(ctx) }
+
 // clearSession forgets s, if it is still the current session, because of
 // why. It is where the keeper learns that a session is no longer current:
 // lost, going away, unpinned, refusing streams, or the entry is stopping.
-func (k *keeper) clearSession(s *entrySession, why error) { k.cur.clear(s, why) }
+func (k *Keeper) clearSession(s *Session, why error) { k.cur.clear(s, why) }
 
 // currentSession is the keeper's current session, or why there is none,
 // with its own lock, and a channel for those who wait for it to change
@@ -174,13 +204,13 @@ func (k *keeper) clearSession(s *entrySession, why error) { k.cur.clear(s, why) 
 // for concurrent use.
 type currentSession struct {
 	mu      sync.Mutex
-	s       *entrySession // nil while there is none
+	s       *Session      // nil while there is none
 	changed chan struct{} // closed, and replaced, whenever s or lastErr changes
 	lastErr error         // why the last attempt to reach the exit failed
 }
 
 // get returns the current session, or nil.
-func (c *currentSession) get() *entrySession {
+func (c *currentSession) get() *Session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.s
@@ -188,7 +218,7 @@ func (c *currentSession) get() *entrySession {
 
 // state returns the current session (or nil), a channel closed when it or
 // the last error changes, and the last error.
-func (c *currentSession) state() (*entrySession, <-chan struct{}, error) {
+func (c *currentSession) state() (*Session, <-chan struct{}, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.s, c.changed, c.lastErr
@@ -201,7 +231,7 @@ func (c *currentSession) notify() {
 }
 
 // set makes s the current session.
-func (c *currentSession) set(s *entrySession) {
+func (c *currentSession) set(s *Session) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.s, c.lastErr = s, nil
@@ -209,7 +239,7 @@ func (c *currentSession) set(s *entrySession) {
 }
 
 // clear forgets s, if it is still the current session, because of why.
-func (c *currentSession) clear(s *entrySession, why error) {
+func (c *currentSession) clear(s *Session, why error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.s == s {
@@ -230,8 +260,12 @@ func (c *currentSession) fail(err error) {
 func (c *currentSession) healthy() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.s != nil && !c.s.sess.IsClosed()
+	return c.s != nil && !c.s.Sess.IsClosed()
 }
+
+// errNoSession is the entry's reason for not being ready before any
+// attempt has failed.
+var errNoSession = errors.New("no session with the exit yet")
 
 // ready returns nil while a session with the exit is up, and otherwise why
 // there is none.

@@ -1,4 +1,4 @@
-package tunnel
+package keeper
 
 // Resuming the entry's session on a new connection (the keeper,
 // keeper.go) when its own breaks: the session parks (tunnel/session), and
@@ -30,7 +30,7 @@ const (
 )
 
 // resumeLater starts resuming s, unless that runs already.
-func (k *keeper) resumeLater(hard context.Context, s *entrySession) {
+func (k *Keeper) resumeLater(hard context.Context, s *Session) {
 	if s.ticket == nil || !s.resuming.CompareAndSwap(false, true) {
 		return
 	}
@@ -42,34 +42,34 @@ func (k *keeper) resumeLater(hard context.Context, s *entrySession) {
 
 // resume brings s a new connection to its exit until the session's link is
 // up again or the session ends. An exit that refuses the resumption gets
-// s closed: its streams are reset, and maintain makes a new session.
-func (k *keeper) resume(hard context.Context, s *entrySession) {
-	log := k.log.With().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).Logger()
+// s closed: its streams are reset, and Maintain makes a new session.
+func (k *Keeper) resume(hard context.Context, s *Session) {
+	log := k.log.With().Str("peer", s.Exit.Peer).Str("addr", s.Exit.Addr).Logger()
 	wait := resumeRetryMin
 	if time.Since(s.resumedAt) < resumeStable {
 		wait = s.resumeWait
-		if !exits.Sleep(hard, wait, s.sess.Done()) {
+		if !exits.Sleep(hard, wait, s.Sess.Done()) {
 			return
 		}
 	}
-	for attempt := 1; s.sess.Link().Down; attempt++ {
+	for attempt := 1; s.Sess.Link().Down; attempt++ {
 		err := k.resumeOnce(hard, s)
 		if err == nil {
-			k.books.resumed.Add(1)
+			k.books.Resumed()
 			s.resumedAt, s.resumeWait = time.Now(), min(2*wait, resumeRetryMax)
 			return
 		}
-		if s.sess.IsClosed() || hard.Err() != nil {
+		if s.Sess.IsClosed() || hard.Err() != nil {
 			return
 		}
 		if refusedResume(err) {
-			k.books.resumeRefused.Add(1)
+			k.books.ResumeRefused()
 			log.Warn().Err(err).Msg("the exit refused to resume the session (did it restart?): its connections are reset, and a new session is made")
-			s.sess.Close()
+			s.Sess.Close()
 			return
 		}
 		log.Debug().Err(err).Int("attempt", attempt).Msg("resuming the session failed; trying again")
-		if !exits.Sleep(hard, wait, s.sess.Done()) {
+		if !exits.Sleep(hard, wait, s.Sess.Done()) {
 			return
 		}
 		wait = min(2*wait, resumeRetryMax)
@@ -77,20 +77,20 @@ func (k *keeper) resume(hard context.Context, s *entrySession) {
 }
 
 // resumeOnce dials s's exit and resumes s over the new connection.
-func (k *keeper) resumeOnce(ctx context.Context, s *entrySession) error {
+func (k *Keeper) resumeOnce(ctx context.Context, s *Session) error {
 	dctx, cancel := context.WithTimeout(ctx, k.cfg.DialTimeout)
-	c, err := k.dial(dctx, s.exit.Addr)
+	c, err := k.Dial(dctx, s.Exit.Addr)
 	cancel()
 	if err != nil {
 		return &exits.DialError{Err: err}
 	}
-	cfg := *k.keys.Load().forExit(s.exit.Peer)
+	cfg := *k.keys.Load().ForExit(s.Exit.Peer)
 	cfg.Version, cfg.ResumeWindow = handshake.Version2, max(k.cfg.ResumeWindow, 0)
 	res, err := handshake.Resume(ctx, rawio.Wrap(c), &cfg, *s.ticket)
 	if err != nil {
 		return err
 	}
-	return s.sess.Resume(res.Conn)
+	return s.Sess.Resume(res.Conn)
 }
 
 // refusedResume reports an error after which resuming again is pointless:

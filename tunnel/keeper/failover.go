@@ -1,4 +1,4 @@
-package tunnel
+package keeper
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"github.com/tunnel-dev/tunnel/tunnel/logfield"
 )
 
-// Reaching an exit, and failing over between several. Settings.Peers lists
+// Reaching an exit, and failing over between several. Config.Peers lists
 // them, in order of preference; a
 // name stands for every address it resolves to, looked up again for every
 // attempt. The entry keeps one session, to one exit. An attempt to reach
@@ -24,30 +24,30 @@ import (
 // handshake that succeeds wins; a failed TCP dial moves on at once. The
 // entry does not move back to an exit it left while its session lives.
 
-// pins are the entry's own key and the exits' keys it pins, swapped
-// together by Reload.
-type pins struct {
-	hs    *handshake.Config            // the entry's key; the keys of exits without their own
-	exits map[string]*handshake.KeySet // by peer address: an exit's own keys
+// Pins are the entry's own key and the exits' keys it pins, swapped
+// together by Reload. Read-only once the keeper has them.
+type Pins struct {
+	Handshake *handshake.Config            // the entry's key; the keys of exits without their own
+	Exits     map[string]*handshake.KeySet // by peer address: an exit's own keys
 }
 
-// pins reports whether the key with fingerprint fp is pinned for the exit
+// pinned reports whether the key with fingerprint fp is pinned for the exit
 // at peer.
-func (p *pins) pins(peer, fp string) bool {
-	cfg := p.forExit(peer)
+func (p *Pins) pinned(peer, fp string) bool {
+	cfg := p.ForExit(peer)
 	if cfg.PeerKeys != nil {
 		return slices.Contains(cfg.PeerKeys.Fingerprints(), fp)
 	}
 	return cfg.PeerKey != nil && handshake.Fingerprint(cfg.PeerKey) == fp
 }
 
-// forExit returns the handshake settings for an exit at peer.
-func (p *pins) forExit(peer string) *handshake.Config {
-	ks, ok := p.exits[peer]
+// ForExit returns the handshake settings for an exit at peer.
+func (p *Pins) ForExit(peer string) *handshake.Config {
+	ks, ok := p.Exits[peer]
 	if !ok {
-		return p.hs
+		return p.Handshake
 	}
-	cfg := *p.hs
+	cfg := *p.Handshake
 	cfg.PeerKey, cfg.PeerKeys = nil, ks
 	return &cfg
 }
@@ -56,7 +56,7 @@ func (p *pins) forExit(peer string) *handshake.Config {
 // that died younger than stableSession, the entry waits before the next
 // attempt: exponential from minBackoff to maxBackoff, with jitter, and
 // back to minBackoff once a session has lived stableSession. A failed TCP
-// dial is cheap for both sides: its wait is at most maxDialWait, and an
+// dial is cheap for both sides: its wait is at most MaxDialWait, and an
 // application waiting for a session cuts it short, so that a restarted
 // exit is used as soon as it listens again; attempts are never closer than
 // minBackoff. A failed handshake costs both sides RSA work: its wait is
@@ -65,12 +65,12 @@ func (p *pins) forExit(peer string) *handshake.Config {
 const (
 	minBackoff    = 100 * time.Millisecond
 	maxBackoff    = 30 * time.Second
-	maxDialWait   = 2 * time.Second
+	MaxDialWait   = 2 * time.Second
 	stableSession = 10 * time.Second
 )
 
 // redial paces the attempts to reach the exit, and their log lines. One
-// lives as long as maintain runs.
+// lives as long as Maintain runs.
 type redial struct {
 	log   zerolog.Logger // the keeper's
 	peers []string       // the exits, for the log
@@ -123,7 +123,7 @@ func (r *redial) failed(kind failure, err error) time.Duration {
 	logStep := r.backoff
 	wait := r.step()
 	if kind == failedDial {
-		wait = min(wait, maxDialWait)
+		wait = min(wait, MaxDialWait)
 	}
 	// Same failure: the same kind, and for a refusal the same words
 	// (other messages carry the local port, new on every attempt).
@@ -175,30 +175,30 @@ func (r *redial) lost(x exits.Addr, reason error, lived time.Duration) time.Dura
 
 // establish reaches an exit (package exits) until a session is up, which
 // it makes current and returns, or ctx ends (nil).
-func (k *keeper) establish(ctx context.Context, r *redial) *entrySession {
+func (k *Keeper) establish(ctx context.Context, r *redial) *Session {
 	for {
 		if !exits.Sleep(ctx, minBackoff-time.Since(r.last), nil) {
 			return nil
 		}
 		r.last = time.Now()
 		log := r.attemptLog()
-		addrs, errs := exits.Resolve(ctx, k.peers, k.cfg.DialTimeout, k.lookup)
+		addrs, errs := exits.Resolve(ctx, k.peers, k.cfg.DialTimeout, k.Lookup)
 		addrs = exits.RotateAfter(addrs, r.left.Addr)
 		r.choices = len(addrs)
-		s, failed := exits.Reach(ctx, addrs, k.dial, func(x exits.Addr, c net.Conn) (*entrySession, error) {
+		s, failed := exits.Reach(ctx, addrs, k.Dial, func(x exits.Addr, c net.Conn) (*Session, error) {
 			return k.start(ctx, log, x, c)
 		})
 		errs = append(errs, failed...)
 		if s != nil {
-			if r.left.Addr != "" && r.left.Addr != s.exit.Addr {
-				k.log.Info().Str("peer", s.exit.Peer).Str("addr", s.exit.Addr).
+			if r.left.Addr != "" && r.left.Addr != s.Exit.Addr {
+				k.log.Info().Str("peer", s.Exit.Peer).Str("addr", s.Exit.Addr).
 					Str("previous_peer", r.left.Peer).Str("previous_addr", r.left.Addr).
 					Str("reason", r.leftWhy).AnErr("skipped", exits.Attempts(errs).OrNil()).
 					Msg("failed over to another exit")
 			}
 			r.failures, r.logged, r.left = 0, "", exits.Addr{}
 			k.cur.set(s)
-			k.books.made.Add(1)
+			k.books.SessionMade()
 			return s
 		}
 		if ctx.Err() != nil {
@@ -236,12 +236,12 @@ const (
 
 // countFailure counts a failed attempt to reach the exit by its cause,
 // which it returns.
-func (k *keeper) countFailure(err error) failure {
+func (k *Keeper) countFailure(err error) failure {
 	if de := (*exits.DialError)(nil); errors.As(err, &de) {
-		k.books.dialFailures.Add(1)
+		k.books.DialFailed()
 		return failedDial
 	}
-	switch f := k.books.handshakeFailed(err, true); {
+	switch f := k.books.HandshakeFailed(err, true); {
 	case f == handshake.FailTimeout:
 		return failedTimeout
 	case f.Refused():
