@@ -21,7 +21,7 @@ import (
 	"github.com/tunnel-dev/tunnel/tunnel/session"
 )
 
-// Bounds on parked sessions. Each keeps up to 4 MiB of bytes sent and not
+// Bounds on parked sessions. Each keeps up to 8 MiB of bytes sent and not
 // acknowledged, besides its streams' buffers and backend connections.
 const (
 	maxParked       = 128

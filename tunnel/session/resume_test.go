@@ -105,12 +105,12 @@ func TestResumeBulkEcho(t *testing.T) {
 		}
 		written <- st.CloseWrite()
 	}()
-	maxKept := 0
+	mostKept := 0
 	for i := range 5 {
 		time.Sleep(time.Duration(20+i*15) * time.Millisecond)
 		cut.Close()
 		cut = resumeBoth(t, client, server)
-		maxKept = max(maxKept, client.Link().Kept, server.Link().Kept)
+		mostKept = max(mostKept, client.Link().Kept, server.Link().Kept)
 	}
 	if err := <-written; err != nil {
 		t.Fatalf("write across the cuts: %v", err)
@@ -127,13 +127,13 @@ func TestResumeBulkEcho(t *testing.T) {
 	if l.Resumes != 5 || l.Down {
 		t.Errorf("client link %+v, want 5 resumptions and up", l)
 	}
-	if maxKept > maxKept4MiB() {
-		t.Errorf("kept %d bytes, over the bound %d", maxKept, maxKept4MiB())
+	// Write waits once the bound is reached, so what is kept may pass it
+	// by what one Write and one packed chunk add.
+	if bound := maxKept + maxQueued + keptChunk; mostKept > bound {
+		t.Errorf("kept %d bytes, over the bound %d", mostKept, bound)
 	}
-	t.Logf("client resent %d bytes, server %d; most kept %d", l.Resent, server.Link().Resent, maxKept)
+	t.Logf("client resent %d bytes, server %d; most kept %d", l.Resent, server.Link().Resent, mostKept)
 }
-
-func maxKept4MiB() int { return maxKept + 2*keptChunk }
 
 // TestResumeWindowEnds: a link that does not come back within the window
 // ends the session, and the stream fails.
