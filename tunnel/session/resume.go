@@ -45,8 +45,11 @@ const (
 	// before the link counts as broken (or two keepalive intervals, if
 	// shorter).
 	probeTimeout = 10 * time.Second
-	// keptChunk is the size of the buffers small writes are packed into.
-	keptChunk = 64 << 10
+	// keptChunk is the size of the buffers small writes are packed into;
+	// maxFreeChunks of them are kept for reuse while data flows, none once
+	// it has stopped for a tick.
+	keptChunk     = 64 << 10
+	maxFreeChunks = 8
 )
 
 var (
@@ -81,7 +84,9 @@ type resumption struct {
 	kept        [][]byte // what was sent and not acknowledged, in order
 	head        int      // bytes of kept[0] acknowledged
 	keptMem     int      // the memory kept holds (capacities)
-	free        []byte   // a chunk given back by an ACK, for reuse
+	chunks      [][]byte // keptChunk buffers given back by ACKs, for pack (at most maxFreeChunks)
+	spareQueue  []byte   // an adopted queue given back by an ACK, for the writer
+	sentAtTick  uint64   // sent at the last tick: chunks are dropped when it has not moved
 	resend      bool     // a new link is up: send kept again first
 	needAck     bool     // an ACK is due (ackEvery received, or asked for)
 	probe       bool     // a probe is due
@@ -198,8 +203,8 @@ func (r *resumption) keep(out, big []byte) []byte {
 	if out != nil {
 		return out
 	}
-	spare := r.free
-	r.free = nil
+	spare := r.spareQueue
+	r.spareQueue = nil
 	return spare
 }
 
@@ -208,11 +213,12 @@ func (r *resumption) pack(p []byte) {
 	for len(p) > 0 {
 		last := len(r.kept) - 1
 		if last < 0 || len(r.kept[last]) == cap(r.kept[last]) || cap(r.kept[last]) != keptChunk {
-			c := r.free
-			if cap(c) != keptChunk {
+			var c []byte
+			if n := len(r.chunks); n > 0 {
+				c, r.chunks = r.chunks[n-1], r.chunks[:n-1]
+			} else {
 				c = make([]byte, 0, keptChunk)
 			}
-			r.free = nil
 			r.kept = append(r.kept, c[:0])
 			r.keptMem += keptChunk
 			last++
@@ -237,8 +243,11 @@ func (r *resumption) drop(n uint64) {
 		}
 		gone -= left
 		r.keptMem -= cap(k)
-		if cap(k) <= maxQueued && (r.free == nil || cap(k) > cap(r.free)) {
-			r.free = k[:0] // the writer's next queue
+		switch {
+		case cap(k) == keptChunk && len(r.chunks) < maxFreeChunks:
+			r.chunks = append(r.chunks, k[:0])
+		case cap(k) != keptChunk && cap(k) <= maxQueued && cap(k) > cap(r.spareQueue):
+			r.spareQueue = k[:0] // the writer's next queue
 		}
 		r.kept[0] = nil
 		r.kept = r.kept[1:]
@@ -441,6 +450,10 @@ func (r *resumption) resume(m *recordConn, fresh *frame.Conn) error {
 func (r *resumption) tick(m *recordConn, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if r.sent == r.sentAtTick {
+		r.chunks = nil // nothing sent for a tick: keep no buffer for it
+	}
+	r.sentAtTick = r.sent
 	if r.state != linkUp || m.err != nil || m.closing {
 		return
 	}
