@@ -10,7 +10,8 @@
 //	agent: Open / Accept -> *Stream (Read, Write, CloseWrite, Reset, Close)
 //	Session: yamux.Session over recordConn (records.go: write side, receive.go: read side)
 //	recordConn: batches yamux's frames into records; follows both directions' frames;
-//	            with resumption, keeps what the peer has not acknowledged (resume.go)
+//	            with resumption, outlives its link (resume.go) and keeps what the
+//	            peer has not acknowledged (kept.go)
 //	frame.Conn: the record layer, one per TCP connection
 package session
 
