@@ -99,19 +99,6 @@ func (r *resumables) overParked(sess *session.Session, key [handshake.KeyIDLen]b
 	return total > maxParked || ofKey > maxParkedPerKey
 }
 
-// parked is how many sessions wait for a new connection.
-func (r *resumables) parked() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, s := range r.byID {
-		if s.sess.Link().Down {
-			n++
-		}
-	}
-	return n
-}
-
 // boundParking closes sess when its link breaks and it would park past the
 // exit's bounds (resumables.overParked), or while the exit drains (ctx has
 // ended): a parked session would hold the drain up for an entry that may
