@@ -125,6 +125,12 @@ func (st *initiator) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	}
 	fc := frame.New(&alertConn{Conn: conn}, sched.initiatorKeys(), st.cfg.frameConfig(st.ticket != nil))
 	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
+	return initiatorFinish(ctx, fc)
+}
+
+// initiatorFinish sends this side's FINISHED on fc, then checks the
+// responder's (or the ALERT it sent instead).
+func initiatorFinish(ctx context.Context, fc *frame.Conn) (*frame.Conn, error) {
 	if err := fc.SendFinished(); err != nil {
 		return nil, ioError(ctx, "sending FINISHED", err)
 	}

@@ -227,21 +227,9 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	if _, err := conn.Write(m2); err != nil {
 		return nil, ioError(ctx, "sending HELLO_R", err)
 	}
-	// KEY_I is one round trip and the initiator's RSA work away: do not
-	// leave a silent peer its slot for the whole handshake timeout.
-	keyIBy := time.Now().Add(st.cfg.keyIDeadline())
-	if st.deadline.Before(keyIBy) {
-		keyIBy = st.deadline
-	}
-	conn.SetReadDeadline(keyIBy)
-	typ, m3, err := readMsg(conn, msgKeyI, msgAlert)
-	switch {
-	case errors.As(err, new(*unexpectedError)), errors.Is(err, errMalformed):
-		return nil, reject(AlertProtocolError, "expected KEY_I", "waiting for KEY_I: %v", err)
-	case err != nil:
-		return nil, ioError(ctx, "waiting for KEY_I", err)
-	case typ == msgAlert:
-		return nil, alertFrom(m3)
+	m3, err := st.readThird(ctx, conn, msgKeyI, "KEY_I")
+	if err != nil {
+		return nil, err
 	}
 	secret, err := st.handleKeyI(ctx, m3)
 	if err != nil {
@@ -257,6 +245,33 @@ func (st *responder) run(ctx context.Context, conn net.Conn) (*frame.Conn, error
 	}
 	fc := frame.New(conn, sched.responderKeys(), st.cfg.frameConfig(st.ticket != nil))
 	sched.wipeSecrets(secret, st.x25519Shared, st.mlkemShared)
+	return responderFinish(ctx, fc)
+}
+
+// readThird waits for the initiator's third message, of type want (KEY_I,
+// or RESUME_F), or an ALERT. It is one round trip and the initiator's work
+// away: a silent peer does not keep its slot for the whole handshake
+// timeout (Config.KeyIDeadline).
+func (st *responder) readThird(ctx context.Context, conn net.Conn, want byte, name string) ([]byte, error) {
+	by := time.Now().Add(st.cfg.keyIDeadline())
+	if st.deadline.Before(by) {
+		by = st.deadline
+	}
+	conn.SetReadDeadline(by)
+	typ, m3, err := readMsg(conn, want, msgAlert)
+	switch {
+	case errors.As(err, new(*unexpectedError)), errors.Is(err, errMalformed):
+		return nil, reject(AlertProtocolError, "expected "+name, "waiting for %s: %v", name, err)
+	case err != nil:
+		return nil, ioError(ctx, "waiting for "+name, err)
+	case typ == msgAlert:
+		return nil, alertFrom(m3)
+	}
+	return m3, nil
+}
+
+// responderFinish checks the initiator's FINISHED on fc, then sends its own.
+func responderFinish(ctx context.Context, fc *frame.Conn) (*frame.Conn, error) {
 	if err := fc.ReadFinished(); err != nil {
 		return nil, fmt.Errorf("handshake: initiator's FINISHED: %w", err)
 	}

@@ -146,17 +146,7 @@ func (st *resumer) run(ctx context.Context, conn net.Conn) (*frame.Conn, error) 
 	}
 	fc := frame.New(&alertConn{Conn: conn}, sched.initiatorKeys(), st.cfg.frameConfig(true))
 	sched.wipeSecrets(nil, st.x25519Shared, nil)
-	if err := fc.SendFinished(); err != nil {
-		return nil, ioError(ctx, "sending FINISHED", err)
-	}
-	if err := fc.ReadFinished(); err != nil {
-		var ae *AlertError
-		if errors.As(err, &ae) {
-			return nil, err
-		}
-		return nil, ioError(ctx, "waiting for the responder's FINISHED", err)
-	}
-	return fc, nil
+	return initiatorFinish(ctx, fc)
 }
 
 // failWith sends the ALERT of a rejection and returns its error.
@@ -228,19 +218,9 @@ func (st *responder) resume(ctx context.Context, conn net.Conn) (*frame.Conn, er
 	if _, err := conn.Write(m2); err != nil {
 		return nil, ioError(ctx, "sending RESUME_R", err)
 	}
-	by := time.Now().Add(st.cfg.keyIDeadline())
-	if st.deadline.Before(by) {
-		by = st.deadline
-	}
-	conn.SetReadDeadline(by)
-	typ, m3, err := readMsg(conn, msgResumeF, msgAlert)
-	switch {
-	case errors.As(err, new(*unexpectedError)), errors.Is(err, errMalformed):
-		return nil, reject(AlertProtocolError, "expected RESUME_F", "waiting for RESUME_F: %v", err)
-	case err != nil:
-		return nil, ioError(ctx, "waiting for RESUME_F", err)
-	case typ == msgAlert:
-		return nil, alertFrom(m3)
+	m3, err := st.readThird(ctx, conn, msgResumeF, "RESUME_F")
+	if err != nil {
+		return nil, err
 	}
 	if err := st.checkResumeF(m3); err != nil {
 		return nil, err
@@ -255,13 +235,7 @@ func (st *responder) resume(ctx context.Context, conn net.Conn) (*frame.Conn, er
 	}
 	fc := frame.New(conn, sched.responderKeys(), st.cfg.frameConfig(true))
 	sched.wipeSecrets(nil, st.x25519Shared, nil)
-	if err := fc.ReadFinished(); err != nil {
-		return nil, fmt.Errorf("handshake: initiator's FINISHED: %w", err)
-	}
-	if err := fc.SendFinished(); err != nil {
-		return nil, ioError(ctx, "sending FINISHED", err)
-	}
-	return fc, nil
+	return responderFinish(ctx, fc)
 }
 
 // checkResumeI makes the checks of RESUME_I (m1 = preface || RESUME_I), in

@@ -240,18 +240,7 @@ func TestHandshakeFailureBacksOff(t *testing.T) {
 // session is resumed instead: TestResumeFlappingBacksOff.)
 func TestYoungSessionBacksOff(t *testing.T) {
 	a := start(t, echoBackend(t))
-	// A relay to the exit that cuts every connection after 200ms.
-	relay, accepted := acceptCounter(t, func(c net.Conn) {
-		defer c.Close()
-		up, err := net.Dial("tcp", a.exitAddr)
-		if err != nil {
-			return
-		}
-		defer up.Close()
-		go io.Copy(up, c)
-		go io.Copy(c, up)
-		time.Sleep(200 * time.Millisecond)
-	})
+	relay, accepted := cuttingRelay(t, a.exitAddr, 200*time.Millisecond)
 	var lines logLines
 	runEntry(t, relay, &lines, func(ns *EntrySettings) { ns.ResumeWindow = -1 }, nil)
 	time.Sleep(3500 * time.Millisecond)

@@ -157,18 +157,7 @@ func TestResumeRefusedByNewExit(t *testing.T) {
 // application's connection lives through it all.
 func TestResumeFlappingBacksOff(t *testing.T) {
 	a := start(t, echoBackend(t))
-	relay, accepted := acceptCounter(t, func(c net.Conn) {
-		defer c.Close()
-		up, err := net.Dial("tcp", a.exitAddr)
-		if err != nil {
-			return
-		}
-		defer up.Close()
-		go io.Copy(up, c)
-		go io.Copy(c, up)
-		time.Sleep(200 * time.Millisecond)
-		c.(*net.TCPConn).SetLinger(0)
-	})
+	relay, accepted := cuttingRelay(t, a.exitAddr, 200*time.Millisecond)
 	n, addr := runEntry(t, relay, nil, nil, nil)
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -356,6 +356,24 @@ func (r *link) back(entry, exit net.Conn) {
 	<-done
 }
 
+// cuttingRelay relays connections to target and resets each after
+// lifetime, as a middlebox that drops its state does; it returns its
+// address and the count of connections it accepted.
+func cuttingRelay(t *testing.T, target string, lifetime time.Duration) (string, *atomic.Int64) {
+	return acceptCounter(t, func(c net.Conn) {
+		defer c.Close()
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go io.Copy(up, c)
+		go io.Copy(c, up)
+		time.Sleep(lifetime)
+		c.(*net.TCPConn).SetLinger(0)
+	})
+}
+
 // cut resets every connection relayed so far, both ways, as a middlebox
 // that loses its state does.
 func (r *link) cut() {

@@ -25,6 +25,9 @@ type cutter struct {
 	mu     sync.Mutex
 	conns  map[*net.TCPConn]bool
 	cuts   atomic.Int64
+	// off makes the relay accept and close at once, so that every attempt
+	// fails at once, as to a blackhole without the wait.
+	off atomic.Bool
 }
 
 func startCutter(t *testing.T, target string) *cutter {
@@ -43,6 +46,10 @@ func startCutter(t *testing.T, target string) *cutter {
 			down, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if c.off.Load() {
+				down.Close()
+				continue
 			}
 			up, err := net.Dial("tcp", target)
 			if err != nil {
@@ -105,14 +112,32 @@ func resumeRig(t *testing.T, backend string, entryArgs ...string) (*harness.Agen
 }
 
 // TestResumeBulkAcrossResets: 8 connections echoing 16 MiB each while the
-// link between entry and exit is reset every 1.5s: every byte comes back
-// (SHA-256 of both directions), on the one session, resumed each time.
+// link between entry and exit is reset 300ms after each resumption (so
+// that data moves between resets however fast the machine): every byte
+// comes back (SHA-256 of both directions), on the one session.
 func TestResumeBulkAcrossResets(t *testing.T) {
 	t.Parallel()
 	backend := harness.StartHashEcho(t)
 	entry, exit, relay := resumeRig(t, backend.Addr())
 	stop := make(chan struct{})
-	go relay.cutEvery(1500*time.Millisecond, stop)
+	go func() {
+		resumed := harness.Contains("session resumed on a new connection")
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			relay.cut()
+			for entry.Count(resumed) <= n {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := range 8 {
@@ -232,53 +257,22 @@ func TestResumeWindowOver(t *testing.T) {
 	backend := harness.StartHashEcho(t)
 	r := harness.NewRig(t)
 	exit := r.StartExit(t, backend.Addr(), harness.Options{Args: []string{"--resume-window", "2s"}})
-	// A relay whose target can be switched off: while off, it accepts and
-	// closes, so the entry's attempts fail at once, as to a blackhole
-	// without the wait.
-	var off atomic.Bool
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	relay := &cutter{ln: ln, target: exit.Addr, conns: map[*net.TCPConn]bool{}}
-	go func() {
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if off.Load() {
-				down.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", exit.Addr)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			relay.mu.Lock()
-			relay.conns[down.(*net.TCPConn)], relay.conns[up.(*net.TCPConn)] = true, true
-			relay.mu.Unlock()
-			go func() { io.Copy(up, down); up.Close(); down.Close() }()
-			go func() { io.Copy(down, up); up.Close(); down.Close() }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); relay.cut() })
-	entry := r.StartEntry(t, ln.Addr().String(), harness.Options{})
+	relay := startCutter(t, exit.Addr)
+	entry := r.StartEntry(t, relay.ln.Addr().String(), harness.Options{})
 	entry.WaitMessage(t, 1, 30*time.Second, "session established")
 
 	c := harness.Dial(t, entry.Addr, time.Minute)
 	if err := harness.EchoBack(c, []byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	off.Store(true)
+	relay.off.Store(true)
 	relay.cut()
 	exit.WaitMessage(t, 1, 20*time.Second, "resumption window over: the session ends, and its streams are reset")
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "reset") {
 		t.Errorf("the connection across an outage longer than the window: %v, want it reset", err)
 	}
-	off.Store(false)
+	relay.off.Store(false)
 	entry.WaitMessage(t, 2, 30*time.Second, "session established")
 	if err := harness.Exchange(entry.Addr, 1<<20, 7, time.Minute); err != nil {
 		t.Errorf("a new connection on the new session: %v", err)

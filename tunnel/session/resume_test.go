@@ -35,17 +35,25 @@ func resumablePair(t testing.TB, window time.Duration) (client, server *Session,
 	c, s, cut := linkPair(t)
 	st := testSettings
 	st.Resume = window
-	client, err := Client(c, st, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	server, err = Server(s, st, zerolog.Nop())
+	client = resumableClient(t, c, st)
+	server, err := Server(s, st, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() })
 	return client, server, cut
+}
+
+// resumableClient starts a client Session over c with settings st, closed
+// by t.Cleanup.
+func resumableClient(t testing.TB, c *frame.Conn, st Settings) *Session {
+	t.Helper()
+	client, err := Client(c, st, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
 }
 
 // resumeBoth gives both sessions a new link once both have seen the old
@@ -173,11 +181,7 @@ func TestResumeWindowEnds(t *testing.T) {
 func TestResumeKeepAlive(t *testing.T) {
 	c, s, _ := linkPair(t)
 	st := Settings{KeepAlive: 200 * time.Millisecond, Window: 256 << 10, Resume: time.Minute}
-	client, err := Client(c, st, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := resumableClient(t, c, st)
 	// The server side is a record connection that reads nothing: no ACK
 	// ever comes back.
 	defer s.Close()
@@ -193,11 +197,7 @@ func TestResumeBadAck(t *testing.T) {
 	c, s, _ := linkPair(t)
 	st := testSettings
 	st.Resume = time.Minute
-	client, err := Client(c, st, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := resumableClient(t, c, st)
 	defer s.Close()
 	if err := s.WriteAck(1<<40, false); err != nil {
 		t.Fatal(err)
@@ -234,11 +234,7 @@ func TestResumeNotAfterBadRecord(t *testing.T) {
 	c, s, _ := linkPair(t)
 	st := testSettings
 	st.Resume = time.Minute
-	client, err := Client(c, st, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := resumableClient(t, c, st)
 	defer s.Close()
 	forged := make([]byte, 4+16+1+32)
 	forged[3] = byte(len(forged) - 4)
